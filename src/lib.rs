@@ -1,0 +1,3 @@
+//! mqtt-video: live video from any allowed source, fragmented MP4 in memory, for browsers over MQTT.
+
+pub mod media;

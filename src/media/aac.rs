@@ -1,0 +1,51 @@
+//! AAC framing: MPEG-TS and raw streams carry ADTS headers, MP4 wants the bare frames plus an
+//! AudioSpecificConfig in the `esds`. Pure.
+
+/// Sampling frequencies by their 4-bit index (ISO/IEC 14496-3).
+const FREQUENCIES: [u32; 13] =
+    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+
+/// The 2-byte AudioSpecificConfig for an AAC profile (libavcodec's `FF_PROFILE_AAC_*`, i.e. object type - 1),
+/// a sample rate and a channel count; None when MP4 cannot signal them this simply.
+pub fn audio_specific_config(profile: i32, sample_rate: u32, channels: u32) -> Option<[u8; 2]> {
+    let object_type = u16::try_from(profile + 1).ok().filter(|t| (1..31).contains(t))?;
+    let freq_index = FREQUENCIES.iter().position(|&f| f == sample_rate)? as u16;
+    let channels = u16::try_from(channels).ok().filter(|c| (1..=7).contains(c))?;
+    let bits = (object_type << 11) | (freq_index << 7) | (channels << 3);
+    Some(bits.to_be_bytes())
+}
+
+/// Length of the ADTS header at the start of `frame` (7 bytes, 9 with CRC), if it has one.
+pub fn adts_header_len(frame: &[u8]) -> Option<usize> {
+    match frame {
+        [0xff, b1, ..] if b1 & 0xf6 == 0xf0 => {
+            let len = if b1 & 0x01 == 0 { 9 } else { 7 };
+            (frame.len() > len).then_some(len)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asc_for_common_streams() {
+        // AAC-LC (profile 1 = object type 2), 48 kHz (index 3), stereo: 0x1190.
+        assert_eq!(audio_specific_config(1, 48000, 2), Some([0x11, 0x90]));
+        // 44.1 kHz mono: 0x1208.
+        assert_eq!(audio_specific_config(1, 44100, 1), Some([0x12, 0x08]));
+        assert_eq!(audio_specific_config(1, 12345, 2), None, "no index for that rate");
+        assert_eq!(audio_specific_config(-99, 48000, 2), None, "unknown profile");
+        assert_eq!(audio_specific_config(1, 48000, 0), None);
+    }
+
+    #[test]
+    fn adts_headers() {
+        assert_eq!(adts_header_len(&[0xff, 0xf1, 0x50, 0x80, 0x02, 0x1f, 0xfc, 0xde]), Some(7), "no CRC");
+        assert_eq!(adts_header_len(&[0xff, 0xf0, 0, 0, 0, 0, 0, 0, 0, 0xde]), Some(9), "with CRC");
+        assert_eq!(adts_header_len(&[0xff, 0xf1, 0x50]), None, "truncated");
+        assert_eq!(adts_header_len(&[0x21, 0x10, 0x05, 0, 0, 0, 0, 0]), None, "raw frame");
+    }
+}
