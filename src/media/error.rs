@@ -1,0 +1,66 @@
+//! The media pipeline's typed errors, worded for the person who asked for the stream.
+
+use super::codec_string::CodecStringError;
+use super::fmp4::Fmp4Error;
+use thiserror::Error;
+
+/// Everything that can stop a media pipeline.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    /// The URL names a protocol we never open (e.g. `concat:`, `subfile:`, a filter graph).
+    #[error("protocol '{0}' is not allowed (allowed: rtsp, rtsps, http, https, rtmp, srt, udp, file, builtin)")]
+    ForbiddenProtocol(String),
+    /// The URL cannot be parsed or names nothing.
+    #[error("invalid source URL: {0}")]
+    InvalidUrl(String),
+    /// The source could not be reached: refused, not found, DNS, HTTP error.
+    #[error("source unreachable: {0}")]
+    SourceUnreachable(String),
+    /// The source did not answer (connect) or stopped sending (stall) in time.
+    #[error("source timed out: {0}")]
+    Timeout(String),
+    /// The source was reached but holds nothing we can stream.
+    #[error("unsupported source: {0}")]
+    Unsupported(String),
+    /// The source ended (end of file, or the server closed the stream).
+    #[error("source ended")]
+    Ended,
+    /// The pipeline was asked to stop.
+    #[error("stopped")]
+    Stopped,
+    /// A decoder, filter, encoder or the muxer failed.
+    #[error("media processing failed: {0}")]
+    Processing(String),
+    /// The muxer's output was not the fragmented MP4 we expect.
+    #[error("fragmented MP4 output is invalid: {0}")]
+    Fmp4(#[from] Fmp4Error),
+    /// No browser codec string could be derived from the init segment.
+    #[error("cannot describe the stream for browsers: {0}")]
+    CodecString(#[from] CodecStringError),
+}
+
+impl MediaError {
+    /// A stable machine-readable code, used in protocol error replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ForbiddenProtocol(_) => "forbidden_url",
+            Self::InvalidUrl(_) => "bad_request",
+            Self::SourceUnreachable(_) => "source_unreachable",
+            Self::Timeout(_) => "source_timeout",
+            Self::Unsupported(_) => "unsupported_source",
+            Self::Ended => "source_ended",
+            Self::Stopped => "stopped",
+            Self::Processing(_) | Self::Fmp4(_) | Self::CodecString(_) => "internal_error",
+        }
+    }
+
+    /// Whether retrying the same source later could succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::SourceUnreachable(_) | Self::Timeout(_) | Self::Ended)
+    }
+}
+
+/// Wraps an FFmpeg failure in a processing error that says which step failed.
+pub(crate) fn processing(step: &str) -> impl Fn(ffmpeg_next::Error) -> MediaError + '_ {
+    move |e| MediaError::Processing(format!("{step}: {e}"))
+}

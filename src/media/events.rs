@@ -1,0 +1,164 @@
+//! What a pipeline hands out: facts about the source, the init segment, fragments, the end.
+
+use super::error::MediaError;
+use super::plan::{AudioPlan, TrackMode};
+use bytes::Bytes;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One elementary stream of the source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamSummary {
+    /// Index in the source.
+    pub index: usize,
+    /// `video`, `audio`, `subtitle`, `data`, ...
+    pub kind: String,
+    /// Codec name (`h264`, `pcm_mulaw`, ...).
+    pub codec: String,
+    /// Width in pixels (video).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height in pixels (video).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Frames per second (video).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    /// Samples per second (audio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Channel count (audio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u32>,
+    /// Declared bitrate in bit/s, when the source states one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
+}
+
+/// The source as probed, and what the pipeline will do with it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceInfo {
+    /// Demuxer name(s), e.g. `rtsp` or `mov,mp4,m4a,3gp,3g2,mj2`.
+    pub format: String,
+    /// Length in seconds for files; none for live streams.
+    pub duration_secs: Option<f64>,
+    /// Whether the input is read at its native rate.
+    pub paced: bool,
+    /// Every stream in the source.
+    pub streams: Vec<StreamSummary>,
+    /// The stream index used for video.
+    pub video_stream: usize,
+    /// The stream index used for audio, if any.
+    pub audio_stream: Option<usize>,
+    /// Video: copied or transcoded.
+    pub video: TrackMode,
+    /// Audio: copied, transcoded or dropped (with why).
+    pub audio: AudioPlan,
+}
+
+/// Facts about the output stream that a player needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputInfo {
+    /// Exact MIME type with RFC 6381 codecs, from the init segment.
+    #[serde(rename = "mimeCodec")]
+    pub mime_codec: String,
+    /// Video width.
+    pub width: u32,
+    /// Video height.
+    pub height: u32,
+    /// Nominal frame rate.
+    pub fps: f64,
+    /// Whether there is an audio track.
+    pub has_audio: bool,
+    /// Video copied or transcoded.
+    pub video: TrackMode,
+    /// Audio copied or transcoded (none without audio).
+    pub audio: Option<TrackMode>,
+}
+
+/// The `ftyp`+`moov` a player needs before any fragment.
+#[derive(Debug, Clone)]
+pub struct InitSegment {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// What it describes.
+    pub info: OutputInfo,
+}
+
+/// One `moof`+`mdat` (with any boxes that belong to it).
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Counts fragments from 0 in this pipeline run.
+    pub sequence: u64,
+    /// Whether its video starts with a keyframe: a viewer can start here.
+    pub keyframe: bool,
+    /// Decode time of its first video sample, in µs from the stream start.
+    pub media_time_us: i64,
+    /// Video duration it holds, in µs.
+    pub duration_us: i64,
+    /// Video samples it holds.
+    pub video_samples: u32,
+    /// Wall clock (µs since the epoch) at which the source packet of its oldest video frame arrived.
+    pub source_wallclock_us: u64,
+    /// Wall clock (µs since the epoch) at which it left the muxer.
+    pub produced_wallclock_us: u64,
+}
+
+/// Everything a running pipeline reports, in order: `Source`, `Init`, fragments, `End`.
+#[derive(Debug, Clone)]
+pub enum PipelineEvent {
+    /// The source was opened and probed.
+    Source(SourceInfo),
+    /// The init segment (again after a reconnect that changed the codec parameters).
+    Init(InitSegment),
+    /// A fragment.
+    Fragment(Fragment),
+    /// The pipeline stopped: `Ok` at the end of a file, else why.
+    End(Result<(), MediaError>),
+}
+
+/// Counters a pipeline keeps while it runs, readable from any thread.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Source packets read.
+    pub packets_in: AtomicU64,
+    /// Fragments handed out.
+    pub fragments_out: AtomicU64,
+    /// Fragments dropped because the consumer was behind.
+    pub fragments_dropped: AtomicU64,
+    /// Fragment bytes handed out.
+    pub bytes_out: AtomicU64,
+    /// Video frames (samples) handed out.
+    pub video_frames_out: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Source packets read.
+    pub packets_in: u64,
+    /// Fragments handed out.
+    pub fragments_out: u64,
+    /// Fragments dropped because the consumer was behind.
+    pub fragments_dropped: u64,
+    /// Fragment bytes handed out.
+    pub bytes_out: u64,
+    /// Video frames handed out.
+    pub video_frames_out: u64,
+}
+
+impl PipelineStats {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            packets_in: get(&self.packets_in),
+            fragments_out: get(&self.fragments_out),
+            fragments_dropped: get(&self.fragments_dropped),
+            bytes_out: get(&self.bytes_out),
+            video_frames_out: get(&self.video_frames_out),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Everything that touches FFmpeg, behind a small safe API: open a source, copy or transcode, mux
+//! fragmented MP4 in memory, hand out the init segment and fragments from a worker thread.
+
+pub mod aac;
+pub mod audio;
+pub mod codec_string;
+pub mod config;
+pub mod error;
+pub mod events;
+mod ffi;
+pub mod fmp4;
+pub mod mux;
+pub mod pipeline;
+pub mod plan;
+pub mod source;
+pub mod timing;
+pub mod video;
+
+pub use config::{Mode, PipelineConfig};
+pub use error::MediaError;
+pub use events::{Fragment, InitSegment, OutputInfo, PipelineEvent, SourceInfo};
+pub use pipeline::Pipeline;
+
+/// A log level name FFmpeg does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown FFmpeg log level '{0}' (quiet, panic, fatal, error, warning, info, verbose, debug, trace)")]
+pub struct UnknownLogLevel(String);
+
+/// Sets FFmpeg's own (global) log level by name: quiet, panic, fatal, error, warning, info, verbose, debug, trace.
+pub fn set_ffmpeg_log_level(name: &str) -> Result<(), UnknownLogLevel> {
+    use ffmpeg_next::util::log::{self, Level};
+    let level = match name {
+        "quiet" => Level::Quiet,
+        "panic" => Level::Panic,
+        "fatal" => Level::Fatal,
+        "error" => Level::Error,
+        "warning" => Level::Warning,
+        "info" => Level::Info,
+        "verbose" => Level::Verbose,
+        "debug" => Level::Debug,
+        "trace" => Level::Trace,
+        other => return Err(UnknownLogLevel(other.to_string())),
+    };
+    log::set_level(level);
+    Ok(())
+}

@@ -1,0 +1,824 @@
+//! One media pipeline on its own OS thread: source, copy or transcode, fMP4 muxing, events out.
+
+use super::aac;
+use super::audio::AudioTranscoder;
+use super::codec_string::{self, annex_b_nals};
+use super::config::{Backpressure, Pacing, PipelineConfig};
+use super::error::MediaError;
+use super::events::{Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
+use super::ffi;
+use super::fmp4::{self, Segment, TrackInfo, TrackKind};
+use super::mux::{Muxer, TrackSpec};
+use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
+use super::source::{self, Source, SourceKind};
+use super::timing::{wallclock_us, ArrivalTracker, Pacer};
+use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
+use ffmpeg::{codec, media, Packet, Rational, Rescale};
+use ffmpeg_next as ffmpeg;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const MICROS: Rational = Rational(1, 1_000_000);
+
+/// A running pipeline. Dropping it stops the worker and waits for it.
+pub struct Pipeline {
+    events: Receiver<PipelineEvent>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<PipelineStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts a worker thread for `url`. A URL with a forbidden protocol fails here, before any I/O.
+    pub fn start(url: &str, config: PipelineConfig) -> Result<Self, MediaError> {
+        source::classify(url)?;
+        ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
+        let (tx, rx) = bounded(config.channel_capacity.max(4));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(PipelineStats::default());
+        let mut emitter = Emitter {
+            tx,
+            policy: config.backpressure,
+            dropping: false,
+            stop: Arc::clone(&stop),
+            stats: Arc::clone(&stats),
+        };
+        let url = url.to_string();
+        let name: String = format!("media {url}").chars().take(40).collect();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let span = tracing::info_span!("pipeline", url = %url);
+                let _enter = span.enter();
+                let result = run(&url, &config, &mut emitter);
+                match &result {
+                    Ok(()) => tracing::info!("source finished"),
+                    Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
+                    Err(e) => tracing::warn!(error = %e, code = e.code(), "pipeline ended"),
+                }
+                emitter.end(result);
+            })
+            .map_err(|e| MediaError::Processing(format!("spawning the media thread: {e}")))?;
+        Ok(Self { events: rx, stop, stats, thread: Some(thread) })
+    }
+
+    /// The events, in order; the channel closes after `End`.
+    pub fn events(&self) -> &Receiver<PipelineEvent> {
+        &self.events
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+
+    /// Asks the worker to stop; blocking FFmpeg I/O is interrupted at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the worker and waits until it has freed everything.
+    pub fn join(mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends events to the consumer, dropping whole GOPs of fragments (not control events) when it lags.
+struct Emitter {
+    tx: Sender<PipelineEvent>,
+    policy: Backpressure,
+    dropping: bool,
+    stop: Arc<AtomicBool>,
+    stats: Arc<PipelineStats>,
+}
+
+impl Emitter {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn control(&self, event: PipelineEvent) -> Result<(), MediaError> {
+        let mut event = event;
+        loop {
+            if self.stopped() {
+                return Err(MediaError::Stopped);
+            }
+            match self.tx.send_timeout(event, Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(e)) => event = e,
+                Err(SendTimeoutError::Disconnected(_)) => return Err(MediaError::Stopped),
+            }
+        }
+    }
+
+    fn fragment(&mut self, fragment: Fragment) -> Result<(), MediaError> {
+        if self.dropping && !fragment.keyframe {
+            self.stats.fragments_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.dropping = false;
+        let (len, samples) = (fragment.bytes.len() as u64, u64::from(fragment.video_samples));
+        let sent = match self.policy {
+            Backpressure::Block => self.control(PipelineEvent::Fragment(fragment)).map(|()| true)?,
+            Backpressure::Drop => match self.tx.try_send(PipelineEvent::Fragment(fragment)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    // Whatever follows until the next keyframe would not decode without this fragment.
+                    self.dropping = true;
+                    self.stats.fragments_dropped.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(MediaError::Stopped),
+            },
+        };
+        if sent {
+            self.stats.fragments_out.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+            self.stats.video_frames_out.fetch_add(samples, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn end(&self, result: Result<(), MediaError>) {
+        // The consumer may be gone already; the end event is best effort but never blocks a stop for long.
+        let _ = self.tx.send_timeout(PipelineEvent::End(result), Duration::from_secs(1));
+    }
+}
+
+/// Origin and offset of the output timeline, shared by the tracks.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// Source time (µs) that becomes output time 0: the first video frame written.
+    origin_us: Option<i64>,
+    /// Added after each loop of a file so that time keeps growing.
+    offset_us: i64,
+    /// End of the latest video written, on the output timeline.
+    end_us: i64,
+}
+
+impl Timeline {
+    fn rel(&self, ts_us: i64) -> Option<i64> {
+        let rel = ts_us - self.origin_us? + self.offset_us;
+        (rel >= 0).then_some(rel)
+    }
+
+    fn rel_or_start(&mut self, ts_us: i64) -> Option<i64> {
+        self.origin_us.get_or_insert(ts_us);
+        self.rel(ts_us)
+    }
+}
+
+enum VideoStage {
+    Copy {
+        parameters: codec::Parameters,
+        time_base: Rational,
+        frame_duration: i64,
+        waiting_keyframe: bool,
+        /// Fills in decode times the demuxer leaves out.
+        dts: DtsFiller,
+    },
+    Transcode(Box<VideoTranscoder>),
+}
+
+enum AudioStage {
+    None,
+    Copy { parameters: codec::Parameters, time_base: Rational },
+    Transcode(Box<AudioTranscoder>),
+}
+
+const VIDEO_TRACK: usize = 0;
+const AUDIO_TRACK: usize = 1;
+
+/// The state of one run over an opened source.
+struct Session<'a> {
+    config: &'a PipelineConfig,
+    video_index: usize,
+    audio_index: Option<usize>,
+    video: VideoStage,
+    audio: AudioStage,
+    timeline: Timeline,
+    muxer: Option<Muxer>,
+    output: Option<OutputInfo>,
+    fps: Rational,
+    last_dts: [Option<i64>; 2],
+    video_arrivals: ArrivalTracker,
+    sequence: u64,
+}
+
+fn run(url: &str, config: &PipelineConfig, em: &mut Emitter) -> Result<(), MediaError> {
+    let mut source = source::open(url, &config.source, Arc::clone(&em.stop))?;
+    let paced = match config.source.pacing {
+        Pacing::Realtime => true,
+        Pacing::Unpaced => false,
+        Pacing::Auto => match source.kind {
+            SourceKind::File | SourceKind::Builtin(_) => true,
+            SourceKind::Http => source.has_duration,
+            _ => false,
+        },
+    };
+    let info = analyse(&source, config, paced)?;
+    tracing::info!(
+        format = %info.format,
+        video = ?info.video,
+        audio = ?info.audio,
+        "source opened"
+    );
+    let mut session = Session::new(&source, &info, config)?;
+    em.control(PipelineEvent::Source(info))?;
+
+    let live = source.kind.is_live_protocol();
+    let mut pacer = Pacer::default();
+    let mut loops = 0u64;
+    loop {
+        if em.stopped() {
+            return Err(MediaError::Stopped);
+        }
+        let mut packet = Packet::empty();
+        match packet.read(&mut source.input) {
+            Ok(()) => {}
+            Err(ffmpeg::Error::Eof) => {
+                let can_loop = config.source.looping && !live && source.has_duration;
+                if can_loop && session.timeline.origin_us.is_some() {
+                    source
+                        .input
+                        .seek(0, ..)
+                        .map_err(|e| MediaError::Processing(format!("rewinding for the next loop: {e}")))?;
+                    session.start_loop();
+                    pacer.reset();
+                    loops += 1;
+                    tracing::debug!(loops, "looping the source");
+                    continue;
+                }
+                break;
+            }
+            Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            // FFmpeg's HTTP reader reports a server that closes an unsized response as EIO, not EOF.
+            Err(ffmpeg::Error::Other { errno: ffmpeg::error::EIO })
+                if em.stats.packets_in.load(Ordering::Relaxed) > 0 && !source.watchdog.stopping() =>
+            {
+                tracing::info!("the source closed the connection");
+                break;
+            }
+            Err(e) => return Err(source.watchdog.classify_error(e, "reading the source")),
+        }
+        source.watchdog.touch();
+        em.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        let arrival = wallclock_us();
+        if paced {
+            let stream_tb = match source.input.stream(packet.stream()) {
+                Some(s) => s.time_base(),
+                None => continue,
+            };
+            if let Some(ts) = packet.dts().or(packet.pts()) {
+                let wait = pacer.delay(ts.rescale(stream_tb, MICROS), Instant::now());
+                sleep_unless_stopped(wait, em)?;
+            }
+        }
+        session.handle(packet, arrival, em)?;
+    }
+    session.finish(em)?;
+    if live {
+        // A live stream has no end: the server closed it.
+        return Err(MediaError::Ended);
+    }
+    Ok(())
+}
+
+fn sleep_unless_stopped(wait: Duration, em: &Emitter) -> Result<(), MediaError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if em.stopped() {
+            return Err(MediaError::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Nominal frame rate of a stream, with a sane fallback for sources that do not say.
+fn frame_rate(stream: &ffmpeg::format::stream::Stream) -> Rational {
+    for r in [stream.avg_frame_rate(), stream.rate()] {
+        let fps = f64::from(r);
+        if r.denominator() > 0 && (1.0..=240.0).contains(&fps) {
+            return r;
+        }
+    }
+    Rational(30, 1)
+}
+
+fn analyse(source: &Source, config: &PipelineConfig, paced: bool) -> Result<SourceInfo, MediaError> {
+    let input = &source.input;
+    let streams: Vec<StreamSummary> = input.streams().map(|s| summarize(&s)).collect();
+    let video_stream = input
+        .streams()
+        .best(media::Type::Video)
+        .map(|s| s.index())
+        .ok_or_else(|| MediaError::Unsupported("the source has no video stream".into()))?;
+    let audio_stream = input.streams().best(media::Type::Audio).map(|s| s.index());
+
+    let video_params = input.stream(video_stream).map(|s| s.parameters());
+    let video_params = video_params.ok_or_else(|| MediaError::Processing("video stream vanished".into()))?;
+    let (profile, pix_fmt) = ffi::profile_and_format(&video_params);
+    let h264 = video_params.id() == codec::Id::H264;
+    let chroma_ok = pix_fmt < 0
+        || pix_fmt == ffmpeg::ffi::AVPixelFormat::AV_PIX_FMT_YUV420P as i32
+        || pix_fmt == ffmpeg::ffi::AVPixelFormat::AV_PIX_FMT_YUVJ420P as i32;
+    let facts = VideoFacts {
+        codec: streams[video_stream].codec.clone(),
+        h264,
+        browser_h264: h264 && chroma_ok && plan::browser_h264_profile(profile),
+    };
+    let video = plan::video(config.mode, &facts)?;
+    let audio = match audio_stream {
+        Some(i) => {
+            let params = input.stream(i).map(|s| s.parameters());
+            let is_aac = params.is_some_and(|p| p.id() == codec::Id::AAC);
+            plan::audio(config.mode, &streams[i].codec, is_aac, config.audio.disabled)
+        }
+        None => AudioPlan::Drop("the source has no audio".into()),
+    };
+    let duration = input.duration();
+    Ok(SourceInfo {
+        format: input.format().name().to_string(),
+        duration_secs: (duration > 0).then(|| duration as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)),
+        paced,
+        streams,
+        video_stream,
+        audio_stream: audio_stream.filter(|_| !matches!(audio, AudioPlan::Drop(_))),
+        video,
+        audio,
+    })
+}
+
+fn summarize(stream: &ffmpeg::format::stream::Stream) -> StreamSummary {
+    let params = stream.parameters();
+    let facts = ffi::codec_facts(&params);
+    let kind = params.medium();
+    let is_video = kind == media::Type::Video;
+    let is_audio = kind == media::Type::Audio;
+    StreamSummary {
+        index: stream.index(),
+        kind: format!("{kind:?}").to_lowercase(),
+        codec: params.id().name().to_string(),
+        width: is_video.then_some(facts.width),
+        height: is_video.then_some(facts.height),
+        fps: is_video.then(|| f64::from(frame_rate(stream))),
+        sample_rate: is_audio.then_some(facts.sample_rate),
+        channels: is_audio.then_some(facts.channels),
+        bitrate: (facts.bit_rate > 0).then_some(facts.bit_rate),
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(source: &Source, info: &SourceInfo, config: &'a PipelineConfig) -> Result<Self, MediaError> {
+        let stream = source
+            .input
+            .stream(info.video_stream)
+            .ok_or_else(|| MediaError::Processing("video stream vanished".into()))?;
+        let fps = frame_rate(&stream);
+        let frame_duration = (90_000.0 / f64::from(fps)).round() as i64;
+        let video = match info.video {
+            TrackMode::Copy => VideoStage::Copy {
+                parameters: stream.parameters(),
+                time_base: stream.time_base(),
+                frame_duration,
+                waiting_keyframe: true,
+                dts: DtsFiller::new(
+                    ffi::codec_facts(&stream.parameters()).video_delay,
+                    1i64.rescale(Rational(fps.denominator(), fps.numerator()), stream.time_base()),
+                ),
+            },
+            TrackMode::Transcode => VideoStage::Transcode(Box::new(VideoTranscoder::new(
+                stream.parameters(),
+                stream.time_base(),
+                fps,
+                &config.video,
+                source.kind.is_live_protocol(),
+            )?)),
+        };
+        let audio = match (info.audio_stream.and_then(|i| source.input.stream(i)), &info.audio) {
+            (Some(s), AudioPlan::Copy) => AudioStage::Copy { parameters: s.parameters(), time_base: s.time_base() },
+            (Some(s), AudioPlan::Transcode) => {
+                match AudioTranscoder::new(s.parameters(), s.time_base(), &config.audio) {
+                    Ok(t) => AudioStage::Transcode(Box::new(t)),
+                    // Video without sound beats no video at all.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audio dropped");
+                        AudioStage::None
+                    }
+                }
+            }
+            _ => AudioStage::None,
+        };
+        Ok(Self {
+            config,
+            video_index: info.video_stream,
+            audio_index: info.audio_stream,
+            video,
+            audio,
+            timeline: Timeline::default(),
+            muxer: None,
+            output: None,
+            fps,
+            last_dts: [None, None],
+            video_arrivals: ArrivalTracker::default(),
+            sequence: 0,
+        })
+    }
+
+    fn start_loop(&mut self) {
+        self.timeline.offset_us = self.timeline.end_us;
+        match &mut self.video {
+            VideoStage::Copy { waiting_keyframe, .. } => *waiting_keyframe = true,
+            VideoStage::Transcode(t) => t.reset_decoder(),
+        }
+        if let AudioStage::Transcode(t) = &mut self.audio {
+            t.reset_decoder();
+        }
+    }
+
+    fn handle(&mut self, packet: Packet, arrival: u64, em: &mut Emitter) -> Result<(), MediaError> {
+        let index = packet.stream();
+        if index == self.video_index {
+            self.handle_video(packet, arrival, em)
+        } else if Some(index) == self.audio_index {
+            self.handle_audio(packet, em)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn handle_video(&mut self, mut packet: Packet, arrival: u64, em: &mut Emitter) -> Result<(), MediaError> {
+        let mut ready = Vec::new();
+        match &mut self.video {
+            VideoStage::Copy { time_base, frame_duration, waiting_keyframe, dts: filler, .. } => {
+                // RTSP can start mid-GOP and deliver a first keyframe without pts: start at a clean keyframe.
+                if *waiting_keyframe {
+                    if !packet.is_key() || packet.pts().is_none() {
+                        return Ok(());
+                    }
+                    *waiting_keyframe = false;
+                    filler.restart();
+                }
+                let Some(dts) = filler.fill(packet.dts(), packet.pts()) else { return Ok(()) };
+                let pts = packet.pts().unwrap_or(dts);
+                let tb = *time_base;
+                let Some(rel_dts) = self.timeline.rel_or_start(dts.rescale(tb, MICROS)) else { return Ok(()) };
+                let rel_pts = (rel_dts + (pts - dts).rescale(tb, MICROS)).max(rel_dts);
+                packet.set_dts(Some(rel_dts.rescale(MICROS, VIDEO_TIME_BASE)));
+                packet.set_pts(Some(rel_pts.rescale(MICROS, VIDEO_TIME_BASE)));
+                let duration = match packet.duration() {
+                    d if d > 0 => d.rescale(tb, VIDEO_TIME_BASE),
+                    _ => *frame_duration,
+                };
+                packet.set_duration(duration);
+                ready.push(EncodedPacket { packet, arrival_us: arrival });
+            }
+            VideoStage::Transcode(t) => {
+                t.send(&packet, arrival)?;
+                let timeline = &mut self.timeline;
+                t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut ready)?;
+            }
+        }
+        if self.muxer.is_none() && !ready.is_empty() {
+            self.open_muxer(&ready[0].packet, em)?;
+        }
+        for p in ready {
+            self.write_video(p, em)?;
+        }
+        Ok(())
+    }
+
+    fn handle_audio(&mut self, mut packet: Packet, em: &mut Emitter) -> Result<(), MediaError> {
+        if self.muxer.is_none() {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        match &mut self.audio {
+            AudioStage::None => return Ok(()),
+            AudioStage::Copy { time_base, .. } => {
+                let tb = *time_base;
+                let Some(dts) = packet.dts().or(packet.pts()) else { return Ok(()) };
+                let Some(rel) = self.timeline.rel(dts.rescale(tb, MICROS)) else { return Ok(()) };
+                let rel_tb = rel.rescale(MICROS, tb);
+                // MP4 carries bare AAC frames; the config lives in the init segment.
+                if let Some(len) = packet.data().and_then(aac::adts_header_len) {
+                    let mut bare = Packet::copy(&packet.data().unwrap_or_default()[len..]);
+                    bare.set_duration(packet.duration());
+                    bare.set_flags(packet.flags());
+                    packet = bare;
+                }
+                packet.set_dts(Some(rel_tb));
+                packet.set_pts(Some(rel_tb));
+                ready.push(packet);
+            }
+            AudioStage::Transcode(t) => {
+                t.send(&packet)?;
+                let timeline = &self.timeline;
+                t.receive(|ts_us| timeline.rel(ts_us), &mut ready)?;
+            }
+        }
+        for p in ready {
+            self.write(p, AUDIO_TRACK, None, em)?;
+        }
+        Ok(())
+    }
+
+    fn open_muxer(&mut self, first: &Packet, em: &mut Emitter) -> Result<(), MediaError> {
+        let (video_spec, width, height, mode) = match &mut self.video {
+            VideoStage::Copy { parameters, .. } => {
+                // Some cameras send SPS/PPS only in-band: lift them from the first keyframe.
+                if ffi::extradata(parameters).is_empty() {
+                    let extradata = in_band_parameter_sets(first.data().unwrap_or_default());
+                    if extradata.is_empty() {
+                        return Err(MediaError::Unsupported("H.264 stream without SPS/PPS".into()));
+                    }
+                    ffi::set_extradata(parameters, &extradata).map_err(super::error::processing("setting SPS/PPS"))?;
+                }
+                let facts = ffi::codec_facts(parameters);
+                let spec = TrackSpec {
+                    parameters: parameters.clone(),
+                    time_base: VIDEO_TIME_BASE,
+                    is_video: true,
+                    copied: true,
+                };
+                (spec, facts.width, facts.height, TrackMode::Copy)
+            }
+            VideoStage::Transcode(t) => {
+                let enc = t.encoder().ok_or_else(|| MediaError::Processing("video encoder not open".into()))?;
+                let spec = TrackSpec {
+                    parameters: codec::Parameters::from(enc),
+                    time_base: VIDEO_TIME_BASE,
+                    is_video: true,
+                    copied: false,
+                };
+                (spec, enc.width(), enc.height(), TrackMode::Transcode)
+            }
+        };
+        let mut specs = vec![video_spec];
+        let audio_mode = match &mut self.audio {
+            AudioStage::None => None,
+            AudioStage::Copy { parameters, time_base } => {
+                // ADTS sources (MPEG-TS) have no AudioSpecificConfig; the moov is written before any packet.
+                if ffi::extradata(parameters).is_empty() {
+                    let facts = ffi::codec_facts(parameters);
+                    let (profile, _) = ffi::profile_and_format(parameters);
+                    let asc =
+                        aac::audio_specific_config(profile, facts.sample_rate, facts.channels).ok_or_else(|| {
+                            MediaError::Unsupported(format!(
+                                "AAC profile {profile} at {} Hz with {} channels cannot be copied into MP4",
+                                facts.sample_rate, facts.channels
+                            ))
+                        })?;
+                    ffi::set_extradata(parameters, &asc).map_err(super::error::processing("setting the AAC config"))?;
+                }
+                specs.push(TrackSpec {
+                    parameters: parameters.clone(),
+                    time_base: *time_base,
+                    is_video: false,
+                    copied: true,
+                });
+                Some(TrackMode::Copy)
+            }
+            AudioStage::Transcode(t) => {
+                specs.push(TrackSpec {
+                    parameters: codec::Parameters::from(t.encoder()),
+                    time_base: t.time_base(),
+                    is_video: false,
+                    copied: false,
+                });
+                Some(TrackMode::Transcode)
+            }
+        };
+        let (muxer, segments) = Muxer::new(specs, self.config.fragment.duration_ms)?;
+        let fps = match (&self.video, self.config.video.max_fps) {
+            (VideoStage::Transcode(_), max) if max > 0 => f64::from(self.fps).min(f64::from(max)),
+            _ => f64::from(self.fps),
+        };
+        let mime_codec = codec_string::mime_type(muxer.tracks())?;
+        self.output = Some(OutputInfo {
+            mime_codec,
+            width,
+            height,
+            fps,
+            has_audio: audio_mode.is_some(),
+            video: mode,
+            audio: audio_mode,
+        });
+        self.muxer = Some(muxer);
+        self.emit(segments, em)
+    }
+
+    fn write_video(&mut self, p: EncodedPacket, em: &mut Emitter) -> Result<(), MediaError> {
+        let dts = p.packet.dts().unwrap_or(0);
+        let end = (dts + p.packet.duration()).rescale(VIDEO_TIME_BASE, MICROS);
+        self.timeline.end_us = self.timeline.end_us.max(end);
+        self.write(p.packet, VIDEO_TRACK, Some(p.arrival_us), em)
+    }
+
+    /// Writes a packet to a track; `arrival` is given for video, whose frames date the fragments.
+    fn write(
+        &mut self,
+        packet: Packet,
+        track: usize,
+        arrival: Option<u64>,
+        em: &mut Emitter,
+    ) -> Result<(), MediaError> {
+        let Some(muxer) = self.muxer.as_mut() else { return Ok(()) };
+        let Some(dts) = packet.dts() else { return Ok(()) };
+        // The muxer rejects timestamps that go back (a loop seam, a camera clock jump): drop those packets.
+        if self.last_dts[track].is_some_and(|last| dts <= last) {
+            tracing::debug!(track, dts, "dropped a packet whose timestamp does not increase");
+            return Ok(());
+        }
+        self.last_dts[track] = Some(dts);
+        if let Some(arrival) = arrival {
+            self.video_arrivals.push(dts.rescale(VIDEO_TIME_BASE, MICROS), arrival);
+        }
+        let segments = muxer.write(packet, track)?;
+        self.emit(segments, em)
+    }
+
+    fn emit(&mut self, segments: Vec<Segment>, em: &mut Emitter) -> Result<(), MediaError> {
+        for segment in segments {
+            match segment {
+                Segment::Init(bytes) => {
+                    let info =
+                        self.output.clone().ok_or_else(|| MediaError::Processing("init before output".into()))?;
+                    em.control(PipelineEvent::Init(InitSegment { bytes: Bytes::from(bytes), info }))?;
+                }
+                Segment::Fragment { bytes, moof } => {
+                    let tracks: &[TrackInfo] = self.muxer.as_ref().map_or(&[], |m| m.tracks());
+                    let runs = fmp4::parse_moof(&bytes[moof], tracks)?;
+                    let video = tracks.iter().find(|t| t.kind == TrackKind::Video);
+                    let run = video.and_then(|v| runs.iter().find(|r| r.track_id == v.track_id && r.sample_count > 0));
+                    let scale = |ticks: u64| {
+                        let timescale = video.map_or(1, |v| v.timescale.max(1));
+                        (u128::from(ticks) * 1_000_000 / u128::from(timescale)) as i64
+                    };
+                    let (keyframe, media_time_us, duration_us, samples) = match run {
+                        Some(r) => (r.starts_with_sync, scale(r.base_decode_time), scale(r.duration), r.sample_count),
+                        None => (false, self.timeline.end_us, 0, 0),
+                    };
+                    let produced = wallclock_us();
+                    // Tolerate rounding between our µs timeline and the track timescale.
+                    let source_wallclock_us = if samples > 0 {
+                        self.video_arrivals.take(media_time_us + 500).unwrap_or(produced)
+                    } else {
+                        produced
+                    };
+                    let fragment = Fragment {
+                        bytes: Bytes::from(bytes),
+                        sequence: self.sequence,
+                        keyframe,
+                        media_time_us,
+                        duration_us,
+                        video_samples: samples,
+                        source_wallclock_us,
+                        produced_wallclock_us: produced,
+                    };
+                    self.sequence += 1;
+                    em.fragment(fragment)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, em: &mut Emitter) -> Result<(), MediaError> {
+        let mut video = Vec::new();
+        if let VideoStage::Transcode(t) = &mut self.video {
+            t.send_eof()?;
+            let timeline = &mut self.timeline;
+            t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut video)?;
+            t.finish(&mut video)?;
+        }
+        for p in video {
+            self.write_video(p, em)?;
+        }
+        let mut audio = Vec::new();
+        if let AudioStage::Transcode(t) = &mut self.audio {
+            if self.muxer.is_some() {
+                t.finish(&mut audio)?;
+            }
+        }
+        for p in audio {
+            self.write(p, AUDIO_TRACK, None, em)?;
+        }
+        if let Some(muxer) = self.muxer.as_mut() {
+            let segments = muxer.finish()?;
+            self.emit(segments, em)?;
+        }
+        self.muxer = None;
+        Ok(())
+    }
+}
+
+/// Decode timestamps for demuxers (Matroska, RTSP) that leave some out: the first packet of a stream with
+/// B-frames decodes `delay` frames before it is shown; later ones follow the previous decode time.
+#[derive(Debug, Clone)]
+pub struct DtsFiller {
+    delay: i64,
+    frame_duration: i64,
+    last: Option<i64>,
+}
+
+impl DtsFiller {
+    /// A filler for a stream with `delay` reordered frames of `frame_duration` (in the stream's time base).
+    pub fn new(delay: u32, frame_duration: i64) -> Self {
+        Self { delay: i64::from(delay), frame_duration: frame_duration.max(1), last: None }
+    }
+
+    /// Forgets the previous packet (a new start at a keyframe).
+    pub fn restart(&mut self) {
+        self.last = None;
+    }
+
+    /// The packet's decode time: its own, or one made up that stays at or below its pts.
+    pub fn fill(&mut self, dts: Option<i64>, pts: Option<i64>) -> Option<i64> {
+        let dts = match (dts, self.last) {
+            (Some(dts), _) => dts,
+            (None, Some(last)) => {
+                let next = last + self.frame_duration;
+                pts.map_or(next, |pts| next.min(pts))
+            }
+            (None, None) => pts? - self.delay * self.frame_duration,
+        };
+        self.last = Some(dts);
+        Some(dts)
+    }
+}
+
+/// Annex B extradata (SPS and PPS with start codes) from the NAL units of a keyframe.
+pub fn in_band_parameter_sets(keyframe: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nal in annex_b_nals(keyframe) {
+        if matches!(nal.first().map(|h| h & 0x1f), Some(7 | 8)) {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(nal);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_sets_from_a_keyframe() {
+        let key = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88];
+        assert_eq!(in_band_parameter_sets(&key), vec![0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 0, 1, 0x68, 0xce]);
+        assert!(in_band_parameter_sets(&[0, 0, 1, 0x65, 1]).is_empty());
+    }
+
+    #[test]
+    fn fills_missing_dts_like_the_decoder_would() {
+        // Matroska with two B-frames: pts 0 160 80 40 120, dts missing on the first two packets.
+        let mut f = DtsFiller::new(2, 40);
+        let got: Vec<_> = [(None, Some(0)), (None, Some(160)), (Some(0), Some(80)), (Some(40), Some(40))]
+            .into_iter()
+            .map(|(d, p)| f.fill(d, p).unwrap())
+            .collect();
+        assert_eq!(got, vec![-80, -40, 0, 40]);
+        let mut no_b = DtsFiller::new(0, 3000);
+        assert_eq!(no_b.fill(None, Some(9000)), Some(9000));
+        assert_eq!(no_b.fill(None, Some(10_000)), Some(10_000), "never after pts");
+        assert_eq!(no_b.fill(None, None), Some(13_000));
+        assert_eq!(DtsFiller::new(0, 1).fill(None, None), None, "nothing to go on");
+    }
+
+    #[test]
+    fn timeline_offsets_loops() {
+        let mut t = Timeline::default();
+        assert_eq!(t.rel(5), None, "no origin yet");
+        assert_eq!(t.rel_or_start(1_000), Some(0));
+        assert_eq!(t.rel(900), None, "before the origin");
+        assert_eq!(t.rel(2_000), Some(1_000));
+        t.end_us = 10_000;
+        t.offset_us = t.end_us;
+        assert_eq!(t.rel(1_000), Some(10_000));
+    }
+}

@@ -1,0 +1,119 @@
+//! Choosing copy or transcode per track. Pure: decides from codec facts, touches no FFmpeg state.
+
+use super::config::Mode;
+use super::error::MediaError;
+use serde::Serialize;
+
+/// What happens to one track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackMode {
+    /// Remuxed as it is.
+    Copy,
+    /// Decoded and re-encoded.
+    Transcode,
+}
+
+/// What the source's video is, as far as the decision needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoFacts {
+    /// Codec name, for messages.
+    pub codec: String,
+    /// H.264 whose profile and chroma format browsers decode (baseline, main, high; 8-bit 4:2:0).
+    pub browser_h264: bool,
+    /// H.264 at all (any profile).
+    pub h264: bool,
+}
+
+/// Copy or transcode the video, or refuse (copy mode with video that is not H.264).
+pub fn video(mode: Mode, facts: &VideoFacts) -> Result<TrackMode, MediaError> {
+    match mode {
+        Mode::Transcode => Ok(TrackMode::Transcode),
+        Mode::Auto if facts.browser_h264 => Ok(TrackMode::Copy),
+        Mode::Auto => Ok(TrackMode::Transcode),
+        Mode::Copy if facts.h264 => Ok(TrackMode::Copy),
+        Mode::Copy => Err(MediaError::Unsupported(format!(
+            "copy mode needs H.264 video, the source has {}; use mode auto or transcode",
+            facts.codec
+        ))),
+    }
+}
+
+/// What happens to the audio track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "action", content = "reason")]
+pub enum AudioPlan {
+    /// Remux the AAC as it is.
+    Copy,
+    /// Decode and encode to AAC.
+    Transcode,
+    /// Leave the audio out, with the reason.
+    Drop(String),
+}
+
+/// Copy AAC, transcode other audio (G.711, MP2, ...), except in copy mode where nothing is decoded.
+pub fn audio(mode: Mode, codec: &str, is_aac: bool, disabled: bool) -> AudioPlan {
+    if disabled {
+        return AudioPlan::Drop("audio disabled in the configuration".into());
+    }
+    match mode {
+        Mode::Transcode => AudioPlan::Transcode,
+        _ if is_aac => AudioPlan::Copy,
+        Mode::Auto => AudioPlan::Transcode,
+        Mode::Copy => AudioPlan::Drop(format!(
+            "{codec} audio cannot be copied into MP4 for browsers; use mode auto to transcode it to AAC"
+        )),
+    }
+}
+
+/// H.264 profile numbers from libavcodec (`FF_PROFILE_H264_*`).
+const H264_CONSTRAINED: i32 = 1 << 9;
+const H264_BASELINE: i32 = 66;
+const H264_MAIN: i32 = 77;
+const H264_HIGH: i32 = 100;
+
+/// Whether browsers decode this H.264 profile. Unknown (-99) is trusted: the decoder would only know more.
+pub fn browser_h264_profile(profile: i32) -> bool {
+    matches!(profile & !H264_CONSTRAINED, H264_BASELINE | H264_MAIN | H264_HIGH) || profile == -99
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(h264: bool, browser: bool) -> VideoFacts {
+        VideoFacts { codec: if h264 { "h264" } else { "mpeg2video" }.into(), h264, browser_h264: browser }
+    }
+
+    #[test]
+    fn video_choices() {
+        assert_eq!(video(Mode::Auto, &facts(true, true)).unwrap(), TrackMode::Copy);
+        assert_eq!(video(Mode::Auto, &facts(true, false)).unwrap(), TrackMode::Transcode, "High 10");
+        assert_eq!(video(Mode::Auto, &facts(false, false)).unwrap(), TrackMode::Transcode);
+        assert_eq!(video(Mode::Transcode, &facts(true, true)).unwrap(), TrackMode::Transcode);
+        assert_eq!(video(Mode::Copy, &facts(true, false)).unwrap(), TrackMode::Copy);
+        let err = video(Mode::Copy, &facts(false, false)).unwrap_err();
+        assert!(err.to_string().contains("mpeg2video"), "{err}");
+    }
+
+    #[test]
+    fn audio_choices() {
+        assert_eq!(audio(Mode::Auto, "aac", true, false), AudioPlan::Copy);
+        assert_eq!(audio(Mode::Auto, "pcm_mulaw", false, false), AudioPlan::Transcode);
+        assert_eq!(audio(Mode::Transcode, "aac", true, false), AudioPlan::Transcode);
+        assert_eq!(audio(Mode::Copy, "aac", true, false), AudioPlan::Copy);
+        assert!(matches!(audio(Mode::Copy, "pcm_alaw", false, false), AudioPlan::Drop(r) if r.contains("pcm_alaw")));
+        assert!(matches!(audio(Mode::Auto, "aac", true, true), AudioPlan::Drop(_)));
+    }
+
+    #[test]
+    fn h264_profiles() {
+        assert!(browser_h264_profile(66));
+        assert!(browser_h264_profile(66 | H264_CONSTRAINED));
+        assert!(browser_h264_profile(77));
+        assert!(browser_h264_profile(100));
+        assert!(!browser_h264_profile(110), "High 10");
+        assert!(!browser_h264_profile(122), "High 4:2:2");
+        assert!(!browser_h264_profile(244), "High 4:4:4");
+    }
+}

@@ -1,0 +1,327 @@
+//! Video transcoding: decode, scale and convert when needed, encode H.264 with libx264.
+
+use super::config::VideoEncoderConfig;
+use super::error::{processing, MediaError};
+use super::timing::ArrivalTracker;
+use ffmpeg::codec::{self, threading};
+use ffmpeg::format::Pixel;
+use ffmpeg::{decoder, encoder, filter, frame, picture, Dictionary, Packet, Rational};
+use ffmpeg_next as ffmpeg;
+
+/// Time base of encoded video: the RTP/MPEG-TS clock, fine enough for any frame rate.
+pub const VIDEO_TIME_BASE: Rational = Rational(1, 90_000);
+
+/// A video packet ready for the muxer: timestamps in [`VIDEO_TIME_BASE`], relative to the stream origin.
+pub struct EncodedPacket {
+    /// The packet.
+    pub packet: Packet,
+    /// Wall-clock arrival (µs since the epoch) of the source packet it came from.
+    pub arrival_us: u64,
+}
+
+/// Output size: the source size fitted into the configured maximum, keeping the aspect ratio, even.
+pub fn output_size(width: u32, height: u32, max_width: u32, max_height: u32) -> (u32, u32) {
+    let mut scale = 1.0f64;
+    if max_width > 0 && width > max_width {
+        scale = scale.min(f64::from(max_width) / f64::from(width));
+    }
+    if max_height > 0 && height > max_height {
+        scale = scale.min(f64::from(max_height) / f64::from(height));
+    }
+    let even = |v: f64| ((v.round() as u32) & !1).max(2);
+    (even(f64::from(width) * scale), even(f64::from(height) * scale))
+}
+
+/// Frames between keyframes for an interval in seconds.
+pub fn gop_frames(interval_secs: f64, fps: f64) -> u32 {
+    ((interval_secs * fps).round() as u32).max(1)
+}
+
+/// Decodes the source video and encodes H.264.
+pub struct VideoTranscoder {
+    decoder: decoder::Video,
+    input_time_base: Rational,
+    fps: Rational,
+    config: VideoEncoderConfig,
+    scaler: Option<Scaler>,
+    encoder: Option<encoder::Video>,
+    /// Source arrival per input timestamp, then per encoder timestamp.
+    decode_arrivals: ArrivalTracker,
+    encode_arrivals: ArrivalTracker,
+    last_pts: Option<i64>,
+    frame_duration: i64,
+}
+
+struct Scaler {
+    graph: filter::Graph,
+    input: (u32, u32, Pixel),
+}
+
+impl VideoTranscoder {
+    /// A decoder for `parameters`; the encoder is opened at the first frame, when the real size is known.
+    pub fn new(
+        parameters: codec::Parameters,
+        input_time_base: Rational,
+        fps: Rational,
+        config: &VideoEncoderConfig,
+        live: bool,
+    ) -> Result<Self, MediaError> {
+        let mut context =
+            codec::context::Context::from_parameters(parameters).map_err(processing("reading video parameters"))?;
+        // Frame threads add a frame of delay per thread; live sources decode on slice threads instead.
+        let kind = if live { threading::Type::Slice } else { threading::Type::Frame };
+        context.set_threading(threading::Config { kind, count: 0, ..Default::default() });
+        if live {
+            context.set_flags(codec::Flags::LOW_DELAY);
+        }
+        let decoder =
+            context.decoder().video().map_err(|e| MediaError::Unsupported(format!("cannot decode the video: {e}")))?;
+        let fps = match config.max_fps {
+            0 => fps,
+            max if f64::from(fps) > f64::from(max) => Rational(max as i32, 1),
+            _ => fps,
+        };
+        let frame_duration = (VIDEO_TIME_BASE.denominator() as f64 / f64::from(fps)).round() as i64;
+        Ok(Self {
+            decoder,
+            input_time_base,
+            fps,
+            config: config.clone(),
+            scaler: None,
+            encoder: None,
+            decode_arrivals: ArrivalTracker::default(),
+            encode_arrivals: ArrivalTracker::default(),
+            last_pts: None,
+            frame_duration,
+        })
+    }
+
+    /// The opened encoder, once the first frame has been seen (its parameters make the muxer's track).
+    pub fn encoder(&self) -> Option<&encoder::Video> {
+        self.encoder.as_ref()
+    }
+
+    /// Feeds one source packet.
+    pub fn send(&mut self, packet: &Packet, arrival_us: u64) -> Result<(), MediaError> {
+        if let Some(pts) = packet.pts().or(packet.dts()) {
+            self.decode_arrivals.push(pts, arrival_us);
+        }
+        match self.decoder.send_packet(packet) {
+            // A corrupt packet costs a frame, not the stream.
+            Ok(()) | Err(ffmpeg::Error::InvalidData) => Ok(()),
+            Err(e) => Err(processing("decoding video")(e)),
+        }
+    }
+
+    /// Signals the end of the input.
+    pub fn send_eof(&mut self) -> Result<(), MediaError> {
+        self.decoder.send_eof().map_err(processing("flushing the video decoder"))?;
+        Ok(())
+    }
+
+    /// Drops frames buffered in the decoder (after a seek).
+    pub fn reset_decoder(&mut self) {
+        self.decoder.flush();
+        self.decode_arrivals.clear();
+    }
+
+    /// Drains decoded frames through the encoder. `to_rel_us` maps an input timestamp in µs to the output
+    /// timeline (None drops the frame: before the origin).
+    pub fn receive(
+        &mut self,
+        mut to_rel_us: impl FnMut(i64) -> Option<i64>,
+        out: &mut Vec<EncodedPacket>,
+    ) -> Result<(), MediaError> {
+        let mut decoded = frame::Video::empty();
+        loop {
+            match self.decoder.receive_frame(&mut decoded) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => break,
+                Err(ffmpeg::Error::InvalidData) => continue,
+                Err(e) => return Err(processing("decoding video")(e)),
+            }
+            let Some(ts) = decoded.timestamp() else { continue };
+            let arrival = self.decode_arrivals.take(ts).unwrap_or_else(super::timing::wallclock_us);
+            let ts_us = ts.rescale(self.input_time_base, Rational(1, 1_000_000));
+            let Some(rel_us) = to_rel_us(ts_us) else { continue };
+            let pts = rel_us.rescale(Rational(1, 1_000_000), VIDEO_TIME_BASE);
+            // x264 needs strictly increasing timestamps; a max fps drops frames that come too soon.
+            if let Some(last) = self.last_pts {
+                let min_gap = if self.config.max_fps > 0 { self.frame_duration * 9 / 10 } else { 1 };
+                if pts < last + min_gap {
+                    continue;
+                }
+            }
+            self.last_pts = Some(pts);
+            self.encode_frame(&decoded, pts, arrival)?;
+            self.receive_packets(out)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the encoder at the end of the stream.
+    pub fn finish(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
+        if let Some(encoder) = self.encoder.as_mut() {
+            encoder.send_eof().map_err(processing("flushing the video encoder"))?;
+            self.receive_packets(out)?;
+        }
+        Ok(())
+    }
+
+    fn encode_frame(&mut self, decoded: &frame::Video, pts: i64, arrival: u64) -> Result<(), MediaError> {
+        let (width, height) =
+            output_size(decoded.width(), decoded.height(), self.config.max_width, self.config.max_height);
+        if self.encoder.is_none() {
+            self.encoder = Some(open_x264(width, height, self.fps, &self.config)?);
+        }
+        let (out_w, out_h) = self.encoder.as_ref().map_or((width, height), |e| (e.width(), e.height()));
+        let needs_scaling = decoded.width() != out_w || decoded.height() != out_h || decoded.format() != Pixel::YUV420P;
+        self.encode_arrivals.push(pts, arrival);
+        let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
+        if !needs_scaling {
+            let mut frame = decoded.clone();
+            frame.set_pts(Some(pts));
+            // Else x264 copies the source's I-frame decisions and breaks the fixed GOP.
+            frame.set_kind(picture::Type::None);
+            return encoder.send_frame(&frame).map_err(processing("encoding video"));
+        }
+        let input = (decoded.width(), decoded.height(), decoded.format());
+        if self.scaler.as_ref().map(|s| s.input) != Some(input) {
+            self.scaler = Some(Scaler::new(input, (out_w, out_h), decoded.aspect_ratio())?);
+        }
+        let Some(scaler) = self.scaler.as_mut() else { return Ok(()) };
+        let mut source = scaler.graph.get("in").ok_or_else(|| MediaError::Processing("scaler input".into()))?;
+        let mut frame = decoded.clone();
+        frame.set_pts(Some(pts));
+        source.source().add(&frame).map_err(processing("scaling video"))?;
+        let mut sink = scaler.graph.get("out").ok_or_else(|| MediaError::Processing("scaler output".into()))?;
+        let mut scaled = frame::Video::empty();
+        while sink.sink().frame(&mut scaled).is_ok() {
+            scaled.set_kind(picture::Type::None);
+            encoder.send_frame(&scaled).map_err(processing("encoding video"))?;
+        }
+        Ok(())
+    }
+
+    fn receive_packets(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
+        let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
+        loop {
+            let mut packet = Packet::empty();
+            match encoder.receive_packet(&mut packet) {
+                Ok(()) => {}
+                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => return Ok(()),
+                Err(e) => return Err(processing("encoding video")(e)),
+            }
+            let pts = packet.pts().unwrap_or(0);
+            let arrival = self.encode_arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
+            packet.set_duration(self.frame_duration);
+            out.push(EncodedPacket { packet, arrival_us: arrival });
+        }
+    }
+}
+
+use ffmpeg::Rescale;
+
+impl Scaler {
+    fn new(input: (u32, u32, Pixel), output: (u32, u32), aspect: Rational) -> Result<Self, MediaError> {
+        let err = processing("building the video scaler");
+        let mut graph = filter::Graph::new();
+        let aspect = if aspect.numerator() > 0 { aspect } else { Rational(1, 1) };
+        let pix_fmt: ffmpeg::ffi::AVPixelFormat = input.2.into();
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+            input.0,
+            input.1,
+            pix_fmt as i32,
+            VIDEO_TIME_BASE.numerator(),
+            VIDEO_TIME_BASE.denominator(),
+            aspect.numerator(),
+            aspect.denominator()
+        );
+        let find = |name| filter::find(name).ok_or_else(|| MediaError::Processing(format!("filter {name} missing")));
+        graph.add(&find("buffer")?, "in", &args).map_err(&err)?;
+        graph.add(&find("buffersink")?, "out", "").map_err(&err)?;
+        let spec = format!("scale={}:{}:flags=bicubic,format=yuv420p", output.0, output.1);
+        graph.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&spec)).map_err(&err)?;
+        graph.validate().map_err(&err)?;
+        Ok(Self { graph, input })
+    }
+}
+
+fn open_x264(
+    width: u32,
+    height: u32,
+    fps: Rational,
+    config: &VideoEncoderConfig,
+) -> Result<encoder::Video, MediaError> {
+    let codec = encoder::find_by_name("libx264")
+        .ok_or_else(|| MediaError::Unsupported("this FFmpeg build has no libx264 encoder".into()))?;
+    let mut enc = codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(processing("creating the H.264 encoder"))?;
+    enc.set_width(width);
+    enc.set_height(height);
+    enc.set_format(Pixel::YUV420P);
+    enc.set_time_base(VIDEO_TIME_BASE);
+    enc.set_frame_rate(Some(fps));
+    enc.set_gop(gop_frames(config.keyframe_interval_secs, f64::from(fps)));
+    enc.set_max_b_frames(0);
+    // MP4 keeps SPS/PPS in the init segment (avcC), not in the stream.
+    enc.set_flags(codec::Flags::GLOBAL_HEADER);
+    if config.bitrate_kbps > 0 {
+        enc.set_bit_rate(config.bitrate_kbps as usize * 1000);
+    }
+    if config.max_bitrate_kbps > 0 {
+        enc.set_max_bit_rate(config.max_bitrate_kbps as usize * 1000);
+    }
+    if config.threads > 0 {
+        enc.set_threading(threading::Config {
+            kind: threading::Type::Slice,
+            count: config.threads as usize,
+            ..Default::default()
+        });
+    }
+    let mut options = Dictionary::new();
+    options.set("preset", &config.preset);
+    if !config.tune.is_empty() {
+        options.set("tune", &config.tune);
+    }
+    options.set("profile", &config.profile);
+    if !config.level.is_empty() {
+        options.set("level", &config.level);
+    }
+    if config.bitrate_kbps == 0 {
+        options.set("crf", &config.crf.to_string());
+    }
+    if config.max_bitrate_kbps > 0 {
+        options.set("bufsize", &(config.max_bitrate_kbps as usize * 1000).to_string());
+    }
+    // A scene cut would insert keyframes off the fixed GOP that viewers and fragments rely on.
+    options.set("sc_threshold", "0");
+    enc.open_with(options).map_err(|e| {
+        MediaError::Processing(format!("opening libx264 ({width}x{height}, profile {}): {e}", config.profile))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_fit_and_stay_even() {
+        assert_eq!(output_size(1920, 1080, 0, 0), (1920, 1080));
+        assert_eq!(output_size(1920, 1080, 1280, 0), (1280, 720));
+        assert_eq!(output_size(1920, 1080, 1280, 360), (640, 360));
+        assert_eq!(output_size(641, 361, 0, 0), (640, 360));
+        assert_eq!(output_size(640, 360, 1280, 720), (640, 360), "never scales up");
+        assert_eq!(output_size(1, 1, 0, 0), (2, 2));
+    }
+
+    #[test]
+    fn gop_from_seconds() {
+        assert_eq!(gop_frames(1.0, 30.0), 30);
+        assert_eq!(gop_frames(2.0, 25.0), 50);
+        assert_eq!(gop_frames(0.0, 30.0), 1);
+    }
+}
