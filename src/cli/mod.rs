@@ -1,0 +1,3 @@
+//! Subcommands of the binary.
+
+pub mod probe;

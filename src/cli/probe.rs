@@ -1,0 +1,199 @@
+//! `mqtt-video probe`: run the pipeline on one source and report streams, mode, codec string and timings.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mqtt_video::media::config::{Backpressure, Pacing};
+use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Arguments of `probe`.
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// Source URL: rtsp://, http(s)://, a file path, or builtin://testsrc.
+    url: String,
+    /// Copy, transcode, or decide per track.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+    /// Seconds of media to process (the whole file when it is shorter).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Write init.mp4 and numbered .m4s fragments here (their concatenation plays anywhere).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Read files at their native rate, as a live viewer would get them.
+    #[arg(long)]
+    realtime: bool,
+    /// Least fragment duration in milliseconds (0: one fragment per video frame).
+    #[arg(long, default_value_t = 0)]
+    fragment_ms: u32,
+    /// Media time libavformat may analyse to identify the streams, in milliseconds.
+    #[arg(long)]
+    analyze_ms: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    url: String,
+    source: SourceInfo,
+    output: OutputInfo,
+    init_segment_bytes: usize,
+    fragments: usize,
+    keyframe_fragments: usize,
+    fragment_bytes: Sizes,
+    fragment_duration_ms: Sizes,
+    media_seconds: f64,
+    time_to_source_ms: f64,
+    time_to_init_ms: f64,
+    time_to_first_fragment_ms: f64,
+    elapsed_ms: f64,
+    ended: String,
+}
+
+#[derive(Serialize, Default)]
+struct Sizes {
+    min: f64,
+    avg: f64,
+    max: f64,
+}
+
+impl Sizes {
+    fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self { min, avg: values.iter().sum::<f64>() / values.len() as f64, max }
+    }
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the probe and prints its report.
+pub fn run(args: ProbeArgs) -> Result<()> {
+    let mut config = PipelineConfig { mode: args.mode, backpressure: Backpressure::Block, ..Default::default() };
+    config.source.pacing = if args.realtime { Pacing::Realtime } else { Pacing::Unpaced };
+    config.fragment.duration_ms = args.fragment_ms;
+    if let Some(ms) = args.analyze_ms {
+        config.source.analyze_duration_ms = ms;
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+
+    let started = Instant::now();
+    let pipeline = Pipeline::start(&args.url, config)?;
+    let (mut source, mut output, mut init_len) = (None, None, 0);
+    let (mut t_source, mut t_init, mut t_first) = (None, None, None);
+    let (mut sizes, mut durations, mut keyframes) = (Vec::new(), Vec::new(), 0);
+    let mut media_end_us = 0i64;
+    let limit_us = (args.seconds * 1e6) as i64;
+    let mut ended = String::from("stopped after --seconds");
+    for event in pipeline.events().iter() {
+        match event {
+            PipelineEvent::Source(info) => {
+                t_source = Some(started.elapsed());
+                source = Some(info);
+            }
+            PipelineEvent::Init(init) => {
+                t_init = Some(started.elapsed());
+                init_len = init.bytes.len();
+                if let Some(dir) = &args.out {
+                    std::fs::write(dir.join("init.mp4"), &init.bytes)?;
+                }
+                output = Some(init.info);
+            }
+            PipelineEvent::Fragment(f) => {
+                t_first.get_or_insert_with(|| started.elapsed());
+                if let Some(dir) = &args.out {
+                    std::fs::write(dir.join(format!("{:06}.m4s", f.sequence)), &f.bytes)?;
+                }
+                sizes.push(f.bytes.len() as f64);
+                if f.video_samples > 0 {
+                    durations.push(f.duration_us as f64 / 1000.0);
+                }
+                keyframes += usize::from(f.keyframe);
+                media_end_us = media_end_us.max(f.media_time_us + f.duration_us);
+                if media_end_us >= limit_us {
+                    break;
+                }
+            }
+            PipelineEvent::End(result) => {
+                ended = match result {
+                    Ok(()) => "end of input".into(),
+                    Err(e) => {
+                        if output.is_none() {
+                            bail!("{e} [{}]", e.code());
+                        }
+                        format!("{e}")
+                    }
+                };
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    pipeline.join();
+    let (Some(source), Some(output)) = (source, output) else { bail!("the pipeline produced no init segment") };
+    let report = Report {
+        url: args.url,
+        source,
+        output,
+        init_segment_bytes: init_len,
+        fragments: sizes.len(),
+        keyframe_fragments: keyframes,
+        fragment_bytes: Sizes::of(&sizes),
+        fragment_duration_ms: Sizes::of(&durations),
+        media_seconds: media_end_us as f64 / 1e6,
+        time_to_source_ms: ms(t_source),
+        time_to_init_ms: ms(t_init),
+        time_to_first_fragment_ms: ms(t_first),
+        elapsed_ms: ms(Some(elapsed)),
+        ended,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+fn print_text(r: &Report) {
+    println!("source       {} ({})", r.url, r.source.format);
+    for s in &r.source.streams {
+        let detail = match (s.width, s.height, s.sample_rate, s.channels) {
+            (Some(w), Some(h), _, _) => format!("{w}x{h} @ {:.2} fps", s.fps.unwrap_or(0.0)),
+            (_, _, Some(rate), Some(ch)) => format!("{rate} Hz, {ch} ch"),
+            _ => String::new(),
+        };
+        println!("  stream {}   {} {} {}", s.index, s.kind, s.codec, detail);
+    }
+    println!("mode         video {:?}, audio {:?}", r.source.video, r.source.audio);
+    println!("mime         {}", r.output.mime_codec);
+    println!("output       {}x{} @ {:.2} fps", r.output.width, r.output.height, r.output.fps);
+    println!("init         {} bytes", r.init_segment_bytes);
+    println!(
+        "fragments    {} ({} start with a keyframe), {:.0}/{:.0}/{:.0} bytes min/avg/max, {:.1}/{:.1}/{:.1} ms",
+        r.fragments,
+        r.keyframe_fragments,
+        r.fragment_bytes.min,
+        r.fragment_bytes.avg,
+        r.fragment_bytes.max,
+        r.fragment_duration_ms.min,
+        r.fragment_duration_ms.avg,
+        r.fragment_duration_ms.max
+    );
+    println!("media        {:.2} s in {:.0} ms ({})", r.media_seconds, r.elapsed_ms, r.ended);
+    println!(
+        "timing       source {:.0} ms, init {:.0} ms, first fragment {:.0} ms",
+        r.time_to_source_ms, r.time_to_init_ms, r.time_to_first_fragment_ms
+    );
+}

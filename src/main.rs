@@ -1,0 +1,36 @@
+//! The `mqtt-video` command line.
+
+mod cli;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Live video over MQTT: in-process FFmpeg to fragmented MP4 for browsers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// FFmpeg's own log level: quiet, error, warning, info, debug.
+    #[arg(long, global = true, default_value = "error")]
+    ffmpeg_log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open a source, run the pipeline for a while and report what a browser would get.
+    Probe(cli::probe::ProbeArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    mqtt_video::media::set_ffmpeg_log_level(&args.ffmpeg_log)?;
+    match args.command {
+        Command::Probe(args) => cli::probe::run(args),
+    }
+}
