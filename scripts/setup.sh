@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing mqtt-video needs on Debian 12 / Ubuntu 22.04+:
+# FFmpeg's development files (the server links libav* in-process), the ffmpeg CLI (test fixtures and the
+# benchmark's reference only) and GStreamer's RTSP server (the live test source). Idempotent.
+set -euo pipefail
+
+PACKAGES=(
+  pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
+  ffmpeg fonts-dejavu-core
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: Rust is missing. Install it from https://rustup.rs (rustup), then run this again." >&2
+  exit 1
+fi
