@@ -358,3 +358,21 @@ fn stopping_a_pipeline_that_is_connecting_is_immediate() {
     pipeline.join();
     assert!(started.elapsed() < Duration::from_secs(2), "stop took {:?}", started.elapsed());
 }
+
+#[test]
+fn video_fragments_start_with_a_producer_reference_time() {
+    use mqtt_video::media::fmp4::{parse_box_header, parse_init, parse_prft};
+    let run = collect(h264_aac_mp4().to_str().unwrap(), fast_config(), 100.0, LONG);
+    let timescale = i64::from(parse_init(&run.init.as_ref().unwrap().bytes).unwrap()[0].timescale);
+    for f in run.fragments.iter().filter(|f| f.video_samples > 0) {
+        let header = parse_box_header(&f.bytes).unwrap().unwrap();
+        assert_eq!(&header.kind, b"prft");
+        let (_, clock, media_time) = parse_prft(&f.bytes[8..32]).unwrap();
+        assert!(clock.abs_diff(f.source_wallclock_us) <= 1);
+        assert_eq!(media_time as i64 * 1_000_000 / timescale, f.media_time_us);
+    }
+    let mut config = fast_config();
+    config.fragment.producer_reference_time = false;
+    let plain = collect(h264_aac_mp4().to_str().unwrap(), config, 100.0, LONG);
+    assert!(plain.fragments.iter().all(|f| &f.bytes[4..8] == b"moof"));
+}

@@ -156,12 +156,21 @@ impl Default for AudioEncoderConfig {
 }
 
 /// How the fragmented MP4 is cut.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FragmentConfig {
     /// Least video duration of a fragment in milliseconds; 0 sends every video frame as its own fragment
     /// (lowest latency). A keyframe always starts a new fragment.
     pub duration_ms: u32,
+    /// Put a `prft` box before each fragment with the wall clock at which its first video frame reached the
+    /// server, so that players can show their real latency.
+    pub producer_reference_time: bool,
+}
+
+impl Default for FragmentConfig {
+    fn default() -> Self {
+        Self { duration_ms: 0, producer_reference_time: true }
+    }
 }
 
 /// What the worker does when its consumer is slower than the source.

@@ -389,6 +389,46 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
     Ok(run)
 }
 
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+/// A wall clock in µs since the Unix epoch as a 64-bit NTP timestamp (32.32 fixed point since 1900).
+pub fn ntp_from_unix_us(unix_us: u64) -> u64 {
+    let secs = unix_us / 1_000_000 + NTP_UNIX_OFFSET_SECS;
+    let frac = ((unix_us % 1_000_000) << 32) / 1_000_000;
+    (secs << 32) | frac
+}
+
+/// A 64-bit NTP timestamp back to µs since the Unix epoch.
+pub fn unix_us_from_ntp(ntp: u64) -> u64 {
+    let secs = (ntp >> 32).saturating_sub(NTP_UNIX_OFFSET_SECS);
+    secs * 1_000_000 + (((ntp & 0xffff_ffff) * 1_000_000) >> 32)
+}
+
+/// A `prft` (ProducerReferenceTimeBox, ISO/IEC 14496-12 8.16.5, version 1): the wall clock at which the
+/// sample at `media_time` (in the track's timescale) of `track_id` was produced.
+pub fn prft_box(track_id: u32, wallclock_unix_us: u64, media_time: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&32u32.to_be_bytes());
+    out.extend_from_slice(b"prft");
+    out.extend_from_slice(&0x0100_0000u32.to_be_bytes()); // version 1, flags 0
+    out.extend_from_slice(&track_id.to_be_bytes());
+    out.extend_from_slice(&ntp_from_unix_us(wallclock_unix_us).to_be_bytes());
+    out.extend_from_slice(&media_time.to_be_bytes());
+    out
+}
+
+/// Reads a `prft` payload: `(track_id, wall clock in µs since the Unix epoch, media time)`.
+pub fn parse_prft(payload: &[u8]) -> Result<(u32, u64, u64), Fmp4Error> {
+    let mut r = Reader::new(payload, "prft");
+    let version = r.u8()?;
+    r.skip(3)?;
+    let track_id = r.u32()?;
+    let ntp = r.u64()?;
+    let media_time = if version == 1 { r.u64()? } else { u64::from(r.u32()?) };
+    Ok((track_id, unix_us_from_ntp(ntp), media_time))
+}
+
 /// One piece of the muxer's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
@@ -593,6 +633,19 @@ pub(crate) mod tests {
         assert!(!runs[0].starts_with_sync, "trex default flags say non-sync");
         assert_eq!(runs[0].base_decode_time, 1000);
         assert_eq!(runs[0].duration, 1500);
+    }
+
+    #[test]
+    fn prft_round_trips() {
+        let wallclock = 1_795_000_000_123_456u64;
+        let b = prft_box(1, wallclock, 90_000);
+        let header = parse_box_header(&b).unwrap().unwrap();
+        assert_eq!((&header.kind, header.total_len), (b"prft", 32));
+        let (track, clock, media) = parse_prft(&b[8..]).unwrap();
+        assert_eq!((track, media), (1, 90_000));
+        assert!(clock.abs_diff(wallclock) <= 1, "{clock} vs {wallclock}");
+        assert_eq!(ntp_from_unix_us(0) >> 32, NTP_UNIX_OFFSET_SECS);
+        assert!(parse_prft(&b[8..20]).is_err());
     }
 
     #[test]

@@ -689,6 +689,14 @@ impl<'a> Session<'a> {
                     } else {
                         produced
                     };
+                    let bytes = match (self.config.fragment.producer_reference_time, video, run) {
+                        (true, Some(v), Some(r)) => {
+                            let mut with_prft = fmp4::prft_box(v.track_id, source_wallclock_us, r.base_decode_time);
+                            with_prft.extend_from_slice(&bytes);
+                            with_prft
+                        }
+                        _ => bytes,
+                    };
                     let fragment = Fragment {
                         bytes: Bytes::from(bytes),
                         sequence: self.sequence,
