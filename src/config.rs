@@ -1,0 +1,808 @@
+//! The server's TOML configuration (`mqtt-video serve --config FILE`): typed, checked at load, and every default
+//! works, so the server runs with no file at all.
+
+use crate::media::config::PipelineConfig;
+use crate::policy::{AllowList, NamedSource, Policy, PolicyError};
+use crate::protocol::{self, RequestLimits};
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Smallest accepted `limits.max_request_bytes`: below it even a short play request would be refused.
+pub const MIN_REQUEST_BYTES: usize = 256;
+
+/// A configuration that cannot be used. Parse errors show the line and key; checks name the key path.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A problem in a file, with the file's path.
+    #[error("{}: {inner}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        inner: Box<ConfigError>,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type; toml's message shows the line and the key.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value that parses but cannot be used.
+    #[error("{key} {message}")]
+    Invalid {
+        /// Dotted path of the key, such as `limits.max_streams`.
+        key: String,
+        /// What is wrong, starting with a verb (`must be at least 1`).
+        message: String,
+    },
+    /// The allow-list or the named sources do not build a safe policy.
+    #[error("{key}: {error}")]
+    Policy {
+        /// `allow.prefixes`, `allow.urls` or `sources`.
+        key: &'static str,
+        /// What is wrong.
+        error: PolicyError,
+    },
+}
+
+impl ConfigError {
+    /// An error for a key whose value cannot be used.
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+}
+
+/// The MQTT broker connection.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id; two servers with the same id disconnect each other.
+    pub client_id: String,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password (needs a user name).
+    pub password: Option<String>,
+    /// MQTT keep-alive in seconds; 0 turns it off.
+    pub keep_alive_secs: u16,
+    /// Connect over TLS.
+    pub tls: bool,
+    /// PEM file of the CA that signed the broker's certificate; the system roots when unset (needs `tls`).
+    pub ca_file: Option<PathBuf>,
+    /// First delay before reconnecting to the broker, in milliseconds; doubles up to the maximum.
+    pub reconnect_min_ms: u64,
+    /// Longest delay between reconnect attempts, in milliseconds.
+    pub reconnect_max_ms: u64,
+    /// QoS of media and status messages: 0 (lowest latency) or 1.
+    pub qos: u8,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "mqtt-video".into(),
+            username: None,
+            password: None,
+            keep_alive_secs: 30,
+            tls: false,
+            ca_file: None,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 10_000,
+            qos: 0,
+        }
+    }
+}
+
+// The broker password must not reach logs.
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("keep_alive_secs", &self.keep_alive_secs)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("qos", &self.qos)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// The keep-alive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.into())
+    }
+
+    /// The delay before reconnect attempt `attempt` (from 1).
+    pub fn reconnect_delay(&self, attempt: u32) -> Duration {
+        exponential(self.reconnect_min_ms, self.reconnect_max_ms, attempt)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::invalid("broker.host", "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::invalid("broker.port", "must not be 0"));
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::invalid("broker.client_id", "must not be empty"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(ConfigError::invalid("broker.password", "needs broker.username (MQTT 3.1.1)"));
+        }
+        if self.ca_file.is_some() && !self.tls {
+            return Err(ConfigError::invalid("broker.ca_file", "is set but broker.tls is false"));
+        }
+        if self.qos > 1 {
+            return Err(ConfigError::invalid("broker.qos", format!("must be 0 or 1, not {}", self.qos)));
+        }
+        check_backoff(
+            "broker.reconnect_min_ms",
+            self.reconnect_min_ms,
+            "broker.reconnect_max_ms",
+            self.reconnect_max_ms,
+        )
+    }
+}
+
+/// Where the control topics live.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Control prefix: requests arrive on `<prefix>/describe`, `/play`, `/stop`.
+    pub prefix: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self { prefix: protocol::DEFAULT_PREFIX.into() }
+    }
+}
+
+/// Bounds on what clients can make the server do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most live streams (sources) at once.
+    pub max_streams: usize,
+    /// Most viewers of one stream.
+    pub max_viewers_per_stream: usize,
+    /// Largest request payload in bytes.
+    pub max_request_bytes: usize,
+    /// Seconds a stream with no viewers keeps running (a describe followed by a play reuses it).
+    pub linger_secs: u64,
+    /// 0: only stop (or the page's last will) ends a viewer; more: a viewer must re-send play within this.
+    pub viewer_timeout_secs: u64,
+    /// Fragments queued for one viewer before whole GOPs are dropped for it.
+    pub viewer_queue_fragments: usize,
+    /// Requests one client may send per minute; 0 for no limit.
+    pub requests_per_minute_per_client: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 16,
+            max_viewers_per_stream: 100,
+            max_request_bytes: protocol::DEFAULT_MAX_REQUEST_BYTES,
+            linger_secs: 10,
+            viewer_timeout_secs: 0,
+            viewer_queue_fragments: 120,
+            requests_per_minute_per_client: 120,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// How long a stream with no viewers keeps running.
+    pub fn linger(&self) -> Duration {
+        Duration::from_secs(self.linger_secs)
+    }
+
+    /// How long a viewer lasts without renewing its play, if that is required.
+    pub fn viewer_timeout(&self) -> Option<Duration> {
+        (self.viewer_timeout_secs > 0).then(|| Duration::from_secs(self.viewer_timeout_secs))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("limits.max_streams", self.max_streams, 1)?;
+        at_least("limits.max_viewers_per_stream", self.max_viewers_per_stream, 1)?;
+        at_least("limits.max_request_bytes", self.max_request_bytes, MIN_REQUEST_BYTES)?;
+        at_least("limits.viewer_queue_fragments", self.viewer_queue_fragments, 1)
+    }
+}
+
+/// How a failed source is retried while viewers wait.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts to reopen a failed source before its viewers get an error; 0 never gives up.
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubles each attempt.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 10, initial_backoff_ms: 500, max_backoff_ms: 10_000 }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry `attempt` (from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        exponential(self.initial_backoff_ms, self.max_backoff_ms, attempt)
+    }
+
+    /// Whether retry `attempt` (from 1) may still be made.
+    pub fn allows(&self, attempt: u32) -> bool {
+        self.max_attempts == 0 || attempt <= self.max_attempts
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_backoff("retry.initial_backoff_ms", self.initial_backoff_ms, "retry.max_backoff_ms", self.max_backoff_ms)
+    }
+}
+
+/// The retained statistics message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Seconds between statistics messages; 0 publishes none.
+    pub interval_secs: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self { interval_secs: 5 }
+    }
+}
+
+impl StatsConfig {
+    /// The publishing interval, if statistics are on.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
+    }
+}
+
+/// A named source with the pipeline settings it runs with, if they differ from the global ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceEntry {
+    /// Name, URL and description.
+    pub source: NamedSource,
+    /// The global `[pipeline]` with this source's `pipeline` table merged over it; `None` without one.
+    pub pipeline: Option<PipelineConfig>,
+}
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// MQTT broker connection.
+    pub broker: BrokerConfig,
+    /// Control topics.
+    pub topics: TopicsConfig,
+    /// Bounds on streams, viewers and requests.
+    pub limits: LimitsConfig,
+    /// Source retries.
+    pub retry: RetryConfig,
+    /// Statistics publishing.
+    pub stats: StatsConfig,
+    /// Pipeline settings for every source without its own.
+    pub pipeline: PipelineConfig,
+    /// Sources offered by name, always allowed.
+    pub sources: Vec<SourceEntry>,
+    /// Further allowed URLs.
+    pub allow: AllowList,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: BrokerConfig::default(),
+            topics: TopicsConfig::default(),
+            limits: LimitsConfig::default(),
+            retry: RetryConfig::default(),
+            stats: StatsConfig::default(),
+            pipeline: PipelineConfig::default(),
+            sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
+            allow: AllowList::default(),
+        }
+    }
+}
+
+/// The built-in test sources offered when the configuration lists none.
+pub fn default_sources() -> Vec<NamedSource> {
+    vec![
+        NamedSource::new("Test pattern", "builtin://testsrc", "640x360, 30 fps, with a 1 kHz beep every second"),
+        NamedSource::new("Test pattern 720p", "builtin://testsrc-720p", "1280x720, 30 fps, with a 1 kHz beep"),
+        NamedSource::new("Test pattern (silent)", "builtin://testsrc-silent", "640x360, 30 fps, no audio"),
+    ]
+}
+
+/// The file as written: per-source pipeline tables stay raw until merged over `[pipeline]`.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    broker: BrokerConfig,
+    topics: TopicsConfig,
+    limits: LimitsConfig,
+    retry: RetryConfig,
+    stats: StatsConfig,
+    pipeline: PipelineConfig,
+    /// `None` when the file has no sources, which keeps the built-in ones.
+    sources: Option<Vec<RawSource>>,
+    allow: AllowList,
+}
+
+/// One `[[sources]]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    url: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    pipeline: Option<toml::Table>,
+}
+
+impl Config {
+    /// Parses and checks a configuration; an empty text gives the defaults.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let config = raw.resolve()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks a configuration file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml_str(&text).map_err(|e| ConfigError::InFile { path: path.to_path_buf(), inner: Box::new(e) })
+    }
+
+    /// The named sources, for the policy and the sources list.
+    pub fn named_sources(&self) -> Vec<NamedSource> {
+        self.sources.iter().map(|e| e.source.clone()).collect()
+    }
+
+    /// The allow-list; cannot fail on a configuration that loaded.
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        Policy::new(&self.named_sources(), &self.allow)
+    }
+
+    /// What requests are checked against.
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits { max_request_bytes: self.limits.max_request_bytes, prefix: self.topics.prefix.clone() }
+    }
+
+    /// The pipeline settings for a URL as the policy allowed it: a named source's own, else the global ones.
+    pub fn pipeline_for(&self, url: &str) -> PipelineConfig {
+        let url = url.trim();
+        self.sources
+            .iter()
+            .find(|e| e.source.url.trim() == url)
+            .and_then(|e| e.pipeline.clone())
+            .unwrap_or_else(|| self.pipeline.clone())
+    }
+
+    /// Checks what the types alone do not.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.broker.validate()?;
+        protocol::validate_prefix(&self.topics.prefix)
+            .map_err(|e| ConfigError::invalid("topics.prefix", e.to_string()))?;
+        self.limits.validate()?;
+        self.retry.validate()?;
+        self.policy().map_err(|error| ConfigError::Policy { key: policy_key(&error), error })?;
+        Ok(())
+    }
+}
+
+impl RawConfig {
+    /// Merges each source's pipeline table over the global pipeline.
+    fn resolve(self) -> Result<Config, ConfigError> {
+        let sources = match self.sources {
+            None => Config::default().sources,
+            Some(raw) => {
+                raw.into_iter().enumerate().map(|(i, s)| s.resolve(i, &self.pipeline)).collect::<Result<_, _>>()?
+            }
+        };
+        Ok(Config {
+            broker: self.broker,
+            topics: self.topics,
+            limits: self.limits,
+            retry: self.retry,
+            stats: self.stats,
+            pipeline: self.pipeline,
+            sources,
+            allow: self.allow,
+        })
+    }
+}
+
+impl RawSource {
+    /// The entry with its pipeline resolved; `index` names it in errors.
+    fn resolve(self, index: usize, global: &PipelineConfig) -> Result<SourceEntry, ConfigError> {
+        let key = format!("sources[{index}].pipeline");
+        let pipeline = match self.pipeline {
+            None => None,
+            Some(table) => Some(merged_pipeline(global, table).map_err(|message| ConfigError::Invalid {
+                key: key.clone(),
+                message: format!("(source {:?}): {message}", self.name),
+            })?),
+        };
+        Ok(SourceEntry {
+            source: NamedSource { name: self.name, url: self.url, description: self.description },
+            pipeline,
+        })
+    }
+}
+
+/// `global` with `overrides` merged over it key by key, so a source can change one setting and keep the rest.
+fn merged_pipeline(global: &PipelineConfig, overrides: toml::Table) -> Result<PipelineConfig, String> {
+    let mut base = toml::Table::try_from(global).map_err(|e| format!("cannot merge: {e}"))?;
+    merge_tables(&mut base, overrides);
+    base.try_into().map_err(|e: toml::de::Error| e.message().replace('\n', " "))
+}
+
+/// Deep merge: tables merge recursively, any other value replaces.
+fn merge_tables(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(table)) => merge_tables(base_table, table),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Which configuration key a policy error is about.
+fn policy_key(error: &PolicyError) -> &'static str {
+    match error {
+        PolicyError::InvalidPrefix { .. } => "allow.prefixes",
+        PolicyError::InvalidUrl { .. } => "allow.urls",
+        PolicyError::InvalidSource { .. } | PolicyError::Forbidden { .. } => "sources",
+    }
+}
+
+/// Refuses values below a minimum.
+fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(key, format!("must be at least {min}")));
+    }
+    Ok(())
+}
+
+/// A backoff must start above 0 (doubling 0 stays 0, a busy loop) and not above its maximum.
+fn check_backoff(min_key: &str, min: u64, max_key: &str, max: u64) -> Result<(), ConfigError> {
+    if min == 0 {
+        return Err(ConfigError::invalid(min_key, "must be at least 1"));
+    }
+    if min > max {
+        return Err(ConfigError::invalid(min_key, format!("must not exceed {max_key} ({min} > {max})")));
+    }
+    Ok(())
+}
+
+/// `min_ms` doubled for each attempt after the first, capped at `max_ms`.
+fn exponential(min_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(63);
+    let ms = min_ms.saturating_mul(1u64 << doublings).min(max_ms);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::config::{Backpressure, Mode};
+    use crate::policy::AllowedBy;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text)
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error for {text:?}, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_text_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.broker.port, 1883);
+        assert_eq!(config.topics.prefix, "video");
+        assert_eq!(config.limits.max_request_bytes, 4096);
+        let urls: Vec<String> = config.sources.iter().map(|e| e.source.url.clone()).collect();
+        assert_eq!(urls, ["builtin://testsrc", "builtin://testsrc-720p", "builtin://testsrc-silent"]);
+        assert!(config.allow.urls.is_empty() && config.allow.prefixes.is_empty());
+        assert!(config.policy().unwrap().check("builtin://testsrc-720p").is_ok());
+        assert!(config.policy().unwrap().check("rtsp://anything/").is_err());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn example_file_documents_the_defaults() {
+        let example = parse(include_str!("../config.example.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.broker, defaults.broker);
+        assert_eq!(example.topics, defaults.topics);
+        assert_eq!(example.limits, defaults.limits);
+        assert_eq!(example.retry, defaults.retry);
+        assert_eq!(example.stats, defaults.stats);
+        assert_eq!(example.pipeline, defaults.pipeline);
+        // Deliberately not the defaults: the built-in sources plus a camera with its own setting, and an allow-list.
+        assert_eq!(example.sources[..3], defaults.sources[..]);
+        let camera = &example.sources[3];
+        assert_eq!(camera.source.name, "Lobby camera");
+        let mut expected = defaults.pipeline.clone();
+        expected.video.max_width = 640;
+        assert_eq!(camera.pipeline, Some(expected));
+        assert!(!example.allow.urls.is_empty() && !example.allow.prefixes.is_empty());
+        let policy = example.policy().unwrap();
+        assert!(policy.check("rtsp://cameras.example.net/parking").is_ok());
+    }
+
+    /// Every leaf key of a table, recursively.
+    fn leaf_keys(table: &toml::Table) -> Vec<String> {
+        table
+            .iter()
+            .flat_map(|(key, value)| match value {
+                toml::Value::Table(inner) => leaf_keys(inner),
+                _ => vec![key.clone()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn example_file_mentions_every_key() {
+        let example = include_str!("../config.example.toml");
+        // Pipeline keys come from the media module's own defaults, so a new one cannot go undocumented.
+        let mut keys = leaf_keys(&toml::Table::try_from(PipelineConfig::default()).unwrap());
+        let ours = [
+            "host",
+            "port",
+            "client_id",
+            "username",
+            "password",
+            "keep_alive_secs",
+            "tls",
+            "ca_file",
+            "reconnect_min_ms",
+            "reconnect_max_ms",
+            "qos",
+            "prefix",
+            "max_streams",
+            "max_viewers_per_stream",
+            "max_request_bytes",
+            "linger_secs",
+            "viewer_timeout_secs",
+            "viewer_queue_fragments",
+            "requests_per_minute_per_client",
+            "max_attempts",
+            "initial_backoff_ms",
+            "max_backoff_ms",
+            "interval_secs",
+            "name",
+            "url",
+            "description",
+            "urls",
+            "prefixes",
+        ];
+        keys.extend(ours.map(String::from));
+        for key in keys {
+            assert!(example.contains(&format!("{key} =")), "config.example.toml does not document `{key}`");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = error("[limits]\nmax_stream = 3\n");
+        assert!(e.contains("unknown field `max_stream`") && e.contains("line 2"), "{e}");
+        let e = error("[limit]\nmax_streams = 3\n");
+        assert!(e.contains("unknown field `limit`"), "{e}");
+        let e = error("[pipeline.video]\nmax_widht = 3\n");
+        assert!(e.contains("unknown field `max_widht`"), "{e}");
+        let e = error("[[sources]]\nname = \"a\"\nurl = \"rtsp://a/\"\nuri = \"x\"\n");
+        assert!(e.contains("unknown field `uri`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_show_the_key() {
+        let e = error("[broker]\nport = \"1883\"\n");
+        assert!(e.contains("port = \"1883\"") && e.contains("invalid type"), "{e}");
+        let e = error("[limits]\nmax_streams = -1\n");
+        assert!(e.contains("max_streams = -1"), "{e}");
+        let e = error("[broker]\nport = 70000\n");
+        assert!(e.contains("port = 70000"), "{e}");
+        let e = error("[pipeline]\nmode = \"fast\"\n");
+        assert!(e.contains("mode = \"fast\"") && e.contains("unknown variant"), "{e}");
+        let e = error("this is not toml");
+        assert!(e.contains("TOML parse error"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[broker]\nport = 0", "broker.port must not be 0"),
+            ("[broker]\nhost = \" \"", "broker.host must not be empty"),
+            ("[broker]\nclient_id = \"\"", "broker.client_id must not be empty"),
+            ("[broker]\nqos = 2", "broker.qos must be 0 or 1, not 2"),
+            ("[broker]\npassword = \"x\"", "broker.password needs broker.username (MQTT 3.1.1)"),
+            ("[broker]\nca_file = \"/etc/ca.pem\"", "broker.ca_file is set but broker.tls is false"),
+            ("[broker]\nreconnect_min_ms = 0", "broker.reconnect_min_ms must be at least 1"),
+            (
+                "[broker]\nreconnect_min_ms = 20000",
+                "broker.reconnect_min_ms must not exceed broker.reconnect_max_ms (20000 > 10000)",
+            ),
+            ("[limits]\nmax_streams = 0", "limits.max_streams must be at least 1"),
+            ("[limits]\nmax_viewers_per_stream = 0", "limits.max_viewers_per_stream must be at least 1"),
+            ("[limits]\nmax_request_bytes = 100", "limits.max_request_bytes must be at least 256"),
+            ("[limits]\nviewer_queue_fragments = 0", "limits.viewer_queue_fragments must be at least 1"),
+            ("[retry]\ninitial_backoff_ms = 0", "retry.initial_backoff_ms must be at least 1"),
+            (
+                "[retry]\nmax_backoff_ms = 100",
+                "retry.initial_backoff_ms must not exceed retry.max_backoff_ms (500 > 100)",
+            ),
+            ("[topics]\nprefix = \"\"", "topics.prefix is empty"),
+            ("[topics]\nprefix = \"video/#\"", "topics.prefix must not contain the wildcards `+` or `#`"),
+            ("[topics]\nprefix = \"$SYS/video\"", "topics.prefix must not start with `$` (reserved for the broker)"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn unsafe_allow_lists_fail_at_load() {
+        let e = error("[allow]\nprefixes = [\"rtsp://cam.local\"]");
+        assert_eq!(e, "allow.prefixes: invalid prefix \"rtsp://cam.local\": must end with `/`");
+        let e = error("[allow]\nurls = [\"\"]");
+        assert!(e.starts_with("allow.urls: "), "{e}");
+        let e =
+            error("[[sources]]\nname = \"a\"\nurl = \"rtsp://a/1\"\n[[sources]]\nname = \"A\"\nurl = \"rtsp://a/2\"");
+        assert!(e.starts_with("sources: source \"A\": the name is used twice"), "{e}");
+        let e = error("[allow]\nprefixes = [\"rtsp://admin:hunter2@cam/\"]");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sources_replace_the_builtin_ones() {
+        let config = parse("[[sources]]\nname = \"Cam\"\nurl = \"rtsp://cam/1\"\n").unwrap();
+        assert_eq!(config.sources.len(), 1);
+        assert_eq!(
+            config.sources[0].source,
+            NamedSource { name: "Cam".into(), url: "rtsp://cam/1".into(), description: None }
+        );
+        let config = parse("sources = []").unwrap();
+        assert!(config.sources.is_empty());
+        assert!(config.policy().unwrap().check("builtin://testsrc").is_err());
+    }
+
+    #[test]
+    fn per_source_pipeline_merges_over_the_global_one() {
+        let text = r#"
+            [pipeline]
+            mode = "transcode"
+            [pipeline.video]
+            crf = 28
+
+            [[sources]]
+            name = "Small"
+            url = "rtsp://cam/1"
+            [sources.pipeline.video]
+            max_width = 640
+
+            [[sources]]
+            name = "Plain"
+            url = "rtsp://cam/2"
+
+            [[sources]]
+            name = "Copy"
+            url = "rtsp://cam/3"
+            pipeline = { mode = "copy", backpressure = "block" }
+        "#;
+        let config = parse(text).unwrap();
+        let global = config.pipeline.clone();
+        assert_eq!(global.mode, Mode::Transcode);
+        assert_eq!(global.video.crf, 28);
+
+        let mut small = global.clone();
+        small.video.max_width = 640;
+        assert_eq!(config.pipeline_for("rtsp://cam/1"), small, "only the overridden key differs");
+        assert_eq!(config.pipeline_for(" rtsp://cam/1 "), small);
+
+        assert_eq!(config.sources[1].pipeline, None);
+        assert_eq!(config.pipeline_for("rtsp://cam/2"), global);
+        assert_eq!(config.pipeline_for("rtsp://elsewhere/"), global);
+
+        let copy = config.pipeline_for("rtsp://cam/3");
+        assert_eq!((copy.mode, copy.backpressure, copy.video.crf), (Mode::Copy, Backpressure::Block, 28));
+    }
+
+    #[test]
+    fn pipeline_for_takes_the_url_the_policy_returned() {
+        let text =
+            "[[sources]]\nname = \"Lobby\"\nurl = \"rtsp://u:pw@cam/1\"\npipeline = { video = { max_fps = 10 } }";
+        let config = parse(text).unwrap();
+        let policy = config.policy().unwrap();
+        let offered = &policy.offered()[0].url;
+        let allowed = policy.check(offered).unwrap();
+        assert_eq!(allowed.by, AllowedBy::Source("Lobby".into()));
+        assert_eq!(config.pipeline_for(&allowed.url).video.max_fps, 10);
+    }
+
+    #[test]
+    fn bad_overrides_name_the_source() {
+        let text = "[[sources]]\nname = \"Cam\"\nurl = \"rtsp://cam/1\"\n[sources.pipeline.video]\nmax_widht = 640\n";
+        let e = error(text);
+        assert!(e.starts_with("sources[0].pipeline (source \"Cam\"): unknown field `max_widht`"), "{e}");
+        let text = "[[sources]]\nname = \"Cam\"\nurl = \"rtsp://cam/1\"\npipeline = { video = { crf = \"high\" } }\n";
+        let e = error(text);
+        assert!(e.starts_with("sources[0].pipeline (source \"Cam\"): invalid type"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_backoff() {
+        let config = Config::default();
+        assert_eq!(config.limits.linger(), Duration::from_secs(10));
+        assert_eq!(config.limits.viewer_timeout(), None);
+        assert_eq!(config.stats.interval(), Some(Duration::from_secs(5)));
+        assert_eq!(config.broker.keep_alive(), Duration::from_secs(30));
+        let retry = &config.retry;
+        let delays: Vec<u128> = (1..=7).map(|a| retry.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert_eq!(retry.backoff(0), Duration::from_millis(500));
+        assert_eq!(retry.backoff(u32::MAX), Duration::from_millis(10_000));
+        assert!(retry.allows(10) && !retry.allows(11));
+        assert!(RetryConfig { max_attempts: 0, ..RetryConfig::default() }.allows(u32::MAX));
+        assert_eq!(config.broker.reconnect_delay(1), Duration::from_millis(200));
+        assert_eq!(config.broker.reconnect_delay(100), Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn request_limits_follow_the_config() {
+        let config = parse("[topics]\nprefix = \"org/cams\"\n[limits]\nmax_request_bytes = 1000").unwrap();
+        assert_eq!(config.request_limits(), RequestLimits { max_request_bytes: 1000, prefix: "org/cams".into() });
+    }
+
+    #[test]
+    fn broker_password_is_not_in_debug_output() {
+        let config = parse("[broker]\nusername = \"u\"\npassword = \"hunter2\"").unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2") && text.contains("***"), "{text}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let missing = Path::new("/nonexistent/mqtt-video.toml");
+        let e = Config::load(missing).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read /nonexistent/mqtt-video.toml: "), "{e}");
+    }
+}
