@@ -35,6 +35,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts a worker thread for `url`. A URL with a forbidden protocol fails here, before any I/O.
     pub fn start(url: &str, config: PipelineConfig) -> Result<Self, MediaError> {
+        Self::start_at(url, config, 0)
+    }
+
+    /// Like [`Pipeline::start`], with output media time starting at `offset_us` instead of 0: a restarted
+    /// source continues the timeline its viewers already play.
+    pub fn start_at(url: &str, config: PipelineConfig, offset_us: i64) -> Result<Self, MediaError> {
         source::classify(url)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, rx) = bounded(config.channel_capacity.max(4));
@@ -54,7 +60,7 @@ impl Pipeline {
             .spawn(move || {
                 let span = tracing::info_span!("pipeline", url = %url);
                 let _enter = span.enter();
-                let result = run(&url, &config, &mut emitter);
+                let result = run(&url, &config, offset_us, &mut emitter);
                 match &result {
                     Ok(()) => tracing::info!("source finished"),
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
@@ -81,6 +87,11 @@ impl Pipeline {
         self.stop.store(true, Ordering::Relaxed);
     }
 
+    /// A handle that stops this pipeline from another thread or task.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stop))
+    }
+
     /// Stops the worker and waits until it has freed everything.
     pub fn join(mut self) {
         self.stop();
@@ -96,6 +107,17 @@ impl Drop for Pipeline {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Stops a pipeline from anywhere; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<AtomicBool>);
+
+impl Stopper {
+    /// Asks the pipeline to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -221,7 +243,7 @@ struct Session<'a> {
     sequence: u64,
 }
 
-fn run(url: &str, config: &PipelineConfig, em: &mut Emitter) -> Result<(), MediaError> {
+fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> Result<(), MediaError> {
     let mut source = source::open(url, &config.source, Arc::clone(&em.stop))?;
     let paced = match config.source.pacing {
         Pacing::Realtime => true,
@@ -240,6 +262,8 @@ fn run(url: &str, config: &PipelineConfig, em: &mut Emitter) -> Result<(), Media
         "source opened"
     );
     let mut session = Session::new(&source, &info, config)?;
+    session.timeline.offset_us = offset_us.max(0);
+    session.timeline.end_us = offset_us.max(0);
     em.control(PipelineEvent::Source(info))?;
 
     let live = source.kind.is_live_protocol();
