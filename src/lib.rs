@@ -4,3 +4,4 @@ pub mod config;
 pub mod media;
 pub mod policy;
 pub mod protocol;
+pub mod server;

@@ -21,16 +21,19 @@ struct Args {
 enum Command {
     /// Open a source, run the pipeline for a while and report what a browser would get.
     Probe(cli::probe::ProbeArgs),
+    /// Run the MQTT server: answer describe/play/stop and stream allowed sources to viewers.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     mqtt_video::media::set_ffmpeg_log_level(&args.ffmpeg_log)?;
     match args.command {
         Command::Probe(args) => cli::probe::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     }
 }

@@ -1,3 +1,4 @@
 //! Subcommands of the binary.
 
 pub mod probe;
+pub mod serve;

@@ -1,0 +1,33 @@
+//! `mqtt-video serve`: load the config, then run the MQTT server until SIGINT/SIGTERM.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mqtt_video::config::Config;
+use std::path::PathBuf;
+
+/// Arguments of `serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config file (see config.example.toml); every key has a default, so this is optional.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Broker address, overriding the config: HOST:PORT.
+    #[arg(long)]
+    broker: Option<String>,
+}
+
+/// Runs the server.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(broker) = &args.broker {
+        let (host, port) = broker.rsplit_once(':').context("--broker must be HOST:PORT")?;
+        config.broker.host = host.to_string();
+        config.broker.port = port.parse().with_context(|| format!("--broker port '{port}' is not a number"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(mqtt_video::server::run(config))?;
+    Ok(())
+}

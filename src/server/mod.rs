@@ -1,0 +1,396 @@
+//! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
+//! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
+
+pub mod mqtt;
+pub mod stats;
+pub mod stream;
+pub mod viewer;
+
+use crate::config::Config;
+use crate::policy::{redact, Policy, PolicyError};
+use crate::protocol::{
+    parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
+    PlayRequest, ProtocolError, Request, RequestKind, RequestLimits, Status, StopRequest, TopicError, Topics,
+};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use stream::{Phase, Stream};
+use tokio::sync::mpsc;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The topic prefix is not a valid topic.
+    #[error("topics.prefix: {0}")]
+    Topics(#[from] TopicError),
+    /// The allow-list is invalid.
+    #[error("allow-list: {0}")]
+    Policy(#[from] PolicyError),
+    /// The broker session could not be set up.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSetupError),
+}
+
+/// How often lingering streams and expired viewers are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Default, Serialize)]
+struct RequestCounters {
+    describe: AtomicU64,
+    play: AtomicU64,
+    stop: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// The server's shared state.
+pub struct Hub {
+    config: Config,
+    policy: Policy,
+    topics: Topics,
+    limits: RequestLimits,
+    qos: QoS,
+    client: AsyncClient,
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// Which stream each reply topic watches.
+    viewers: Mutex<HashMap<String, String>>,
+    requests: RequestCounters,
+    started: Instant,
+    cpu: Mutex<stats::CpuMeter>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let topics = Topics::new(&config.topics.prefix)?;
+    let policy = config.policy()?;
+    let options = mqtt::options(&config.broker, &topics)?;
+    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let qos = if config.broker.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+    let hub = Arc::new(Hub {
+        limits: config.request_limits(),
+        policy,
+        topics: topics.clone(),
+        qos,
+        client: client.clone(),
+        streams: Mutex::default(),
+        viewers: Mutex::default(),
+        requests: RequestCounters::default(),
+        started: Instant::now(),
+        cpu: Mutex::default(),
+        config,
+    });
+    let (tx, mut rx) = mpsc::channel(1024);
+    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx));
+    tokio::spawn(Arc::clone(&hub).sweep_forever());
+    if let Some(every) = hub.config.stats.interval() {
+        tokio::spawn(Arc::clone(&hub).publish_stats_forever(every));
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(mqtt::SessionEvent::Connected) => hub.publish_sources().await,
+                Some(mqtt::SessionEvent::Request(kind, payload)) => {
+                    let hub = Arc::clone(&hub);
+                    tokio::spawn(async move { hub.handle(kind, payload).await });
+                }
+                None => break,
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    hub.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+impl Hub {
+    async fn publish_json(&self, topic: String, value: &impl Serialize, retain: bool) {
+        match serde_json::to_vec(value) {
+            Ok(json) => {
+                if let Err(e) = self.client.publish(topic, self.qos, retain, json).await {
+                    tracing::warn!(error = %e, "could not queue a publish");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not serialise a message"),
+        }
+    }
+
+    async fn publish_sources(&self) {
+        #[derive(Serialize)]
+        struct Sources {
+            version: u32,
+            sources: Vec<crate::policy::OfferedSource>,
+        }
+        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, sources: self.policy.offered() };
+        self.publish_json(self.topics.sources(), &sources, true).await;
+    }
+
+    /// Answers a request that went wrong: describe on its reply topic, play on its status topic.
+    async fn answer_error(&self, kind: RequestKind, reply_topic: &str, code: ErrorCode, message: String) {
+        self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(kind = kind.as_str(), reply_topic, code = code.as_str(), %message, "request refused");
+        match kind {
+            RequestKind::Describe => {
+                self.publish_json(reply_topic.to_string(), &ErrorReply::new(code, message), false).await;
+            }
+            RequestKind::Play => {
+                self.publish_json(status_topic(reply_topic), &Status::error(code, message), false).await;
+            }
+            RequestKind::Stop => {}
+        }
+    }
+
+    async fn handle(self: Arc<Self>, kind: RequestKind, payload: Bytes) {
+        let request = match parse_request(kind, &payload, &self.limits) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(kind, &payload, e).await,
+        };
+        match request {
+            Request::Describe(d) => self.describe(d).await,
+            Request::Play(p) => self.play(p).await,
+            Request::Stop(s) => self.stop(s),
+        }
+    }
+
+    async fn refuse(&self, kind: RequestKind, payload: &[u8], error: ProtocolError) {
+        match reply_topic_hint(payload, &self.limits) {
+            Some(topic) => self.answer_error(kind, &topic, error.code(), error.to_string()).await,
+            None => {
+                // No valid reply topic: there is nowhere safe to answer.
+                self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(kind = kind.as_str(), code = error.code().as_str(), %error, "request refused, no reply topic to answer on");
+            }
+        }
+    }
+
+    /// Finds the running stream for an allowed URL or starts it.
+    fn stream_for(self: &Arc<Self>, url: &str) -> Result<Arc<Stream>, String> {
+        let mut streams = lock(&self.streams);
+        if let Some(s) = streams.get(url).filter(|s| s.is_alive()) {
+            return Ok(Arc::clone(s));
+        }
+        let running = streams.values().filter(|s| s.is_alive()).count();
+        if running >= self.config.limits.max_streams {
+            return Err(format!("the server already runs its maximum of {running} streams"));
+        }
+        let stream = Arc::new(Stream::new(
+            url.to_string(),
+            self.config.pipeline_for(url),
+            self.client.clone(),
+            self.qos,
+            self.config.limits.viewer_queue_fragments,
+        ));
+        streams.insert(url.to_string(), Arc::clone(&stream));
+        tracing::info!(url = %redact(url), "stream started");
+        let (hub, retry) = (Arc::clone(self), self.config.retry.clone());
+        let task_stream = Arc::clone(&stream);
+        tokio::spawn(async move {
+            task_stream.run(retry).await;
+            hub.forget(&task_stream);
+        });
+        Ok(stream)
+    }
+
+    /// Drops a finished stream from the registry, with its viewers.
+    fn forget(&self, stream: &Arc<Stream>) {
+        let mut streams = lock(&self.streams);
+        if streams.get(&stream.url).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(&stream.url);
+        }
+        drop(streams);
+        lock(&self.viewers).retain(|_, url| *url != stream.url || streams_has(&self.streams, url));
+        tracing::info!(url = %redact(&stream.url), "stream stopped");
+    }
+
+    async fn describe(self: Arc<Self>, request: DescribeRequest) {
+        self.requests.describe.fetch_add(1, Ordering::Relaxed);
+        let kind = RequestKind::Describe;
+        let allowed = match self.policy.check(&request.url) {
+            Ok(a) => a,
+            Err(e) => {
+                return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, e.to_string()).await
+            }
+        };
+        let stream = match self.stream_for(&allowed.url) {
+            Ok(s) => s,
+            Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::Overloaded, m).await,
+        };
+        stream.touch();
+        let limit = self.config.pipeline_for(&allowed.url).source.connect_timeout() + Duration::from_secs(5);
+        let mut phase = stream.phase();
+        let outcome = tokio::time::timeout(limit, async {
+            loop {
+                match phase.borrow_and_update().clone() {
+                    Phase::Ready(info) => return Ok(info),
+                    Phase::Failed { code, message } => return Err((code, message)),
+                    Phase::Ended => return Err((ErrorCode::SourceEnded, "the stream ended".to_string())),
+                    Phase::Starting | Phase::Reconnecting { .. } => {}
+                }
+                if phase.changed().await.is_err() {
+                    return Err((ErrorCode::InternalError, "the stream vanished".to_string()));
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(info)) => {
+                stream.touch();
+                let reply = DescribeReply::new(&request.url, &info);
+                self.publish_json(request.reply_topic, &reply, false).await;
+            }
+            Ok(Err((code, message))) => self.answer_error(kind, &request.reply_topic, code, message).await,
+            Err(_) => {
+                let message = format!("no picture from the source within {} s", limit.as_secs());
+                self.answer_error(kind, &request.reply_topic, ErrorCode::SourceTimeout, message).await;
+            }
+        }
+    }
+
+    async fn play(self: Arc<Self>, request: PlayRequest) {
+        self.requests.play.fetch_add(1, Ordering::Relaxed);
+        let kind = RequestKind::Play;
+        let topic = request.reply_topic;
+        let allowed = match self.policy.check(&request.url) {
+            Ok(a) => a,
+            Err(e) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, e.to_string()).await,
+        };
+        if let Some(message) = self.nesting_conflict(&topic) {
+            return self.answer_error(kind, &topic, ErrorCode::BadReplyTopic, message).await;
+        }
+        let stream = match self.stream_for(&allowed.url) {
+            Ok(s) => s,
+            Err(m) => return self.answer_error(kind, &topic, ErrorCode::Overloaded, m).await,
+        };
+        let previous = lock(&self.viewers).insert(topic.clone(), allowed.url.clone());
+        match previous {
+            // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
+            Some(url) if url == allowed.url && stream.has_viewer(&topic) => {
+                stream.renew_viewer(&topic);
+                return;
+            }
+            Some(url) if url != allowed.url => {
+                if let Some(old) = lock(&self.streams).get(&url) {
+                    old.remove_viewer(&topic, EndReason::Replaced);
+                }
+            }
+            _ => {}
+        }
+        if !stream.add_viewer(&topic, self.config.limits.max_viewers_per_stream) {
+            lock(&self.viewers).remove(&topic);
+            let message =
+                format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
+            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
+        }
+        tracing::info!(url = %redact(&allowed.url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
+    }
+
+    /// A reply topic nested in another viewer's (or the other way round) would receive that viewer's media too.
+    fn nesting_conflict(&self, topic: &str) -> Option<String> {
+        let viewers = lock(&self.viewers);
+        viewers.keys().find(|other| {
+            *other != topic && (topic.starts_with(&format!("{other}/")) || other.starts_with(&format!("{topic}/")))
+        })?;
+        Some("the reply topic is nested in another viewer's reply topic (or contains one)".to_string())
+    }
+
+    fn stop(&self, request: StopRequest) {
+        self.requests.stop.fetch_add(1, Ordering::Relaxed);
+        let Some(url) = lock(&self.viewers).remove(&request.reply_topic) else { return };
+        if let Some(stream) = lock(&self.streams).get(&url) {
+            stream.remove_viewer(&request.reply_topic, EndReason::Stopped);
+            tracing::info!(reply_topic = %request.reply_topic, viewers = stream.viewer_count(), "viewer left");
+        }
+    }
+
+    async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// Stops streams nobody watched for the linger time and ends viewers that did not renew in time.
+    fn sweep(&self) {
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        let linger = self.config.limits.linger();
+        for stream in streams {
+            if let Some(timeout) = self.config.limits.viewer_timeout() {
+                for topic in stream.expired_viewers(timeout) {
+                    stream.remove_viewer(&topic, EndReason::ViewerTimeout);
+                    lock(&self.viewers).remove(&topic);
+                    tracing::info!(reply_topic = %topic, "viewer timed out");
+                }
+            }
+            if stream.viewer_count() == 0 && stream.idle_for().is_some_and(|idle| idle >= linger) {
+                stream.stop();
+            }
+        }
+    }
+
+    async fn publish_stats_forever(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let stats = self.stats();
+            self.publish_json(self.topics.stats(), &stats, true).await;
+        }
+    }
+
+    /// The stats message: streams, viewers, drops, latency, process CPU and memory.
+    pub fn stats(&self) -> serde_json::Value {
+        let streams: Vec<_> = lock(&self.streams).values().map(|s| s.stats(redact(&s.url))).collect();
+        let (rss_kib, threads) = stats::memory_and_threads();
+        let cpu = lock(&self.cpu).sample();
+        serde_json::json!({
+            "version": crate::protocol::PROTOCOL_VERSION,
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "streams": streams,
+            "viewers": streams.iter().map(|s| s.viewers).sum::<usize>(),
+            "requests": &self.requests,
+            "process": { "cpu_percent": cpu, "rss_kib": rss_kib, "threads": threads },
+        })
+    }
+
+    async fn shutdown(&self) {
+        tracing::info!("shutting down");
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        for stream in &streams {
+            stream.shutdown();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&self.streams).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Clear the retained lists: nobody serves them any more.
+        let _ = self.client.publish(self.topics.sources(), QoS::AtLeastOnce, true, Vec::new()).await;
+        let _ = self.client.publish(self.topics.stats(), QoS::AtLeastOnce, true, Vec::new()).await;
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn streams_has(streams: &Mutex<HashMap<String, Arc<Stream>>>, url: &str) -> bool {
+    lock(streams).contains_key(url)
+}

@@ -1,0 +1,110 @@
+//! The broker session: options from the config, and the task that drives rumqttc's event loop, reconnects
+//! with backoff, re-subscribes after every connect, and hands control requests to the server.
+
+use crate::config::BrokerConfig;
+use crate::protocol::{RequestKind, Topics};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest MQTT packet either way: a keyframe fragment of a 4K stream is a few MB. rumqttc's default is 10 KiB.
+pub const MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the broker session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSetupError {
+    /// The CA file could not be read.
+    #[error("broker.ca_file {path}: {error}")]
+    CaFile {
+        /// The configured path.
+        path: String,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+}
+
+/// rumqttc options for the configured broker; the last will empties the retained sources list.
+pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, MqttSetupError> {
+    let mut o = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
+    o.set_keep_alive(Duration::from_secs(u64::from(broker.keep_alive_secs.max(5))));
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o.set_clean_session(true);
+    if let (Some(user), pass) = (&broker.username, &broker.password) {
+        o.set_credentials(user.clone(), pass.clone().unwrap_or_default());
+    }
+    // A server that dies without saying so must not leave pages a list of sources nobody serves.
+    o.set_last_will(LastWill::new(topics.sources(), Vec::new(), QoS::AtLeastOnce, true));
+    if broker.tls {
+        let transport = match &broker.ca_file {
+            Some(path) => {
+                let ca = std::fs::read(path)
+                    .map_err(|error| MqttSetupError::CaFile { path: path.display().to_string(), error })?;
+                Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth: None })
+            }
+            None => Transport::tls_with_default_config(),
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
+/// Something the session tells the server.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// (Re)connected and subscribed: publish retained state again.
+    Connected,
+    /// A control request arrived.
+    Request(RequestKind, Bytes),
+}
+
+/// Drives the event loop forever: reconnects with backoff after any error and re-subscribes on every connect.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    topics: Topics,
+    broker: BrokerConfig,
+    tx: mpsc::Sender<SessionEvent>,
+) {
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if failures > 0 {
+                    tracing::info!(host = %broker.host, port = broker.port, "reconnected to the broker");
+                } else {
+                    tracing::info!(host = %broker.host, port = broker.port, "connected to the broker");
+                }
+                failures = 0;
+                let (client, topics, tx) = (client.clone(), topics.clone(), tx.clone());
+                // Subscribing from this task would wait on the queue that only this task drains.
+                tokio::spawn(async move {
+                    for kind in RequestKind::ALL {
+                        if client.subscribe(topics.request(kind), QoS::AtMostOnce).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(SessionEvent::Connected).await;
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(kind) = topics.request_kind(&p.topic) {
+                    if tx.try_send(SessionEvent::Request(kind, p.payload)).is_err() {
+                        tracing::warn!(topic = %p.topic, "request dropped: the server is saturated");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let wait = broker.reconnect_delay(failures);
+                if failures == 0 {
+                    tracing::warn!(%error, "broker connection lost, reconnecting");
+                } else {
+                    tracing::debug!(%error, attempt = failures, "broker still unreachable, next try in {wait:?}");
+                }
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
