@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
-  ffmpeg fonts-dejavu-core
+  ffmpeg fonts-dejavu-core mosquitto
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )

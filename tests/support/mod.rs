@@ -2,6 +2,9 @@
 //! pipeline runs collected into memory, and independent checks of the output with ffmpeg/ffprobe.
 #![allow(dead_code)]
 
+pub mod broker;
+pub mod page;
+
 use mqtt_video::media::config::{Backpressure, Pacing};
 use mqtt_video::media::{Fragment, InitSegment, MediaError, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
 use std::io::{BufRead, BufReader};
@@ -213,10 +216,15 @@ pub struct RtspServer {
 impl RtspServer {
     /// Starts a server on a free port and waits for its READY line.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(0, extra)
+    }
+
+    /// Starts a server on `port` (0: any free port) and waits for its READY line.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
-            .args(["--port", "0"])
+            .args(["--port", &port.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -231,6 +239,18 @@ impl RtspServer {
             .unwrap_or_else(|| panic!("unexpected server output: {line}"))
             .to_string();
         Self { child, url }
+    }
+}
+
+impl RtspServer {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port in URL")
     }
 }
 
