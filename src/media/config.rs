@@ -162,8 +162,8 @@ pub struct FragmentConfig {
     /// Least video duration of a fragment in milliseconds; 0 sends every video frame as its own fragment
     /// (lowest latency). A keyframe always starts a new fragment.
     pub duration_ms: u32,
-    /// Put a `prft` box before each fragment with the wall clock at which its first video frame reached the
-    /// server, so that players can show their real latency.
+    /// Put a `prft` box before each fragment with the source wall clock of its first video frame (see
+    /// `Fragment::source_wallclock_us`), so that players can show their real latency.
     pub producer_reference_time: bool,
 }
 

@@ -100,7 +100,8 @@ pub struct Fragment {
     pub duration_us: i64,
     /// Video samples it holds.
     pub video_samples: u32,
-    /// Wall clock (µs since the epoch) at which the source packet of its oldest video frame arrived.
+    /// Wall clock (µs since the epoch) of its oldest video frame at the source: when the sender sent it, if
+    /// the source says (RTSP sender reports) and its clock agrees with ours within 5 s; else when it arrived.
     pub source_wallclock_us: u64,
     /// Wall clock (µs since the epoch) at which it left the muxer.
     pub produced_wallclock_us: u64,

@@ -158,3 +158,11 @@ pub fn codec_facts(parameters: &ffmpeg::codec::Parameters) -> CodecFacts {
         }
     }
 }
+
+/// The sender's wall clock (µs since the Unix epoch) at media time 0, which RTSP learns from RTCP sender
+/// reports; None until the first report, or for inputs that have no such clock.
+pub fn start_time_realtime(input: &Input) -> Option<i64> {
+    // SAFETY: reads a plain integer field of the live format context owned by `input`.
+    let value = unsafe { (*input.as_ptr()).start_time_realtime };
+    (value != ffi::AV_NOPTS_VALUE && value > 0).then_some(value)
+}

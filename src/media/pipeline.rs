@@ -306,7 +306,12 @@ fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> 
         }
         source.watchdog.touch();
         em.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-        let arrival = wallclock_us();
+        let mut arrival = wallclock_us();
+        if packet.stream() == session.video_index {
+            if let Some(sent) = sender_clock(&source, &packet, arrival) {
+                arrival = sent;
+            }
+        }
         if paced {
             let stream_tb = match source.input.stream(packet.stream()) {
                 Some(s) => s.time_base(),
@@ -325,6 +330,22 @@ fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> 
         return Err(MediaError::Ended);
     }
     Ok(())
+}
+
+/// When the sender says it sent this packet: RTCP sender reports map media time to its wall clock.
+fn sender_clock(source: &Source, packet: &Packet, arrival_us: u64) -> Option<u64> {
+    let origin = ffi::start_time_realtime(&source.input)?;
+    let tb = source.input.stream(packet.stream())?.time_base();
+    let sent = plausible_send_time(origin + packet.pts()?.rescale(tb, MICROS), arrival_us);
+    tracing::trace!(lag_us = sent.map(|s| arrival_us - s), "sender clock");
+    sent
+}
+
+/// A sender's send time, if plausible: not after its arrival here and less than 5 s before it. A sender whose
+/// clock is not synchronised with ours would otherwise show viewers a nonsense latency.
+pub fn plausible_send_time(sent_us: i64, arrival_us: u64) -> Option<u64> {
+    let sent = u64::try_from(sent_us).ok()?;
+    (sent <= arrival_us && arrival_us - sent < 5_000_000).then_some(sent)
 }
 
 fn sleep_unless_stopped(wait: Duration, em: &Emitter) -> Result<(), MediaError> {
@@ -840,6 +861,14 @@ mod tests {
         assert_eq!(no_b.fill(None, Some(10_000)), Some(10_000), "never after pts");
         assert_eq!(no_b.fill(None, None), Some(13_000));
         assert_eq!(DtsFiller::new(0, 1).fill(None, None), None, "nothing to go on");
+    }
+
+    #[test]
+    fn sender_clocks_are_used_only_when_plausible() {
+        assert_eq!(plausible_send_time(1_000_000, 1_034_000), Some(1_000_000));
+        assert_eq!(plausible_send_time(1_040_000, 1_034_000), None, "sender clock ahead of ours");
+        assert_eq!(plausible_send_time(1_000_000, 7_000_000), None, "6 s behind: clocks disagree");
+        assert_eq!(plausible_send_time(-5, 7), None);
     }
 
     #[test]
