@@ -196,7 +196,7 @@ fn main() {
     for mode in [Mode::Copy, Mode::Transcode] {
         let (_, lat) = rtsp_in_process(&server.url, mode, 10.0);
         println!(
-            "rtsp {mode:?} arrival-to-fragment: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms over {} fragments",
+            "rtsp {mode:?} source clock to fragment out: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms over {} fragments",
             percentile(lat.clone(), 0.5),
             percentile(lat.clone(), 0.95),
             percentile(lat.clone(), 1.0),

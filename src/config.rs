@@ -194,8 +194,6 @@ pub struct LimitsConfig {
     pub viewer_timeout_secs: u64,
     /// Fragments queued for one viewer before whole GOPs are dropped for it.
     pub viewer_queue_fragments: usize,
-    /// Requests one client may send per minute; 0 for no limit.
-    pub requests_per_minute_per_client: u32,
 }
 
 impl Default for LimitsConfig {
@@ -207,7 +205,6 @@ impl Default for LimitsConfig {
             linger_secs: 10,
             viewer_timeout_secs: 0,
             viewer_queue_fragments: 120,
-            requests_per_minute_per_client: 120,
         }
     }
 }
@@ -604,7 +601,6 @@ mod tests {
             "linger_secs",
             "viewer_timeout_secs",
             "viewer_queue_fragments",
-            "requests_per_minute_per_client",
             "max_attempts",
             "initial_backoff_ms",
             "max_backoff_ms",

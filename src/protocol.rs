@@ -478,8 +478,6 @@ pub enum EndReason {
     SourceEnded,
     /// The page did not renew its play within the viewer timeout.
     ViewerTimeout,
-    /// A new play on the same reply topic replaced this one.
-    Replaced,
     /// The server is shutting down.
     Shutdown,
 }

@@ -140,6 +140,16 @@ fn transcode_scales_to_the_configured_maximum() {
 }
 
 #[test]
+fn auto_transcodes_browser_ready_video_that_exceeds_the_limits() {
+    let mut config = fast_config();
+    config.video.max_width = 160;
+    let run = collect(h264_aac_mp4().to_str().unwrap(), config, 1.0, LONG);
+    let init = run.init.as_ref().unwrap();
+    assert_eq!((init.info.video, init.info.width), (TrackMode::Transcode, 160));
+    assert_eq!(run.source.as_ref().unwrap().audio, AudioPlan::Copy, "the audio is still copied");
+}
+
+#[test]
 fn copy_mode_refuses_video_that_is_not_h264() {
     let mut config = fast_config();
     config.mode = Mode::Copy;

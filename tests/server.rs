@@ -243,3 +243,24 @@ fn source_drop_and_return_keeps_viewers_playing() {
         after.status
     );
 }
+
+#[test]
+fn nobody_can_write_into_a_viewers_topics() {
+    let s = stack("");
+    let victim = page(&s);
+    let topic = format!("victim/{}", rand_suffix());
+    victim.play(&s.rtsp.url, &topic);
+    std::thread::sleep(Duration::from_secs(1));
+    let attacker = page(&s);
+    let nested = format!("{topic}/inner");
+    attacker.publish("video/describe", &json!({"url": s.rtsp.url, "reply_topic": topic}));
+    attacker.publish("video/describe", &json!({"url": s.rtsp.url, "reply_topic": nested}));
+    attacker.publish("video/play", &json!({"url": s.rtsp.url, "reply_topic": nested}));
+    let got = victim.collect(&topic, Duration::from_secs(2));
+    // Any JSON on the media topic would fail the box splitter here.
+    let (init, fragments) = segments(&got.media);
+    decodes(&init, &fragments, "victim.mp4");
+    // Its play started the stream, so `buffering` came first; nothing else reached its status topic.
+    assert_eq!(got.states(), vec!["buffering", "playing"]);
+    attacker.stats_where(|s| s["viewers"] == json!(1) && s["requests"]["rejected"] == json!(3));
+}

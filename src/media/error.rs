@@ -8,7 +8,9 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MediaError {
     /// The URL names a protocol we never open (e.g. `concat:`, `subfile:`, a filter graph).
-    #[error("protocol '{0}' is not allowed (allowed: rtsp, rtsps, http, https, rtmp, srt, udp, file, builtin)")]
+    #[error(
+        "protocol '{0}' is not allowed (allowed: rtsp, rtsps, http, https, rtmp, rtmps, srt, udp, rtp, file, builtin)"
+    )]
     ForbiddenProtocol(String),
     /// The URL cannot be parsed or names nothing.
     #[error("invalid source URL: {0}")]

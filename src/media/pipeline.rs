@@ -54,11 +54,13 @@ impl Pipeline {
             stats: Arc::clone(&stats),
         };
         let url = url.to_string();
-        let name: String = format!("media {url}").chars().take(40).collect();
+        // Thread names and log fields are visible to anyone reading logs or `ps`: never the password.
+        let shown = crate::policy::redact(&url);
+        let name: String = format!("media {shown}").chars().take(40).collect();
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let span = tracing::info_span!("pipeline", url = %url);
+                let span = tracing::info_span!("pipeline", url = %shown);
                 let _enter = span.enter();
                 let result = run(&url, &config, offset_us, &mut emitter);
                 match &result {
@@ -390,10 +392,16 @@ fn analyse(source: &Source, config: &PipelineConfig, paced: bool) -> Result<Sour
     let chroma_ok = pix_fmt < 0
         || pix_fmt == ffmpeg::ffi::AVPixelFormat::AV_PIX_FMT_YUV420P as i32
         || pix_fmt == ffmpeg::ffi::AVPixelFormat::AV_PIX_FMT_YUVJ420P as i32;
+    let size = ffi::codec_facts(&video_params);
+    let fps = streams[video_stream].fps.unwrap_or(0.0);
+    let limit = |max: u32, value: f64| max == 0 || value <= f64::from(max) + 0.5;
     let facts = VideoFacts {
         codec: streams[video_stream].codec.clone(),
         h264,
         browser_h264: h264 && chroma_ok && plan::browser_h264_profile(profile),
+        within_limits: limit(config.video.max_width, f64::from(size.width))
+            && limit(config.video.max_height, f64::from(size.height))
+            && limit(config.video.max_fps, fps),
     };
     let video = plan::video(config.mode, &facts)?;
     let audio = match audio_stream {

@@ -23,13 +23,15 @@ pub struct VideoFacts {
     pub browser_h264: bool,
     /// H.264 at all (any profile).
     pub h264: bool,
+    /// Within the configured maximum size and frame rate (else copying would ignore them).
+    pub within_limits: bool,
 }
 
 /// Copy or transcode the video, or refuse (copy mode with video that is not H.264).
 pub fn video(mode: Mode, facts: &VideoFacts) -> Result<TrackMode, MediaError> {
     match mode {
         Mode::Transcode => Ok(TrackMode::Transcode),
-        Mode::Auto if facts.browser_h264 => Ok(TrackMode::Copy),
+        Mode::Auto if facts.browser_h264 && facts.within_limits => Ok(TrackMode::Copy),
         Mode::Auto => Ok(TrackMode::Transcode),
         Mode::Copy if facts.h264 => Ok(TrackMode::Copy),
         Mode::Copy => Err(MediaError::Unsupported(format!(
@@ -82,13 +84,21 @@ mod tests {
     use super::*;
 
     fn facts(h264: bool, browser: bool) -> VideoFacts {
-        VideoFacts { codec: if h264 { "h264" } else { "mpeg2video" }.into(), h264, browser_h264: browser }
+        VideoFacts {
+            codec: if h264 { "h264" } else { "mpeg2video" }.into(),
+            h264,
+            browser_h264: browser,
+            within_limits: true,
+        }
     }
 
     #[test]
     fn video_choices() {
         assert_eq!(video(Mode::Auto, &facts(true, true)).unwrap(), TrackMode::Copy);
         assert_eq!(video(Mode::Auto, &facts(true, false)).unwrap(), TrackMode::Transcode, "High 10");
+        let too_big = VideoFacts { within_limits: false, ..facts(true, true) };
+        assert_eq!(video(Mode::Auto, &too_big).unwrap(), TrackMode::Transcode, "larger than max_width");
+        assert_eq!(video(Mode::Copy, &too_big).unwrap(), TrackMode::Copy, "copy means copy");
         assert_eq!(video(Mode::Auto, &facts(false, false)).unwrap(), TrackMode::Transcode);
         assert_eq!(video(Mode::Transcode, &facts(true, true)).unwrap(), TrackMode::Transcode);
         assert_eq!(video(Mode::Copy, &facts(true, false)).unwrap(), TrackMode::Copy);

@@ -236,7 +236,10 @@ pub fn ffmpeg_error(e: ffmpeg::Error, during: &str) -> MediaError {
         E::DemuxerNotFound | E::DecoderNotFound | E::StreamNotFound => {
             MediaError::Unsupported(format!("{e} ({during})"))
         }
-        E::ProtocolNotFound => MediaError::ForbiddenProtocol(format!("{e} ({during})")),
+        // The URL's protocol passed our classification, so FFmpeg itself lacks it (e.g. no TLS build).
+        E::ProtocolNotFound => {
+            MediaError::Unsupported(format!("this FFmpeg build cannot open that protocol ({during})"))
+        }
         E::HttpBadRequest
         | E::HttpUnauthorized
         | E::HttpForbidden

@@ -226,6 +226,13 @@ impl Hub {
     async fn describe(self: Arc<Self>, request: DescribeRequest) {
         self.requests.describe.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Describe;
+        // A JSON reply on a viewer's media topic (or inside it) would corrupt that viewer's stream.
+        let taken = lock(&self.viewers).contains_key(&request.reply_topic);
+        if taken || self.nesting_conflict(&request.reply_topic).is_some() {
+            self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(reply_topic = %request.reply_topic, "describe refused, not answered: its reply topic belongs to a viewer");
+            return;
+        }
         let allowed = match self.policy.check(&request.url) {
             Ok(a) => a,
             Err(e) => {
@@ -276,7 +283,10 @@ impl Hub {
             Err(e) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, e.to_string()).await,
         };
         if let Some(message) = self.nesting_conflict(&topic) {
-            return self.answer_error(kind, &topic, ErrorCode::BadReplyTopic, message).await;
+            // Its status topic lies inside another viewer's subscription: refuse without answering there.
+            self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(kind = kind.as_str(), reply_topic = %topic, %message, "request refused, not answered");
+            return;
         }
         let stream = match self.stream_for(&allowed.url) {
             Ok(s) => s,
@@ -290,8 +300,10 @@ impl Hub {
                 return;
             }
             Some(url) if url != allowed.url => {
+                // The topic moves to the new stream: the old delivery ends silently, or its last fragments
+                // and an `ended` could land after the new init segment.
                 if let Some(old) = lock(&self.streams).get(&url) {
-                    old.remove_viewer(&topic, EndReason::Replaced);
+                    old.remove_viewer(&topic, None);
                 }
             }
             _ => {}
@@ -318,7 +330,7 @@ impl Hub {
         self.requests.stop.fetch_add(1, Ordering::Relaxed);
         let Some(url) = lock(&self.viewers).remove(&request.reply_topic) else { return };
         if let Some(stream) = lock(&self.streams).get(&url) {
-            stream.remove_viewer(&request.reply_topic, EndReason::Stopped);
+            stream.remove_viewer(&request.reply_topic, Some(EndReason::Stopped));
             tracing::info!(reply_topic = %request.reply_topic, viewers = stream.viewer_count(), "viewer left");
         }
     }
@@ -338,12 +350,14 @@ impl Hub {
         for stream in streams {
             if let Some(timeout) = self.config.limits.viewer_timeout() {
                 for topic in stream.expired_viewers(timeout) {
-                    stream.remove_viewer(&topic, EndReason::ViewerTimeout);
+                    stream.remove_viewer(&topic, Some(EndReason::ViewerTimeout));
                     lock(&self.viewers).remove(&topic);
                     tracing::info!(reply_topic = %topic, "viewer timed out");
                 }
             }
-            if stream.viewer_count() == 0 && stream.idle_for().is_some_and(|idle| idle >= linger) {
+            // A stream still opening its source has describes waiting on it; it fails by its own timeout.
+            let starting = matches!(*stream.phase().borrow(), Phase::Starting);
+            if !starting && stream.viewer_count() == 0 && stream.idle_for().is_some_and(|idle| idle >= linger) {
                 stream.stop();
             }
         }

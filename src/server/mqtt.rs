@@ -5,7 +5,6 @@ use crate::config::BrokerConfig;
 use crate::protocol::{RequestKind, Topics};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Largest MQTT packet either way: a keyframe fragment of a 4K stream is a few MB. rumqttc's default is 10 KiB.
@@ -27,7 +26,8 @@ pub enum MqttSetupError {
 /// rumqttc options for the configured broker; the last will empties the retained sources list.
 pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, MqttSetupError> {
     let mut o = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
-    o.set_keep_alive(Duration::from_secs(u64::from(broker.keep_alive_secs.max(5))));
+    // 0 turns keep-alive off, as in MQTT itself.
+    o.set_keep_alive(broker.keep_alive());
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     o.set_clean_session(true);
     if let (Some(user), pass) = (&broker.username, &broker.password) {
@@ -96,7 +96,7 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(error) => {
-                let wait = broker.reconnect_delay(failures);
+                let wait = broker.reconnect_delay(failures + 1);
                 if failures == 0 {
                     tracing::warn!(%error, "broker connection lost, reconnecting");
                 } else {

@@ -192,9 +192,8 @@ impl Stream {
     /// is playing, else as soon as it is. Returns false when the stream is full.
     pub fn add_viewer(&self, reply_topic: &str, max_viewers: usize) -> bool {
         let mut state = self.state();
-        let replacing = state.viewers.remove(reply_topic);
-        if let Some((old, _)) = &replacing {
-            old.close();
+        if let Some((old, _)) = state.viewers.remove(reply_topic) {
+            old.discard();
         }
         if state.viewers.len() >= max_viewers {
             return false;
@@ -208,7 +207,11 @@ impl Stream {
                 queue.push_start(init.clone(), &state.gop);
                 true
             }
-            None => false,
+            None => {
+                // Tell the page something is happening while the source opens (up to the connect timeout).
+                viewer.queue().push_status(json(&Status::Buffering { attempt: 1, retry_in_ms: 0 }));
+                false
+            }
         };
         viewer.wake();
         state.viewers.insert(reply_topic.to_string(), (viewer, started));
@@ -234,13 +237,19 @@ impl Stream {
         }
     }
 
-    /// Detaches a viewer, telling it why; false when it was not attached.
-    pub fn remove_viewer(&self, reply_topic: &str, reason: EndReason) -> bool {
+    /// Detaches a viewer, telling it why (or, with `None`, silently: its topic lives on elsewhere); false
+    /// when it was not attached.
+    pub fn remove_viewer(&self, reply_topic: &str, reason: Option<EndReason>) -> bool {
         let mut state = self.state();
         let Some((viewer, _)) = state.viewers.remove(reply_topic) else { return false };
         state.viewer_drops_gone += viewer.queue().dropped;
-        viewer.queue().push_status(json(&Status::Ended { reason }));
-        viewer.close();
+        match reason {
+            Some(reason) => {
+                viewer.queue().push_status(json(&Status::Ended { reason }));
+                viewer.close();
+            }
+            None => viewer.discard(),
+        }
         if state.viewers.is_empty() {
             state.idle_since = Some(Instant::now());
         }
@@ -432,7 +441,7 @@ impl Stream {
                         return self
                             .fail(ErrorCode::SourceEnded, format!("gave up after {} retries: {e}", attempt - 1));
                     }
-                    let wait = retry.backoff(attempt - 1);
+                    let wait = retry.backoff(attempt);
                     tracing::info!(url = %crate::policy::redact(&self.url), attempt, error = %e, "source dropped, retrying in {wait:?}");
                     self.counters.restarts.fetch_add(1, Ordering::Relaxed);
                     for (viewer, _) in self.state().viewers.values() {

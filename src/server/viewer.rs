@@ -22,8 +22,10 @@ pub enum Item {
 pub struct Queue {
     items: VecDeque<Item>,
     capacity: usize,
-    /// Set after a drop: nothing but a keyframe may follow.
+    /// Nothing but a keyframe may come next: at the start, after a reset, and after a drop.
     waiting_for_keyframe: bool,
+    /// The wait is because the viewer fell behind (its skipped fragments count as drops).
+    lagging: bool,
     /// Fragments this viewer lost because it was behind.
     pub dropped: u64,
     closed: bool,
@@ -36,6 +38,7 @@ impl Queue {
             items: VecDeque::new(),
             capacity: capacity.max(1),
             waiting_for_keyframe: true,
+            lagging: false,
             dropped: 0,
             closed: false,
         }
@@ -46,12 +49,17 @@ impl Queue {
         if self.closed {
             return;
         }
-        if keyframe && self.media_len() < self.capacity {
+        let full = self.media_len() >= self.capacity;
+        if keyframe && !full {
             self.waiting_for_keyframe = false;
+            self.lagging = false;
         }
-        if self.waiting_for_keyframe || self.media_len() >= self.capacity {
+        if full {
             self.waiting_for_keyframe = true;
-            self.dropped += 1;
+            self.lagging = true;
+        }
+        if self.waiting_for_keyframe {
+            self.dropped += u64::from(self.lagging);
             return;
         }
         self.items.push_back(Item::Media(bytes));
@@ -131,6 +139,16 @@ impl Viewer {
         self.notify.notify_one();
     }
 
+    /// Drops whatever is still queued and closes: for a viewer whose reply topic now belongs to a new delivery.
+    pub fn discard(&self) {
+        {
+            let mut queue = self.queue();
+            queue.items.clear();
+            queue.close();
+        }
+        self.wake();
+    }
+
     /// Closes the queue (after a final status, if any) and wakes the publisher so it can finish.
     pub fn close(&self) {
         self.queue().close();
@@ -181,14 +199,14 @@ mod tests {
     fn waits_for_a_keyframe_then_drops_whole_gops_when_full() {
         let mut q = Queue::new(3);
         q.push_fragment(Bytes::from_static(b"p0"), false);
-        assert_eq!(q.dropped, 1, "nothing before the first keyframe");
+        assert_eq!((q.dropped, q.pop().0), (0, None), "nothing before the first keyframe, and that is no loss");
         q.push_fragment(Bytes::from_static(b"k1"), true);
         q.push_fragment(Bytes::from_static(b"p1"), false);
         q.push_fragment(Bytes::from_static(b"p2"), false);
         q.push_fragment(Bytes::from_static(b"p3"), false); // full: dropped, and the rest of the GOP with it
         assert_eq!(media(&mut q), vec!["k1", "p1", "p2"]);
         q.push_fragment(Bytes::from_static(b"p4"), false);
-        assert_eq!(q.dropped, 3);
+        assert_eq!(q.dropped, 2, "p3 and p4 were lost");
         q.push_fragment(Bytes::from_static(b"k2"), true);
         q.push_fragment(Bytes::from_static(b"p5"), false);
         assert_eq!(media(&mut q), vec!["k2", "p5"]);
