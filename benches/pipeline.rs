@@ -16,16 +16,6 @@ use support::*;
 
 const ROUNDS: usize = 3;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Frames per second of a whole in-process run over a file, and its media seconds.
 fn in_process(path: &Path, mode: Mode) -> (f64, f64) {
     let mut config = fast_config();

@@ -10,17 +10,7 @@ use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::broker::Broker;
 use support::page::{rand_suffix, server_config, Page, Server};
-use support::RtspServer;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
+use support::{median, percentile, RtspServer};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -320,12 +320,8 @@ fn is_scheme(scheme: &str) -> bool {
 
 /// What keeps a URL from being a literal extension of a prefix: anything that could resolve elsewhere than it reads.
 fn url_problem(url: &str) -> Option<&'static str> {
-    if url.is_empty() {
-        Some("the URL is empty")
-    } else if url.chars().any(char::is_control) {
-        Some("contains control characters")
-    } else if url.chars().any(char::is_whitespace) {
-        Some("contains whitespace")
+    if let Some(problem) = configured_url_problem(url) {
+        Some(problem)
     } else if url.contains('\\') {
         Some("contains `\\`")
     } else if url.contains("..") {

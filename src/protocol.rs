@@ -2,7 +2,6 @@
 //! Pure: parses and checks bytes, never touches the broker.
 
 use crate::media::events::OutputInfo;
-use crate::media::plan::TrackMode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -435,36 +434,16 @@ impl ErrorReply {
 pub struct DescribeReply {
     /// The URL as requested.
     pub url: String,
-    /// The exact MIME type with RFC 6381 codecs, for `MediaSource.isTypeSupported` and `addSourceBuffer`.
-    #[serde(rename = "mimeCodec")]
-    pub mime_codec: String,
-    /// Video width in pixels.
-    pub width: u32,
-    /// Video height in pixels.
-    pub height: u32,
-    /// Nominal frame rate.
-    pub fps: f64,
-    /// Whether there is an audio track.
-    pub has_audio: bool,
-    /// Video copied or transcoded.
-    pub video: TrackMode,
-    /// Audio copied or transcoded; `null` without audio.
-    pub audio: Option<TrackMode>,
+    /// The output facts (`mimeCodec` for `MediaSource.isTypeSupported` and `addSourceBuffer`, size, fps, ...),
+    /// as fields of the reply itself.
+    #[serde(flatten)]
+    pub info: OutputInfo,
 }
 
 impl DescribeReply {
     /// The reply for a URL from the facts of its running pipeline.
     pub fn new(url: &str, info: &OutputInfo) -> Self {
-        DescribeReply {
-            url: url.to_string(),
-            mime_codec: info.mime_codec.clone(),
-            width: info.width,
-            height: info.height,
-            fps: info.fps,
-            has_audio: info.has_audio,
-            video: info.video,
-            audio: info.audio,
-        }
+        DescribeReply { url: url.to_string(), info: info.clone() }
     }
 }
 
@@ -541,6 +520,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::plan::TrackMode;
     use serde_json::{json, Value};
 
     fn limits() -> RequestLimits {

@@ -276,3 +276,14 @@ pub fn rss_kib() -> u64 {
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map(|d| d.count()).expect("reading /proc/self/task")
 }
+
+/// The middle value (upper middle for an even count); panics on an empty list.
+pub fn median(v: Vec<f64>) -> f64 {
+    percentile(v, 0.5)
+}
+
+/// The value at fraction `p` (0..=1) of the sorted list; panics on an empty list.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
