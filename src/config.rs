@@ -297,6 +297,8 @@ pub struct SourceEntry {
 pub struct Config {
     /// MQTT broker connection.
     pub broker: BrokerConfig,
+    /// The page's HTTP server and WebSocket bridge to the broker.
+    pub gateway: GatewayConfig,
     /// Control topics.
     pub topics: TopicsConfig,
     /// Bounds on streams, viewers and requests.
@@ -317,6 +319,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             broker: BrokerConfig::default(),
+            gateway: GatewayConfig::default(),
             topics: TopicsConfig::default(),
             limits: LimitsConfig::default(),
             retry: RetryConfig::default(),
@@ -325,6 +328,56 @@ impl Default for Config {
             sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
             allow: AllowList::default(),
         }
+    }
+}
+
+/// The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port byte for
+/// byte, because mosquitto's own WebSocket listener is far too slow for video (DESIGN.md section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Run the gateway; off leaves pages to a broker's own WebSocket listener.
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Folder served at `/` (the page).
+    pub client_dir: PathBuf,
+    /// Path of the MQTT WebSocket endpoint.
+    pub path: String,
+    /// Most WebSocket connections at once; more are refused with 503.
+    pub max_connections: usize,
+    /// Largest WebSocket message a browser may send, in bytes (pages send only small control packets).
+    pub max_message_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            client_dir: PathBuf::from("client"),
+            path: "/mqtt".into(),
+            max_connections: 256,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The listen address, checked at load.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError::invalid("gateway.listen", format!("{:?} is not an address:port ({e})", self.listen))
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !self.path.starts_with('/') || self.path.len() < 2 {
+            return Err(ConfigError::invalid("gateway.path", "must start with `/` and name a path, e.g. `/mqtt`"));
+        }
+        at_least("gateway.max_connections", self.max_connections, 1)?;
+        at_least("gateway.max_message_bytes", self.max_message_bytes, 1024)
     }
 }
 
@@ -342,6 +395,7 @@ pub fn default_sources() -> Vec<NamedSource> {
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
     broker: BrokerConfig,
+    gateway: GatewayConfig,
     topics: TopicsConfig,
     limits: LimitsConfig,
     retry: RetryConfig,
@@ -409,6 +463,7 @@ impl Config {
     /// Checks what the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
         self.broker.validate()?;
+        self.gateway.validate()?;
         protocol::validate_prefix(&self.topics.prefix)
             .map_err(|e| ConfigError::invalid("topics.prefix", e.to_string()))?;
         self.limits.validate()?;
@@ -429,6 +484,7 @@ impl RawConfig {
         };
         Ok(Config {
             broker: self.broker,
+            gateway: self.gateway,
             topics: self.topics,
             limits: self.limits,
             retry: self.retry,

@@ -1,6 +1,7 @@
 //! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
+pub mod gateway;
 pub mod mqtt;
 pub mod stats;
 pub mod stream;
@@ -34,6 +35,9 @@ pub enum ServerError {
     /// The broker session could not be set up.
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttSetupError),
+    /// The gateway could not start.
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
 }
 
 /// How often lingering streams and expired viewers are looked for.
@@ -72,6 +76,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let topics = Topics::new(&config.topics.prefix)?;
     let policy = config.policy()?;
     let options = mqtt::options(&config.broker, &topics)?;
+    if config.gateway.enabled {
+        let gateway = gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port).await?;
+        if let Ok(addr) = gateway.local_addr() {
+            tracing::info!(
+                "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
+                config.gateway.path
+            );
+        }
+        tokio::spawn(gateway.serve());
+    }
     let (client, eventloop) = AsyncClient::new(options, 4096);
     let qos = if config.broker.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
     let hub = Arc::new(Hub {

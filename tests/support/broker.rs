@@ -21,10 +21,15 @@ pub fn free_port() -> u16 {
 impl Broker {
     /// Starts mosquitto on a free port.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts mosquitto on a free port with more config lines (e.g. another listener).
+    pub fn start_with(extra: &str) -> Self {
         let port = free_port();
         let conf = super::work_dir().join(format!("mosquitto-{port}.conf"));
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{extra}"
         );
         std::fs::write(&conf, config).expect("writing mosquitto.conf");
         let mut broker = Self { child: None, port, conf };

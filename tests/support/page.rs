@@ -23,12 +23,23 @@ pub struct Page {
     pub inbox: Receiver<Message>,
     pub id: String,
     pub port: u16,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Page {
     /// Connects to the broker on `port` (optionally with a last will) and waits for the connection.
     pub fn connect(port: u16, id: &str, will: Option<(String, Vec<u8>)>) -> Self {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        Self::connect_with(MqttOptions::new(id, "127.0.0.1", port), id, port, will)
+    }
+
+    /// Connects over MQTT-over-WebSocket, as a browser does (`url` like `ws://127.0.0.1:8080/mqtt`).
+    pub fn connect_ws(url: &str, port: u16, id: &str) -> Self {
+        let mut options = MqttOptions::new(id, url, port);
+        options.set_transport(rumqttc::Transport::Ws);
+        Self::connect_with(options, id, port, None)
+    }
+
+    fn connect_with(mut options: MqttOptions, id: &str, port: u16, will: Option<(String, Vec<u8>)>) -> Self {
         options.set_max_packet_size(64 << 20, 64 << 20);
         options.set_keep_alive(Duration::from_secs(5));
         if let Some((topic, payload)) = will {
@@ -37,6 +48,8 @@ impl Page {
         let (client, mut connection) = Client::new(options, 1000);
         let (tx, rx) = unbounded();
         let (ready_tx, ready_rx) = unbounded();
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closing = std::sync::Arc::clone(&closed);
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
@@ -48,6 +61,10 @@ impl Page {
                     }
                     Ok(_) => {}
                     Err(_) => {
+                        // A closed page stays closed; any other error is retried (a broker restart).
+                        if closing.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
                         if tx
                             .send(Message { topic: "$disconnected".into(), payload: Bytes::new(), at: Instant::now() })
                             .is_err()
@@ -60,7 +77,13 @@ impl Page {
             }
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("the page connects to the broker");
-        Self { client, inbox: rx, id: id.to_string(), port }
+        Self { client, inbox: rx, id: id.to_string(), port, closed }
+    }
+
+    /// Disconnects for good (no reconnect).
+    pub fn close(self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.client.disconnect();
     }
 
     /// Subscribes and waits a moment so the subscription is in place before anything is published.
@@ -216,6 +239,14 @@ impl Server {
         }
     }
 
+    /// The gateway's address as the server logged it (`127.0.0.1:PORT`).
+    pub fn gateway_addr(&self) -> String {
+        self.wait_for_log("the page is at http://", Duration::from_secs(10));
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.find("the page is at http://").expect("gateway line") + "the page is at http://".len();
+        text[start..].split('/').next().expect("address").to_string()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -238,8 +269,9 @@ impl Drop for Server {
 pub fn server_config(port: u16, prefixes: &[&str], extra: &str) -> String {
     let prefixes = prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
     format!(
-        "[broker]\nport = {port}\nclient_id = \"mqtt-video-test-{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n\n[stats]\ninterval_secs = 1\n\n[allow]\nprefixes = [{prefixes}]\n\n{extra}\n",
-        rand_suffix()
+        "[broker]\nport = {port}\nclient_id = \"mqtt-video-test-{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n\n[gateway]\nlisten = \"127.0.0.1:0\"\nclient_dir = {:?}\n\n[stats]\ninterval_secs = 1\n\n[allow]\nprefixes = [{prefixes}]\n\n{extra}\n",
+        rand_suffix(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/client")
     )
 }
 
