@@ -386,3 +386,30 @@ fn video_fragments_start_with_a_producer_reference_time() {
     let plain = collect(h264_aac_mp4().to_str().unwrap(), config, 100.0, LONG);
     assert!(plain.fragments.iter().all(|f| &f.bytes[4..8] == b"moof"));
 }
+
+#[test]
+fn a_start_offset_continues_the_timeline() {
+    // A restarted source must continue where its viewers are, not at 0 (MSE would play it in the past).
+    let pipeline = Pipeline::start_at(h264_aac_mp4().to_str().unwrap(), fast_config(), 20_000_000).unwrap();
+    let mut fragments = Vec::new();
+    let mut init = None;
+    for event in pipeline.events().iter() {
+        match event {
+            PipelineEvent::Init(i) => init = Some(i),
+            PipelineEvent::Fragment(f) => fragments.push(f),
+            PipelineEvent::End(_) => break,
+            PipelineEvent::Source(_) => {}
+        }
+    }
+    pipeline.join();
+    let first = &fragments[0];
+    assert_eq!(first.media_time_us, 20_000_000, "the fragment's own decode time");
+    // The bytes say the same: every track's tfdt starts at the offset.
+    let tracks = mqtt_video::media::fmp4::parse_init(&init.unwrap().bytes).unwrap();
+    let moof = mqtt_video::media::fmp4::find_box(&first.bytes[32..], b"moof").unwrap().unwrap();
+    for run in mqtt_video::media::fmp4::parse_moof(moof, &tracks).unwrap() {
+        let track = tracks.iter().find(|t| t.track_id == run.track_id).unwrap();
+        let secs = run.base_decode_time as f64 / f64::from(track.timescale);
+        assert!((secs - 20.0).abs() < 0.1, "track {} starts at {secs} s", run.track_id);
+    }
+}

@@ -242,6 +242,21 @@ fn source_drop_and_return_keeps_viewers_playing() {
         after.media.len(),
         after.status
     );
+
+    // The timeline goes on (a player would otherwise place the new media in the past), and the prft clocks
+    // keep time with the source.
+    let stamps: Vec<(u64, u64)> = after.media.iter().filter_map(prft_of).collect();
+    let (last_clock, last_media) = *stamps.last().expect("prft stamps after the return");
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    assert!(now_us - last_clock < 2_000_000, "the last fragment is dated {} ms ago", (now_us - last_clock) / 1000);
+    assert!(last_media > 90_000 * 3, "media time continued past the first run: {last_media} ticks");
+    assert!(stamps.windows(2).all(|w| w[0].1 < w[1].1), "media time only grows");
+}
+
+/// `(wall clock µs, media time)` of a fragment's leading prft box.
+fn prft_of(m: &Message) -> Option<(u64, u64)> {
+    let header = fmp4::parse_box_header(&m.payload).ok()??;
+    (&header.kind == b"prft").then(|| fmp4::parse_prft(&m.payload[8..32]).ok()).flatten().map(|(_, c, t)| (c, t))
 }
 
 #[test]

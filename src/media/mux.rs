@@ -84,7 +84,13 @@ impl Muxer {
             packet_time_bases.push(spec.time_base);
         }
         let mut options = Dictionary::new();
-        options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
+        // A restarted source must continue the timeline its viewers already play. By default the mov muxer
+        // makes fragmented output start at 0 (avoid_negative_ts becomes make_zero when there is no edit list);
+        // our timestamps are never negative, so nothing needs shifting, and frag_discont makes the first
+        // tfdt the packets' own time.
+        options.set("movflags", "frag_keyframe+empty_moov+default_base_moof+frag_discont");
+        options.set("avoid_negative_ts", "make_non_negative");
+        options.set("use_editlist", "0");
         output.write_header_with(options).map_err(processing("writing the MP4 header"))?;
         // The muxer picks its own time bases at write_header.
         let stream_time_bases: Vec<Rational> = output.streams().map(|s| s.time_base()).collect();
