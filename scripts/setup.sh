@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing mqtt-video needs on Debian 12 / Ubuntu 22.04+:
 # FFmpeg's development files (the server links libav* in-process), the ffmpeg CLI (test fixtures and the
-# benchmark's reference only) and GStreamer's RTSP server (the live test source). Idempotent.
+# benchmark's reference only), GStreamer's RTSP server (the live test source), mosquitto, Node.js with npm
+# (the page's MQTT.js, the browser test's playwright-core) and Chromium (the browser test). Idempotent.
 set -euo pipefail
 
 PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
-  ffmpeg fonts-dejavu-core mosquitto
+  ffmpeg fonts-dejavu-core mosquitto chromium
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )
@@ -22,6 +23,12 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v npm >/dev/null; then
+  # Debian's nodejs is older than the one rustup-style images ship, but runs MQTT.js and playwright-core.
+  sudo=""; if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

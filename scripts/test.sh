@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Every check a submission must pass: formatting, clippy with warnings as errors, and all tests (unit,
-# integration against real media and a live RTSP server, lifecycle/memory). CI runs exactly this.
+# Every check a submission must pass: formatting, clippy with warnings as errors, all Rust tests (unit,
+# integration against real media, a live RTSP server and mosquitto, lifecycle/memory), then the browser
+# test: the real stack played in headless Chromium. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test
+(cd client && npm ci --silent --no-audit --no-fund)
+(cd tests/e2e && npm ci --silent --no-audit --no-fund)
+cargo build --quiet
+(cd tests/e2e && node --test)
