@@ -68,15 +68,7 @@ fn serves_the_page_and_bridges_mqtt_over_websocket() {
     let got = browser.collect(&topic, Duration::from_secs(3));
     assert!(got.media.len() > 45, "media through the gateway: {}", got.media.len());
     let bytes: Vec<u8> = got.media.iter().flat_map(|m| m.payload.to_vec()).collect();
-    let path = support::work_dir().join("gateway.mp4");
-    std::fs::write(&path, bytes).unwrap();
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
-        .arg(&path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    support::assert_bytes_decode(&bytes, "gateway.mp4");
 }
 
 #[test]

@@ -54,16 +54,7 @@ fn first_fragment_is_keyframe(init: &[u8], fragment: &[u8]) -> bool {
 }
 
 fn decodes(init: &[u8], fragments: &[Vec<u8>], name: &str) {
-    let path = work_dir().join(name);
-    std::fs::write(&path, [init.to_vec(), fragments.concat()].concat()).unwrap();
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
-        .arg(&path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "{name}: {stderr}");
+    assert_bytes_decode(&[init.to_vec(), fragments.concat()].concat(), name);
 }
 
 #[test]

@@ -156,8 +156,13 @@ pub fn collect(url: &str, config: PipelineConfig, max_media_secs: f64, deadline:
 
 /// Writes the run's output to a file and asserts that ffmpeg decodes it with no error at all.
 pub fn assert_decodes(run: &Run, name: &str) -> PathBuf {
+    assert_bytes_decode(&run.concatenated(), name)
+}
+
+/// Writes fMP4 bytes (init segment and fragments) to a file and asserts that ffmpeg decodes them cleanly.
+pub fn assert_bytes_decode(bytes: &[u8], name: &str) -> PathBuf {
     let path = work_dir().join(name);
-    std::fs::write(&path, run.concatenated()).expect("writing the output");
+    std::fs::write(&path, bytes).expect("writing the output");
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i"])
         .arg(&path)
