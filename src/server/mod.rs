@@ -228,12 +228,17 @@ impl Hub {
 
     /// Drops a finished stream from the registry, with its viewers.
     fn forget(&self, stream: &Arc<Stream>) {
-        let mut streams = lock(&self.streams);
-        if streams.get(&stream.url).is_some_and(|s| Arc::ptr_eq(s, stream)) {
-            streams.remove(&stream.url);
+        // A new stream for the same URL may already have taken over, with viewers of its own.
+        let replaced = {
+            let mut streams = lock(&self.streams);
+            if streams.get(&stream.url).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+                streams.remove(&stream.url);
+            }
+            streams.contains_key(&stream.url)
+        };
+        if !replaced {
+            lock(&self.viewers).retain(|_, url| *url != stream.url);
         }
-        drop(streams);
-        lock(&self.viewers).retain(|_, url| *url != stream.url || streams_has(&self.streams, url));
         tracing::info!(url = %redact(&stream.url), "stream stopped");
     }
 
@@ -417,8 +422,4 @@ impl Hub {
         let _ = self.client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn streams_has(streams: &Mutex<HashMap<String, Arc<Stream>>>, url: &str) -> bool {
-    lock(streams).contains_key(url)
 }
