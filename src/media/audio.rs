@@ -1,7 +1,7 @@
 //! Audio transcoding: decode anything libavcodec knows (G.711, MP2, AAC, ...), resample, encode AAC-LC.
 
 use super::config::AudioEncoderConfig;
-use super::error::{processing, MediaError};
+use super::error::{processing, received, MediaError};
 use ffmpeg::channel_layout::ChannelLayout;
 use ffmpeg::format::Sample;
 use ffmpeg::{codec, decoder, encoder, filter, frame, Dictionary, Packet, Rational, Rescale};
@@ -86,9 +86,9 @@ impl AudioTranscoder {
     ) -> Result<(), MediaError> {
         let mut decoded = frame::Audio::empty();
         loop {
-            match self.decoder.receive_frame(&mut decoded) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => break,
+            match received(self.decoder.receive_frame(&mut decoded)) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(ffmpeg::Error::InvalidData) => continue,
                 Err(e) => return Err(processing("decoding audio")(e)),
             }
@@ -147,10 +147,8 @@ impl AudioTranscoder {
     fn receive_packets(&mut self, out: &mut Vec<Packet>) -> Result<(), MediaError> {
         loop {
             let mut packet = Packet::empty();
-            match self.encoder.receive_packet(&mut packet) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => return Ok(()),
-                Err(e) => return Err(processing("encoding audio")(e)),
+            if !received(self.encoder.receive_packet(&mut packet)).map_err(processing("encoding audio"))? {
+                return Ok(());
             }
             // The encoder's priming packet has a negative timestamp, which a fragment cannot start with.
             if packet.pts().unwrap_or(0) < 0 {

@@ -62,6 +62,18 @@ impl MediaError {
     }
 }
 
+/// The outcome of a codec's receive call (`receive_frame`, `receive_packet`): `Ok(true)` when it produced
+/// output, `Ok(false)` when it needs more input (EAGAIN) or is drained (EOF), else the error.
+pub(crate) fn received(result: Result<(), ffmpeg_next::Error>) -> Result<bool, ffmpeg_next::Error> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(ffmpeg_next::Error::Other { errno: ffmpeg_next::error::EAGAIN }) | Err(ffmpeg_next::Error::Eof) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Wraps an FFmpeg failure in a processing error that says which step failed.
 pub(crate) fn processing(step: &str) -> impl Fn(ffmpeg_next::Error) -> MediaError + '_ {
     move |e| MediaError::Processing(format!("{step}: {e}"))

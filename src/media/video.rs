@@ -1,7 +1,7 @@
 //! Video transcoding: decode, scale and convert when needed, encode H.264 with libx264.
 
 use super::config::VideoEncoderConfig;
-use super::error::{processing, MediaError};
+use super::error::{processing, received, MediaError};
 use super::timing::ArrivalTracker;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
@@ -134,9 +134,9 @@ impl VideoTranscoder {
     ) -> Result<(), MediaError> {
         let mut decoded = frame::Video::empty();
         loop {
-            match self.decoder.receive_frame(&mut decoded) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => break,
+            match received(self.decoder.receive_frame(&mut decoded)) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(ffmpeg::Error::InvalidData) => continue,
                 Err(e) => return Err(processing("decoding video")(e)),
             }
@@ -207,10 +207,8 @@ impl VideoTranscoder {
         let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
         loop {
             let mut packet = Packet::empty();
-            match encoder.receive_packet(&mut packet) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) | Err(ffmpeg::Error::Eof) => return Ok(()),
-                Err(e) => return Err(processing("encoding video")(e)),
+            if !received(encoder.receive_packet(&mut packet)).map_err(processing("encoding video"))? {
+                return Ok(());
             }
             let pts = packet.pts().unwrap_or(0);
             let arrival = self.encode_arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
