@@ -266,20 +266,14 @@ impl Drop for RtspServer {
     }
 }
 
-/// Resident memory of this process in KiB.
+/// Resident memory of this process in KiB (the figure the server's stats report).
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status")
+    mqtt_video::server::stats::memory_and_threads().0.expect("VmRSS in /proc/self/status")
 }
 
 /// Threads of this process.
-pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).expect("reading /proc/self/task")
+pub fn thread_count() -> u64 {
+    mqtt_video::server::stats::memory_and_threads().1.expect("Threads in /proc/self/status")
 }
 
 /// The middle value (upper middle for an even count); panics on an empty list.
