@@ -35,6 +35,12 @@ export const DEFAULTS = Object.freeze({
   /** Jump to the live edge when more than this many seconds further behind than the target for catchUpAfterMs
    * (after a stall: draining 0.3 s at 5 % faster takes 6 s). */
   catchUpSeek: 0.3,
+  /** For settleMs after joining, the rate controller uses settleRateGain and settleRateRange: Chromium starts
+   * playback only with ~0.2 s buffered (after a seek too, so jumping does not help), and at rateGain it takes
+   * ~5 s to reach the target. */
+  settleMs: 4000,
+  settleRateGain: 1.5,
+  settleRateRange: 0.2,
   catchUpAfterMs: 1000,
   /** playbackRate stays within [1 - rateRange, 1 + catchUpRateRange]: slowing down is gentle (the buffer is
    * thin then); catching up may be quicker. */
@@ -172,11 +178,15 @@ class MediaPipeline {
     const v = this.video;
     if (!this.sb || v.seeking || v.paused) return;
     // Only a stop during playback counts: not the wait after a seek or before the first frame.
-    if (this.lastAdvanceAt < this.lastSeekAt || performance.now() - this.lastSeekAt < 500) return;
+    const now = performance.now();
+    if (this.lastAdvanceAt < this.lastSeekAt || now - this.lastSeekAt < 500 || now - this.joinedAt < 500) return;
+    // Chromium fires `waiting` again each time a thin buffer runs dry while it refills: one stall, not four
+    // (counting each took the target from 60 to 220 ms within 0.2 s).
+    if (now - this.lastStallAt < 1000) return;
     const ahead = this.bufferAhead();
     if (ahead < 0.02) return; // plain starvation: nothing arrived, a bigger target would not have helped
     this.counters.stalls++;
-    this.lastStallAt = performance.now();
+    this.lastStallAt = now;
     const before = this.target();
     this.targetBoost = Math.min(this.options.maxTargetLatency - this.baseTarget(), this.targetBoost + this.options.stallTargetStep);
     this.hooks.event("stall", `stalled with ${(ahead * 1000).toFixed(0)} ms buffered; target ${(before * 1000).toFixed(0)} -> ${(this.target() * 1000).toFixed(0)} ms`);
@@ -309,6 +319,7 @@ class MediaPipeline {
   _queueInit() {
     this.queue.push({ kind: "append", data: this.init });
     this.initQueued = true;
+    this.joinedAt = performance.now();
   }
 
   /** Takes one binary message from the reply topic. */
@@ -529,8 +540,8 @@ class MediaPipeline {
       if (err > this.options.catchUpSeek) {
         this.farSince ??= now;
         // Right after joining, the GOP burst may still have been arriving at the first seek: jump again at once.
-        const settling = now - this.joinedAt < 2000;
-        if (settling || now - this.farSince > this.options.catchUpAfterMs) {
+        const justJoined = now - this.joinedAt < 2000;
+        if (justJoined || now - this.farSince > this.options.catchUpAfterMs) {
           this.farSince = null;
           this._seek(end - target, `${(err * 1000).toFixed(0)} ms behind the target for ${this.options.catchUpAfterMs} ms`);
           return;
@@ -538,9 +549,12 @@ class MediaPipeline {
       } else {
         this.farSince = null;
       }
+      const settling = now - this.joinedAt < this.options.settleMs;
+      const gain = settling ? this.options.settleRateGain : this.options.rateGain;
+      const up = settling ? this.options.settleRateRange : this.options.catchUpRateRange;
       let rate = 1;
       if (Math.abs(err) > this.options.rateDeadband) {
-        rate = 1 + Math.max(-this.options.rateRange, Math.min(this.options.catchUpRateRange, err * this.options.rateGain));
+        rate = 1 + Math.max(-this.options.rateRange, Math.min(up, err * gain));
       }
       rate = Math.round(rate * 200) / 200; // steps of 0.005: fewer rate changes for the audio renderer
       if (v.playbackRate !== rate) v.playbackRate = rate;
@@ -707,9 +721,18 @@ export class Player extends EventTarget {
     return Date.now() - wall;
   }
 
-  /** The latency of the frames rendered since the play started (ms), oldest first. */
+  /** The latency of the frames rendered since the play started (ms), oldest first (at most the last 600). */
   latencyHistory() {
     return this._latencies.slice();
+  }
+
+  /**
+   * The frames rendered after the first `mark` of this play (ms, oldest first) and the next mark: poll with the
+   * returned mark to see every frame once (poll more often than every 600 frames, or the oldest are lost).
+   */
+  latenciesSince(mark = 0) {
+    const first = this._latencyCount - this._latencies.length;
+    return { latencies: this._latencies.slice(Math.max(0, mark - first)), mark: this._latencyCount };
   }
 
   // ----- MQTT connection ----------------------------------------------------------------------------
@@ -1008,6 +1031,7 @@ export class Player extends EventTarget {
         if (wall !== null) {
           const shown = performance.timeOrigin + meta.expectedDisplayTime;
           this._latencies.push(shown - wall);
+          this._latencyCount++;
           if (this._latencies.length > LATENCY_SAMPLES) this._latencies.shift();
         }
       }
@@ -1020,6 +1044,7 @@ export class Player extends EventTarget {
     this._playStartedAt = performance.now();
     this._firstFrameMs = null;
     this._latencies = [];
+    this._latencyCount = 0;
     this._bytes = [];
     this._receivedBytes = 0;
     this._reconnects = 0;

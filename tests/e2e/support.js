@@ -15,7 +15,7 @@ export const CLIENT_DIR = path.join(REPO, "client");
 
 /** The server binary: $MQTT_VIDEO_BIN, else target/debug/mqtt-video. */
 export function serverBinary() {
-  return process.env.MQTT_VIDEO_BIN || path.join(REPO, "target/debug/mqtt-video");
+  return process.env.MQTT_VIDEO_BIN ? path.resolve(process.env.MQTT_VIDEO_BIN) : path.join(REPO, "target/debug/mqtt-video");
 }
 
 /** Chromium: $CHROMIUM, else Debian's /usr/bin/chromium. */
