@@ -19,7 +19,7 @@ trap cleanup EXIT INT TERM
 if (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; then
   echo "demo: using the MQTT broker already listening on 127.0.0.1:$mqtt_port"
 else
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$mqtt_port" > "$run_dir/mosquitto.conf"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$mqtt_port" > "$run_dir/mosquitto.conf"
   mosquitto -c "$run_dir/mosquitto.conf" & pids+=($!)
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
 fi

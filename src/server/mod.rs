@@ -86,7 +86,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         tokio::spawn(gateway.serve());
     }
-    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    mqtt::without_nagle(&mut eventloop);
     let qos = if config.broker.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
     let hub = Arc::new(Hub {
         limits: config.request_limits(),

@@ -49,6 +49,14 @@ pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, Mq
     Ok(o)
 }
 
+/// Turns Nagle's algorithm off on the broker connection (rumqttc leaves it on): with it, the tail of a
+/// publish waits for the broker's delayed ACK, up to 40 ms, whenever earlier bytes are still unacknowledged.
+pub fn without_nagle(eventloop: &mut EventLoop) {
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+}
+
 /// Something the session tells the server.
 #[derive(Debug)]
 pub enum SessionEvent {

@@ -151,6 +151,8 @@ export class Mosquitto {
       "per_listener_settings false",
       "allow_anonymous true",
       "persistence false",
+      // Without it a small message (a status, a reply) waits behind unacknowledged bytes for up to 40 ms.
+      "set_tcp_nodelay true",
       "log_dest stderr",
       "log_type error",
       "log_type warning",

@@ -29,7 +29,7 @@ impl Broker {
         let port = free_port();
         let conf = super::work_dir().join(format!("mosquitto-{port}.conf"));
         let config = format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{extra}"
+            "per_listener_settings false\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{extra}"
         );
         std::fs::write(&conf, config).expect("writing mosquitto.conf");
         let mut broker = Self { child: None, port, conf };
