@@ -23,6 +23,8 @@ enum Command {
     Probe(cli::probe::ProbeArgs),
     /// Run the MQTT server: answer describe/play/stop and stream allowed sources to viewers.
     Serve(cli::serve::ServeArgs),
+    /// Act as N viewers against a server and measure time to media, latency, bitrate, gaps and server cost.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +37,6 @@ fn main() -> Result<()> {
     match args.command {
         Command::Probe(args) => cli::probe::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     }
 }

@@ -29,8 +29,13 @@ impl TestPattern {
         ("builtin://testsrc-silent", TestPattern::Silent),
     ];
 
+    /// The built-in source a `builtin://` URL names, if any.
+    pub fn from_url(url: &str) -> Option<TestPattern> {
+        TestPattern::ALL.iter().find(|(name, _)| name.eq_ignore_ascii_case(url)).map(|&(_, p)| p)
+    }
+
     /// The lavfi graph; `clock` adds a wall-clock overlay (needs a font through fontconfig).
-    fn graph(self, clock: bool) -> String {
+    pub fn graph(self, clock: bool) -> String {
         let size = match self {
             TestPattern::Hd => "1280x720",
             _ => "640x360",
@@ -130,14 +135,10 @@ pub fn classify(url: &str) -> Result<SourceKind, MediaError> {
         "srt" => Ok(SourceKind::Srt),
         "udp" | "rtp" => Ok(SourceKind::Udp),
         "file" => Ok(SourceKind::File),
-        "builtin" => TestPattern::ALL
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(url))
-            .map(|&(_, p)| SourceKind::Builtin(p))
-            .ok_or_else(|| {
-                let names: Vec<&str> = TestPattern::ALL.iter().map(|(n, _)| *n).collect();
-                MediaError::InvalidUrl(format!("unknown built-in source '{url}' (known: {})", names.join(", ")))
-            }),
+        "builtin" => TestPattern::from_url(url).map(SourceKind::Builtin).ok_or_else(|| {
+            let names: Vec<&str> = TestPattern::ALL.iter().map(|(n, _)| *n).collect();
+            MediaError::InvalidUrl(format!("unknown built-in source '{url}' (known: {})", names.join(", ")))
+        }),
         other => Err(MediaError::ForbiddenProtocol(other.to_string())),
     }
 }

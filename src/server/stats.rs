@@ -35,6 +35,11 @@ pub fn cpu_ticks() -> Option<u64> {
     parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// utime + stime of another process, in seconds.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    Some(parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)? as f64 / TICKS_PER_SEC)
+}
+
 /// utime + stime from a /proc/PID/stat line; the command name may hold spaces and parentheses.
 pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 2..];
@@ -45,7 +50,16 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Resident memory in KiB and thread count of this process.
 pub fn memory_and_threads() -> (Option<u64>, Option<u64>) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return (None, None) };
+    memory_and_threads_at("/proc/self/status")
+}
+
+/// Resident memory in KiB and thread count of another process.
+pub fn memory_and_threads_of(pid: u32) -> (Option<u64>, Option<u64>) {
+    memory_and_threads_at(&format!("/proc/{pid}/status"))
+}
+
+fn memory_and_threads_at(path: &str) -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string(path) else { return (None, None) };
     let field = |name: &str| {
         status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
     };

@@ -1,0 +1,194 @@
+//! Pure figures: percentiles, and what one viewer's media says about delivery (latency from the `prft`
+//! stamps, bitrate, gaps and reordering from the `tfdt` timeline). No I/O: everything takes the receipt time.
+
+use crate::media::fmp4::{self, Fmp4Error, TrackInfo, TrackKind};
+use serde::{Deserialize, Serialize};
+
+/// Distribution of a set of samples (ms unless said otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Number of samples.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+impl Summary {
+    /// The distribution of `samples`, or `None` when there are none (NaN samples are left out).
+    pub fn of(samples: &[f64]) -> Option<Summary> {
+        let mut v: Vec<f64> = samples.iter().copied().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(Summary {
+            count: v.len(),
+            p50: percentile_sorted(&v, 50.0),
+            p95: percentile_sorted(&v, 95.0),
+            p99: percentile_sorted(&v, 99.0),
+            max: v[v.len() - 1],
+            min: v[0],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        })
+    }
+}
+
+/// Nearest-rank percentile of sorted, non-empty samples.
+fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Why a media message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaCheckError {
+    /// The bytes are not the fMP4 the protocol promises.
+    #[error("malformed media message: {0}")]
+    Malformed(#[from] Fmp4Error),
+    /// A fragment names a track the init segment does not have, or has no `moof`.
+    #[error("fragment does not match the init segment: {0}")]
+    Mismatch(String),
+}
+
+/// What one message on a reply topic was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// An init segment (`ftyp` + `moov`).
+    Init,
+    /// A fragment that came before any init segment: undecodable, left out of every figure.
+    BeforeInit,
+    /// A fragment.
+    Fragment {
+        /// Receipt time minus the `prft` wall clock (ms), if the fragment carries one.
+        latency_ms: Option<f64>,
+        /// Whether its video starts with a keyframe.
+        keyframe: bool,
+    },
+}
+
+/// Follows one viewer's media: checks that each track's timeline continues where the previous fragment
+/// ended, and measures latency from the fragments' `prft` stamps.
+#[derive(Debug, Default)]
+pub struct MediaCheck {
+    tracks: Vec<TrackInfo>,
+    /// Expected next `tfdt` per track id.
+    next: Vec<(u32, u64)>,
+    /// Fragments read after an init segment.
+    pub fragments: u64,
+    /// Bytes of those fragments.
+    pub bytes: u64,
+    /// Init segments read.
+    pub inits: u64,
+    /// Times a track's timeline jumped forward: media missing (dropped for a slow viewer, or lost).
+    pub gaps: u64,
+    /// Media missing in those gaps, in ms of the track that jumped most.
+    pub missing_ms: f64,
+    /// Times a track's timeline went backwards (a fragment out of order or repeated).
+    pub out_of_order: u64,
+}
+
+impl MediaCheck {
+    /// Reads one message received at `received_unix_us` (wall clock, µs since the Unix epoch).
+    pub fn push(&mut self, payload: &[u8], received_unix_us: u64) -> Result<Received, MediaCheckError> {
+        let first = fmp4::parse_box_header(payload)?
+            .ok_or_else(|| MediaCheckError::Mismatch("message shorter than a box header".into()))?;
+        if &first.kind == b"ftyp" {
+            self.tracks = fmp4::parse_init(payload)?;
+            // A new init segment (a source restart) starts a new timeline only if the parameters changed;
+            // the server continues tfdt either way, so the expectations are kept.
+            self.inits += 1;
+            return Ok(Received::Init);
+        }
+        if self.inits == 0 {
+            return Ok(Received::BeforeInit);
+        }
+        let mut latency_ms = None;
+        let mut moof = None;
+        for item in fmp4::boxes(payload) {
+            let (header, body) = item?;
+            match &header.kind {
+                b"prft" => {
+                    let (_, clock_us, _) = fmp4::parse_prft(body)?;
+                    latency_ms = Some((received_unix_us as f64 - clock_us as f64) / 1000.0);
+                }
+                b"moof" => moof = Some(body),
+                _ => {}
+            }
+        }
+        let moof = moof.ok_or_else(|| MediaCheckError::Mismatch("fragment without moof".into()))?;
+        let runs = fmp4::parse_moof(moof, &self.tracks)?;
+        let mut keyframe = false;
+        let mut worst_gap_ms = 0.0f64;
+        let mut gap = false;
+        let mut reordered = false;
+        for run in &runs {
+            let track = self
+                .tracks
+                .iter()
+                .find(|t| t.track_id == run.track_id)
+                .ok_or_else(|| MediaCheckError::Mismatch(format!("unknown track {}", run.track_id)))?;
+            if track.kind == TrackKind::Video {
+                keyframe = run.starts_with_sync;
+            }
+            let end = run.base_decode_time + run.duration;
+            match self.next.iter_mut().find(|(id, _)| *id == run.track_id) {
+                Some((_, expected)) => {
+                    if run.base_decode_time > *expected {
+                        gap = true;
+                        let ms = (run.base_decode_time - *expected) as f64 * 1000.0 / f64::from(track.timescale.max(1));
+                        worst_gap_ms = worst_gap_ms.max(ms);
+                    } else if run.base_decode_time < *expected {
+                        reordered = true;
+                    }
+                    *expected = (*expected).max(end);
+                }
+                None => self.next.push((run.track_id, end)),
+            }
+        }
+        self.fragments += 1;
+        self.bytes += payload.len() as u64;
+        if gap {
+            self.gaps += 1;
+            self.missing_ms += worst_gap_ms;
+        }
+        if reordered {
+            self.out_of_order += 1;
+        }
+        Ok(Received::Fragment { latency_ms, keyframe })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_uses_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = Summary::of(&v).unwrap();
+        assert_eq!((s.count, s.p50, s.p95, s.p99, s.max, s.min), (100, 50.0, 95.0, 99.0, 100.0, 1.0));
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        assert_eq!(Summary::of(&[]), None);
+        assert_eq!(Summary::of(&[f64::NAN]), None);
+        let one = Summary::of(&[7.0]).unwrap();
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut check = MediaCheck::default();
+        assert!(check.push(b"", 0).is_err());
+        assert!(check.push(&[0, 0, 0, 9, b'm', b'o', b'o', b'f', 1], 0).is_ok()); // before init: ignored
+        assert!(check.push(&[0, 0, 0, 200, b'f', b't', b'y', b'p'], 0).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! What a bench run found: the JSON document (`--json`) and the table people read.
+
+use super::measure::Summary;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Version of the JSON document; bumped when a field changes meaning.
+pub const REPORT_VERSION: u32 = 1;
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// Broker `host:port`.
+    pub broker: String,
+    /// The source URL.
+    pub url: String,
+    /// Viewers asked for.
+    pub viewers: usize,
+    /// Seconds each viewer received media, after joining.
+    pub seconds: f64,
+    /// What the server said the stream is (the describe reply), if any viewer got one.
+    pub stream: Option<serde_json::Value>,
+    /// The first viewer's play, sent before any other request for the URL.
+    pub first_play: FirstPlay,
+    /// Describe and play of the other viewers, while the stream runs.
+    pub warm: Warm,
+    /// Source-to-receipt latency of every live fragment of every viewer (ms).
+    pub latency: Option<Summary>,
+    /// Per-viewer bitrate received (kbit/s).
+    pub bitrate_kbps: Option<Summary>,
+    /// Fragments received by all viewers.
+    pub fragments: u64,
+    /// Timeline jumps (media missing) seen by all viewers.
+    pub gaps: u64,
+    /// Media missing in those gaps, summed over viewers (ms).
+    pub missing_ms: f64,
+    /// Fragments whose timeline went backwards.
+    pub out_of_order: u64,
+    /// Server CPU, memory and threads while the viewers played.
+    pub server: ServerFigures,
+    /// The ffmpeg CLI reference, with `--compare-ffmpeg`.
+    pub ffmpeg: Option<FfmpegFigures>,
+    /// One entry per viewer.
+    pub per_viewer: Vec<ViewerReport>,
+    /// Everything that went wrong; empty in a clean run.
+    pub errors: Vec<String>,
+}
+
+/// Time to media for the first viewer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FirstPlay {
+    /// Whether the stream was not running before (from the server's stats, or because the bench started it).
+    pub cold: Option<bool>,
+    /// Play sent to init segment received (ms).
+    pub init_ms: Option<f64>,
+    /// Play sent to first fragment received (ms).
+    pub first_fragment_ms: Option<f64>,
+}
+
+/// Request round trips of the viewers that joined a running stream (ms).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Warm {
+    /// Describe sent to reply received.
+    pub describe: Option<Summary>,
+    /// Play sent to init segment received.
+    pub init: Option<Summary>,
+    /// Play sent to first fragment received.
+    pub first_fragment: Option<Summary>,
+}
+
+/// Server process figures over the measuring window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerFigures {
+    /// Where they come from: `/proc` (a local server) or the stats topic.
+    pub from: Option<String>,
+    /// Mean CPU, percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory at the start and the end of the window, and its peak (KiB).
+    pub rss_kib_start: Option<u64>,
+    /// See `rss_kib_start`.
+    pub rss_kib_end: Option<u64>,
+    /// See `rss_kib_start`.
+    pub rss_kib_max: Option<u64>,
+    /// Most threads seen.
+    pub threads_max: Option<u64>,
+}
+
+/// The original design on the same source: the ffmpeg CLI spawned, fMP4 on a pipe.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FfmpegFigures {
+    /// The command that was run.
+    pub command: String,
+    /// Spawn to init segment (ms).
+    pub init_ms: Option<f64>,
+    /// Spawn to first fragment (ms).
+    pub first_fragment_ms: Option<f64>,
+    /// Receipt minus the wall clock at which ffmpeg read the fragment's oldest frame (ms).
+    pub latency: Option<Summary>,
+    /// CPU of the ffmpeg process, percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Peak resident memory (KiB).
+    pub rss_kib_max: Option<u64>,
+    /// Fragments read.
+    pub fragments: u64,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// One viewer's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ViewerReport {
+    /// 0 is the first viewer.
+    pub index: usize,
+    /// Describe round trip (ms); the first viewer does not describe.
+    pub describe_ms: Option<f64>,
+    /// Play to init segment (ms).
+    pub init_ms: Option<f64>,
+    /// Play to first fragment (ms).
+    pub first_fragment_ms: Option<f64>,
+    /// Live fragments' latency (ms).
+    pub latency: Option<Summary>,
+    /// Fragments received.
+    pub fragments: u64,
+    /// Fragments dropped because they came before any init segment.
+    pub before_init: u64,
+    /// Bitrate over the receiving window (kbit/s).
+    pub bitrate_kbps: Option<f64>,
+    /// Timeline jumps.
+    pub gaps: u64,
+    /// Media missing in those jumps (ms).
+    pub missing_ms: f64,
+    /// Timeline went backwards.
+    pub out_of_order: u64,
+    /// Statuses received, in order (`playing`, `reconnecting`, ...).
+    pub statuses: Vec<String>,
+    /// What went wrong for this viewer.
+    pub error: Option<String>,
+}
+
+fn ms(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
+}
+
+fn dist(s: &Option<Summary>) -> String {
+    match s {
+        Some(s) => format!("p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (n={})", s.p50, s.p95, s.p99, s.max, s.count),
+        None => "-".to_string(),
+    }
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_string(),
+    }
+}
+
+impl Report {
+    /// The report as a table for people.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let stream = self.stream.as_ref();
+        let field = |k: &str| {
+            stream.and_then(|s| s.get(k)).filter(|v| !v.is_null()).map(|v| match v.as_str() {
+                Some(text) => text.to_string(),
+                None => v.to_string(),
+            })
+        };
+        let _ = writeln!(out, "mqtt-video bench: {} via {}", self.url, self.broker);
+        if stream.is_some() {
+            let _ = writeln!(
+                out,
+                "stream: {}x{} @ {} fps, video {}, audio {}, {}",
+                field("width").unwrap_or_default(),
+                field("height").unwrap_or_default(),
+                field("fps").unwrap_or_default(),
+                field("video").unwrap_or_default(),
+                field("audio").unwrap_or_else(|| "none".into()),
+                field("mimeCodec").unwrap_or_default(),
+            );
+        }
+        let _ = writeln!(out, "{} viewer(s), {:.0} s each\n", self.viewers, self.seconds);
+        let cold = match self.first_play.cold {
+            Some(true) => "cold",
+            Some(false) => "warm: the stream was already running",
+            None => "cold or warm: unknown",
+        };
+        let rows: Vec<(String, String)> = vec![
+            (format!("first play to init segment ({cold})"), ms(self.first_play.init_ms)),
+            ("first play to first fragment".into(), ms(self.first_play.first_fragment_ms)),
+            ("describe round trip, warm".into(), dist(&self.warm.describe)),
+            ("play to init segment, warm".into(), dist(&self.warm.init)),
+            ("play to first fragment, warm".into(), dist(&self.warm.first_fragment)),
+            ("latency, source to receipt".into(), dist(&self.latency)),
+            ("bitrate per viewer (kbit/s)".into(), dist(&self.bitrate_kbps)),
+            (
+                "fragments / gaps / out of order".into(),
+                format!(
+                    "{} / {} ({:.0} ms missing) / {}",
+                    self.fragments, self.gaps, self.missing_ms, self.out_of_order
+                ),
+            ),
+            (
+                format!("server CPU % of a core ({})", self.server.from.as_deref().unwrap_or("unknown")),
+                ms(self.server.cpu_percent),
+            ),
+            (
+                "server RSS KiB start / end / max".into(),
+                format!(
+                    "{} / {} / {}",
+                    opt(self.server.rss_kib_start),
+                    opt(self.server.rss_kib_end),
+                    opt(self.server.rss_kib_max)
+                ),
+            ),
+            ("server threads, max".into(), opt(self.server.threads_max)),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &rows {
+            let _ = writeln!(out, "  {k:<width$}  {v}");
+        }
+        if let Some(f) = &self.ffmpeg {
+            let _ = writeln!(out, "\ncompared with the ffmpeg CLI on a pipe (ours / ffmpeg = ratio):");
+            let _ = writeln!(out, "  {}", f.command);
+            if let Some(e) = &f.error {
+                let _ = writeln!(out, "  ffmpeg failed: {e}");
+            }
+            let p50 = |s: &Option<Summary>| s.as_ref().map(|s| s.p50);
+            let p95 = |s: &Option<Summary>| s.as_ref().map(|s| s.p95);
+            let lines = [
+                ("time to first fragment (ms)", self.first_play.first_fragment_ms, f.first_fragment_ms),
+                ("latency p50, oldest frame (ms)", p50(&self.latency), p50(&f.latency)),
+                ("latency p95, oldest frame (ms)", p95(&self.latency), p95(&f.latency)),
+                ("CPU % of a core", self.server.cpu_percent, f.cpu_percent),
+            ];
+            for (name, ours, theirs) in lines {
+                let _ = writeln!(out, "  {name:<32} {:>9} / {:>9} = {}", ms(ours), ms(theirs), ratio(ours, theirs));
+            }
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "\nerrors:");
+            for e in &self.errors {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+        out
+    }
+}
+
+fn opt(x: Option<u64>) -> String {
+    x.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            version: REPORT_VERSION,
+            broker: "127.0.0.1:1883".into(),
+            url: "builtin://testsrc".into(),
+            viewers: 2,
+            seconds: 5.0,
+            stream: Some(serde_json::json!({"width": 640, "height": 360, "fps": 30.0, "video": "transcode",
+                "audio": "transcode", "mimeCodec": "video/mp4; codecs=\"avc1.64001E, mp4a.40.2\""})),
+            first_play: FirstPlay { cold: Some(true), init_ms: Some(210.0), first_fragment_ms: Some(230.0) },
+            warm: Warm::default(),
+            latency: Summary::of(&[30.0, 35.0, 40.0]),
+            bitrate_kbps: None,
+            fragments: 300,
+            gaps: 0,
+            missing_ms: 0.0,
+            out_of_order: 0,
+            server: ServerFigures { cpu_percent: Some(10.0), ..Default::default() },
+            ffmpeg: Some(FfmpegFigures {
+                first_fragment_ms: Some(1150.0),
+                cpu_percent: Some(12.5),
+                ..Default::default()
+            }),
+            per_viewer: vec![ViewerReport::default()],
+            errors: vec!["viewer 1: no init segment".into()],
+        }
+    }
+
+    #[test]
+    fn table_shows_figures_ratios_and_errors() {
+        let t = report().to_table();
+        assert!(t.contains("640x360 @ 30.0 fps, video transcode"), "{t}");
+        assert!(t.contains("avc1.64001E, mp4a.40.2"), "{t}");
+        assert!(t.contains("first play to init segment (cold)  210.0"), "{t}");
+        assert!(t.contains("p50 35.0  p95 40.0"), "{t}");
+        assert!(t.contains("230.0 /    1150.0 = 0.20"), "{t}");
+        assert!(t.contains("10.0 /      12.5 = 0.80"), "{t}");
+        assert!(t.contains("viewer 1: no init segment"), "{t}");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = report();
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.latency, r.latency);
+        assert_eq!(back.first_play.first_fragment_ms, Some(230.0));
+    }
+}

@@ -1,0 +1,292 @@
+//! One benchmark viewer: its own MQTT connection, as a page has; describe, play, receive until a deadline,
+//! stop. Every timestamp is taken when rumqttc hands the packet over.
+
+use super::measure::{MediaCheck, Received, Summary};
+use super::report::ViewerReport;
+use crate::protocol::status_topic;
+use crate::server::mqtt::MAX_PACKET_BYTES;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Fragments received within this long after the init segment are the joiner's GOP burst (up to a GOP old on
+/// purpose), not live delivery: they count for everything but latency.
+pub const JOIN_BURST: Duration = Duration::from_secs(2);
+
+/// What a viewer is told to do.
+#[derive(Debug, Clone)]
+pub struct ViewerPlan {
+    /// 0 for the first viewer.
+    pub index: usize,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Control topic prefix.
+    pub prefix: String,
+    /// The source URL.
+    pub url: String,
+    /// Unique per run; the viewer's topics are `<base>/v<index>/...`.
+    pub base: String,
+    /// Describe before playing (a page does; the first viewer plays at once to time a cold start).
+    pub describe: bool,
+    /// How long to receive media after the first fragment.
+    pub receive_for: Duration,
+    /// Give up waiting for the describe reply, the init segment or the first fragment after this long.
+    pub answer_timeout: Duration,
+    /// The run's start, for the latency timeline.
+    pub epoch: Instant,
+}
+
+/// Live counters all viewers add to, for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Viewers that received their first fragment.
+    pub playing: AtomicUsize,
+    /// Viewers that finished (done or failed).
+    pub finished: AtomicUsize,
+    /// Fragments received by all viewers.
+    pub fragments: AtomicU64,
+    /// Latency of the newest live fragment any viewer received (µs).
+    pub last_latency_us: AtomicU64,
+}
+
+/// What a viewer brings back: its report, its describe reply and its latency timeline.
+#[derive(Debug)]
+pub struct ViewerResult {
+    /// Its figures.
+    pub report: ViewerReport,
+    /// The describe reply, if it described.
+    pub described: Option<serde_json::Value>,
+    /// `(seconds since the run's epoch, latency ms)` of each live fragment.
+    pub timeline: Vec<(f64, f64)>,
+}
+
+/// Keeps the first error: later ones are consequences.
+fn fail(report: &mut ViewerReport, why: String) {
+    if report.error.is_none() {
+        report.error = Some(why);
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Connecting,
+    Describing,
+    Playing,
+    Done,
+}
+
+/// Runs one viewer to the end; failures land in `report.error`, never in a panic.
+pub async fn run(plan: ViewerPlan, progress: Arc<Progress>, stop_all: Arc<AtomicBool>) -> ViewerResult {
+    let base = format!("{}/v{}", plan.base, plan.index);
+    let info_topic = format!("{base}/info");
+    let media_topic = format!("{base}/media");
+    let media_status = status_topic(&media_topic);
+    let stop_payload = serde_json::json!({ "reply_topic": media_topic }).to_string();
+    let stop_topic = format!("{}/stop", plan.prefix);
+
+    let client_id = format!("{}-v{}", plan.base.replace('/', "-"), plan.index);
+    let mut options = MqttOptions::new(client_id, plan.host.clone(), plan.port);
+    options.set_keep_alive(Duration::from_secs(20));
+    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    options.set_clean_session(true);
+    options.set_last_will(LastWill::new(&stop_topic, stop_payload.clone(), QoS::AtMostOnce, false));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    crate::server::mqtt::without_nagle(&mut eventloop);
+
+    let mut report = ViewerReport { index: plan.index, ..Default::default() };
+    let mut described = None;
+    let mut timeline = Vec::new();
+    let mut latencies = Vec::new();
+    let mut check = MediaCheck::default();
+    let mut phase = Phase::Connecting;
+    let started = Instant::now();
+    let mut waiting_since = started;
+    let mut asked_at = started;
+    let mut init_at: Option<Instant> = None;
+    let mut first_at: Option<Instant> = None;
+    let mut bytes_live = 0u64;
+
+    let publish = |client: &AsyncClient, topic: &str, payload: String| {
+        client.try_publish(topic, QoS::AtMostOnce, false, payload.into_bytes()).map_err(|e| e.to_string())
+    };
+    let play = |client: &AsyncClient| {
+        publish(
+            client,
+            &format!("{}/play", plan.prefix),
+            serde_json::json!({ "url": plan.url, "reply_topic": media_topic }).to_string(),
+        )
+    };
+
+    while phase != Phase::Done {
+        let now = Instant::now();
+        // Deadlines.
+        let stopping = stop_all.load(Ordering::Relaxed);
+        match phase {
+            Phase::Connecting if now - waiting_since > plan.answer_timeout => {
+                fail(&mut report, format!("no connection to the broker within {:?}", plan.answer_timeout));
+                break;
+            }
+            Phase::Describing if now - waiting_since > plan.answer_timeout => {
+                fail(
+                    &mut report,
+                    format!(
+                        "no answer to describe within {:?}: is `mqtt-video serve` connected to this broker with topic prefix '{}'?",
+                        plan.answer_timeout, plan.prefix
+                    ),
+                );
+                break;
+            }
+            Phase::Playing if first_at.is_none() && now - waiting_since > plan.answer_timeout => {
+                let what = if init_at.is_none() { "init segment" } else { "fragment" };
+                fail(&mut report, format!("no {what} within {:?} of play", plan.answer_timeout));
+                break;
+            }
+            Phase::Playing if first_at.is_some_and(|t| now - t >= plan.receive_for) || stopping => break,
+            _ => {}
+        }
+        let event = match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                fail(&mut report, format!("broker {}:{}: {e}", plan.host, plan.port));
+                break;
+            }
+            Ok(Ok(event)) => event,
+        };
+        let Event::Incoming(packet) = event else { continue };
+        match packet {
+            Packet::ConnAck(_) => {
+                if let Err(e) = client.try_subscribe(format!("{base}/#"), QoS::AtMostOnce) {
+                    fail(&mut report, format!("subscribe: {e}"));
+                    break;
+                }
+            }
+            Packet::SubAck(_) => {
+                asked_at = Instant::now();
+                waiting_since = asked_at;
+                let sent = if plan.describe {
+                    phase = Phase::Describing;
+                    publish(
+                        &client,
+                        &format!("{}/describe", plan.prefix),
+                        serde_json::json!({ "url": plan.url, "reply_topic": info_topic }).to_string(),
+                    )
+                } else {
+                    phase = Phase::Playing;
+                    play(&client)
+                };
+                if let Err(e) = sent {
+                    fail(&mut report, format!("publish: {e}"));
+                    break;
+                }
+            }
+            Packet::Publish(p) if p.topic == info_topic => {
+                let at = Instant::now();
+                let reply: serde_json::Value = match serde_json::from_slice(&p.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        fail(&mut report, format!("describe reply is not JSON: {e}"));
+                        break;
+                    }
+                };
+                if let Some(err) = reply.get("error") {
+                    fail(&mut report, format!("describe refused: {}: {}", err["code"], err["message"]));
+                    break;
+                }
+                report.describe_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                described = Some(reply);
+                asked_at = Instant::now();
+                waiting_since = asked_at;
+                phase = Phase::Playing;
+                if let Err(e) = play(&client) {
+                    fail(&mut report, format!("publish: {e}"));
+                    break;
+                }
+            }
+            Packet::Publish(p) if p.topic == media_status => {
+                let status: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                let state = status["state"].as_str().unwrap_or("?").to_string();
+                report.statuses.push(state.clone());
+                match state.as_str() {
+                    "error" => {
+                        fail(&mut report, format!("play refused: {}: {}", status["code"], status["message"]));
+                        break;
+                    }
+                    "ended" => {
+                        fail(&mut report, format!("play ended early: {}", status["reason"]));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            Packet::Publish(p) if p.topic == media_topic => {
+                let at = Instant::now();
+                let received_us = unix_us();
+                match check.push(&p.payload, received_us) {
+                    Ok(Received::Init) => {
+                        if init_at.is_none() {
+                            init_at = Some(at);
+                            report.init_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                        }
+                    }
+                    Ok(Received::BeforeInit) => report.before_init += 1,
+                    Ok(Received::Fragment { latency_ms, .. }) => {
+                        if first_at.is_none() {
+                            first_at = Some(at);
+                            report.first_fragment_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                            progress.playing.fetch_add(1, Ordering::Relaxed);
+                        }
+                        progress.fragments.fetch_add(1, Ordering::Relaxed);
+                        bytes_live += p.payload.len() as u64;
+                        let live = init_at.is_some_and(|t| at - t >= JOIN_BURST);
+                        if let (true, Some(l)) = (live, latency_ms) {
+                            latencies.push(l);
+                            timeline.push(((at - plan.epoch).as_secs_f64(), l));
+                            progress.last_latency_us.store((l.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        fail(&mut report, format!("media: {e}"));
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let receive_end = Instant::now();
+    // Stop the play (the last will would too, but only after the broker notices the connection is gone).
+    if phase == Phase::Playing {
+        let _ = publish(&client, &stop_topic, stop_payload);
+    }
+    let _ = client.try_disconnect();
+    // Let the event loop send the stop and the DISCONNECT.
+    let flush_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < flush_until {
+        match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            _ => {}
+        }
+    }
+
+    if let Some(first) = first_at {
+        let secs = (receive_end - first).as_secs_f64();
+        if secs > 0.5 {
+            report.bitrate_kbps = Some(bytes_live as f64 * 8.0 / 1000.0 / secs);
+        }
+    }
+    report.latency = Summary::of(&latencies);
+    report.fragments = check.fragments;
+    report.gaps = check.gaps;
+    report.missing_ms = check.missing_ms;
+    report.out_of_order = check.out_of_order;
+    progress.finished.fetch_add(1, Ordering::Relaxed);
+    ViewerResult { report, described, timeline }
+}
