@@ -22,6 +22,8 @@ export const DEFAULTS = Object.freeze({
   broker: null,
   /** Control topic prefix (`topics.prefix` of the server). */
   prefix: "video",
+  /** Reply topics are `<replyPrefix>/<client id>/...` (`topics.reply_prefix` of the server, without the `/`). */
+  replyPrefix: "pages",
   /** Seconds the playhead is held behind the live edge; null: 0.12 with audio, 0.06 video-only. */
   targetLatency: null,
   /** The target grows by this much (s) after each stall with media buffered, up to maxTargetLatency, and shrinks
@@ -739,7 +741,10 @@ export class Player extends EventTarget {
 
   _connect() {
     if (this._destroyed) return;
-    const base = `page_${randomHex(12)}`;
+    // Reply topics under pages/<client id>/: a broker ACL can then give each page its own topics
+    // (`pattern readwrite pages/%c/#`, docker/mosquitto.acl) and the server can insist on the prefix.
+    const clientId = `page_${randomHex(12)}`;
+    const base = `${this.options.replyPrefix}/${clientId}`;
     const conn = {
       base,
       infoTopic: `${base}/info`,
@@ -750,7 +755,7 @@ export class Player extends EventTarget {
     };
     const stop = JSON.stringify({ reply_topic: conn.mediaTopic });
     conn.client = mqtt.connect(this.broker, {
-      clientId: `mqttvideo_${randomHex(8)}`,
+      clientId,
       protocolVersion: 4,
       clean: true,
       keepalive: this.options.keepalive,

@@ -125,7 +125,24 @@ impl fmt::Debug for BrokerConfig {
     }
 }
 
+/// `{hostname}` and `{pid}` in a client id, replaced: one config file serves every instance of a pool
+/// (MQTT brokers disconnect the older of two clients with the same id).
+pub fn expand_client_id(template: &str, hostname: &str, pid: u32) -> String {
+    template.replace("{hostname}", hostname).replace("{pid}", &pid.to_string())
+}
+
 impl BrokerConfig {
+    /// The client id to connect with: `client_id` with `{hostname}` and `{pid}` filled in.
+    pub fn effective_client_id(&self) -> String {
+        let hostname = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        expand_client_id(&self.client_id, &hostname, std::process::id())
+    }
+
     /// The keep-alive interval.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.keep_alive_secs.into())
@@ -170,11 +187,32 @@ impl BrokerConfig {
 pub struct TopicsConfig {
     /// Control prefix: requests arrive on `<prefix>/describe`, `/play`, `/stop`.
     pub prefix: String,
+    /// When set (e.g. `pages/`), reply topics must start with it: the broker's ACL gives each page its own
+    /// topics there, and the server refuses any other reply topic too (defence in depth). Empty: any.
+    pub reply_prefix: String,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { prefix: protocol::DEFAULT_PREFIX.into() }
+        Self { prefix: protocol::DEFAULT_PREFIX.into(), reply_prefix: String::new() }
+    }
+}
+
+impl TopicsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        protocol::validate_prefix(&self.prefix).map_err(|e| ConfigError::invalid("topics.prefix", e.to_string()))?;
+        if self.reply_prefix.is_empty() {
+            return Ok(());
+        }
+        let Some(levels) = self.reply_prefix.strip_suffix('/') else {
+            return Err(ConfigError::invalid("topics.reply_prefix", "must end with `/`"));
+        };
+        protocol::validate_prefix(levels).map_err(|e| ConfigError::invalid("topics.reply_prefix", e.to_string()))?;
+        // A reply topic under the prefix would then be under the control topics, which is always refused.
+        if protocol::validate_reply_topic(&format!("{}x", self.reply_prefix), &self.prefix).is_err() {
+            return Err(ConfigError::invalid("topics.reply_prefix", "must not be under the control prefix"));
+        }
+        Ok(())
     }
 }
 
@@ -194,6 +232,10 @@ pub struct LimitsConfig {
     pub viewer_timeout_secs: u64,
     /// Fragments queued for one viewer before whole GOPs are dropped for it.
     pub viewer_queue_fragments: usize,
+    /// Requests per minute from one requester (reply topic parent, e.g. `pages/<client id>`); 0: no limit.
+    pub requests_per_minute: u32,
+    /// Requests per second from everyone together; above it requests are dropped unanswered. 0: no limit.
+    pub requests_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -205,6 +247,8 @@ impl Default for LimitsConfig {
             linger_secs: 10,
             viewer_timeout_secs: 0,
             viewer_queue_fragments: 120,
+            requests_per_minute: 120,
+            requests_per_second: 200,
         }
     }
 }
@@ -418,13 +462,98 @@ struct RawSource {
     pipeline: Option<toml::Table>,
 }
 
+/// What an environment override's value must parse as.
+#[derive(Debug, Clone, Copy)]
+enum EnvKind {
+    Text,
+    Integer,
+}
+
+/// The settings people change most, overridable from the environment (containers): variable, key, kind.
+pub const ENV_OVERRIDES: [(&str, &str, &str); 11] = [
+    ("MQTT_VIDEO_BROKER_HOST", "broker.host", "text"),
+    ("MQTT_VIDEO_BROKER_PORT", "broker.port", "integer"),
+    ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", "text"),
+    ("MQTT_VIDEO_BROKER_PASSWORD", "broker.password", "text"),
+    ("MQTT_VIDEO_CLIENT_ID", "broker.client_id", "text"),
+    ("MQTT_VIDEO_GATEWAY_LISTEN", "gateway.listen", "text"),
+    ("MQTT_VIDEO_MODE", "pipeline.mode", "text"),
+    ("MQTT_VIDEO_VIDEO_PRESET", "pipeline.video.preset", "text"),
+    ("MQTT_VIDEO_VIDEO_CRF", "pipeline.video.crf", "integer"),
+    ("MQTT_VIDEO_VIDEO_MAX_HEIGHT", "pipeline.video.max_height", "integer"),
+    ("MQTT_VIDEO_MAX_STREAMS", "limits.max_streams", "integer"),
+];
+
+fn env_kind(kind: &str) -> EnvKind {
+    if kind == "integer" {
+        EnvKind::Integer
+    } else {
+        EnvKind::Text
+    }
+}
+
+/// Sets `key` (dotted) in a TOML table from an environment value.
+fn set_from_env(table: &mut toml::Table, var: &str, key: &str, kind: EnvKind, value: &str) -> Result<(), ConfigError> {
+    let value = match kind {
+        EnvKind::Text => toml::Value::String(value.to_string()),
+        EnvKind::Integer => toml::Value::Integer(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::invalid(var, format!("must be an integer, not '{value}'")))?,
+        ),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return Ok(()) };
+    let mut at = table;
+    for part in parts {
+        let entry = at.entry(part).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| ConfigError::invalid(part, "must be a table"))?;
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
+}
+
 impl Config {
     /// Parses and checks a configuration; an empty text gives the defaults.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        Config::from_toml_str_with_env(text, |_| None)
+    }
+
+    /// Like [`Config::from_toml_str`], with the [`ENV_OVERRIDES`] that `env` returns a value for set over the
+    /// text's (an empty value counts as unset).
+    pub fn from_toml_str_with_env(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let overrides: Vec<_> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|&(var, key, kind)| env(var).filter(|v| !v.is_empty()).map(|v| (var, key, kind, v)))
+            .collect();
+        // Parsed straight from the text when nothing overrides it: toml's errors then show the line.
+        let raw: RawConfig = if overrides.is_empty() {
+            toml::from_str(text)?
+        } else {
+            let mut table: toml::Table = toml::from_str(text)?;
+            for (var, key, kind, value) in overrides {
+                set_from_env(&mut table, var, key, env_kind(kind), &value)?;
+            }
+            toml::Value::Table(table).try_into()?
+        };
         let config = raw.resolve()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads a configuration file (or the defaults without one) with the process's environment overrides.
+    pub fn load_with_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |var: &str| std::env::var(var).ok();
+        match path {
+            None => Config::from_toml_str_with_env("", env),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                Config::from_toml_str_with_env(&text, env)
+                    .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), inner: Box::new(e) })
+            }
+        }
     }
 
     /// Reads, parses and checks a configuration file.
@@ -447,7 +576,11 @@ impl Config {
 
     /// What requests are checked against.
     pub fn request_limits(&self) -> RequestLimits {
-        RequestLimits { max_request_bytes: self.limits.max_request_bytes, prefix: self.topics.prefix.clone() }
+        RequestLimits {
+            max_request_bytes: self.limits.max_request_bytes,
+            prefix: self.topics.prefix.clone(),
+            reply_prefix: self.topics.reply_prefix.clone(),
+        }
     }
 
     /// The pipeline settings for a URL as the policy allowed it: a named source's own, else the global ones.
@@ -464,8 +597,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.broker.validate()?;
         self.gateway.validate()?;
-        protocol::validate_prefix(&self.topics.prefix)
-            .map_err(|e| ConfigError::invalid("topics.prefix", e.to_string()))?;
+        self.topics.validate()?;
         self.limits.validate()?;
         self.retry.validate()?;
         self.policy().map_err(|error| ConfigError::Policy { key: policy_key(&error), error })?;
@@ -725,6 +857,9 @@ mod tests {
             ("[topics]\nprefix = \"\"", "topics.prefix is empty"),
             ("[topics]\nprefix = \"video/#\"", "topics.prefix must not contain the wildcards `+` or `#`"),
             ("[topics]\nprefix = \"$SYS/video\"", "topics.prefix must not start with `$` (reserved for the broker)"),
+            ("[topics]\nreply_prefix = \"pages\"", "topics.reply_prefix must end with `/`"),
+            ("[topics]\nreply_prefix = \"video/pages/\"", "topics.reply_prefix must not be under the control prefix"),
+            ("[topics]\nreply_prefix = \"pa+ges/\"", "topics.reply_prefix must not contain the wildcards `+` or `#`"),
         ];
         for (text, expected) in cases {
             assert_eq!(error(text), expected, "{text}");
@@ -841,7 +976,48 @@ mod tests {
     #[test]
     fn request_limits_follow_the_config() {
         let config = parse("[topics]\nprefix = \"org/cams\"\n[limits]\nmax_request_bytes = 1000").unwrap();
-        assert_eq!(config.request_limits(), RequestLimits { max_request_bytes: 1000, prefix: "org/cams".into() });
+        assert_eq!(
+            config.request_limits(),
+            RequestLimits { max_request_bytes: 1000, prefix: "org/cams".into(), reply_prefix: String::new() }
+        );
+    }
+
+    #[test]
+    fn client_ids_can_name_the_host_and_process() {
+        assert_eq!(expand_client_id("mqtt-video-{hostname}-{pid}", "c0ffee", 7), "mqtt-video-c0ffee-7");
+        assert_eq!(expand_client_id("plain", "h", 1), "plain");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let text = "[broker]\nhost = \"file-host\"\nusername = \"u\"\n[pipeline.video]\ncrf = 30\n";
+        let c = Config::from_toml_str_with_env(
+            text,
+            env(&[
+                ("MQTT_VIDEO_BROKER_HOST", "mosquitto"),
+                ("MQTT_VIDEO_BROKER_PORT", "1884"),
+                ("MQTT_VIDEO_BROKER_PASSWORD", "pw"),
+                ("MQTT_VIDEO_MODE", "copy"),
+                ("MQTT_VIDEO_MAX_STREAMS", "3"),
+                ("MQTT_VIDEO_VIDEO_PRESET", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.broker.host.as_str(), c.broker.port), ("mosquitto", 1884));
+        assert_eq!(c.broker.password.as_deref(), Some("pw"));
+        assert_eq!(c.limits.max_streams, 3);
+        assert_eq!(c.pipeline.video.crf, 30, "unset variables leave the file's value");
+        assert_eq!(c.pipeline.video.preset, "veryfast", "an empty variable counts as unset");
+        assert_eq!(c.pipeline.mode, crate::media::Mode::Copy);
+        let e = Config::from_toml_str_with_env("", env(&[("MQTT_VIDEO_BROKER_PORT", "eighty")])).unwrap_err();
+        assert_eq!(e.to_string(), "MQTT_VIDEO_BROKER_PORT must be an integer, not 'eighty'");
+        let e = Config::from_toml_str_with_env("", env(&[("MQTT_VIDEO_MODE", "fast")])).unwrap_err();
+        assert!(e.to_string().contains("fast"), "{e}");
+        let e = Config::from_toml_str_with_env("broker = 1", env(&[("MQTT_VIDEO_BROKER_HOST", "h")])).unwrap_err();
+        assert!(e.to_string().contains("broker"), "{e}");
     }
 
     #[test]

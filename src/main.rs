@@ -25,6 +25,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Act as N viewers against a server and measure time to media, latency, bitrate, gaps and server cost.
     Bench(cli::bench::BenchArgs),
+    /// Ask a running server's gateway whether it is healthy (exit status 0 when it is).
+    Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +40,6 @@ fn main() -> Result<()> {
         Command::Probe(args) => cli::probe::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Healthcheck(args) => cli::healthcheck::run(args),
     }
 }

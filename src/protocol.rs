@@ -235,12 +235,30 @@ pub struct RequestLimits {
     pub max_request_bytes: usize,
     /// The control prefix, which reply topics must stay out of.
     pub prefix: String,
+    /// If not empty, reply topics must start with it (`topics.reply_prefix`).
+    pub reply_prefix: String,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        Self { max_request_bytes: DEFAULT_MAX_REQUEST_BYTES, prefix: DEFAULT_PREFIX.into() }
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            prefix: DEFAULT_PREFIX.into(),
+            reply_prefix: String::new(),
+        }
     }
+}
+
+/// The reply-topic rules plus the configured reply prefix.
+fn check_reply_topic(topic: &str, limits: &RequestLimits) -> Result<(), ProtocolError> {
+    validate_reply_topic(topic, &limits.prefix)?;
+    if !topic.starts_with(&limits.reply_prefix) {
+        return Err(ProtocolError::BadReplyTopic(format!(
+            "must be under `{}` (topics.reply_prefix)",
+            limits.reply_prefix
+        )));
+    }
+    Ok(())
 }
 
 /// Parses and checks one request: size, JSON shape, URL, then reply topic, so the first problem is the one reported.
@@ -259,7 +277,7 @@ pub fn parse_request(kind: RequestKind, payload: &[u8], limits: &RequestLimits) 
         }
         RequestKind::Stop => Request::Stop(parse_object(kind, payload)?),
     };
-    validate_reply_topic(request.reply_topic(), &limits.prefix)?;
+    check_reply_topic(request.reply_topic(), limits)?;
     Ok(request)
 }
 
@@ -302,7 +320,7 @@ pub fn reply_topic_hint(payload: &[u8], limits: &RequestLimits) -> Option<String
         return None;
     }
     let hint: Hint = serde_json::from_slice(payload).ok()?;
-    validate_reply_topic(&hint.reply_topic, &limits.prefix).ok()?;
+    check_reply_topic(&hint.reply_topic, limits).ok()?;
     Some(hint.reply_topic)
 }
 
@@ -859,5 +877,22 @@ mod tests {
             let back: Status = serde_json::from_value(expected).unwrap();
             assert_eq!(back, status);
         }
+    }
+
+    #[test]
+    fn a_reply_prefix_confines_reply_topics() {
+        let limits = RequestLimits { reply_prefix: "pages/".into(), ..RequestLimits::default() };
+        let ok = br#"{"url": "builtin://testsrc", "reply_topic": "pages/page_1/media"}"#;
+        assert!(parse_request(RequestKind::Play, ok, &limits).is_ok());
+        let outside = br#"{"url": "builtin://testsrc", "reply_topic": "page_1/media"}"#;
+        let e = parse_request(RequestKind::Play, outside, &limits).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadReplyTopic);
+        assert!(e.to_string().contains("must be under `pages/`"), "{e}");
+        // Never answered: there is no valid reply topic to answer on.
+        assert_eq!(reply_topic_hint(br#"{"reply_topic": "page_1/media"}"#, &limits), None);
+        assert_eq!(
+            reply_topic_hint(br#"{"reply_topic": "pages/p/media", "x": 1}"#, &limits).as_deref(),
+            Some("pages/p/media")
+        );
     }
 }

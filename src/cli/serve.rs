@@ -5,7 +5,8 @@ use clap::Args;
 use mqtt_video::config::Config;
 use std::path::PathBuf;
 
-/// Arguments of `serve`.
+/// Arguments of `serve`. A few settings can also come from the environment (`MQTT_VIDEO_BROKER_HOST`, ...;
+/// see docs/CONFIG.md), over the file's values; `--broker` wins over both.
 #[derive(Args)]
 pub struct ServeArgs {
     /// TOML config file (see config.example.toml); every key has a default, so this is optional.
@@ -18,10 +19,7 @@ pub struct ServeArgs {
 
 /// Runs the server.
 pub fn run(args: ServeArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let mut config = Config::load_with_env(args.config.as_deref())?;
     if let Some(broker) = &args.broker {
         let (host, port) = broker.rsplit_once(':').context("--broker must be HOST:PORT")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -3,6 +3,7 @@
 //! to the configured broker, so it is no open proxy. mosquitto's own WebSocket listener moves about 40 KB/s
 //! (DESIGN.md section 3), far too little for video; this bridge adds about a millisecond.
 
+use super::health::Health;
 use crate::config::{ConfigError, GatewayConfig};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -55,7 +56,12 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds the listen address now, so that a taken port fails the server's start, not a later task.
-    pub async fn bind(config: &GatewayConfig, broker_host: &str, broker_port: u16) -> Result<Self, GatewayError> {
+    pub async fn bind(
+        config: &GatewayConfig,
+        broker_host: &str,
+        broker_port: u16,
+        health: Arc<Health>,
+    ) -> Result<Self, GatewayError> {
         let addr = config.listen_addr()?;
         let listener =
             TcpListener::bind(addr).await.map_err(|error| GatewayError::Bind { addr: config.listen.clone(), error })?;
@@ -67,6 +73,7 @@ impl Gateway {
         let router = Router::new()
             .route(&config.path, get(upgrade))
             .with_state(bridge)
+            .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
             .fallback_service(ServeDir::new(&config.client_dir).append_index_html_on_directories(true));
         Ok(Self { listener, router })
     }
@@ -86,6 +93,14 @@ impl Gateway {
             tracing::error!(error = %e, "gateway stopped");
         }
     }
+}
+
+/// Where orchestrators (docker's HEALTHCHECK, Kubernetes probes) ask whether the server can serve.
+pub const HEALTH_PATH: &str = "/healthz";
+
+async fn healthz(health: Arc<Health>) -> Response {
+    let status = if health.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(health.to_json())).into_response()
 }
 
 async fn upgrade(State(bridge): State<Arc<Bridge>>, ws: WebSocketUpgrade) -> Response {

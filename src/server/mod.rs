@@ -2,7 +2,9 @@
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
 pub mod gateway;
+pub mod health;
 pub mod mqtt;
+pub mod ratelimit;
 pub mod stats;
 pub mod stream;
 pub mod viewer;
@@ -49,6 +51,7 @@ struct RequestCounters {
     play: AtomicU64,
     stop: AtomicU64,
     rejected: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// The server's shared state.
@@ -65,6 +68,7 @@ pub struct Hub {
     requests: RequestCounters,
     started: Instant,
     cpu: Mutex<stats::CpuMeter>,
+    rate: Mutex<ratelimit::RateLimiter>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,8 +80,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let topics = Topics::new(&config.topics.prefix)?;
     let policy = config.policy()?;
     let options = mqtt::options(&config.broker, &topics)?;
+    let health = Arc::new(health::Health::default());
     if config.gateway.enabled {
-        let gateway = gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port).await?;
+        let gateway =
+            gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port, Arc::clone(&health))
+                .await?;
         if let Ok(addr) = gateway.local_addr() {
             tracing::info!(
                 "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
@@ -100,10 +107,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         requests: RequestCounters::default(),
         started: Instant::now(),
         cpu: Mutex::default(),
+        rate: Mutex::new(ratelimit::RateLimiter::new(
+            config.limits.requests_per_minute,
+            config.limits.requests_per_second,
+            Instant::now(),
+        )),
         config,
     });
     let (tx, mut rx) = mpsc::channel(1024);
-    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx));
+    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health));
     tokio::spawn(Arc::clone(&hub).sweep_forever());
     if let Some(every) = hub.config.stats.interval() {
         tokio::spawn(Arc::clone(&hub).publish_stats_forever(every));
@@ -177,7 +189,11 @@ impl Hub {
     }
 
     async fn handle(self: Arc<Self>, kind: RequestKind, payload: Bytes) {
-        let request = match parse_request(kind, &payload, &self.limits) {
+        let parsed = parse_request(kind, &payload, &self.limits);
+        if !self.within_rate(kind, &payload, &parsed).await {
+            return;
+        }
+        let request = match parsed {
             Ok(r) => r,
             Err(e) => return self.refuse(kind, &payload, e).await,
         };
@@ -185,6 +201,35 @@ impl Hub {
             Request::Describe(d) => self.describe(d).await,
             Request::Play(p) => self.play(p).await,
             Request::Stop(s) => self.stop(s),
+        }
+    }
+
+    /// Applies the rate limits; false when the request must go no further (it was refused or dropped).
+    /// Stops count toward the total only: dropping one would leave a viewer playing to nobody.
+    async fn within_rate(&self, kind: RequestKind, payload: &[u8], parsed: &Result<Request, ProtocolError>) -> bool {
+        let topic = match parsed {
+            Ok(r) => Some(r.reply_topic().to_string()),
+            Err(_) => reply_topic_hint(payload, &self.limits),
+        };
+        let key = topic.as_deref().filter(|_| kind != RequestKind::Stop);
+        let verdict = lock(&self.rate).check(key, Instant::now());
+        match (verdict, key) {
+            (ratelimit::Verdict::Allow, _) => true,
+            (ratelimit::Verdict::RefuseOnce, Some(topic)) => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "more than {} requests a minute from {}; wait before asking again",
+                    self.config.limits.requests_per_minute,
+                    ratelimit::requester(topic)
+                );
+                self.answer_error(kind, topic, ErrorCode::RateLimited, message).await;
+                false
+            }
+            _ => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(kind = kind.as_str(), "request dropped by the rate limits");
+                false
+            }
         }
     }
 
@@ -365,6 +410,7 @@ impl Hub {
 
     /// Stops streams nobody watched for the linger time and ends viewers that did not renew in time.
     fn sweep(&self) {
+        lock(&self.rate).forget_idle(Instant::now());
         let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         let linger = self.config.limits.linger();
         for stream in streams {

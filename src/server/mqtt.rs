@@ -25,7 +25,7 @@ pub enum MqttSetupError {
 
 /// rumqttc options for the configured broker; the last will empties the retained sources list.
 pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, MqttSetupError> {
-    let mut o = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
+    let mut o = MqttOptions::new(broker.effective_client_id(), broker.host.clone(), broker.port);
     // 0 turns keep-alive off, as in MQTT itself.
     o.set_keep_alive(broker.keep_alive());
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
@@ -73,11 +73,13 @@ pub async fn drive(
     topics: Topics,
     broker: BrokerConfig,
     tx: mpsc::Sender<SessionEvent>,
+    health: std::sync::Arc<super::health::Health>,
 ) {
     let mut failures = 0u32;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                health.set_broker_connected(true);
                 if failures > 0 {
                     tracing::info!(host = %broker.host, port = broker.port, "reconnected to the broker");
                 } else {
@@ -104,6 +106,7 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(error) => {
+                health.set_broker_connected(false);
                 let wait = broker.reconnect_delay(failures + 1);
                 if failures == 0 {
                     tracing::warn!(%error, "broker connection lost, reconnecting");
