@@ -11,7 +11,7 @@ use super::fmp4::{self, Segment, TrackInfo, TrackKind};
 use super::mux::{Muxer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
 use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, ArrivalTracker, Pacer};
+use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
@@ -241,6 +241,7 @@ struct Session<'a> {
     output: Option<OutputInfo>,
     fps: Rational,
     last_dts: [Option<i64>; 2],
+    durations: [DurationFixer; 2],
     video_arrivals: ArrivalTracker,
     sequence: u64,
 }
@@ -496,6 +497,7 @@ impl<'a> Session<'a> {
             output: None,
             fps,
             last_dts: [None, None],
+            durations: Default::default(),
             video_arrivals: ArrivalTracker::default(),
             sequence: 0,
         })
@@ -707,6 +709,14 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         self.last_dts[track] = Some(dts);
+        let mut packet = packet;
+        let (dts, duration) = self.durations[track].place(dts, packet.duration());
+        let shift = dts - packet.dts().unwrap_or(dts);
+        if shift != 0 {
+            packet.set_dts(Some(dts));
+            packet.set_pts(packet.pts().map(|pts| pts + shift));
+        }
+        packet.set_duration(duration);
         if let Some(arrival) = arrival {
             self.video_arrivals.push(dts.rescale(VIDEO_TIME_BASE, MICROS), arrival);
         }

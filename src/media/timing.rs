@@ -75,6 +75,34 @@ impl ArrivalTracker {
     }
 }
 
+/// Decode times and durations that keep a fragmented MP4 track on its packets' timestamps.
+///
+/// The mov muxer requires each sample to start at or after the end of the previous one (its dts plus its
+/// duration); a sample that starts earlier is moved to that end plus one tick, and the end of every later
+/// sample moves with it. With one sample per fragment a sample's duration is the packet's own, a frame
+/// estimate, so one RTP timestamp a tick early (2999 ticks after the previous frame instead of 3000) made
+/// every later frame one tick later than the one before: video ran 20 ms a minute ahead of audio, and the
+/// page, which plays at the end of what both tracks hold, fell behind live by as much. So the decode time
+/// written is where the track actually ends, and each duration is chosen to bring the next sample back to
+/// its own timestamp: the error stays within one packet's jitter instead of adding up.
+#[derive(Debug, Default)]
+pub struct DurationFixer {
+    /// Where the previous sample ends, in the track's time base.
+    end: Option<i64>,
+}
+
+impl DurationFixer {
+    /// `(decode time to write, duration to write)` for a packet with decode time `dts` whose own duration is
+    /// `given`; the decode time moves by as much as the pts must.
+    pub fn place(&mut self, dts: i64, given: i64) -> (i64, i64) {
+        // Samples are contiguous in a fragmented track: each starts where the previous ended.
+        let at = self.end.unwrap_or(dts);
+        let duration = (dts - at + given.max(1)).max(1);
+        self.end = Some(at + duration);
+        (at, duration)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +136,39 @@ mod tests {
             empty.push(i, i as u64);
         }
         assert_eq!(empty.oldest(), Some(2000 - MAX_TRACKED as u64));
+    }
+
+    #[test]
+    fn an_early_timestamp_does_not_shift_every_later_sample() {
+        let mut fixer = DurationFixer::default();
+        let mut end = None;
+        for k in 0..10_000i64 {
+            // Every 100th frame is a tick early, as RTP timestamps converted between clocks can be.
+            let dts = 3000 * k - i64::from(k % 100 == 50);
+            let (at, d) = fixer.place(dts, 3000);
+            if let Some(e) = end {
+                assert!(at >= e, "sample {k} at {at} starts before the previous end {e}: the muxer would move it");
+            }
+            assert!((at - dts).abs() <= 1, "sample {k} placed at {at}, dts {dts}");
+            end = Some(at + d);
+        }
+        // A wrong duration estimate does not add up either, and exact audio stays exact.
+        let mut video = DurationFixer::default();
+        assert!((0..1000).all(|k| (video.place(3000 * k, 3001).0 - 3000 * k).abs() <= 1));
+        let mut audio = DurationFixer::default();
+        assert!((0..1000).all(|k| audio.place(1024 * k, 1024) == (1024 * k, 1024)));
+    }
+
+    #[test]
+    fn a_gap_is_closed_on_the_next_sample_and_durations_stay_positive() {
+        let mut fixer = DurationFixer::default();
+        assert_eq!(fixer.place(0, 3000), (0, 3000));
+        // Two frames lost: the sample after the gap starts where the last ended and carries the gap.
+        assert_eq!(fixer.place(9000, 3000), (3000, 9000));
+        assert_eq!(fixer.place(12_000, 3000), (12_000, 3000));
+        // A timestamp that comes early is placed at the end, with a shorter duration.
+        assert_eq!(fixer.place(12_500, 3000), (15_000, 500));
+        // Never a duration below one tick.
+        assert_eq!(fixer.place(0, 3000), (15_500, 1));
     }
 }
