@@ -61,6 +61,8 @@ export const DEFAULTS = Object.freeze({
   reconnectMaxMs: 5000,
   /** How long to wait for the describe reply before giving up, ms. */
   describeTimeoutMs: 15000,
+  /** Play again (a renewal for a server that still has us) after this long with no media and no status. */
+  mediaTimeoutMs: 6000,
   /** Start playing (video.play()) as soon as there is something to show. */
   autoplay: true,
   /** Start muted (browsers only autoplay muted video without a user gesture). */
@@ -401,6 +403,7 @@ class MediaPipeline {
     const tl = this.timeline;
     if (tl.length && media < tl[tl.length - 1].media) tl.length = 0; // the stream's timeline restarted
     tl.push({ media, wall: prft.wallMs });
+    this.arrivalLatencyMs = Date.now() - prft.wallMs; // network and server only: the rest is the page's
     if (tl.length > 4000) tl.splice(0, tl.length - 3000);
   }
 
@@ -701,6 +704,8 @@ export class Player extends EventTarget {
       decodedFrames: q.decoded,
       droppedFrames: q.dropped,
       bufferSeconds: round(this.media.bufferAhead(), 3),
+      arrivalLatencyMs: round(this.media.arrivalLatencyMs ?? null, 1),
+      queuedSegments: this.media.queue.length,
       width: v.videoWidth || this.describeReply?.width || 0,
       height: v.videoHeight || this.describeReply?.height || 0,
       mimeCodec: this.media.mime ?? this.describeReply?.mimeCodec ?? null,
@@ -850,6 +855,7 @@ export class Player extends EventTarget {
     if (this.state !== "reconnecting") this._setState("connecting", `asking the server for ${this.url}`);
     conn.describeFirstAt = conn.describeSentAt = performance.now();
     conn.playFirstAt = conn.playSentAt = null;
+    conn.lastMessageAt = performance.now();
     conn.answered = false;
     this._publish(`${this.prefix}/describe`, { url: this.url, reply_topic: conn.infoTopic });
   }
@@ -877,15 +883,23 @@ export class Player extends EventTarget {
         this._event("retry", "play");
         this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
       }
+    } else if (conn.answered && now - conn.lastMessageAt > this.options.mediaTimeoutMs && now - conn.playSentAt > this.options.mediaTimeoutMs) {
+      // Nothing at all (no media, no status) for a while: the server that served us may be gone (another
+      // instance of a pool takes over on a new play). For a server that still has us, a play only renews.
+      conn.playSentAt = now;
+      this._event("retry", `play (nothing received for ${this.options.mediaTimeoutMs / 1000} s)`);
+      this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
     }
   }
 
   _onMessage(conn, topic, payload) {
     if (topic === conn.mediaTopic) {
       conn.answered = true;
+      conn.lastMessageAt = performance.now();
       this._onMedia(payload);
     } else if (topic === `${conn.mediaTopic}/status`) {
       conn.answered = true;
+      conn.lastMessageAt = performance.now();
       this._onStatus(this._json(payload));
     } else if (topic === conn.infoTopic) {
       this._onDescribe(conn, this._json(payload));

@@ -306,6 +306,15 @@ impl RetryConfig {
     }
 }
 
+/// Several `serve` instances against one broker (src/server/cluster.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Share the requests with the other instances that have it on (same config, unique client ids):
+    /// each request is handled by exactly one of them.
+    pub enabled: bool,
+}
+
 /// The retained statistics message.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -341,6 +350,8 @@ pub struct SourceEntry {
 pub struct Config {
     /// MQTT broker connection.
     pub broker: BrokerConfig,
+    /// Several instances on one broker.
+    pub cluster: ClusterConfig,
     /// The page's HTTP server and WebSocket bridge to the broker.
     pub gateway: GatewayConfig,
     /// Control topics.
@@ -363,6 +374,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             broker: BrokerConfig::default(),
+            cluster: ClusterConfig::default(),
             gateway: GatewayConfig::default(),
             topics: TopicsConfig::default(),
             limits: LimitsConfig::default(),
@@ -439,6 +451,7 @@ pub fn default_sources() -> Vec<NamedSource> {
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
     broker: BrokerConfig,
+    cluster: ClusterConfig,
     gateway: GatewayConfig,
     topics: TopicsConfig,
     limits: LimitsConfig,
@@ -616,6 +629,7 @@ impl RawConfig {
         };
         Ok(Config {
             broker: self.broker,
+            cluster: self.cluster,
             gateway: self.gateway,
             topics: self.topics,
             limits: self.limits,

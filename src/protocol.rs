@@ -411,6 +411,22 @@ impl Topics {
         format!("{}/stats", self.prefix)
     }
 
+    /// Where instances of a cluster announce themselves: `<prefix>/instances/<id>`, retained.
+    pub fn instance(&self, id: &str) -> String {
+        format!("{}/instances/{id}", self.prefix)
+    }
+
+    /// The filter for every instance's announcement.
+    pub fn instances_filter(&self) -> String {
+        format!("{}/instances/+", self.prefix)
+    }
+
+    /// The instance id in an announcement topic.
+    pub fn instance_id<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let id = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/instances/")?;
+        (!id.is_empty() && !id.contains('/')).then_some(id)
+    }
+
     /// Which request a topic carries, if it is one of ours.
     pub fn request_kind(&self, topic: &str) -> Option<RequestKind> {
         let level = topic.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;

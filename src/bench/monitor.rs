@@ -47,6 +47,8 @@ impl Monitor {
         let state = Arc::new(Mutex::new(State::default()));
         let reply_base = format!("{tag}/monitor");
         let (sources_topic, stats_topic) = (format!("{prefix}/sources"), format!("{prefix}/stats"));
+        // `<prefix>/stats/#` also matches `<prefix>/stats`; a cluster's instances publish under it.
+        let stats_filter = format!("{stats_topic}/#");
         let task = {
             let (client, state, reply_base) = (client.clone(), Arc::clone(&state), reply_base.clone());
             tokio::spawn(async move {
@@ -54,7 +56,7 @@ impl Monitor {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             lock(&state).connected = true;
-                            for topic in [&sources_topic, &stats_topic, &format!("{reply_base}/#")] {
+                            for topic in [&sources_topic, &stats_filter, &format!("{reply_base}/#")] {
                                 let _ = client.try_subscribe(topic.as_str(), QoS::AtMostOnce);
                             }
                         }
@@ -63,7 +65,7 @@ impl Monitor {
                             if p.topic == sources_topic {
                                 // An empty retained payload means "no server".
                                 s.sources = !p.payload.is_empty();
-                            } else if p.topic == stats_topic {
+                            } else if p.topic == stats_topic || p.topic.starts_with(&format!("{stats_topic}/")) {
                                 if let Ok(v) = serde_json::from_slice(&p.payload) {
                                     s.stats.push((Instant::now(), v));
                                 }
@@ -106,12 +108,17 @@ impl Monitor {
         Ok(monitor)
     }
 
-    /// Whether the newest stats message lists a stream for `url`; `None` without stats.
+    /// Whether the stats received so far (each instance's, in a cluster) list a stream for `url`; `None`
+    /// without stats.
     pub fn stream_running(&self, url: &str) -> Option<bool> {
         let s = lock(&self.state);
-        let (_, stats) = s.stats.last()?;
-        let streams = stats["streams"].as_array()?;
-        Some(streams.iter().any(|st| st["url"].as_str() == Some(url)))
+        if s.stats.is_empty() {
+            return None;
+        }
+        let listed = |stats: &serde_json::Value| {
+            stats["streams"].as_array().is_some_and(|a| a.iter().any(|st| st["url"].as_str() == Some(url)))
+        };
+        Some(s.stats.iter().any(|(_, v)| listed(v)))
     }
 
     /// The stats messages received in `window` (all of them without one).

@@ -1,6 +1,7 @@
 //! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
+pub mod cluster;
 pub mod gateway;
 pub mod health;
 pub mod mqtt;
@@ -69,6 +70,8 @@ pub struct Hub {
     started: Instant,
     cpu: Mutex<stats::CpuMeter>,
     rate: Mutex<ratelimit::RateLimiter>,
+    /// The instances sharing the requests, with `[cluster] enabled`.
+    members: Option<Mutex<cluster::Members>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,7 +82,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let topics = Topics::new(&config.topics.prefix)?;
     let policy = config.policy()?;
-    let options = mqtt::options(&config.broker, &topics)?;
+    let cluster_on = config.cluster.enabled;
+    let options = mqtt::options(&config.broker, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
     if config.gateway.enabled {
         let gateway =
@@ -107,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         requests: RequestCounters::default(),
         started: Instant::now(),
         cpu: Mutex::default(),
+        members: cluster_on.then(|| Mutex::new(cluster::Members::new(&config.broker.effective_client_id()))),
         rate: Mutex::new(ratelimit::RateLimiter::new(
             config.limits.requests_per_minute,
             config.limits.requests_per_second,
@@ -115,7 +120,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config,
     });
     let (tx, mut rx) = mpsc::channel(1024);
-    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health));
+    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on));
     tokio::spawn(Arc::clone(&hub).sweep_forever());
     if let Some(every) = hub.config.stats.interval() {
         tokio::spawn(Arc::clone(&hub).publish_stats_forever(every));
@@ -125,7 +130,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Some(mqtt::SessionEvent::Connected) => hub.publish_sources().await,
+                Some(mqtt::SessionEvent::Connected) => {
+                    hub.publish_sources().await;
+                    hub.announce();
+                }
+                Some(mqtt::SessionEvent::Instance(id, payload)) => hub.instance_event(&id, &payload),
                 Some(mqtt::SessionEvent::Request(kind, payload)) => {
                     let hub = Arc::clone(&hub);
                     tokio::spawn(async move { hub.handle(kind, payload).await });
@@ -190,6 +199,9 @@ impl Hub {
 
     async fn handle(self: Arc<Self>, kind: RequestKind, payload: Bytes) {
         let parsed = parse_request(kind, &payload, &self.limits);
+        if !self.is_mine(kind, &payload, &parsed) {
+            return;
+        }
         if !self.within_rate(kind, &payload, &parsed).await {
             return;
         }
@@ -201,6 +213,72 @@ impl Hub {
             Request::Describe(d) => self.describe(d).await,
             Request::Play(p) => self.play(p).await,
             Request::Stop(s) => self.stop(s),
+        }
+    }
+
+    /// In a cluster, whether this instance handles the request: the owner of its URL (as the allow-list
+    /// maps it), or for a request without a usable URL the owner of its reply topic. Every instance handles
+    /// stops (only the one with the viewer acts), and renewals of its own viewers.
+    fn is_mine(&self, kind: RequestKind, payload: &[u8], parsed: &Result<Request, ProtocolError>) -> bool {
+        let Some(members) = &self.members else { return true };
+        if kind == RequestKind::Stop {
+            return true;
+        }
+        let key = match parsed {
+            Ok(request) => {
+                if lock(&self.viewers).contains_key(request.reply_topic()) {
+                    return true;
+                }
+                match request.url().map(|u| self.policy.check(u)) {
+                    Some(Ok(allowed)) => cluster::url_key(&allowed.url),
+                    _ => cluster::fnv1a64(request.reply_topic().as_bytes()),
+                }
+            }
+            Err(_) => match reply_topic_hint(payload, &self.limits) {
+                Some(topic) => cluster::fnv1a64(topic.as_bytes()),
+                None => cluster::fnv1a64(payload),
+            },
+        };
+        lock(members).is_mine(key)
+    }
+
+    /// Publishes this instance's announcement (retained) with the streams it runs.
+    fn announce(&self) {
+        let Some(members) = &self.members else { return };
+        let keys = lock(&self.streams).values().filter(|s| s.is_alive()).map(|s| cluster::url_key(&s.url)).collect();
+        let (topic, announcement) = {
+            let mut m = lock(members);
+            (self.topics.instance(m.me()), m.set_mine(keys))
+        };
+        match serde_json::to_vec(&announcement) {
+            Ok(json) => {
+                if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, true, json) {
+                    tracing::warn!(error = %e, "could not queue the cluster announcement");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not serialise the cluster announcement"),
+        }
+    }
+
+    /// Another instance announced itself (or left).
+    fn instance_event(&self, id: &str, payload: &[u8]) {
+        let Some(members) = &self.members else { return };
+        let mut m = lock(members);
+        if m.update(id, payload) {
+            tracing::info!(
+                instance = id,
+                instances = m.count(),
+                joined = !payload.is_empty(),
+                "cluster membership changed"
+            );
+        }
+    }
+
+    /// The retained stats topic: per instance in a cluster, or they would overwrite each other.
+    fn stats_topic(&self) -> String {
+        match &self.members {
+            Some(m) => format!("{}/{}", self.topics.stats(), lock(m).me()),
+            None => self.topics.stats(),
         }
     }
 
@@ -262,6 +340,8 @@ impl Hub {
             self.config.limits.viewer_queue_fragments,
         ));
         streams.insert(url.to_string(), Arc::clone(&stream));
+        drop(streams);
+        self.announce();
         tracing::info!(url = %redact(url), "stream started");
         let (hub, retry) = (Arc::clone(self), self.config.retry.clone());
         let task_stream = Arc::clone(&stream);
@@ -285,6 +365,7 @@ impl Hub {
         if !replaced {
             lock(&self.viewers).retain(|_, url| *url != stream.url);
         }
+        self.announce();
         tracing::info!(url = %redact(&stream.url), "stream stopped");
     }
 
@@ -434,7 +515,7 @@ impl Hub {
         loop {
             tick.tick().await;
             let stats = self.stats();
-            self.publish_json(self.topics.stats(), &stats, true).await;
+            self.publish_json(self.stats_topic(), &stats, true).await;
         }
     }
 
@@ -463,9 +544,19 @@ impl Hub {
         while !lock(&self.streams).is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Clear the retained lists: nobody serves them any more.
-        let _ = self.client.publish(self.topics.sources(), QoS::AtLeastOnce, true, Vec::new()).await;
-        let _ = self.client.publish(self.topics.stats(), QoS::AtLeastOnce, true, Vec::new()).await;
+        // Clear the retained lists: nobody serves them any more (in a cluster, unless other instances do).
+        let alone = match &self.members {
+            Some(m) => {
+                let id = lock(m).me().to_string();
+                let _ = self.client.publish(self.topics.instance(&id), QoS::AtLeastOnce, true, Vec::new()).await;
+                lock(m).count() == 1
+            }
+            None => true,
+        };
+        if alone {
+            let _ = self.client.publish(self.topics.sources(), QoS::AtLeastOnce, true, Vec::new()).await;
+        }
+        let _ = self.client.publish(self.stats_topic(), QoS::AtLeastOnce, true, Vec::new()).await;
         let _ = self.client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

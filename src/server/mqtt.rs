@@ -23,9 +23,11 @@ pub enum MqttSetupError {
     },
 }
 
-/// rumqttc options for the configured broker; the last will empties the retained sources list.
-pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, MqttSetupError> {
-    let mut o = MqttOptions::new(broker.effective_client_id(), broker.host.clone(), broker.port);
+/// rumqttc options for the configured broker. The last will empties the retained sources list, or, in a
+/// cluster, this instance's announcement (the others still serve the list).
+pub fn options(broker: &BrokerConfig, topics: &Topics, cluster: bool) -> Result<MqttOptions, MqttSetupError> {
+    let client_id = broker.effective_client_id();
+    let mut o = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
     // 0 turns keep-alive off, as in MQTT itself.
     o.set_keep_alive(broker.keep_alive());
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
@@ -34,7 +36,8 @@ pub fn options(broker: &BrokerConfig, topics: &Topics) -> Result<MqttOptions, Mq
         o.set_credentials(user.clone(), pass.clone().unwrap_or_default());
     }
     // A server that dies without saying so must not leave pages a list of sources nobody serves.
-    o.set_last_will(LastWill::new(topics.sources(), Vec::new(), QoS::AtLeastOnce, true));
+    let will_topic = if cluster { topics.instance(&client_id) } else { topics.sources() };
+    o.set_last_will(LastWill::new(will_topic, Vec::new(), QoS::AtLeastOnce, true));
     if broker.tls {
         let transport = match &broker.ca_file {
             Some(path) => {
@@ -64,6 +67,8 @@ pub enum SessionEvent {
     Connected,
     /// A control request arrived.
     Request(RequestKind, Bytes),
+    /// Another instance's announcement (empty: it left).
+    Instance(String, Bytes),
 }
 
 /// Drives the event loop forever: reconnects with backoff after any error and re-subscribes on every connect.
@@ -74,6 +79,7 @@ pub async fn drive(
     broker: BrokerConfig,
     tx: mpsc::Sender<SessionEvent>,
     health: std::sync::Arc<super::health::Health>,
+    cluster: bool,
 ) {
     let mut failures = 0u32;
     loop {
@@ -89,6 +95,11 @@ pub async fn drive(
                 let (client, topics, tx) = (client.clone(), topics.clone(), tx.clone());
                 // Subscribing from this task would wait on the queue that only this task drains.
                 tokio::spawn(async move {
+                    // Announcements first: the broker sends the retained ones before it takes the request
+                    // subscriptions, so the instance knows its peers before the first request reaches it.
+                    if cluster && client.subscribe(topics.instances_filter(), QoS::AtLeastOnce).await.is_err() {
+                        return;
+                    }
                     for kind in RequestKind::ALL {
                         if client.subscribe(topics.request(kind), QoS::AtMostOnce).await.is_err() {
                             return;
@@ -98,7 +109,11 @@ pub async fn drive(
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(kind) = topics.request_kind(&p.topic) {
+                if let Some(id) = topics.instance_id(&p.topic) {
+                    if tx.send(SessionEvent::Instance(id.to_string(), p.payload)).await.is_err() {
+                        return;
+                    }
+                } else if let Some(kind) = topics.request_kind(&p.topic) {
                     if tx.try_send(SessionEvent::Request(kind, p.payload)).is_err() {
                         tracing::warn!(topic = %p.topic, "request dropped: the server is saturated");
                     }

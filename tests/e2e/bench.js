@@ -40,6 +40,7 @@ const { values: opts } = parseArgs({
     cases: { type: "string", default: Object.keys(CASES).join(",") },
     rounds: { type: "string", default: "1" },
     json: { type: "string" },
+    trace: { type: "boolean", default: false },
   },
 });
 const SECONDS = Number(opts.seconds);
@@ -106,6 +107,14 @@ async function runCase(browser, name, { mode, audio }, mqttPort) {
       mark = got.mark;
       latencies.push(...got.latencies);
       minute.push(...got.latencies);
+      if (opts.trace && (Date.now() - startedAt) % 10_000 < POLL_MS) {
+        const s = await stats();
+        console.log(
+          `  t=${((Date.now() - startedAt) / 1000).toFixed(0)}s latency ${s.latencyMs} arrival ${s.arrivalLatencyMs} ` +
+            `buffer ${s.bufferSeconds} rate ${s.playbackRate} target ${s.targetLatencyMs} stalls ${s.stalls} ` +
+            `jumps ${s.jumps} queued ${s.queuedSegments} dropped ${s.droppedFrames} decoded ${s.decodedFrames}`,
+        );
+      }
       if (Date.now() - minuteAt >= MINUTE_MS) {
         const m = { minute: minutes.length + 1, ...summary(minute) };
         minutes.push(m);
