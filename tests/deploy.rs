@@ -39,13 +39,18 @@ impl DockerBroker {
         assert!(status.success());
         // mosquitto started as root reads its files as the mosquitto user.
         let _ = Command::new("chmod").arg("644").arg(&passwd).status();
+        // A copy beside the password file: mosquitto started as root reads both as the mosquitto user, who
+        // may not be able to enter the checkout's folder.
+        let acl = dir.join("mosquitto.acl");
+        std::fs::copy(docker_file("mosquitto.acl"), &acl).unwrap();
+        let _ = Command::new("chmod").arg("755").arg(&dir).status();
         let port = free_port();
         let conf = std::fs::read_to_string(docker_file("mosquitto.conf")).unwrap();
         assert!(conf.contains("listener 1883\n") && conf.contains("password_file /mosquitto/data/passwd\n"));
         let conf = conf
             .replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"))
             .replace("/mosquitto/data/passwd", passwd.to_str().unwrap())
-            .replace("/mosquitto/config/mosquitto.acl", docker_file("mosquitto.acl").to_str().unwrap());
+            .replace("/mosquitto/config/mosquitto.acl", acl.to_str().unwrap());
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let child = Command::new("mosquitto")
