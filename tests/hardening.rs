@@ -1,0 +1,206 @@
+//! Bad input and faults against the running server, with a viewer watching throughout: every bad request
+//! gets its error (or, with no usable reply topic, nothing), floods are cut by the rate limits, and the
+//! viewer's stream goes on without a gap. Killing viewers and the source leaves no thread or memory behind.
+
+mod support;
+
+use mqtt_video::bench::measure::MediaCheck;
+use mqtt_video::server::stats::memory_and_threads_of;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::broker::Broker;
+use support::page::{rand_suffix, raw_client_with_will, server_config, Page, Server};
+use support::RtspServer;
+
+/// Media on `topic` received by `page` for `secs`, checked (fragments, gaps, reordering) by `check`, which
+/// carries the init segment and the timeline from one window to the next; the fragments of this window.
+fn watch(check: &mut MediaCheck, page: &Page, topic: &str, secs: u64) -> u64 {
+    let before = check.fragments;
+    for m in page.collect(topic, Duration::from_secs(secs)).media {
+        check.push(&m.payload, 0).expect("valid fMP4 while under attack");
+    }
+    check.fragments - before
+}
+
+fn answer(page: &Page, topic: &str) -> Option<String> {
+    let m = page.next_on(topic, Duration::from_secs(3))?;
+    let v: Value = serde_json::from_slice(&m.payload).ok()?;
+    Some(v["error"]["code"].as_str().unwrap_or("ok").to_string())
+}
+
+#[test]
+fn bad_input_and_floods_leave_existing_viewers_streaming() {
+    let rtsp = RtspServer::start(&[]);
+    let broker = Broker::start();
+    let prefix = format!("rtsp://127.0.0.1:{}/", rtsp.port());
+    let limits = "[limits]\nrequests_per_minute = 30\nrequests_per_second = 100\n";
+    let mut server = Server::start(&server_config(broker.port, &[&prefix], limits));
+
+    let viewer = Page::connect(broker.port, &format!("viewer-{}", rand_suffix()), None);
+    let media = format!("viewer{}/media", rand_suffix());
+    viewer.play(&rtsp.url, &media);
+    let mut check = MediaCheck::default();
+    assert!(watch(&mut check, &viewer, &media, 2) > 30, "the viewer plays before the attack");
+
+    let attack_port = broker.port;
+    let rtsp_url = rtsp.url.clone();
+    let rtsp_port = rtsp.port();
+    let attacker = std::thread::spawn(move || {
+        let p = Page::connect(attack_port, &format!("attacker-{}", rand_suffix()), None);
+        let mut results = Vec::new();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (json!({"url": "lavfi:testsrc", "reply_topic": "r1/x"}).to_string().into_bytes(), "forbidden_url"),
+            (
+                json!({"url": "testsrc=size=640x360:rate=30", "reply_topic": "r2/x"}).to_string().into_bytes(),
+                "forbidden_url",
+            ),
+            (
+                json!({"url": "builtin://testsrc=size=8000x8000", "reply_topic": "r3/x"}).to_string().into_bytes(),
+                "forbidden_url",
+            ),
+            (json!({"url": "file:///etc/passwd", "reply_topic": "r4/x"}).to_string().into_bytes(), "forbidden_url"),
+            (
+                json!({"url": "concat:/etc/passwd|/etc/hosts", "reply_topic": "r5/x"}).to_string().into_bytes(),
+                "forbidden_url",
+            ),
+            (
+                json!({"url": "subfile:,,start,0,end,100,,:/etc/passwd", "reply_topic": "r6/x"})
+                    .to_string()
+                    .into_bytes(),
+                "forbidden_url",
+            ),
+            (
+                json!({"url": format!("http://127.0.0.1:{rtsp_port}/"), "reply_topic": "r7/x"})
+                    .to_string()
+                    .into_bytes(),
+                "forbidden_url",
+            ),
+            (
+                json!({"url": format!("rtsp://user:pw@127.0.0.1:{rtsp_port}/live"), "reply_topic": "r8/x"})
+                    .to_string()
+                    .into_bytes(),
+                "forbidden_url",
+            ),
+            (
+                json!({"url": format!("rtsp://127.0.0.1:{rtsp_port}/../live"), "reply_topic": "r9/x"})
+                    .to_string()
+                    .into_bytes(),
+                "forbidden_url",
+            ),
+            (json!({"url": "data:text/plain,hello", "reply_topic": "r10/x"}).to_string().into_bytes(), "forbidden_url"),
+            (json!({"url": rtsp_url, "reply_topic": "r11/x", "admin": true}).to_string().into_bytes(), "bad_request"),
+            (json!({"url": rtsp_url, "reply_topic": "r12/x", "url2": [1, 2]}).to_string().into_bytes(), "bad_request"),
+            (json!({"url": "", "reply_topic": "r13/x"}).to_string().into_bytes(), "bad_request"),
+            (json!({"url": "x".repeat(5000), "reply_topic": "r14/x"}).to_string().into_bytes(), "payload_too_large"),
+        ];
+        for (i, (payload, expected)) in cases.into_iter().enumerate() {
+            let topic = format!("r{}/x", i + 1);
+            p.subscribe(&topic);
+            p.publish_raw("video/describe", payload);
+            results.push((topic.clone(), expected, answer(&p, &topic)));
+        }
+        // No usable reply topic: nobody to answer, nothing may break.
+        for topic in ["a/+/b", "#", "$SYS/broker", "video/steal", "x/status", ""] {
+            p.publish("video/describe", &json!({"url": rtsp_url, "reply_topic": topic}));
+        }
+        p.publish_raw("video/describe", b"{not json".to_vec());
+        p.publish_raw("video/play", vec![0xff; 3000]);
+        let mut huge = br#"{"url": "a", "reply_topic": "huge/x", "pad": ""#.to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+        huge.extend(b"\"}");
+        p.publish_raw("video/describe", huge);
+        // A flood from one requester: its burst (7), one rate_limited, then silence.
+        p.subscribe("flood/#");
+        for i in 0..40 {
+            p.publish("video/describe", &json!({"url": rtsp_url, "reply_topic": format!("flood/{i}")}));
+        }
+        // A flood from made-up requesters: the total cap drops what is beyond it, unanswered.
+        for i in 0..400 {
+            p.publish("video/describe", &json!({"url": "rtsp://nowhere/x", "reply_topic": format!("spray{i}/x")}));
+        }
+        let mut flood = Vec::new();
+        while let Ok(m) = p.inbox.recv_timeout(Duration::from_secs(2)) {
+            if m.topic.starts_with("flood/") {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                flood.push(v["error"]["code"].as_str().unwrap_or("ok").to_string());
+            }
+        }
+        (results, flood)
+    });
+    let during = watch(&mut check, &viewer, &media, 8);
+    let (results, flood) = attacker.join().expect("attacker thread");
+
+    for (topic, expected, got) in &results {
+        assert_eq!(got.as_deref(), Some(*expected), "{topic}");
+    }
+    assert_eq!(flood.iter().filter(|c| *c == "ok").count(), 7, "{flood:?}");
+    assert_eq!(flood.iter().filter(|c| *c == "rate_limited").count(), 1, "{flood:?}");
+    // The viewer never noticed: media went on at the frame rate, no gap, no reordering.
+    assert!(during > 8 * 25, "{during} fragments in 8 s");
+    assert_eq!((check.gaps, check.out_of_order), (0, 0));
+    assert!(server.alive(), "the server survived");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = Page::connect(broker.port, &format!("after-{}", rand_suffix()), None);
+    assert!(again.describe(&rtsp.url, &format!("after{}/x", rand_suffix()))["mimeCodec"].is_string());
+    again.stats_where(|s| s["requests"]["rate_limited"].as_u64().unwrap_or(0) > 100);
+}
+
+#[test]
+fn killed_viewers_and_a_killed_source_leave_nothing_behind() {
+    let mut rtsp = RtspServer::start(&[]);
+    let port = rtsp.port();
+    let broker = Broker::start();
+    let prefix = format!("rtsp://127.0.0.1:{port}/");
+    let config = "[limits]\nlinger_secs = 0\n[retry]\ninitial_backoff_ms = 200\nmax_backoff_ms = 500\n";
+    let server = Server::start(&server_config(broker.port, &[&prefix], config));
+    let watcher = Page::connect(broker.port, &format!("watch-{}", rand_suffix()), None);
+    let sample = || memory_and_threads_of(server.pid());
+
+    // One full cycle first, so that lazily started runtime threads and allocator pools exist.
+    let cycle = |i: usize| {
+        let topic = format!("cycle{i}/{}", rand_suffix());
+        let will = serde_json::to_vec(&json!({"reply_topic": topic})).unwrap();
+        let tab = raw_client_with_will(broker.port, &format!("tab-{}", rand_suffix()), "video/stop", &will);
+        watcher.play(&rtsp.url, &topic);
+        let got = watcher.collect(&topic, Duration::from_secs(1));
+        assert!(!got.media.is_empty(), "cycle {i} plays");
+        drop(tab); // kill -9 of a viewer: the broker publishes its will
+        watcher.collect(&topic, Duration::from_millis(700));
+    };
+    cycle(0);
+    watcher.stats_where(|s| s["streams"].as_array().is_some_and(|a| a.is_empty()));
+    let (rss0, threads0) = sample();
+
+    for i in 1..=6 {
+        cycle(i);
+    }
+    // The source dies under a viewer and comes back on the same port; the viewer resumes.
+    let topic = format!("survivor/{}", rand_suffix());
+    watcher.play(&rtsp.url, &topic);
+    assert!(!watcher.collect(&topic, Duration::from_secs(1)).media.is_empty());
+    drop(rtsp);
+    let gone = Instant::now();
+    rtsp = RtspServer::start_on(port, &[]);
+    let back = watcher.collect(&topic, Duration::from_secs(6));
+    assert!(back.states().iter().any(|s| s == "reconnecting"), "{:?}", back.states());
+    assert!(back.media.len() > 30, "resumed {} messages within 6 s of {:?}", back.media.len(), gone.elapsed());
+    watcher.stop(&topic);
+    watcher.stats_where(|s| s["streams"].as_array().is_some_and(|a| a.is_empty()) && s["viewers"] == json!(0));
+
+    // Idle runtime threads may take a few seconds to exit.
+    let (rss0, threads0) = (rss0.unwrap(), threads0.unwrap());
+    let until = Instant::now() + Duration::from_secs(15);
+    let (mut rss1, mut threads1) = (0, u64::MAX);
+    while Instant::now() < until {
+        let (r, t) = sample();
+        (rss1, threads1) = (r.unwrap(), t.unwrap());
+        if threads1 <= threads0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("server after warm-up: {rss0} KiB, {threads0} threads; after 7 cycles and a source kill: {rss1} KiB, {threads1} threads");
+    assert_eq!(threads1, threads0, "threads left behind");
+    assert!(rss1 < rss0 + 20 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    drop(rtsp);
+}
