@@ -5,6 +5,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use mqtt_video::bench::ffmpeg_ref::{AAC_ARGS, X264_ARGS};
 use mqtt_video::media::config::Pacing;
 use mqtt_video::media::fmp4::{Segment, Splitter};
 use mqtt_video::media::{Mode, Pipeline, PipelineConfig, PipelineEvent};
@@ -48,32 +49,7 @@ fn cli(path: &Path, mode: Mode, frames: f64) -> f64 {
     cmd.args(["-v", "error", "-nostdin", "-i"]).arg(path);
     match mode {
         Mode::Copy => cmd.args(["-c", "copy"]),
-        _ => cmd.args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-profile:v",
-            "high",
-            "-crf",
-            "23",
-            "-g",
-            "30",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-            "-ar",
-            "48000",
-        ]),
+        _ => cmd.args(X264_ARGS).args(AAC_ARGS),
     };
     cmd.args(["-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "1", "pipe:1"]);
     let started = Instant::now();

@@ -17,6 +17,32 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The ffmpeg CLI's video encoder settings equal to the server's defaults (libx264 veryfast, zerolatency,
+/// high profile, CRF 23, a keyframe every 30 frames, no scene-cut keyframes, no B-frames).
+pub const X264_ARGS: [&str; 18] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "veryfast",
+    "-tune",
+    "zerolatency",
+    "-profile:v",
+    "high",
+    "-crf",
+    "23",
+    "-g",
+    "30",
+    "-sc_threshold",
+    "0",
+    "-bf",
+    "0",
+    "-pix_fmt",
+    "yuv420p",
+];
+
+/// The ffmpeg CLI's audio encoder settings equal to the server's defaults (AAC-LC, 96 kbit/s, 48 kHz).
+pub const AAC_ARGS: [&str; 6] = ["-c:a", "aac", "-b:a", "96k", "-ar", "48000"];
+
 /// What to run the CLI on, and how.
 #[derive(Debug, Clone)]
 pub struct FfmpegPlan {
@@ -55,24 +81,7 @@ pub fn command_args(plan: &FfmpegPlan, clock: bool) -> Vec<String> {
     }
     a.extend(["-copyts".into(), "-map".into(), "0:v:0".into()]);
     if plan.transcode_video {
-        for s in [
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-profile:v",
-            "high",
-            "-crf",
-            "23",
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-        ] {
-            a.push(s.into());
-        }
+        a.extend(X264_ARGS.iter().map(|s| s.to_string()));
     } else {
         a.extend(["-c:v".into(), "copy".into()]);
     }
@@ -81,7 +90,7 @@ pub fn command_args(plan: &FfmpegPlan, clock: bool) -> Vec<String> {
         Some(transcode) => {
             a.extend(["-map".into(), "0:a:0?".into()]);
             if transcode {
-                a.extend(["-c:a", "aac", "-b:a", "96k", "-ar", "48000"].iter().map(|s| s.to_string()));
+                a.extend(AAC_ARGS.iter().map(|s| s.to_string()));
             } else {
                 a.extend(["-c:a".into(), "copy".into()]);
             }
