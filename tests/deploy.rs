@@ -167,7 +167,8 @@ fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
     }
     let limited = codes.iter().filter(|c| *c == "rate_limited").count();
     let ok = codes.iter().filter(|c| *c == "ok").count();
-    assert_eq!((ok, limited), (15, 1), "{codes:?}");
+    // A slow machine may refill a token (one a second) while the 25 are handled: allow for one or two.
+    assert!((15..=17).contains(&ok) && (1..=2).contains(&limited) && ok + limited < 25, "{codes:?}");
     // Alice, another requester, is not affected.
     let again = page.describe("builtin://testsrc", "pages/page_alice/info2");
     assert!(again["mimeCodec"].is_string(), "{again}");
