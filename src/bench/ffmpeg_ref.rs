@@ -11,11 +11,12 @@ use super::report::FfmpegFigures;
 use super::viewer::JOIN_BURST;
 use crate::media::fmp4::{self, Segment, Splitter, TrackKind};
 use crate::media::source::TestPattern;
+use crate::media::timing::wallclock_us;
 use crate::server::stats::{cpu_seconds_of, memory_and_threads_of};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The ffmpeg CLI's video encoder settings equal to the server's defaults (libx264 veryfast, zerolatency,
 /// high profile, CRF 23, a keyframe every 30 frames, no scene-cut keyframes, no B-frames).
@@ -105,10 +106,6 @@ pub fn command_args(plan: &FfmpegPlan, clock: bool) -> Vec<String> {
 pub fn first_video_mux_pts(line: &str) -> Option<i64> {
     let rest = line.strip_prefix("muxer <- type:video pkt_pts:")?;
     rest.split_whitespace().next()?.parse().ok()
-}
-
-fn unix_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The child, shared with the watchdog; killed and reaped when dropped.
@@ -224,7 +221,7 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
         };
         for segment in segments {
             let now = Instant::now();
-            let received_us = unix_us();
+            let received_us = wallclock_us() as i64;
             match segment {
                 Segment::Init(bytes) => {
                     init_at = Some(now);

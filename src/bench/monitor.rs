@@ -2,6 +2,7 @@
 //! its stats, and asks for the stream's facts with a describe.
 
 use super::BenchError;
+use crate::server::lock;
 use crate::server::mqtt::MAX_PACKET_BYTES;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,6 @@ pub struct Monitor {
     task: tokio::task::JoinHandle<()>,
     prefix: String,
     reply_base: String,
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    // A panic elsewhere cannot leave this plain data half-written in a way that matters here.
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Monitor {

@@ -3,12 +3,13 @@
 
 use super::measure::{MediaCheck, Received, Summary};
 use super::report::ViewerReport;
+use crate::media::timing::wallclock_us;
 use crate::protocol::status_topic;
 use crate::server::mqtt::MAX_PACKET_BYTES;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Fragments received within this long after the init segment are the joiner's GOP burst (up to a GOP old on
 /// purpose), not live delivery: they count for everything but latency.
@@ -68,10 +69,6 @@ fn fail(report: &mut ViewerReport, why: String) {
     if report.error.is_none() {
         report.error = Some(why);
     }
-}
-
-fn unix_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 #[derive(Debug, PartialEq)]
@@ -227,7 +224,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>, stop_all: Arc<Atomic
             }
             Packet::Publish(p) if p.topic == media_topic => {
                 let at = Instant::now();
-                let received_us = unix_us();
+                let received_us = wallclock_us();
                 match check.push(&p.payload, received_us) {
                     Ok(Received::Init) => {
                         if init_at.is_none() {

@@ -53,16 +53,6 @@ pub struct BenchArgs {
     plot: Option<PathBuf>,
 }
 
-fn parse_broker(s: &str) -> Result<(String, u16)> {
-    let (host, port) = s.rsplit_once(':').context("--broker must be HOST:PORT")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().with_context(|| format!("--broker port '{port}' is not a number"))?;
-    if host.is_empty() || port == 0 {
-        bail!("--broker must be HOST:PORT with a host and a port from 1 to 65535");
-    }
-    Ok((host.to_string(), port))
-}
-
 /// Runs the bench; fails (exit status 1) when the run could not start or any viewer had an error.
 pub fn run(args: BenchArgs) -> Result<()> {
     if !["auto", "copy", "transcode"].contains(&args.mode.as_str()) {
@@ -72,7 +62,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--timeout must be a positive number of seconds");
     }
     let options = BenchOptions {
-        broker: args.broker.as_deref().map(parse_broker).transpose()?,
+        broker: args.broker.as_deref().map(super::parse_broker).transpose()?,
         url: args.url.clone(),
         viewers: args.viewers,
         seconds: args.seconds,

@@ -74,7 +74,8 @@ pub struct Hub {
     members: Option<Mutex<cluster::Members>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a mutex whose data stays usable after a panic elsewhere (plain state, no invariants spanning a lock).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
