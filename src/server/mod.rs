@@ -84,7 +84,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let topics = Topics::new(&config.topics.prefix)?;
     let policy = config.policy()?;
     let cluster_on = config.cluster.enabled;
-    let options = mqtt::options(&config.broker, &topics, cluster_on)?;
+    // Read once: the hostname behind `{hostname}` is the instance's id in the cluster too.
+    let client_id = config.broker.effective_client_id();
+    let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
     if config.gateway.enabled {
         let gateway =
@@ -112,7 +114,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         requests: RequestCounters::default(),
         started: Instant::now(),
         cpu: Mutex::default(),
-        members: cluster_on.then(|| Mutex::new(cluster::Members::new(&config.broker.effective_client_id()))),
+        members: cluster_on.then(|| Mutex::new(cluster::Members::new(&client_id))),
         rate: Mutex::new(ratelimit::RateLimiter::new(
             config.limits.requests_per_minute,
             config.limits.requests_per_second,
@@ -200,15 +202,21 @@ impl Hub {
 
     async fn handle(self: Arc<Self>, kind: RequestKind, payload: Bytes) {
         let parsed = parse_request(kind, &payload, &self.limits);
-        if !self.is_mine(kind, &payload, &parsed) {
+        // Where an answer would go, read once: the request's reply topic, or for a request that failed its
+        // checks the valid reply topic its payload names, if any.
+        let reply_topic = match &parsed {
+            Ok(r) => Some(r.reply_topic().to_string()),
+            Err(_) => reply_topic_hint(&payload, &self.limits),
+        };
+        if !self.is_mine(kind, &payload, &parsed, reply_topic.as_deref()) {
             return;
         }
-        if !self.within_rate(kind, &payload, &parsed).await {
+        if !self.within_rate(kind, reply_topic.as_deref()).await {
             return;
         }
         let request = match parsed {
             Ok(r) => r,
-            Err(e) => return self.refuse(kind, &payload, e).await,
+            Err(e) => return self.refuse(kind, reply_topic.as_deref(), e).await,
         };
         match request {
             Request::Describe(d) => self.describe(d).await,
@@ -220,25 +228,24 @@ impl Hub {
     /// In a cluster, whether this instance handles the request: the owner of its URL (as the allow-list
     /// maps it), or for a request without a usable URL the owner of its reply topic. Every instance handles
     /// stops (only the one with the viewer acts), and renewals of its own viewers.
-    fn is_mine(&self, kind: RequestKind, payload: &[u8], parsed: &Result<Request, ProtocolError>) -> bool {
+    fn is_mine(
+        &self,
+        kind: RequestKind,
+        payload: &[u8],
+        parsed: &Result<Request, ProtocolError>,
+        reply_topic: Option<&str>,
+    ) -> bool {
         let Some(members) = &self.members else { return true };
         if kind == RequestKind::Stop {
             return true;
         }
-        let key = match parsed {
-            Ok(request) => {
-                if lock(&self.viewers).contains_key(request.reply_topic()) {
-                    return true;
-                }
-                match request.url().map(|u| self.policy.check(u)) {
-                    Some(Ok(allowed)) => cluster::url_key(&allowed.url),
-                    _ => cluster::fnv1a64(request.reply_topic().as_bytes()),
-                }
-            }
-            Err(_) => match reply_topic_hint(payload, &self.limits) {
-                Some(topic) => cluster::fnv1a64(topic.as_bytes()),
-                None => cluster::fnv1a64(payload),
-            },
+        let request = parsed.as_ref().ok();
+        if request.is_some_and(|r| lock(&self.viewers).contains_key(r.reply_topic())) {
+            return true;
+        }
+        let key = match request.and_then(Request::url).map(|u| self.policy.check(u)) {
+            Some(Ok(allowed)) => cluster::url_key(&allowed.url),
+            _ => cluster::fnv1a64(reply_topic.map_or(payload, str::as_bytes)),
         };
         lock(members).is_mine(key)
     }
@@ -285,12 +292,8 @@ impl Hub {
 
     /// Applies the rate limits; false when the request must go no further (it was refused or dropped).
     /// Stops count toward the total only: dropping one would leave a viewer playing to nobody.
-    async fn within_rate(&self, kind: RequestKind, payload: &[u8], parsed: &Result<Request, ProtocolError>) -> bool {
-        let topic = match parsed {
-            Ok(r) => Some(r.reply_topic().to_string()),
-            Err(_) => reply_topic_hint(payload, &self.limits),
-        };
-        let key = topic.as_deref().filter(|_| kind != RequestKind::Stop);
+    async fn within_rate(&self, kind: RequestKind, reply_topic: Option<&str>) -> bool {
+        let key = reply_topic.filter(|_| kind != RequestKind::Stop);
         let verdict = lock(&self.rate).check(key, Instant::now());
         match (verdict, key) {
             (ratelimit::Verdict::Allow, _) => true,
@@ -312,9 +315,9 @@ impl Hub {
         }
     }
 
-    async fn refuse(&self, kind: RequestKind, payload: &[u8], error: ProtocolError) {
-        match reply_topic_hint(payload, &self.limits) {
-            Some(topic) => self.answer_error(kind, &topic, error.code(), error.to_string()).await,
+    async fn refuse(&self, kind: RequestKind, reply_topic: Option<&str>, error: ProtocolError) {
+        match reply_topic {
+            Some(topic) => self.answer_error(kind, topic, error.code(), error.to_string()).await,
             None => {
                 // No valid reply topic: there is nowhere safe to answer.
                 self.requests.rejected.fetch_add(1, Ordering::Relaxed);

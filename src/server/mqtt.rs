@@ -23,11 +23,16 @@ pub enum MqttSetupError {
     },
 }
 
-/// rumqttc options for the configured broker. The last will empties the retained sources list, or, in a
-/// cluster, this instance's announcement (the others still serve the list).
-pub fn options(broker: &BrokerConfig, topics: &Topics, cluster: bool) -> Result<MqttOptions, MqttSetupError> {
-    let client_id = broker.effective_client_id();
-    let mut o = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
+/// rumqttc options for the configured broker, connecting as `client_id` (`broker.effective_client_id()`).
+/// The last will empties the retained sources list, or, in a cluster, this instance's announcement (the
+/// others still serve the list).
+pub fn options(
+    broker: &BrokerConfig,
+    client_id: &str,
+    topics: &Topics,
+    cluster: bool,
+) -> Result<MqttOptions, MqttSetupError> {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     // 0 turns keep-alive off, as in MQTT itself.
     o.set_keep_alive(broker.keep_alive());
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
@@ -36,7 +41,7 @@ pub fn options(broker: &BrokerConfig, topics: &Topics, cluster: bool) -> Result<
         o.set_credentials(user.clone(), pass.clone().unwrap_or_default());
     }
     // A server that dies without saying so must not leave pages a list of sources nobody serves.
-    let will_topic = if cluster { topics.instance(&client_id) } else { topics.sources() };
+    let will_topic = if cluster { topics.instance(client_id) } else { topics.sources() };
     o.set_last_will(LastWill::new(will_topic, Vec::new(), QoS::AtLeastOnce, true));
     if broker.tls {
         let transport = match &broker.ca_file {
