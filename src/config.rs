@@ -476,34 +476,28 @@ struct RawSource {
 }
 
 /// What an environment override's value must parse as.
-#[derive(Debug, Clone, Copy)]
-enum EnvKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// Taken as it is.
     Text,
+    /// A whole number.
     Integer,
 }
 
 /// The settings people change most, overridable from the environment (containers): variable, key, kind.
-pub const ENV_OVERRIDES: [(&str, &str, &str); 11] = [
-    ("MQTT_VIDEO_BROKER_HOST", "broker.host", "text"),
-    ("MQTT_VIDEO_BROKER_PORT", "broker.port", "integer"),
-    ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", "text"),
-    ("MQTT_VIDEO_BROKER_PASSWORD", "broker.password", "text"),
-    ("MQTT_VIDEO_CLIENT_ID", "broker.client_id", "text"),
-    ("MQTT_VIDEO_GATEWAY_LISTEN", "gateway.listen", "text"),
-    ("MQTT_VIDEO_MODE", "pipeline.mode", "text"),
-    ("MQTT_VIDEO_VIDEO_PRESET", "pipeline.video.preset", "text"),
-    ("MQTT_VIDEO_VIDEO_CRF", "pipeline.video.crf", "integer"),
-    ("MQTT_VIDEO_VIDEO_MAX_HEIGHT", "pipeline.video.max_height", "integer"),
-    ("MQTT_VIDEO_MAX_STREAMS", "limits.max_streams", "integer"),
+pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 11] = [
+    ("MQTT_VIDEO_BROKER_HOST", "broker.host", EnvKind::Text),
+    ("MQTT_VIDEO_BROKER_PORT", "broker.port", EnvKind::Integer),
+    ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", EnvKind::Text),
+    ("MQTT_VIDEO_BROKER_PASSWORD", "broker.password", EnvKind::Text),
+    ("MQTT_VIDEO_CLIENT_ID", "broker.client_id", EnvKind::Text),
+    ("MQTT_VIDEO_GATEWAY_LISTEN", "gateway.listen", EnvKind::Text),
+    ("MQTT_VIDEO_MODE", "pipeline.mode", EnvKind::Text),
+    ("MQTT_VIDEO_VIDEO_PRESET", "pipeline.video.preset", EnvKind::Text),
+    ("MQTT_VIDEO_VIDEO_CRF", "pipeline.video.crf", EnvKind::Integer),
+    ("MQTT_VIDEO_VIDEO_MAX_HEIGHT", "pipeline.video.max_height", EnvKind::Integer),
+    ("MQTT_VIDEO_MAX_STREAMS", "limits.max_streams", EnvKind::Integer),
 ];
-
-fn env_kind(kind: &str) -> EnvKind {
-    if kind == "integer" {
-        EnvKind::Integer
-    } else {
-        EnvKind::Text
-    }
-}
 
 /// Sets `key` (dotted) in a TOML table from an environment value.
 fn set_from_env(table: &mut toml::Table, var: &str, key: &str, kind: EnvKind, value: &str) -> Result<(), ConfigError> {
@@ -546,7 +540,7 @@ impl Config {
         } else {
             let mut table: toml::Table = toml::from_str(text)?;
             for (var, key, kind, value) in overrides {
-                set_from_env(&mut table, var, key, env_kind(kind), &value)?;
+                set_from_env(&mut table, var, key, kind, &value)?;
             }
             toml::Value::Table(table).try_into()?
         };
