@@ -13,7 +13,7 @@ pub mod viewer;
 use measure::Summary;
 use monitor::Monitor;
 use report::{FirstPlay, Report, ServerFigures, Warm, REPORT_VERSION};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use viewer::{Progress, ViewerPlan, ViewerResult};
@@ -162,7 +162,6 @@ async fn run_async(
     let cold = if options.spawn { Some(true) } else { running_before.map(|r| !r) };
 
     let progress = Arc::new(Progress::default());
-    let stop_all = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
     let receive_for = Duration::from_secs_f64(options.seconds);
     let plan = |index: usize| ViewerPlan {
@@ -190,7 +189,7 @@ async fn run_async(
     };
 
     // The first viewer plays before anything else asks for the URL: a cold start if the stream was not running.
-    let mut handles = vec![tokio::spawn(viewer::run(plan(0), Arc::clone(&progress), Arc::clone(&stop_all)))];
+    let mut handles = vec![tokio::spawn(viewer::run(plan(0), Arc::clone(&progress)))];
     while progress.playing.load(Ordering::Relaxed) == 0 && progress.finished.load(Ordering::Relaxed) == 0 {
         on_progress(&view("first play"));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -199,7 +198,7 @@ async fn run_async(
     let monitor_describe_ms = described.as_ref().ok().map(|(_, ms)| *ms);
     let stream = described.map(|(facts, _)| facts);
     for i in 1..options.viewers {
-        handles.push(tokio::spawn(viewer::run(plan(i), Arc::clone(&progress), Arc::clone(&stop_all))));
+        handles.push(tokio::spawn(viewer::run(plan(i), Arc::clone(&progress))));
         // Pages arrive a little apart, not in one burst of CONNECTs.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -231,7 +230,6 @@ async fn run_async(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     sampler.stop();
-    stop_all.store(true, Ordering::Relaxed);
     let mut results: Vec<ViewerResult> = Vec::new();
     let mut errors = Vec::new();
     for h in handles {

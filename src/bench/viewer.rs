@@ -7,7 +7,7 @@ use crate::media::timing::wallclock_us;
 use crate::protocol::status_topic;
 use crate::server::mqtt::MAX_PACKET_BYTES;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ enum Phase {
 }
 
 /// Runs one viewer to the end; failures land in `report.error`, never in a panic.
-pub async fn run(plan: ViewerPlan, progress: Arc<Progress>, stop_all: Arc<AtomicBool>) -> ViewerResult {
+pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let base = format!("{}/v{}", plan.base, plan.index);
     let info_topic = format!("{base}/info");
     let media_topic = format!("{base}/media");
@@ -124,7 +124,6 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>, stop_all: Arc<Atomic
     while phase != Phase::Done {
         let now = Instant::now();
         // Deadlines.
-        let stopping = stop_all.load(Ordering::Relaxed);
         match phase {
             Phase::Connecting if now - waiting_since > plan.answer_timeout => {
                 fail(&mut report, format!("no connection to the broker within {:?}", plan.answer_timeout));
@@ -145,7 +144,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>, stop_all: Arc<Atomic
                 fail(&mut report, format!("no {what} within {:?} of play", plan.answer_timeout));
                 break;
             }
-            Phase::Playing if first_at.is_some_and(|t| now - t >= plan.receive_for) || stopping => break,
+            Phase::Playing if first_at.is_some_and(|t| now - t >= plan.receive_for) => break,
             _ => {}
         }
         let event = match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
