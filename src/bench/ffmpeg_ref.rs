@@ -12,7 +12,7 @@ use super::viewer::JOIN_BURST;
 use crate::media::fmp4::{self, Segment, Splitter, TrackKind};
 use crate::media::source::TestPattern;
 use crate::media::timing::wallclock_us;
-use crate::server::stats::{cpu_seconds_of, memory_and_threads_of};
+use crate::server::stats::{memory_and_threads_of, CpuMeter};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -197,7 +197,7 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
     let mut first_tfdt: Option<u64> = None;
     let mut init_at: Option<Instant> = None;
     let mut first_at: Option<Instant> = None;
-    let mut cpu_at_first: Option<f64> = None;
+    let mut cpu: Option<CpuMeter> = None; // from the first fragment on
     let mut latencies = Vec::new();
     'read: loop {
         if init_at.is_none() && started.elapsed() > plan.start_timeout {
@@ -233,7 +233,7 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
                     if first_at.is_none() {
                         first_at = Some(now);
                         figures.first_fragment_ms = Some(ms(now - started));
-                        cpu_at_first = cpu_seconds_of(pid);
+                        cpu = Some(CpuMeter::of(pid));
                     }
                     figures.fragments += 1;
                     if let (Some((id, timescale)), Ok(runs)) = (video, fmp4::parse_moof(&bytes[moof], &tracks)) {
@@ -255,9 +255,7 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
                     let rss = memory_and_threads_of(pid).0;
                     figures.rss_kib_max = figures.rss_kib_max.max(rss);
                     if first_at.is_some_and(|t| now - t >= plan.receive_for) {
-                        if let (Some(c0), Some(c1), Some(t0)) = (cpu_at_first, cpu_seconds_of(pid), first_at) {
-                            figures.cpu_percent = Some((c1 - c0) / (now - t0).as_secs_f64().max(1e-3) * 100.0);
-                        }
+                        figures.cpu_percent = cpu.as_mut().and_then(CpuMeter::sample);
                         break 'read;
                     }
                 }

@@ -10,6 +10,7 @@ pub mod report;
 pub mod spawn;
 pub mod viewer;
 
+use crate::server::stats::CpuMeter;
 use measure::Summary;
 use monitor::Monitor;
 use report::{FirstPlay, Report, ServerFigures, Warm, REPORT_VERSION};
@@ -342,7 +343,7 @@ fn aggregate(
 /// CPU and memory of a local server from /proc, sampled over the window in which all viewers receive.
 struct ServerSampler {
     pid: Option<u32>,
-    cpu_start: Option<(Instant, f64)>,
+    cpu: Option<CpuMeter>,
     cpu_percent: Option<f64>,
     rss: Vec<u64>,
     threads_max: Option<u64>,
@@ -351,12 +352,12 @@ struct ServerSampler {
 
 impl ServerSampler {
     fn new(pid: Option<u32>) -> Self {
-        Self { pid, cpu_start: None, cpu_percent: None, rss: Vec::new(), threads_max: None, active: false }
+        Self { pid, cpu: None, cpu_percent: None, rss: Vec::new(), threads_max: None, active: false }
     }
 
     fn start(&mut self) {
         if let Some(pid) = self.pid {
-            self.cpu_start = crate::server::stats::cpu_seconds_of(pid).map(|c| (Instant::now(), c));
+            self.cpu = Some(CpuMeter::of(pid));
             self.active = true;
             self.sample();
         }
@@ -374,11 +375,7 @@ impl ServerSampler {
             return;
         }
         self.sample();
-        if let (Some(pid), Some((t0, c0))) = (self.pid, self.cpu_start) {
-            if let Some(c1) = crate::server::stats::cpu_seconds_of(pid) {
-                self.cpu_percent = Some((c1 - c0) / t0.elapsed().as_secs_f64().max(1e-3) * 100.0);
-            }
-        }
+        self.cpu_percent = self.cpu.take().and_then(|mut meter| meter.sample());
         self.active = false;
     }
 

@@ -5,22 +5,34 @@ use std::time::Instant;
 /// Clock ticks per second of /proc/self/stat times (USER_HZ, 100 on every Linux we run on).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// CPU use since the previous sample.
+/// CPU use of a process since the previous sample.
 #[derive(Debug)]
 pub struct CpuMeter {
+    stat: String,
     last: Option<(Instant, u64)>,
 }
 
 impl Default for CpuMeter {
+    /// This process.
     fn default() -> Self {
-        Self { last: cpu_ticks().map(|t| (Instant::now(), t)) }
+        Self::at("/proc/self/stat".into())
     }
 }
 
 impl CpuMeter {
+    /// Another process (a local server, the ffmpeg CLI), from now on.
+    pub fn of(pid: u32) -> Self {
+        Self::at(format!("/proc/{pid}/stat"))
+    }
+
+    fn at(stat: String) -> Self {
+        let last = cpu_ticks_at(&stat).map(|t| (Instant::now(), t));
+        Self { stat, last }
+    }
+
     /// Percent of one core used since the last call (or since creation).
     pub fn sample(&mut self) -> Option<f64> {
-        let now = (Instant::now(), cpu_ticks()?);
+        let now = (Instant::now(), cpu_ticks_at(&self.stat)?);
         let percent = self.last.map(|(t0, ticks0)| {
             let secs = now.0.duration_since(t0).as_secs_f64().max(1e-3);
             (now.1.saturating_sub(ticks0)) as f64 / TICKS_PER_SEC / secs * 100.0
@@ -32,12 +44,11 @@ impl CpuMeter {
 
 /// utime + stime of this process, in ticks.
 pub fn cpu_ticks() -> Option<u64> {
-    parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    cpu_ticks_at("/proc/self/stat")
 }
 
-/// utime + stime of another process, in seconds.
-pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
-    Some(parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)? as f64 / TICKS_PER_SEC)
+fn cpu_ticks_at(stat: &str) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(stat).ok()?)
 }
 
 /// utime + stime from a /proc/PID/stat line; the command name may hold spaces and parentheses.
