@@ -8,9 +8,9 @@ mod support;
 use mqtt_video::config::Config;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::broker::free_port;
+use support::broker::Broker;
 use support::page::{rand_suffix, Page, Server};
 
 const PASSWORD: &str = "test-secret";
@@ -20,60 +20,30 @@ fn docker_file(name: &str) -> PathBuf {
 }
 
 /// mosquitto with docker/mosquitto.conf; only the listener and the file paths differ.
-struct DockerBroker {
-    child: Child,
-    port: u16,
-}
-
-impl DockerBroker {
-    fn start() -> Self {
-        let dir = support::work_dir().join(format!("docker-broker-{}", rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let passwd = dir.join("passwd");
-        let status = Command::new("mosquitto_passwd")
-            .args(["-c", "-b"])
-            .arg(&passwd)
-            .args(["mqtt-video", PASSWORD])
-            .status()
-            .expect("mosquitto_passwd (package mosquitto)");
-        assert!(status.success());
-        // mosquitto started as root reads its files as the mosquitto user.
-        let _ = Command::new("chmod").arg("644").arg(&passwd).status();
-        // A copy beside the password file: mosquitto started as root reads both as the mosquitto user, who
-        // may not be able to enter the checkout's folder.
-        let acl = dir.join("mosquitto.acl");
-        std::fs::copy(docker_file("mosquitto.acl"), &acl).unwrap();
-        let _ = Command::new("chmod").arg("755").arg(&dir).status();
-        let port = free_port();
-        let conf = std::fs::read_to_string(docker_file("mosquitto.conf")).unwrap();
-        assert!(conf.contains("listener 1883\n") && conf.contains("password_file /mosquitto/data/passwd\n"));
-        let conf = conf
-            .replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"))
+fn docker_broker() -> Broker {
+    let dir = support::work_dir().join(format!("docker-broker-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["mqtt-video", PASSWORD])
+        .status()
+        .expect("mosquitto_passwd (package mosquitto)");
+    assert!(status.success());
+    // mosquitto started as root reads its files as the mosquitto user, who may not be able to enter the
+    // checkout's folder: give it copies it can read.
+    let _ = Command::new("chmod").arg("644").arg(&passwd).status();
+    let acl = dir.join("mosquitto.acl");
+    std::fs::copy(docker_file("mosquitto.acl"), &acl).unwrap();
+    let _ = Command::new("chmod").arg("755").arg(&dir).status();
+    let conf = std::fs::read_to_string(docker_file("mosquitto.conf")).unwrap();
+    assert!(conf.contains("listener 1883\n") && conf.contains("password_file /mosquitto/data/passwd\n"));
+    Broker::start_with_config(|port| {
+        conf.replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"))
             .replace("/mosquitto/data/passwd", passwd.to_str().unwrap())
-            .replace("/mosquitto/config/mosquitto.acl", acl.to_str().unwrap());
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        let until = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "mosquitto did not start with docker/mosquitto.conf");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for DockerBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .replace("/mosquitto/config/mosquitto.acl", acl.to_str().unwrap())
+    })
 }
 
 /// docker/mqtt-video.toml with the broker on this machine and the gateway on a free port.
@@ -123,7 +93,7 @@ fn sources_now(port: u16) -> Value {
 
 #[test]
 fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
-    let broker = DockerBroker::start();
+    let broker = docker_broker();
     let _server = Server::start(&server_config(broker.port, PASSWORD));
 
     // A page: its own topics under pages/<client id>/, anonymous as through the gateway.
@@ -176,7 +146,7 @@ fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
 
 #[test]
 fn a_wrong_server_password_is_refused_by_the_broker() {
-    let broker = DockerBroker::start();
+    let broker = docker_broker();
     let dir = support::work_dir();
     let conf = dir.join(format!("wrong-pw-{}.toml", rand_suffix()));
     std::fs::write(&conf, server_config(broker.port, "not-the-password")).unwrap();
@@ -212,7 +182,7 @@ fn healthcheck(addr: &str) -> std::process::Output {
 
 #[test]
 fn the_health_check_follows_the_broker_connection() {
-    let mut broker = support::broker::Broker::start();
+    let mut broker = Broker::start();
     let server = Server::start(&support::page::server_config(broker.port, &[], ""));
     let addr = server.gateway_addr();
     let out = healthcheck(&addr);

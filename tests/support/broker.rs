@@ -26,12 +26,18 @@ impl Broker {
 
     /// Starts mosquitto on a free port with more config lines (e.g. another listener).
     pub fn start_with(extra: &str) -> Self {
+        Self::start_with_config(|port| {
+            format!(
+                "per_listener_settings false\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{extra}"
+            )
+        })
+    }
+
+    /// Starts mosquitto with the whole config `config(port)` makes for a free port.
+    pub fn start_with_config(config: impl FnOnce(u16) -> String) -> Self {
         let port = free_port();
         let conf = super::work_dir().join(format!("mosquitto-{port}.conf"));
-        let config = format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{extra}"
-        );
-        std::fs::write(&conf, config).expect("writing mosquitto.conf");
+        std::fs::write(&conf, config(port)).expect("writing mosquitto.conf");
         let mut broker = Self { child: None, port, conf };
         broker.restart();
         broker
