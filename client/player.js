@@ -853,11 +853,23 @@ export class Player extends EventTarget {
     // (the kept init segment is re-appended if the server does not resend it).
     if (this.media.mime) this.media.reset("new play after reconnecting");
     if (this.state !== "reconnecting") this._setState("connecting", `asking the server for ${this.url}`);
-    conn.describeFirstAt = conn.describeSentAt = performance.now();
+    conn.describeFirstAt = performance.now();
     conn.playFirstAt = conn.playSentAt = null;
     conn.lastMessageAt = performance.now();
     conn.answered = false;
+    this._sendDescribe(conn, conn.describeFirstAt);
+  }
+
+  /** Publishes this play's describe request; `at` is when, for the retries. */
+  _sendDescribe(conn, at) {
+    conn.describeSentAt = at;
     this._publish(`${this.prefix}/describe`, { url: this.url, reply_topic: conn.infoTopic });
+  }
+
+  /** Publishes this play's play request; `at` is when, for the retries. */
+  _sendPlay(conn, at) {
+    conn.playSentAt = at;
+    this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
   }
 
   /**
@@ -871,24 +883,21 @@ export class Player extends EventTarget {
       if (now - conn.describeFirstAt > limit) {
         this._fail("timeout", "no answer from the server (is mqtt-video serve running on this broker?)");
       } else if (now - conn.describeSentAt > 2000) {
-        conn.describeSentAt = now;
         this._event("retry", "describe");
-        this._publish(`${this.prefix}/describe`, { url: this.url, reply_topic: conn.infoTopic });
+        this._sendDescribe(conn, now);
       }
     } else if (conn.playSentAt !== null && !conn.answered) {
       if (now - conn.playFirstAt > limit) {
         this._fail("timeout", "the server accepted the source but sent nothing for the play request");
       } else if (now - conn.playSentAt > 3000) {
-        conn.playSentAt = now;
         this._event("retry", "play");
-        this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
+        this._sendPlay(conn, now);
       }
     } else if (conn.answered && now - conn.lastMessageAt > this.options.mediaTimeoutMs && now - conn.playSentAt > this.options.mediaTimeoutMs) {
       // Nothing at all (no media, no status) for a while: the server that served us may be gone (another
       // instance of a pool takes over on a new play). For a server that still has us, a play only renews.
-      conn.playSentAt = now;
       this._event("retry", `play (nothing received for ${this.options.mediaTimeoutMs / 1000} s)`);
-      this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
+      this._sendPlay(conn, now);
     }
   }
 
@@ -929,9 +938,8 @@ export class Player extends EventTarget {
     if (!list.length || !conn) return;
     for (const topic of this._staleTopics.splice(0)) this._publish(`${this.prefix}/stop`, { reply_topic: topic });
     if (this.url && conn.used && !conn.described) {
-      conn.describeSentAt = performance.now();
       this._event("retry", "describe (the server is back)");
-      this._publish(`${this.prefix}/describe`, { url: this.url, reply_topic: conn.infoTopic });
+      this._sendDescribe(conn, performance.now());
     }
   }
 
@@ -961,8 +969,8 @@ export class Player extends EventTarget {
     if (first && !this.media.mime) this.media.start(mime, !!reply.has_audio);
     else if (mime !== this.media.mime) this.media.changeMime(mime);
     this._setState(this.state === "reconnecting" ? "reconnecting" : "buffering", "waiting for media");
-    conn.playFirstAt = conn.playSentAt = performance.now();
-    this._publish(`${this.prefix}/play`, { url: this.url, reply_topic: conn.mediaTopic });
+    conn.playFirstAt = performance.now();
+    this._sendPlay(conn, conn.playFirstAt);
   }
 
   _onStatus(status) {
