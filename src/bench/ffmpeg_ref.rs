@@ -198,7 +198,6 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
     let mut init_at: Option<Instant> = None;
     let mut first_at: Option<Instant> = None;
     let mut cpu: Option<CpuMeter> = None; // from the first fragment on
-    let mut latencies = Vec::new();
     'read: loop {
         if init_at.is_none() && started.elapsed() > plan.start_timeout {
             figures.error = Some(format!("no init segment within {:?}", plan.start_timeout));
@@ -247,7 +246,6 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
                                 let media = run.base_decode_time as i64 - tfdt as i64 + n;
                                 let read_us = (media as f64 / f64::from(timescale.max(1)) * 1e6) as i64;
                                 let latency = (received_us - read_us) as f64 / 1000.0;
-                                latencies.push(latency);
                                 timeline.push(((now - epoch).as_secs_f64(), latency));
                             }
                         }
@@ -275,7 +273,7 @@ fn run_once(plan: &FfmpegPlan, epoch: Instant, clock: bool) -> (FfmpegFigures, V
             }
         }
     }
-    figures.latency = Summary::of(&latencies);
+    figures.latency = Summary::of(&timeline.iter().map(|p| p.1).collect::<Vec<_>>());
     (figures, timeline)
 }
 

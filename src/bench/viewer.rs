@@ -100,7 +100,6 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let mut report = ViewerReport { index: plan.index, ..Default::default() };
     let mut described = None;
     let mut timeline = Vec::new();
-    let mut latencies = Vec::new();
     let mut check = MediaCheck::default();
     let mut phase = Phase::Connecting;
     let started = Instant::now();
@@ -242,7 +241,6 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                         bytes_live += p.payload.len() as u64;
                         let live = init_at.is_some_and(|t| at - t >= JOIN_BURST);
                         if let (true, Some(l)) = (live, latency_ms) {
-                            latencies.push(l);
                             timeline.push(((at - plan.epoch).as_secs_f64(), l));
                             progress.last_latency_us.store((l.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
                         }
@@ -278,7 +276,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
             report.bitrate_kbps = Some(bytes_live as f64 * 8.0 / 1000.0 / secs);
         }
     }
-    report.latency = Summary::of(&latencies);
+    report.latency = Summary::of(&timeline.iter().map(|p| p.1).collect::<Vec<_>>());
     report.fragments = check.fragments;
     report.gaps = check.gaps;
     report.missing_ms = check.missing_ms;
