@@ -30,6 +30,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    mqtt_video::media::init_process();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)

@@ -115,16 +115,18 @@ fn viewers_come_and_go_for_ten_minutes() {
     for s in &samples {
         println!("soak t={:>4}s rss {:>6} KiB threads {}", s.0, s.1, s.2);
     }
-    // Memory: the last minute against the first minute after a minute of warm-up.
+    // Memory: the last minute against the minute after warm-up (the first third of the run, when codec
+    // pools and allocator arenas fill: ~5 MiB in the first 4 minutes of a 10-minute run, flat after).
     let window = |from: u64, to: u64| {
         let v: Vec<u64> = samples.iter().filter(|s| s.0 >= from && s.0 < to).map(|s| s.1).collect();
         v.iter().sum::<u64>() / v.len().max(1) as u64
     };
-    let early = window(60, 120);
+    let warm = secs / 3;
+    let early = window(warm, warm + 60);
     let late = window(secs.saturating_sub(60), secs + 10);
     let threads: Vec<u64> = samples.iter().map(|s| s.2).collect();
     println!(
-        "soak: {secs} s, {joined} joins, {left} leaves, {fragments} fragments, {} errors, {gaps} gaps; RSS {early} -> {late} KiB; threads {}..{} while playing, {idle_threads_at_start} idle before, {idle_threads} idle after",
+        "soak: {secs} s, {joined} joins, {left} leaves, {fragments} fragments, {} errors, {gaps} gaps; RSS {early} KiB after warm-up ({warm} s) -> {late} KiB; threads {}..{} while playing, {idle_threads_at_start} idle before, {idle_threads} idle after",
         errors.len(),
         threads.iter().min().unwrap_or(&0),
         threads.iter().max().unwrap_or(&0)
@@ -134,6 +136,6 @@ fn viewers_come_and_go_for_ten_minutes() {
     assert_eq!(gaps, 0, "a viewer saw a gap or reordering");
     assert!(fragments > secs * 30, "{fragments} fragments");
     if secs >= 180 {
-        assert!(late < early + 10 * 1024, "RSS grew from {early} to {late} KiB");
+        assert!(late < early + 3 * 1024, "RSS grew from {early} to {late} KiB after warm-up");
     }
 }

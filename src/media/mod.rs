@@ -21,6 +21,11 @@ pub use error::MediaError;
 pub use events::{Fragment, InitSegment, OutputInfo, PipelineEvent, SourceInfo};
 pub use pipeline::Pipeline;
 
+/// Process-wide set-up for long-running use of FFmpeg; call once at start, before any pipeline.
+pub fn init_process() {
+    ffi::tune_allocator();
+}
+
 /// A log level name FFmpeg does not have.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown FFmpeg log level '{0}' (quiet, panic, fatal, error, warning, info, verbose, debug, trace)")]
