@@ -1,6 +1,7 @@
 //! The server's TOML configuration (`mqtt-video serve --config FILE`): typed, checked at load, and every default
 //! works, so the server runs with no file at all.
 
+use crate::ingest::{IngestEndpoint, RawIngest};
 use crate::media::config::PipelineConfig;
 use crate::policy::{AllowList, NamedSource, Policy, PolicyError};
 use crate::protocol::{self, RequestLimits};
@@ -368,6 +369,8 @@ pub struct Config {
     pub sources: Vec<SourceEntry>,
     /// Further allowed URLs.
     pub allow: AllowList,
+    /// Push ingest endpoints, each offered as `ingest://NAME` while a publisher is connected.
+    pub ingest: Vec<IngestEndpoint>,
 }
 
 impl Default for Config {
@@ -383,6 +386,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
             allow: AllowList::default(),
+            ingest: Vec::new(),
         }
     }
 }
@@ -461,6 +465,7 @@ struct RawConfig {
     /// `None` when the file has no sources, which keeps the built-in ones.
     sources: Option<Vec<RawSource>>,
     allow: AllowList,
+    ingest: Vec<RawIngest>,
 }
 
 /// One `[[sources]]` entry as written.
@@ -632,8 +637,26 @@ impl RawConfig {
             pipeline: self.pipeline,
             sources,
             allow: self.allow,
+            ingest: resolve_ingest(&self.ingest)?,
         })
     }
+}
+
+/// Checks the `[[ingest]]` entries: each valid, names and ports unique.
+fn resolve_ingest(raw: &[RawIngest]) -> Result<Vec<IngestEndpoint>, ConfigError> {
+    let mut endpoints: Vec<IngestEndpoint> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.iter().enumerate() {
+        let key = format!("ingest[{i}]");
+        let endpoint = IngestEndpoint::parse(entry).map_err(|m| ConfigError::invalid(&key, m))?;
+        if endpoints.iter().any(|e| e.name.eq_ignore_ascii_case(&endpoint.name)) {
+            return Err(ConfigError::invalid(&key, format!("name {:?} is used twice", endpoint.name)));
+        }
+        if let Some(other) = endpoints.iter().find(|e| crate::ingest::same_port(e.listen, endpoint.listen)) {
+            return Err(ConfigError::invalid(&key, format!("listens on the port of ingest {:?}", other.name)));
+        }
+        endpoints.push(endpoint);
+    }
+    Ok(endpoints)
 }
 
 impl RawSource {
@@ -806,11 +829,32 @@ mod tests {
             "description",
             "urls",
             "prefixes",
+            "listen",
+            "key",
         ];
         keys.extend(ours.map(String::from));
         for key in keys {
             assert!(example.contains(&format!("{key} =")), "config.example.toml does not document `{key}`");
         }
+    }
+
+    #[test]
+    fn ingest_endpoints_are_checked_at_load() {
+        let ok = Config::from_toml_str(
+            "[[ingest]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:9000\"\n\n\
+             [[ingest]]\nname = \"b\"\nlisten = \"rtmp://0.0.0.0:1935\"\nkey = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.ingest.iter().map(|e| e.url()).collect::<Vec<_>>(), ["ingest://a", "ingest://b"]);
+        let err = |text: &str| Config::from_toml_str(text).unwrap_err().to_string();
+        let twice = "[[ingest]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:9000\"\n\n\
+                     [[ingest]]\nname = \"A\"\nlisten = \"tcp://127.0.0.1:9001\"\n";
+        assert!(err(twice).contains("ingest[1] name \"A\" is used twice"), "{}", err(twice));
+        let port = "[[ingest]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:9000\"\n\n\
+                    [[ingest]]\nname = \"b\"\nlisten = \"rtmp://0.0.0.0:9000\"\nkey = \"0123456789abcdef\"\n";
+        assert!(err(port).contains("ingest[1] listens on the port of ingest \"a\""), "{}", err(port));
+        let open = "[[ingest]]\nname = \"a\"\nlisten = \"rtmp://0.0.0.0:1935\"\n";
+        assert!(err(open).contains("ingest[0] an rtmp endpoint on 0.0.0.0 needs a `key`"), "{}", err(open));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod ingest;
 pub mod media;
 pub mod policy;
 pub mod protocol;
