@@ -59,6 +59,9 @@ pub struct SourceConfig {
     pub pacing: Pacing,
     /// Restart files from the beginning when they end (makes a file look like a live stream).
     pub looping: bool,
+    /// Listen for the source to connect instead of connecting to it (push ingest; set by the server only).
+    #[serde(skip)]
+    pub listen: bool,
 }
 
 impl Default for SourceConfig {
@@ -71,6 +74,7 @@ impl Default for SourceConfig {
             analyze_duration_ms: 100,
             pacing: Pacing::Auto,
             looping: false,
+            listen: false,
         }
     }
 }

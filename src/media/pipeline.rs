@@ -55,7 +55,12 @@ impl Pipeline {
         };
         let url = url.to_string();
         // Thread names and log fields are visible to anyone reading logs or `ps`: never the password.
-        let shown = crate::policy::redact(&url);
+        let shown = if config.source.listen {
+            // A listening URL carries the stream key in its path: show only where it listens.
+            url.split('/').take(3).collect::<Vec<_>>().join("/")
+        } else {
+            crate::policy::redact(&url)
+        };
         let name: String = format!("media {shown}").chars().take(40).collect();
         let thread = std::thread::Builder::new()
             .name(name)

@@ -66,6 +66,8 @@ pub enum SourceKind {
     Srt,
     /// `udp://`, `rtp://`
     Udp,
+    /// `tcp://`: a raw byte stream (MPEG-TS, Matroska, fragmented MP4, FLV), as pushed to an ingest endpoint
+    Tcp,
     /// `file://` or a plain path
     File,
     /// `builtin://NAME`
@@ -75,7 +77,7 @@ pub enum SourceKind {
 impl SourceKind {
     /// Network protocols that deliver live media at their own pace.
     pub fn is_live_protocol(self) -> bool {
-        matches!(self, Self::Rtsp | Self::Rtmp | Self::Srt | Self::Udp)
+        matches!(self, Self::Rtsp | Self::Rtmp | Self::Srt | Self::Udp | Self::Tcp)
     }
 
     /// The demuxers this kind may use. Probing would otherwise also pick `concat` (a list of other files),
@@ -87,7 +89,7 @@ impl SourceKind {
             Self::Rtsp => "rtsp",
             Self::Rtmp => "flv,live_flv",
             Self::Srt | Self::Udp => "mpegts,rtp,h264,hevc",
-            Self::Http | Self::File => CONTAINERS,
+            Self::Http | Self::File | Self::Tcp => CONTAINERS,
             Self::Builtin(_) => "lavfi",
         }
     }
@@ -100,6 +102,7 @@ impl SourceKind {
             Self::Rtmp => "rtmp,rtmps,tcp,tls",
             Self::Srt => "srt",
             Self::Udp => "udp,rtp",
+            Self::Tcp => "tcp",
             Self::File => "file,crypto",
             Self::Builtin(_) => "",
         }
@@ -134,6 +137,7 @@ pub fn classify(url: &str) -> Result<SourceKind, MediaError> {
         "rtmp" | "rtmps" => Ok(SourceKind::Rtmp),
         "srt" => Ok(SourceKind::Srt),
         "udp" | "rtp" => Ok(SourceKind::Udp),
+        "tcp" => Ok(SourceKind::Tcp),
         "file" => Ok(SourceKind::File),
         "builtin" => TestPattern::from_url(url).map(SourceKind::Builtin).ok_or_else(|| {
             let names: Vec<&str> = TestPattern::ALL.iter().map(|(n, _)| *n).collect();
@@ -308,6 +312,9 @@ fn open_builtin(pattern: TestPattern, watchdog: &Arc<Watchdog>) -> Result<Input,
         .map_err(|e| MediaError::Processing(format!("built-in test source: {e}")))
 }
 
+/// Media time probed on a pushed source at least, in milliseconds.
+const LISTEN_ANALYZE_MS: u64 = 1500;
+
 fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
     let mut d = Dictionary::new();
     d.set("protocol_whitelist", kind.protocol_whitelist());
@@ -315,9 +322,19 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
     if kind.is_live_protocol() {
         d.set("probesize", &config.probe_size.max(32).to_string());
         // 0 would mean FFmpeg's default of 5 s, the opposite of what a small value asks for.
-        d.set("analyzeduration", &(u64::from(config.analyze_duration_ms.max(1)) * 1000).to_string());
+        let mut analyze_ms = u64::from(config.analyze_duration_ms.max(1));
+        if config.listen {
+            // A pushed MPEG-TS interleaves audio up to 0.7 s late (ffmpeg's default muxdelay): a short probe
+            // would miss the audio. Only the publisher's start waits for it; viewers join the running stream.
+            analyze_ms = analyze_ms.max(LISTEN_ANALYZE_MS);
+        }
+        d.set("analyzeduration", &(analyze_ms * 1000).to_string());
     }
     let timeout_us = (config.connect_timeout_ms * 1000).to_string();
+    if config.listen {
+        // Wait for the relayed publisher (the watchdog still ends the wait on stop or after the connect timeout).
+        d.set("listen", "1");
+    }
     match kind {
         SourceKind::Rtsp => {
             let transport = match config.rtsp_transport {
@@ -331,6 +348,9 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
         }
         SourceKind::Http | SourceKind::Rtmp => {
             d.set("rw_timeout", &timeout_us);
+        }
+        SourceKind::Tcp => {
+            d.set("timeout", &timeout_us);
         }
         SourceKind::Srt | SourceKind::Udp | SourceKind::File | SourceKind::Builtin(_) => {}
     }
@@ -351,6 +371,7 @@ mod tests {
         assert_eq!(classify("file:///data/clip.mp4").unwrap(), SourceKind::File);
         assert_eq!(classify("builtin://testsrc").unwrap(), SourceKind::Builtin(TestPattern::Default));
         assert_eq!(classify("srt://host:9000").unwrap(), SourceKind::Srt);
+        assert_eq!(classify("tcp://127.0.0.1:9000").unwrap(), SourceKind::Tcp);
     }
 
     #[test]
@@ -373,7 +394,9 @@ mod tests {
 
     #[test]
     fn whitelists_never_include_local_files_for_network_sources() {
-        for kind in [SourceKind::Rtsp, SourceKind::Http, SourceKind::Rtmp, SourceKind::Srt, SourceKind::Udp] {
+        for kind in
+            [SourceKind::Rtsp, SourceKind::Http, SourceKind::Rtmp, SourceKind::Srt, SourceKind::Udp, SourceKind::Tcp]
+        {
             assert!(!kind.protocol_whitelist().split(',').any(|p| p == "file"), "{kind:?}");
         }
     }
