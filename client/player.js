@@ -998,6 +998,11 @@ export class Player extends EventTarget {
           `the source dropped; the server reconnects (attempt ${status.attempt}, in ${status.retry_in_ms} ms)`,
         );
         break;
+      case "waiting":
+        // A pushed source lost its publisher: the session stays, media resumes when one is back.
+        this._serverReconnecting = true;
+        this._setState("reconnecting", status.message ?? "waiting for the publisher");
+        break;
       case "error":
         this._fail(status.code ?? "error", status.message ?? "error");
         break;

@@ -519,6 +519,11 @@ pub enum Status {
         /// Milliseconds until the attempt.
         retry_in_ms: u64,
     },
+    /// A pushed source's publisher is gone; the viewer keeps its session and media resumes when one is back.
+    Waiting {
+        /// What happened, for people.
+        message: String,
+    },
     /// The play failed for good.
     Error {
         /// One of the [`ErrorCode`] wire names.
@@ -545,6 +550,7 @@ impl Status {
             Self::Playing { .. } => "playing",
             Self::Buffering { .. } => "buffering",
             Self::Reconnecting { .. } => "reconnecting",
+            Self::Waiting { .. } => "waiting",
             Self::Error { .. } => "error",
             Self::Ended { .. } => "ended",
         }
@@ -876,6 +882,10 @@ mod tests {
             (
                 Status::Reconnecting { attempt: 3, retry_in_ms: 2000 },
                 json!({ "state": "reconnecting", "attempt": 3, "retry_in_ms": 2000 }),
+            ),
+            (
+                Status::Waiting { message: "the publisher disconnected".into() },
+                json!({ "state": "waiting", "message": "the publisher disconnected" }),
             ),
             (
                 Status::error(ErrorCode::SourceUnreachable, "connection refused"),

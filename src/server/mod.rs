@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod gateway;
 pub mod health;
+pub mod ingest;
 pub mod mqtt;
 pub mod ratelimit;
 pub mod stats;
@@ -41,6 +42,9 @@ pub enum ServerError {
     /// The gateway could not start.
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
+    /// An ingest endpoint could not start.
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
 }
 
 /// How often lingering streams and expired viewers are looked for.
@@ -72,6 +76,8 @@ pub struct Hub {
     rate: Mutex<ratelimit::RateLimiter>,
     /// The instances sharing the requests, with `[cluster] enabled`.
     members: Option<Mutex<cluster::Members>>,
+    /// Push ingest endpoints.
+    ingest: Vec<Arc<ingest::Endpoint>>,
 }
 
 /// Locks a mutex whose data stays usable after a panic elsewhere (plain state, no invariants spanning a lock).
@@ -100,6 +106,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
         tokio::spawn(gateway.serve());
     }
+    // Ingest ports are bound before anything else runs: a port in use is a start-up error, not a log line.
+    let mut endpoints = Vec::new();
+    for endpoint in &config.ingest {
+        endpoints.push(ingest::bind(endpoint.clone()).await?);
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
     mqtt::without_nagle(&mut eventloop);
     let qos = if config.broker.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
@@ -120,8 +131,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             config.limits.requests_per_second,
             Instant::now(),
         )),
+        ingest: endpoints.iter().map(|(e, _)| Arc::clone(e)).collect(),
         config,
     });
+    for (endpoint, listener) in endpoints {
+        tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener));
+    }
     let (tx, mut rx) = mpsc::channel(1024);
     tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on));
     tokio::spawn(Arc::clone(&hub).sweep_forever());
@@ -175,13 +190,20 @@ impl Hub {
         }
     }
 
-    async fn publish_sources(&self) {
+    /// Publishes the retained sources list: the named sources and the pushed ones with a publisher now.
+    pub(crate) async fn publish_sources(&self) {
         #[derive(Serialize)]
         struct Sources {
             version: u32,
             sources: Vec<crate::policy::OfferedSource>,
         }
-        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, sources: self.policy.offered() };
+        let mut offered = self.policy.offered();
+        offered.extend(self.ingest.iter().filter(|e| e.is_live()).map(|e| crate::policy::OfferedSource {
+            name: e.config.name.clone(),
+            url: e.url(),
+            description: e.config.description.clone(),
+        }));
+        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, sources: offered };
         self.publish_json(self.topics.sources(), &sources, true).await;
     }
 
@@ -243,8 +265,8 @@ impl Hub {
         if request.is_some_and(|r| lock(&self.viewers).contains_key(r.reply_topic())) {
             return true;
         }
-        let key = match request.and_then(Request::url).map(|u| self.policy.check(u)) {
-            Some(Ok(allowed)) => cluster::url_key(&allowed.url),
+        let key = match request.and_then(Request::url).map(|u| self.allow(u)) {
+            Some(Ok(url)) => cluster::url_key(&url),
             _ => cluster::fnv1a64(reply_topic.map_or(payload, str::as_bytes)),
         };
         lock(members).is_mine(key)
@@ -326,8 +348,51 @@ impl Hub {
         }
     }
 
+    /// Which stream a requested URL names: an allowed URL as the policy maps it, or an ingest endpoint's.
+    fn allow(&self, url: &str) -> Result<String, String> {
+        if let Some(name) = crate::ingest::name_of(url) {
+            return self
+                .ingest
+                .iter()
+                .find(|e| e.config.name.eq_ignore_ascii_case(name))
+                .map(|e| e.url())
+                .ok_or_else(|| format!("URL ingest://{name} is not allowed: no ingest endpoint has that name"));
+        }
+        self.policy.check(url).map(|a| a.url).map_err(|e| e.to_string())
+    }
+
+    /// The stream for an allowed URL: running or started now. A pushed source only while a publisher sends,
+    /// or for a play, also while its viewers wait for the publisher to come back.
+    fn stream_of(self: &Arc<Self>, url: &str, kind: RequestKind) -> Result<Arc<Stream>, (ErrorCode, String)> {
+        if crate::ingest::name_of(url).is_some() {
+            let running = lock(&self.streams).get(url).filter(|s| s.is_alive()).cloned();
+            let usable = |s: &Arc<Stream>| s.has_publisher() || (kind == RequestKind::Play && s.viewer_count() > 0);
+            return running
+                .filter(usable)
+                .ok_or_else(|| (ErrorCode::SourceUnreachable, format!("nobody is publishing to {url}")));
+        }
+        self.stream_for(url).map_err(|m| (ErrorCode::Overloaded, m))
+    }
+
+    /// The stream of a pushed source, started for its publisher if it is not running.
+    pub(crate) fn ingest_stream(self: &Arc<Self>, endpoint: &ingest::Endpoint) -> Result<Arc<Stream>, String> {
+        let url = endpoint.url();
+        let mut config = self.config.pipeline_for(&url);
+        config.source.listen = true;
+        let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
+        let source_url = endpoint.internal_url();
+        self.start_stream(&url, || Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url))
+    }
+
     /// Finds the running stream for an allowed URL or starts it.
     fn stream_for(self: &Arc<Self>, url: &str) -> Result<Arc<Stream>, String> {
+        let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
+        let capacity = self.config.limits.viewer_queue_fragments;
+        self.start_stream(url, || Stream::new(url.to_string(), config, client, qos, capacity))
+    }
+
+    /// The running stream for `url`, or a new one from `make`, within the stream limit.
+    fn start_stream(self: &Arc<Self>, url: &str, make: impl FnOnce() -> Stream) -> Result<Arc<Stream>, String> {
         let mut streams = lock(&self.streams);
         if let Some(s) = streams.get(url).filter(|s| s.is_alive()) {
             return Ok(Arc::clone(s));
@@ -336,13 +401,7 @@ impl Hub {
         if running >= self.config.limits.max_streams {
             return Err(format!("the server already runs its maximum of {running} streams"));
         }
-        let stream = Arc::new(Stream::new(
-            url.to_string(),
-            self.config.pipeline_for(url),
-            self.client.clone(),
-            self.qos,
-            self.config.limits.viewer_queue_fragments,
-        ));
+        let stream = Arc::new(make());
         streams.insert(url.to_string(), Arc::clone(&stream));
         drop(streams);
         self.announce();
@@ -383,18 +442,16 @@ impl Hub {
             tracing::warn!(reply_topic = %request.reply_topic, "describe refused, not answered: its reply topic belongs to a viewer");
             return;
         }
-        let allowed = match self.policy.check(&request.url) {
-            Ok(a) => a,
-            Err(e) => {
-                return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, e.to_string()).await
-            }
+        let url = match self.allow(&request.url) {
+            Ok(url) => url,
+            Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, m).await,
         };
-        let stream = match self.stream_for(&allowed.url) {
+        let stream = match self.stream_of(&url, kind) {
             Ok(s) => s,
-            Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::Overloaded, m).await,
+            Err((code, m)) => return self.answer_error(kind, &request.reply_topic, code, m).await,
         };
         stream.touch();
-        let limit = self.config.pipeline_for(&allowed.url).source.connect_timeout() + Duration::from_secs(5);
+        let limit = self.config.pipeline_for(&url).source.connect_timeout() + Duration::from_secs(5);
         let mut phase = stream.phase();
         let outcome = tokio::time::timeout(limit, async {
             loop {
@@ -428,9 +485,9 @@ impl Hub {
         self.requests.play.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Play;
         let topic = request.reply_topic;
-        let allowed = match self.policy.check(&request.url) {
-            Ok(a) => a,
-            Err(e) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, e.to_string()).await,
+        let url = match self.allow(&request.url) {
+            Ok(url) => url,
+            Err(m) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, m).await,
         };
         if let Some(message) = self.nesting_conflict(&topic) {
             // Its status topic lies inside another viewer's subscription: refuse without answering there.
@@ -438,22 +495,22 @@ impl Hub {
             tracing::info!(kind = kind.as_str(), reply_topic = %topic, %message, "request refused, not answered");
             return;
         }
-        let stream = match self.stream_for(&allowed.url) {
+        let stream = match self.stream_of(&url, kind) {
             Ok(s) => s,
-            Err(m) => return self.answer_error(kind, &topic, ErrorCode::Overloaded, m).await,
+            Err((code, m)) => return self.answer_error(kind, &topic, code, m).await,
         };
-        let previous = lock(&self.viewers).insert(topic.clone(), allowed.url.clone());
+        let previous = lock(&self.viewers).insert(topic.clone(), url.clone());
         match previous {
             // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
-            Some(url) if url == allowed.url && stream.has_viewer(&topic) => {
+            Some(old) if old == url && stream.has_viewer(&topic) => {
                 stream.renew_viewer(&topic);
                 return;
             }
-            Some(url) if url != allowed.url => {
+            Some(old) if old != url => {
                 // The topic moves to the new stream: the old delivery ends silently, or its last fragments
                 // and an `ended` could land after the new init segment.
-                if let Some(old) = lock(&self.streams).get(&url) {
-                    old.remove_viewer(&topic, None);
+                if let Some(old_stream) = lock(&self.streams).get(&old) {
+                    old_stream.remove_viewer(&topic, None);
                 }
             }
             _ => {}
@@ -464,7 +521,7 @@ impl Hub {
                 format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
             return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
         }
-        tracing::info!(url = %redact(&allowed.url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
+        tracing::info!(url = %redact(&url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
     }
 
     /// A reply topic nested in another viewer's (or the other way round) would receive that viewer's media too.
@@ -508,7 +565,8 @@ impl Hub {
             }
             // A stream still opening its source has describes waiting on it; it fails by its own timeout.
             let starting = matches!(*stream.phase().borrow(), Phase::Starting);
-            if !starting && stream.viewer_count() == 0 && stream.idle_for().is_some_and(|idle| idle >= linger) {
+            let unwatched = stream.viewer_count() == 0 && !stream.has_publisher();
+            if !starting && unwatched && stream.idle_for().is_some_and(|idle| idle >= linger) {
                 stream.stop();
             }
         }

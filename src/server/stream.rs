@@ -68,10 +68,21 @@ struct State {
     viewer_drops_gone: u64,
 }
 
+/// A pushed source's publisher, as the stream sees it.
+#[derive(Debug, Default)]
+struct Publisher {
+    present: AtomicBool,
+    arrived: Notify,
+}
+
 /// A live stream shared by its viewers.
 pub struct Stream {
     /// The allowed URL (the registry key).
     pub url: String,
+    /// What the pipeline opens: the URL itself, or for a pushed source the relay's loopback listener.
+    source_url: String,
+    /// Set for a pushed source: the stream waits for a publisher instead of reconnecting.
+    publisher: Option<Publisher>,
     config: PipelineConfig,
     client: AsyncClient,
     qos: QoS,
@@ -121,6 +132,8 @@ impl Stream {
     /// A stream that is not running yet; call [`Stream::run`].
     pub fn new(url: String, config: PipelineConfig, client: AsyncClient, qos: QoS, viewer_capacity: usize) -> Self {
         Self {
+            source_url: url.clone(),
+            publisher: None,
             url,
             config,
             client,
@@ -142,6 +155,37 @@ impl Stream {
             counters: Counters::default(),
             created: Instant::now(),
         }
+    }
+
+    /// A stream of a pushed source: its pipeline listens on `source_url` for the relayed publisher, and it
+    /// waits for the next publisher when one leaves (viewers keep their session).
+    pub fn pushed(self, source_url: String) -> Self {
+        Self { source_url, publisher: Some(Publisher::default()), ..self }
+    }
+
+    /// A publisher connected to this pushed source: the stream (re)starts its pipeline and does not linger out.
+    pub fn publisher_arrived(&self) {
+        if let Some(p) = &self.publisher {
+            p.present.store(true, Ordering::SeqCst);
+            p.arrived.notify_one();
+            self.state().idle_since = None;
+        }
+    }
+
+    /// The publisher left; viewers wait for the next one, and without viewers the stream lingers out.
+    pub fn publisher_left(&self) {
+        if let Some(p) = &self.publisher {
+            p.present.store(false, Ordering::SeqCst);
+            let mut state = self.state();
+            if state.viewers.is_empty() {
+                state.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether a publisher is connected (a pushed source runs as long as it is, viewers or not).
+    pub fn has_publisher(&self) -> bool {
+        self.publisher.as_ref().is_some_and(|p| p.present.load(Ordering::SeqCst))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -375,12 +419,24 @@ impl Stream {
         let mut attempt = 0u32;
         let mut ever_ready = false;
         loop {
+            if let Some(publisher) = &self.publisher {
+                while !publisher.present.load(Ordering::SeqCst) {
+                    tokio::select! {
+                        _ = publisher.arrived.notified() => {}
+                        _ = self.stopped() => {
+                            self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
+                            self.phase.send_replace(Phase::Ended);
+                            return;
+                        }
+                    }
+                }
+            }
             let offset = {
                 let state = self.state();
                 // Continue the viewers' timeline, leaving the outage as a gap they can skip.
                 state.media_end_us + state.ended_at.map_or(0, |t| t.elapsed().as_micros() as i64)
             };
-            let pipeline = match Pipeline::start_at(&self.url, self.config.clone(), offset) {
+            let pipeline = match Pipeline::start_at(&self.source_url, self.config.clone(), offset) {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
             };
@@ -430,6 +486,23 @@ impl Stream {
                 None | Some(Err(MediaError::Stopped)) => {
                     self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
                     break;
+                }
+                // A pushed source's end is its publisher leaving, or sending what we cannot use: either way
+                // the endpoint goes on listening and the viewers wait for the next publisher.
+                Some(result) if self.publisher.is_some() => {
+                    let why = match result {
+                        Ok(()) | Err(MediaError::Ended) => "the publisher disconnected".to_string(),
+                        Err(e) => format!("the publisher's stream failed: {e}"),
+                    };
+                    tracing::info!(url = %self.url, reason = %why, "pushed source waiting for a publisher");
+                    attempt += 1;
+                    self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    for (viewer, _) in self.state().viewers.values() {
+                        viewer.queue().reset_media();
+                    }
+                    self.state().gop.clear();
+                    self.broadcast(&Status::Waiting { message: format!("{why}; waiting for it to come back") });
+                    self.phase.send_replace(Phase::Reconnecting { attempt });
                 }
                 Some(Ok(())) => {
                     self.end_viewers(&Status::Ended { reason: EndReason::SourceEnded });
