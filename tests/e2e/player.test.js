@@ -24,6 +24,7 @@ import {
   scratch,
   sleep,
   startRtspSource,
+  startProcess,
   startServer,
   startStaticServer,
   stopAll,
@@ -78,6 +79,7 @@ before(async () => {
 
   fx.mqttPort = await freePort();
   fx.httpPort = await freePort();
+  fx.ingestPort = await freePort();
   fx.wsPort = USE_GATEWAY ? null : await freePort();
   fx.broker = new Mosquitto({ port: fx.mqttPort, wsPort: fx.wsPort });
   await fx.broker.start();
@@ -105,6 +107,10 @@ before(async () => {
     "",
     "[allow]",
     `prefixes = [${JSON.stringify(rtspPrefix)}]`,
+    "",
+    "[[ingest]]",
+    'name = "e2e"',
+    `listen = "tcp://127.0.0.1:${fx.ingestPort}"`,
     "",
   ];
   if (USE_GATEWAY) {
@@ -345,5 +351,64 @@ test("the source dropping and coming back resumes playback", { timeout: 60_000 }
       const again = await stats(0);
       assert.ok(again.latencyMs !== null && again.latencyMs < MAX_LATENCY_MS, `latency after the source came back ${again.latencyMs} ms`);
     });
+  }),
+);
+
+/** ffmpeg pushing a test pattern with a tone as MPEG-TS to the server's TCP ingest endpoint. */
+function startPublisher(size) {
+  return startProcess("ffmpeg publisher", "ffmpeg", [
+    "-hide_banner", "-nostdin", "-loglevel", "error", "-re",
+    "-f", "lavfi", "-i", `testsrc2=size=${size}:rate=30`,
+    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+    "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
+    "-c:a", "aac", "-f", "mpegts", `tcp://127.0.0.1:${fx.ingestPort}`,
+  ]);
+}
+
+/** Waits for the server to log that the ingest endpoint's publisher number `n` (from 1) sends playable media. */
+function waitPublishing(n) {
+  return waitFor(`publisher ${n} to be publishing`, () => (fx.server.log().match(/publishing/g) ?? []).length >= n, {
+    timeoutMs: 15_000,
+  });
+}
+
+test("a pushed stream plays, and resumes when its publisher comes back", { timeout: 90_000 }, () =>
+  withLogs(async () => {
+    let publisher = startPublisher("640x360");
+    onCleanup(() => publisher.kill());
+    await waitPublishing(1);
+    const index = await fx.page.evaluate(
+      (url) => window.mqttVideo.players.indexOf(window.mqttVideo.addPlayer({ url, autoplay: true, muted: true })),
+      "ingest://e2e",
+    );
+    const first = await waitState(index, "playing", 15_000);
+    await sleep(3000);
+    const playing = await stats(index);
+    assert.equal(playing.state, "playing");
+    assert.ok(playing.decodedFrames - first.decodedFrames >= 60, "the pushed stream's frames are decoded");
+    assert.equal(playing.width, 640);
+    note(`pushed stream (TCP ingest): first frame ${first.firstFrameMs} ms after play(); latency p50 ${playing.latencyP50Ms} ms, p95 ${playing.latencyP95Ms} ms`);
+
+    await publisher.kill("SIGKILL");
+    const down = await waitState(index, "reconnecting", 15_000);
+    assert.match(down.message, /publisher/);
+    note(`publisher killed: the page showed "${down.message}"`);
+
+    publisher = startPublisher("320x240");
+    const backAt = Date.now();
+    await waitPublishing(2);
+    const resumed = await waitState(index, "playing", 20_000, (s) => s.width === 320);
+    const resumeMs = Date.now() - backAt;
+    await sleep(3000);
+    const later = await stats(index);
+    assert.equal(later.state, "playing");
+    assert.ok(later.currentTime - resumed.currentTime > 2.4, `currentTime advanced ${later.currentTime - resumed.currentTime} s in 3 s`);
+    assert.ok(later.decodedFrames > resumed.decodedFrames + 60, "frames are decoded again");
+    assert.deepEqual(later.errors, []);
+    assert.equal(later.replyTopic, playing.replyTopic, "the same play went on");
+    note(`publisher back with another size: playing 320x240 ${resumeMs} ms after it started (resets ${later.resets})`);
+    await fx.page.evaluate((i) => window.mqttVideo.players[i].card.querySelector(".remove").click(), index);
+    await publisher.kill();
+    assert.deepEqual(pageErrors(), []);
   }),
 );

@@ -1,0 +1,370 @@
+//! Push ingest end to end: the ffmpeg CLI publishes (as an external encoder would) over TCP and RTMP into
+//! `mqtt-video serve`, and MQTT clients acting as pages watch `ingest://NAME` through a real mosquitto.
+
+mod support;
+
+use mqtt_video::media::fmp4::{self, Segment, Splitter, TrackKind};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::broker::{free_port, Broker};
+use support::page::{rand_suffix, server_config, Message, Page, Server};
+use support::*;
+
+const KEY: &str = "test-key-0123456789";
+
+/// The ffmpeg CLI pushing a test pattern (H.264 + AAC, 30 fps, a keyframe a second) until dropped.
+struct Publisher {
+    child: Child,
+    /// When ffmpeg read its first video frame (paced by `-re`): frame n was captured n/30 s later.
+    first_frame_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Publisher {
+    fn start(size: &str, format: &str, url: &str) -> Self {
+        let mut child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-debug_ts", "-re", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={size}:rate=30"))
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+            .args(["-c:a", "aac", "-f", format, url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ffmpeg");
+        let stderr = child.stderr.take().expect("ffmpeg stderr");
+        let first_frame_at = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&first_frame_at);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // `-debug_ts`: "demuxer -> ist_index:0 type:video ..." as ffmpeg takes each input frame.
+                if line.starts_with("demuxer -> ist_index:0 type:video") {
+                    let mut first = seen.lock().unwrap();
+                    first.get_or_insert_with(Instant::now);
+                }
+            }
+        });
+        Publisher { child, first_frame_at }
+    }
+
+    /// Waits for ffmpeg to exit (a refused publisher) and returns whether it failed.
+    fn exits_with_failure(mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return !status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Stack {
+    server: Server,
+    broker: Broker,
+    tcp_port: u16,
+    rtmp_port: u16,
+}
+
+fn stack() -> Stack {
+    let broker = Broker::start();
+    let (tcp_port, rtmp_port) = (free_port(), free_port());
+    let ingest = format!(
+        "[[ingest]]\nname = \"desk\"\nlisten = \"tcp://127.0.0.1:{tcp_port}\"\ndescription = \"pushed over TCP\"\n\n\
+         [[ingest]]\nname = \"studio\"\nlisten = \"rtmp://127.0.0.1:{rtmp_port}\"\nkey = \"{KEY}\"\n\n\
+         [limits]\nlinger_secs = 2\n\n[pipeline.source]\nconnect_timeout_ms = 3000\nstall_timeout_ms = 3000\n"
+    );
+    let server = Server::start(&server_config(broker.port, &[], &ingest));
+    server.wait_for_log("push ingest listening on rtmp://", Duration::from_secs(10));
+    Stack { server, broker, tcp_port, rtmp_port }
+}
+
+fn page(stack: &Stack) -> Page {
+    Page::connect(stack.broker.port, &format!("page-{}", rand_suffix()), None)
+}
+
+/// The URLs in the retained sources list, once it satisfies `ok` (within 15 s).
+fn sources_where(stack: &Stack, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        // A fresh subscription gets the retained list as it is now.
+        let page = page(stack);
+        page.subscribe("video/sources");
+        if let Some(m) = page.next_on("video/sources", Duration::from_secs(2)) {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            last = v["sources"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s["url"].as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            if ok(&last) {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the sources list never matched; last {last:?}");
+}
+
+/// Fragments with the time each arrived.
+type Arrivals = Vec<(Instant, Vec<u8>)>;
+
+/// Media received by a viewer: init segments and fragments in order, with when each fragment arrived.
+#[derive(Default)]
+struct Watched {
+    splitter: Splitter,
+    /// Each init segment with the fragments that followed it.
+    runs: Vec<(Vec<u8>, Arrivals)>,
+    states: Vec<String>,
+}
+
+impl Watched {
+    fn take(&mut self, reply_topic: &str, m: &Message) {
+        if m.topic == format!("{reply_topic}/status") {
+            let v: Value = serde_json::from_slice(&m.payload).expect("status JSON");
+            self.states.push(v["state"].as_str().unwrap_or("?").to_string());
+        } else if m.topic == reply_topic {
+            // A new init segment (the publisher came back with other parameters) starts a new fMP4 stream.
+            if m.payload.get(4..8) == Some(b"ftyp") {
+                self.splitter = Splitter::new();
+            }
+            for segment in self.splitter.push(&m.payload).expect("whole fMP4 boxes") {
+                match segment {
+                    Segment::Init(bytes) => self.runs.push((bytes, Vec::new())),
+                    Segment::Fragment { bytes, .. } => {
+                        let run = self.runs.last_mut().expect("a fragment before any init segment");
+                        run.1.push((Instant::now(), bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives for `duration`, or until `until` holds.
+    fn watch(&mut self, page: &Page, reply_topic: &str, duration: Duration, until: impl Fn(&Watched) -> bool) {
+        let deadline = Instant::now() + duration;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if until(self) {
+                return;
+            }
+            if let Ok(m) = page.inbox.recv_timeout(left.min(Duration::from_millis(100))) {
+                self.take(reply_topic, &m);
+            }
+        }
+    }
+
+    fn fragments(&self) -> usize {
+        self.runs.iter().map(|r| r.1.len()).sum()
+    }
+}
+
+/// Asserts that an init segment and its fragments decode without a single error.
+fn decodes(init: &[u8], fragments: &[(Instant, Vec<u8>)], name: &str) {
+    let bytes: Vec<u8> = fragments.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    assert_bytes_decode(&[init.to_vec(), bytes].concat(), name);
+}
+
+/// Capture-to-publish latency (p50, p95 in ms, fragments): frame n left ffmpeg's input at its first frame
+/// plus n/30 s (`-re`), and the fragment ending with it reached the page at its arrival. Copy mode, so the
+/// fragments' decode times count the publisher's frames from 0. The first 2 s are left out: a joiner gets
+/// the GOP so far at once, on purpose.
+fn capture_to_publish(publisher: &Publisher, init: &[u8], fragments: &[(Instant, Vec<u8>)]) -> (f64, f64, usize) {
+    let first_frame_at = publisher.first_frame_at.lock().unwrap().expect("ffmpeg's first frame line");
+    let tracks = fmp4::parse_init(init).expect("init segment");
+    let video = tracks.iter().find(|t| t.kind == TrackKind::Video).expect("a video track");
+    let joined = fragments.first().map(|(at, _)| *at).expect("fragments");
+    let latencies: Vec<f64> = fragments
+        .iter()
+        .filter(|(at, _)| *at >= joined + Duration::from_secs(2))
+        .filter_map(|(at, bytes)| {
+            let moof = fmp4::find_box(bytes, b"moof").ok()??;
+            let run = fmp4::parse_moof(moof, &tracks).ok()?.into_iter().find(|r| r.track_id == video.track_id)?;
+            let end_secs = (run.base_decode_time + run.duration) as f64 / f64::from(video.timescale);
+            let captured = first_frame_at + Duration::from_secs_f64((end_secs - 1.0 / 30.0).max(0.0));
+            Some(at.saturating_duration_since(captured).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let n = latencies.len();
+    (percentile(latencies.clone(), 0.5), percentile(latencies, 0.95), n)
+}
+
+/// The video size an init segment declares, from its `avc1` sample entry.
+fn video_size(init: &[u8]) -> (u16, u16) {
+    let tracks = fmp4::parse_init(init).expect("init segment");
+    let video = tracks.iter().find(|t| t.kind == TrackKind::Video).expect("a video track");
+    // VisualSampleEntry: 8 header + 6 reserved + 2 index + 16 predefined, then width and height.
+    let e = &video.sample_entry;
+    (u16::from_be_bytes([e[32], e[33]]), u16::from_be_bytes([e[34], e[35]]))
+}
+
+#[test]
+fn tcp_push_plays_and_a_returning_publisher_resumes_the_viewers_session() {
+    let stack = stack();
+    let page = page(&stack);
+    let url = "ingest://desk";
+
+    // Nobody publishes yet: not offered, and asking for it says why.
+    let sources = sources_where(&stack, |s| !s.is_empty());
+    assert!(!sources.iter().any(|u| u == url), "{sources:?}");
+    let reply = page.describe(url, &format!("pages/{}/d0", rand_suffix()));
+    assert_eq!(reply["error"]["code"], "source_unreachable", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap_or("").contains("nobody is publishing"), "{reply}");
+
+    let publisher = Publisher::start("640x360", "mpegts", &format!("tcp://127.0.0.1:{}", stack.tcp_port));
+    sources_where(&stack, |s| s.iter().any(|u| u == url));
+    let reply = page.describe(url, &format!("pages/{}/d1", rand_suffix()));
+    let mime = reply["mimeCodec"].as_str().unwrap_or_default();
+    assert!(mime.contains("avc1.") && mime.contains("mp4a.40.2"), "{reply}");
+    assert_eq!(reply["video"], "copy", "{reply}");
+
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play(url, &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(4), |_| false);
+    assert_eq!(watched.runs.len(), 1, "one init segment");
+    let (init, fragments) = &watched.runs[0];
+    assert!(fragments.len() > 60, "{} fragments in 4 s", fragments.len());
+    assert_eq!(video_size(init), (640, 360));
+    decodes(init, fragments, "ingest-tcp-first.mp4");
+
+    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
+    eprintln!("capture to publish (TCP, MPEG-TS, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
+    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+
+    // The publisher dies mid-stream: the viewer hears why and keeps its session, the source leaves the list.
+    drop(publisher);
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
+    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    sources_where(&stack, |s| !s.iter().any(|u| u == url));
+
+    // Another publisher with other parameters: the viewer gets a new init segment and plays on.
+    let _publisher = Publisher::start("320x240", "mpegts", &format!("tcp://127.0.0.1:{}", stack.tcp_port));
+    watched.watch(&page, &topic, Duration::from_secs(15), |w| w.runs.len() == 2 && w.runs[1].1.len() > 45);
+    assert_eq!(watched.runs.len(), 2, "a new init segment after the publisher came back; states {:?}", watched.states);
+    let (init, fragments) = &watched.runs[1];
+    assert_eq!(video_size(init), (320, 240));
+    assert!(fragments.len() > 45, "{} fragments after the publisher came back", fragments.len());
+    decodes(init, fragments, "ingest-tcp-second.mp4");
+    assert!(!watched.states.iter().any(|s| s == "ended" || s == "error"), "{:?}", watched.states);
+    drop(stack.server);
+}
+
+#[test]
+fn rtmp_push_needs_the_key_and_takes_one_publisher_at_a_time() {
+    let stack = stack();
+    let page = page(&stack);
+    let rtmp = |key: &str| format!("rtmp://127.0.0.1:{}/live/{key}", stack.rtmp_port);
+
+    let publisher = Publisher::start("640x360", "flv", &rtmp(KEY));
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://studio"));
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play("ingest://studio", &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 30);
+
+    // A second publisher with the right key is turned away while the first one plays on.
+    let second = Publisher::start("320x240", "flv", &rtmp(KEY));
+    assert!(second.exits_with_failure(Duration::from_secs(15)), "a second publisher was let in");
+    stack.server.wait_for_log("refused a second publisher", Duration::from_secs(5));
+    let before = watched.fragments();
+    watched.watch(&page, &topic, Duration::from_secs(3), |_| false);
+    assert!(
+        watched.fragments() > before + 45,
+        "the first publisher's viewer stalled: {before} -> {}",
+        watched.fragments()
+    );
+    assert_eq!(watched.runs.len(), 1);
+    let (init, fragments) = &watched.runs[0];
+    assert_eq!(video_size(init), (640, 360));
+    decodes(init, fragments, "ingest-rtmp.mp4");
+    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
+    eprintln!("capture to publish (RTMP, FLV, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
+    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+    assert!(!watched.states.iter().any(|s| s == "waiting" || s == "ended" || s == "error"), "{:?}", watched.states);
+
+    // The publisher leaves; one with a wrong key is refused (and says so in the log): the waiting viewer
+    // gets nothing from it, and the source is not offered.
+    drop(publisher);
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
+    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    let wrong = Publisher::start("320x240", "flv", &rtmp("wrong-key-0123456789"));
+    assert!(wrong.exits_with_failure(Duration::from_secs(15)), "ffmpeg kept publishing with a wrong key");
+    stack.server.wait_for_log("refused: wrong stream key", Duration::from_secs(5));
+    watched.watch(&page, &topic, Duration::from_secs(1), |_| false);
+    assert_eq!(watched.runs.len(), 1, "media from a publisher with a wrong key reached the viewer");
+    let reply = page.describe("ingest://studio", &format!("pages/{}/d", rand_suffix()));
+    assert_eq!(reply["error"]["code"], "source_unreachable", "{reply}");
+    sources_where(&stack, |s| !s.iter().any(|u| u == "ingest://studio"));
+    drop(stack.server);
+}
+
+#[test]
+fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
+    let stack = stack();
+    let noise: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    // Garbage on both endpoints, a publisher that sends nothing on both: each is disconnected in time.
+    for port in [stack.tcp_port, stack.rtmp_port] {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = socket.write_all(&noise);
+        assert!(closed_within(socket, Duration::from_secs(10)), "garbage on port {port} was not cut off");
+        // The server frees the endpoint a moment after closing the connection.
+        std::thread::sleep(Duration::from_millis(200));
+        let silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let started = Instant::now();
+        assert!(closed_within(silent, Duration::from_secs(10)), "a silent publisher on {port} was kept");
+        eprintln!("silent publisher on port {port} disconnected after {:?}", started.elapsed());
+    }
+    stack.server.wait_for_log("no publish command in the first 64 KiB", Duration::from_secs(5));
+
+    // A stream cut in the middle of a packet: the first half of a real MPEG-TS capture, then nothing.
+    let clip = fixture(
+        "ingest-cut.ts",
+        &["testsrc2=size=320x240:rate=30:duration=3"],
+        &["-c:v", "libx264", "-g", "30", "-f", "mpegts"],
+    );
+    let bytes = std::fs::read(&clip).expect("the clip");
+    let mut socket = TcpStream::connect(("127.0.0.1", stack.tcp_port)).expect("connect");
+    socket.write_all(&bytes[..bytes.len() / 2 + 101]).expect("half a clip");
+    drop(socket);
+
+    // After all that, a real publisher plays.
+    let page = page(&stack);
+    let _publisher = Publisher::start("320x240", "mpegts", &format!("tcp://127.0.0.1:{}", stack.tcp_port));
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://desk"));
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play("ingest://desk", &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 45);
+    let (init, fragments) = watched.runs.last().expect("an init segment");
+    assert!(fragments.len() > 45, "{} fragments", fragments.len());
+    decodes(init, fragments, "ingest-after-garbage.mp4");
+    drop(stack.server);
+}
+
+/// Whether the server closes the connection within `limit` (reading until EOF or a reset).
+fn closed_within(mut socket: TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
