@@ -30,7 +30,10 @@ impl Publisher {
             .arg(format!("testsrc2=size={size}:rate=30"))
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
-            .args(["-c:a", "aac", "-f", format, url])
+            .args(["-c:a", "aac"])
+            // One PES per audio frame: by default ffmpeg groups ~180 ms of audio, which pages must wait for.
+            .args(if format == "mpegts" { &["-pes_payload_size", "0"][..] } else { &[] })
+            .args(["-f", format, url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

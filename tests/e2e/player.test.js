@@ -361,7 +361,7 @@ function startPublisher(size) {
     "-f", "lavfi", "-i", `testsrc2=size=${size}:rate=30`,
     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
     "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
-    "-c:a", "aac", "-f", "mpegts", `tcp://127.0.0.1:${fx.ingestPort}`,
+    "-c:a", "aac", "-pes_payload_size", "0", "-f", "mpegts", `tcp://127.0.0.1:${fx.ingestPort}`,
   ]);
 }
 
