@@ -1,4 +1,4 @@
-//! Push ingest end to end: the ffmpeg CLI publishes (as an external encoder would) over TCP and RTMP into
+//! Push ingest end to end: the ffmpeg CLI publishes (as an external encoder would) over TCP, RTMP and SRT into
 //! `mqtt-video serve`, and MQTT clients acting as pages watch `ingest://NAME` through a real mosquitto.
 
 mod support;
@@ -79,19 +79,22 @@ struct Stack {
     broker: Broker,
     tcp_port: u16,
     rtmp_port: u16,
+    srt_port: u16,
 }
 
 fn stack() -> Stack {
     let broker = Broker::start();
     let (tcp_port, rtmp_port) = (free_port(), free_port());
+    let srt_port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a UDP port").port();
     let ingest = format!(
         "[[ingest]]\nname = \"desk\"\nlisten = \"tcp://127.0.0.1:{tcp_port}\"\ndescription = \"pushed over TCP\"\n\n\
          [[ingest]]\nname = \"studio\"\nlisten = \"rtmp://127.0.0.1:{rtmp_port}\"\nkey = \"{KEY}\"\n\n\
+         [[ingest]]\nname = \"field\"\nlisten = \"srt://127.0.0.1:{srt_port}\"\nkey = \"{KEY}\"\n\n\
          [limits]\nlinger_secs = 2\n\n[pipeline.source]\nconnect_timeout_ms = 3000\nstall_timeout_ms = 3000\n"
     );
     let server = Server::start(&server_config(broker.port, &[], &ingest));
     server.wait_for_log("push ingest listening on rtmp://", Duration::from_secs(10));
-    Stack { server, broker, tcp_port, rtmp_port }
+    Stack { server, broker, tcp_port, rtmp_port, srt_port }
 }
 
 fn page(stack: &Stack) -> Page {
@@ -148,7 +151,7 @@ impl Watched {
                     Segment::Init(bytes) => self.runs.push((bytes, Vec::new())),
                     Segment::Fragment { bytes, .. } => {
                         let run = self.runs.last_mut().expect("a fragment before any init segment");
-                        run.1.push((Instant::now(), bytes));
+                        run.1.push((m.at, bytes));
                     }
                 }
             }
@@ -310,6 +313,52 @@ fn rtmp_push_needs_the_key_and_takes_one_publisher_at_a_time() {
     let reply = page.describe("ingest://studio", &format!("pages/{}/d", rand_suffix()));
     assert_eq!(reply["error"]["code"], "source_unreachable", "{reply}");
     sources_where(&stack, |s| !s.iter().any(|u| u == "ingest://studio"));
+    drop(stack.server);
+}
+
+#[test]
+fn srt_push_needs_the_passphrase_and_survives_its_publisher_leaving() {
+    let stack = stack();
+    let page = page(&stack);
+    // 20 ms of SRT receive latency (ffmpeg's default is 120 ms): loopback loses nothing.
+    let srt = |passphrase: &str| format!("srt://127.0.0.1:{}?passphrase={passphrase}&latency=20000", stack.srt_port);
+    let reply = page.describe("ingest://field", &format!("pages/{}/d", rand_suffix()));
+    assert_eq!(reply["error"]["code"], "source_unreachable", "{reply}");
+
+    let publisher = Publisher::start("640x360", "mpegts", &srt(KEY));
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://field"));
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play("ingest://field", &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 30);
+
+    // libsrt refuses a wrong passphrase in its handshake; while a publisher is in, nobody else gets in.
+    let wrong = Publisher::start("320x240", "mpegts", &srt("wrong-key-0123456789"));
+    assert!(wrong.exits_with_failure(Duration::from_secs(15)), "ffmpeg kept publishing with a wrong passphrase");
+    let second = Publisher::start("320x240", "mpegts", &srt(KEY));
+    assert!(second.exits_with_failure(Duration::from_secs(15)), "a second publisher was let in");
+    watched.watch(&page, &topic, Duration::from_secs(2), |_| false);
+    assert_eq!(watched.runs.len(), 1, "one init segment: nothing from the refused publishers");
+    let (init, fragments) = &watched.runs[0];
+    assert_eq!(video_size(init), (640, 360));
+    assert!(fragments.len() > 150, "{} fragments: the viewer stalled", fragments.len());
+    decodes(init, fragments, "ingest-srt.mp4");
+    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
+    eprintln!("capture to publish (SRT, MPEG-TS, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
+    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+
+    // The publisher leaves: the viewer waits, and the next publisher's media continues the session.
+    drop(publisher);
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
+    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    let before = watched.fragments();
+    let _publisher = Publisher::start("320x240", "mpegts", &srt(KEY));
+    watched.watch(&page, &topic, Duration::from_secs(15), |w| w.fragments() > before + 45);
+    assert!(watched.fragments() > before + 45, "no media after the publisher came back: {:?}", watched.states);
+    let (init, fragments) = watched.runs.last().expect("init");
+    assert_eq!(video_size(init), (320, 240));
+    decodes(init, fragments, "ingest-srt-second.mp4");
+    assert!(!watched.states.iter().any(|s| s == "ended" || s == "error"), "{:?}", watched.states);
     drop(stack.server);
 }
 

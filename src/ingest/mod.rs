@@ -23,6 +23,8 @@ pub enum IngestProtocol {
     Tcp,
     /// RTMP (`rtmp://host:port/app/KEY`, or OBS's server and stream key).
     Rtmp,
+    /// SRT carrying MPEG-TS; the key is the SRT passphrase (libsrt refuses a wrong one in its handshake).
+    Srt,
 }
 
 impl IngestProtocol {
@@ -31,6 +33,7 @@ impl IngestProtocol {
         match self {
             Self::Tcp => "tcp",
             Self::Rtmp => "rtmp",
+            Self::Srt => "srt",
         }
     }
 }
@@ -41,9 +44,9 @@ impl IngestProtocol {
 pub struct RawIngest {
     /// Name; pages play `ingest://NAME`.
     pub name: String,
-    /// `tcp://HOST:PORT` or `rtmp://HOST:PORT`.
+    /// `tcp://HOST:PORT`, `rtmp://HOST:PORT` or `srt://HOST:PORT`.
     pub listen: String,
-    /// Stream key the publisher must present (RTMP only).
+    /// Stream key (RTMP) or passphrase (SRT) the publisher must present.
     #[serde(default)]
     pub key: Option<String>,
     /// A line about the source for the sources list.
@@ -107,10 +110,11 @@ impl IngestEndpoint {
                     listen.ip()
                 ));
             }
-            IngestProtocol::Rtmp if key.is_none() && !loopback => {
+            IngestProtocol::Rtmp | IngestProtocol::Srt if key.is_none() && !loopback => {
                 return Err(format!(
-                    "an rtmp endpoint on {} needs a `key` (at least {MIN_KEY_LEN} characters); only a loopback \
+                    "an {} endpoint on {} needs a `key` (at least {MIN_KEY_LEN} characters); only a loopback \
                      endpoint may go without",
+                    protocol.scheme(),
                     listen.ip()
                 ));
             }
@@ -124,13 +128,16 @@ impl IngestEndpoint {
         format!("{SCHEME}{}", self.name)
     }
 
-    /// The URL libavformat listens on for the relayed publisher, on a loopback port of the server's own.
+    /// The URL libavformat listens on: for TCP and RTMP the relay's loopback port `port`, for SRT the endpoint.
     pub fn internal_url(&self, port: u16) -> String {
         match self.protocol {
             IngestProtocol::Tcp => format!("tcp://127.0.0.1:{port}"),
             // libavformat compares the publish name with the URL's last segment (and only warns); the gate
             // has checked it already, so give it the same name to keep its log quiet.
             IngestProtocol::Rtmp => format!("rtmp://127.0.0.1:{port}/live/{}", self.key.as_deref().unwrap_or("stream")),
+            // SRT runs over UDP, which cannot be relayed like a TCP connection: libavformat listens on the
+            // endpoint's own address (the passphrase goes in as an option, never in the URL).
+            IngestProtocol::Srt => format!("srt://{}", self.listen),
         }
     }
 }
@@ -144,12 +151,12 @@ pub fn name_of(url: &str) -> Option<&str> {
 
 /// `tcp://HOST:PORT` or `rtmp://HOST:PORT` to a protocol and one socket address.
 fn parse_listen(listen: &str) -> Result<(IngestProtocol, SocketAddr), String> {
-    let usage = || format!("listen {listen:?} must be tcp://HOST:PORT or rtmp://HOST:PORT");
+    let usage = || format!("listen {listen:?} must be tcp://HOST:PORT, rtmp://HOST:PORT or srt://HOST:PORT");
     let (scheme, rest) = listen.split_once("://").ok_or_else(usage)?;
     let protocol = match scheme.to_ascii_lowercase().as_str() {
         "tcp" => IngestProtocol::Tcp,
         "rtmp" => IngestProtocol::Rtmp,
-        "srt" => return Err("srt ingest is not supported by this build; use rtmp or tcp".into()),
+        "srt" => IngestProtocol::Srt,
         _ => return Err(usage()),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -222,7 +229,10 @@ mod tests {
         assert!(err("rtmp://0.0.0.0:1935", Some("short")).contains("12 to 64"));
         assert!(err("rtmp://0.0.0.0:1935", Some("has/slash/inside")).contains("only letters"));
         assert!(err("http://0.0.0.0:80", None).contains("must be tcp://"));
-        assert!(err("srt://0.0.0.0:9000", None).contains("srt"));
+        assert!(err("udp://0.0.0.0:80", None).contains("srt://HOST:PORT"));
+        assert!(err("srt://0.0.0.0:9000", None).contains("an srt endpoint on 0.0.0.0 needs a `key`"));
+        let srt = IngestEndpoint::parse(&raw("srt://0.0.0.0:9000", Some("abcdefgh-1234"))).unwrap();
+        assert_eq!(srt.internal_url(1), "srt://0.0.0.0:9000");
         assert!(
             err("tcp://127.0.0.1", None).contains("tcp://HOST:PORT")
                 || err("tcp://127.0.0.1", None).contains("127.0.0.1")

@@ -62,6 +62,19 @@ pub struct SourceConfig {
     /// Listen for the source to connect instead of connecting to it (push ingest; set by the server only).
     #[serde(skip)]
     pub listen: bool,
+    /// SRT passphrase a listening source requires (push ingest; set by the server only, never logged).
+    #[serde(skip)]
+    pub passphrase: Option<Secret>,
+}
+
+/// A secret that prints as `***` (configs end up in logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for SourceConfig {
@@ -75,6 +88,7 @@ impl Default for SourceConfig {
             pacing: Pacing::Auto,
             looping: false,
             listen: false,
+            passphrase: None,
         }
     }
 }

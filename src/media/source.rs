@@ -278,7 +278,10 @@ pub struct Source {
 /// Opens `url` within the connect timeout; `stop` aborts at once.
 pub fn open(url: &str, config: &SourceConfig, stop: Arc<AtomicBool>) -> Result<Source, MediaError> {
     let kind = classify(url)?;
-    let watchdog = Watchdog::new(config.connect_timeout(), stop);
+    // An SRT listener waits for its publisher as long as it takes (libsrt's own I/O timeout covers a
+    // publisher that then sends nothing); everything else must open within the connect timeout.
+    let open_limit = if config.listen && kind == SourceKind::Srt { SRT_LISTEN_LIMIT } else { config.connect_timeout() };
+    let watchdog = Watchdog::new(open_limit, stop);
     watchdog.touch();
     let input = match kind {
         SourceKind::Builtin(pattern) => open_builtin(pattern, &watchdog)?,
@@ -312,6 +315,12 @@ fn open_builtin(pattern: TestPattern, watchdog: &Arc<Watchdog>) -> Result<Input,
         .map_err(|e| MediaError::Processing(format!("built-in test source: {e}")))
 }
 
+/// How long an SRT listener may wait for a publisher: for ever, in practice; a stop still ends it at once.
+const SRT_LISTEN_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The receive latency an SRT listener asks for, in microseconds.
+const SRT_LISTEN_LATENCY_US: u64 = 20_000;
+
 /// Media time probed on a pushed source at least, in milliseconds.
 const LISTEN_ANALYZE_MS: u64 = 1500;
 
@@ -331,7 +340,7 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
         d.set("analyzeduration", &(analyze_ms * 1000).to_string());
     }
     let timeout_us = (config.connect_timeout_ms * 1000).to_string();
-    if config.listen {
+    if config.listen && kind != SourceKind::Srt {
         // Wait for the relayed publisher (the watchdog still ends the wait on stop or after the connect timeout).
         d.set("listen", "1");
     }
@@ -352,7 +361,20 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
         SourceKind::Tcp => {
             d.set("timeout", &timeout_us);
         }
-        SourceKind::Srt | SourceKind::Udp | SourceKind::File | SourceKind::Builtin(_) => {}
+        SourceKind::Srt => {
+            if config.listen {
+                d.set("mode", "listener");
+                // SRT uses the larger of both sides' receive latency: ask for little and let the publisher
+                // choose (ffmpeg and OBS default to 120 ms, right for lossy links, too much on a LAN).
+                d.set("latency", &SRT_LISTEN_LATENCY_US.to_string());
+                // Once a publisher is in: silence for this long ends it, and the endpoint listens again.
+                d.set("timeout", &timeout_us);
+            }
+            if let Some(passphrase) = &config.passphrase {
+                d.set("passphrase", &passphrase.0);
+            }
+        }
+        SourceKind::Udp | SourceKind::File | SourceKind::Builtin(_) => {}
     }
     d
 }

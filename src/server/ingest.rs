@@ -5,6 +5,7 @@
 //! and closes, so a second publisher would only meet a refused connection with nothing in our log; and its
 //! RTMP server accepts any stream key.
 
+use super::stream::Phase;
 use super::{lock, Hub};
 use crate::ingest::rtmp::{GateError, PublishGate};
 use crate::ingest::{IngestEndpoint, IngestProtocol};
@@ -79,10 +80,17 @@ impl Endpoint {
     }
 }
 
-/// Binds an endpoint's public port and picks its loopback relay port.
-pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, TcpListener), IngestError> {
+/// Binds an endpoint's public port and picks its loopback relay port. An SRT endpoint has no listener of
+/// ours (libavformat listens on its address); its UDP port is checked free here so a clash stops the start.
+pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, Option<TcpListener>), IngestError> {
     let bind_error = |source| IngestError::Bind { name: config.name.clone(), listen: config.listen, source };
-    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let listener = match config.protocol {
+        IngestProtocol::Srt => {
+            drop(std::net::UdpSocket::bind(config.listen).map_err(bind_error)?);
+            None
+        }
+        IngestProtocol::Tcp | IngestProtocol::Rtmp => Some(TcpListener::bind(config.listen).await.map_err(bind_error)?),
+    };
     // A free loopback port for libavformat to listen on: the system picks it, we release it for FFmpeg.
     let internal_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,6 +98,43 @@ pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, TcpListener)
         .map_err(bind_error)?;
     let endpoint = Endpoint { config, internal_port, publisher: Mutex::new(None), live: AtomicBool::new(false) };
     Ok((Arc::new(endpoint), listener))
+}
+
+/// An endpoint whose stream listens itself (SRT): keeps its stream running and offers the source while
+/// media plays. libsrt checks the passphrase in its handshake; while one publisher is in, libavformat does
+/// not listen, so a second one gets no answer (and nothing reaches this log).
+pub async fn serve_listening(hub: Arc<Hub>, endpoint: Arc<Endpoint>) {
+    let name = endpoint.config.name.clone();
+    tracing::info!(ingest = %name, "push ingest listening on srt://{}", endpoint.config.listen);
+    while !hub.is_closing() {
+        let stream = match hub.ingest_stream(&endpoint) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(ingest = %name, error = %e, "cannot start the SRT listener; trying again");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let mut phase = stream.phase();
+        loop {
+            let (ready, over) = {
+                let now = phase.borrow_and_update();
+                (matches!(*now, Phase::Ready(_)), matches!(*now, Phase::Failed { .. } | Phase::Ended))
+            };
+            if endpoint.live.swap(ready, Ordering::SeqCst) != ready {
+                hub.publish_sources().await;
+                match ready {
+                    true => tracing::info!(ingest = %name, "publishing"),
+                    false => tracing::info!(ingest = %name, "publisher gone"),
+                }
+            }
+            if over || phase.changed().await.is_err() {
+                break;
+            }
+        }
+        // The stream ended (stopped, or failed for good): listen again unless the server is going away.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Accepts publishers forever: one at a time, a second one is refused with a log line.
@@ -164,7 +209,7 @@ async fn session(
         let announce = async {
             let mut ready = false;
             while !ready && phase.changed().await.is_ok() {
-                ready = matches!(*phase.borrow_and_update(), super::stream::Phase::Ready(_));
+                ready = matches!(*phase.borrow_and_update(), Phase::Ready(_));
             }
             if ready {
                 endpoint.live.store(true, Ordering::SeqCst);

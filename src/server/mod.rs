@@ -78,6 +78,8 @@ pub struct Hub {
     members: Option<Mutex<cluster::Members>>,
     /// Push ingest endpoints.
     ingest: Vec<Arc<ingest::Endpoint>>,
+    /// Set when shutting down: nothing new starts.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex whose data stays usable after a panic elsewhere (plain state, no invariants spanning a lock).
@@ -132,10 +134,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Instant::now(),
         )),
         ingest: endpoints.iter().map(|(e, _)| Arc::clone(e)).collect(),
+        closing: Default::default(),
         config,
     });
     for (endpoint, listener) in endpoints {
-        tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener));
+        match listener {
+            Some(listener) => tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener)),
+            None => tokio::spawn(ingest::serve_listening(Arc::clone(&hub), endpoint)),
+        };
     }
     let (tx, mut rx) = mpsc::channel(1024);
     tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on));
@@ -379,9 +385,20 @@ impl Hub {
         let url = endpoint.url();
         let mut config = self.config.pipeline_for(&url);
         config.source.listen = true;
+        let srt = endpoint.config.protocol == crate::ingest::IngestProtocol::Srt;
+        if srt {
+            config.source.passphrase = endpoint.config.key.clone().map(crate::media::config::Secret);
+        }
         let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
         let source_url = endpoint.internal_url();
-        self.start_stream(&url, || Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url))
+        self.start_stream(&url, || {
+            let stream = Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url);
+            if srt {
+                stream.listening_for_publishers()
+            } else {
+                stream
+            }
+        })
     }
 
     /// Finds the running stream for an allowed URL or starts it.
@@ -565,7 +582,7 @@ impl Hub {
             }
             // A stream still opening its source has describes waiting on it; it fails by its own timeout.
             let starting = matches!(*stream.phase().borrow(), Phase::Starting);
-            let unwatched = stream.viewer_count() == 0 && !stream.has_publisher();
+            let unwatched = stream.viewer_count() == 0 && !stream.is_pinned();
             if !starting && unwatched && stream.idle_for().is_some_and(|idle| idle >= linger) {
                 stream.stop();
             }
@@ -596,8 +613,14 @@ impl Hub {
         })
     }
 
+    /// Whether the server is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     async fn shutdown(&self) {
         tracing::info!("shutting down");
+        self.closing.store(true, Ordering::SeqCst);
         let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         for stream in &streams {
             stream.shutdown();

@@ -71,8 +71,11 @@ struct State {
 /// A pushed source's publisher, as the stream sees it.
 #[derive(Debug, Default)]
 struct Publisher {
+    /// A publisher is connected (relayed endpoints), or the stream listens for ever (SRT).
     present: AtomicBool,
     arrived: Notify,
+    /// The pipeline itself listens for publishers (SRT): one is there when media plays.
+    listening: bool,
 }
 
 /// A live stream shared by its viewers.
@@ -163,6 +166,12 @@ impl Stream {
         Self { source_url, publisher: Some(Publisher::default()), ..self }
     }
 
+    /// A pushed source whose pipeline listens for publishers itself, for as long as the stream runs (SRT).
+    pub fn listening_for_publishers(self) -> Self {
+        let publisher = Publisher { present: AtomicBool::new(true), arrived: Notify::new(), listening: true };
+        Self { publisher: Some(publisher), ..self }
+    }
+
     /// A publisher connected to this pushed source: the stream (re)starts its pipeline and does not linger out.
     pub fn publisher_arrived(&self) {
         if let Some(p) = &self.publisher {
@@ -183,8 +192,17 @@ impl Stream {
         }
     }
 
-    /// Whether a publisher is connected (a pushed source runs as long as it is, viewers or not).
+    /// Whether a publisher sends to this pushed source.
     pub fn has_publisher(&self) -> bool {
+        match &self.publisher {
+            Some(p) if p.listening => matches!(*self.phase.borrow(), Phase::Ready(_)),
+            Some(p) => p.present.load(Ordering::SeqCst),
+            None => false,
+        }
+    }
+
+    /// Whether the stream runs without viewers: a pushed source while a publisher is connected (or listened for).
+    pub fn is_pinned(&self) -> bool {
         self.publisher.as_ref().is_some_and(|p| p.present.load(Ordering::SeqCst))
     }
 
@@ -436,6 +454,7 @@ impl Stream {
                 // Continue the viewers' timeline, leaving the outage as a gap they can skip.
                 state.media_end_us + state.ended_at.map_or(0, |t| t.elapsed().as_micros() as i64)
             };
+            let started = Instant::now();
             let pipeline = match Pipeline::start_at(&self.source_url, self.config.clone(), offset) {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
@@ -503,6 +522,13 @@ impl Stream {
                     self.state().gop.clear();
                     self.broadcast(&Status::Waiting { message: format!("{why}; waiting for it to come back") });
                     self.phase.send_replace(Phase::Reconnecting { attempt });
+                    // A listener that fails at once (its port taken, say) must not spin.
+                    if started.elapsed() < Duration::from_secs(1) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = self.stopped() => {}
+                        }
+                    }
                 }
                 Some(Ok(())) => {
                     self.end_viewers(&Status::Ended { reason: EndReason::SourceEnded });
