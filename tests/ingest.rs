@@ -171,6 +171,12 @@ impl Watched {
         }
     }
 
+    /// Receives until a status `state` arrives (within `secs`), and fails if none does.
+    fn until_state(&mut self, page: &Page, reply_topic: &str, state: &str, secs: u64) {
+        self.watch(page, reply_topic, Duration::from_secs(secs), |w| w.states.iter().any(|s| s == state));
+        assert!(self.states.iter().any(|s| s == state), "no {state} status: {:?}", self.states);
+    }
+
     fn fragments(&self) -> usize {
         self.runs.iter().map(|r| r.1.len()).sum()
     }
@@ -204,6 +210,13 @@ fn capture_to_publish(publisher: &Publisher, init: &[u8], fragments: &[(Instant,
         .collect();
     let n = latencies.len();
     (percentile(latencies.clone(), 0.5), percentile(latencies, 0.95), n)
+}
+
+/// Prints the capture-to-publish latency of a run and checks that it is sane.
+fn report_capture_to_publish(what: &str, publisher: &Publisher, init: &[u8], fragments: &[(Instant, Vec<u8>)]) {
+    let (p50, p95, n) = capture_to_publish(publisher, init, fragments);
+    eprintln!("capture to publish ({what}): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
+    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
 }
 
 /// The video size an init segment declares, from its `avc1` sample entry.
@@ -245,14 +258,11 @@ fn tcp_push_plays_and_a_returning_publisher_resumes_the_viewers_session() {
     assert_eq!(video_size(init), (640, 360));
     decodes(init, fragments, "ingest-tcp-first.mp4");
 
-    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
-    eprintln!("capture to publish (TCP, MPEG-TS, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
-    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+    report_capture_to_publish("TCP, MPEG-TS, copy", &publisher, init, fragments);
 
     // The publisher dies mid-stream: the viewer hears why and keeps its session, the source leaves the list.
     drop(publisher);
-    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
-    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    watched.until_state(&page, &topic, "waiting", 10);
     sources_where(&stack, |s| !s.iter().any(|u| u == url));
 
     // Another publisher with other parameters: the viewer gets a new init segment and plays on.
@@ -295,16 +305,13 @@ fn rtmp_push_needs_the_key_and_takes_one_publisher_at_a_time() {
     let (init, fragments) = &watched.runs[0];
     assert_eq!(video_size(init), (640, 360));
     decodes(init, fragments, "ingest-rtmp.mp4");
-    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
-    eprintln!("capture to publish (RTMP, FLV, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
-    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+    report_capture_to_publish("RTMP, FLV, copy", &publisher, init, fragments);
     assert!(!watched.states.iter().any(|s| s == "waiting" || s == "ended" || s == "error"), "{:?}", watched.states);
 
     // The publisher leaves; one with a wrong key is refused (and says so in the log): the waiting viewer
     // gets nothing from it, and the source is not offered.
     drop(publisher);
-    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
-    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    watched.until_state(&page, &topic, "waiting", 10);
     let wrong = Publisher::start("320x240", "flv", &rtmp("wrong-key-0123456789"));
     assert!(wrong.exits_with_failure(Duration::from_secs(15)), "ffmpeg kept publishing with a wrong key");
     stack.server.wait_for_log("refused: wrong stream key", Duration::from_secs(5));
@@ -343,14 +350,11 @@ fn srt_push_needs_the_passphrase_and_survives_its_publisher_leaving() {
     assert_eq!(video_size(init), (640, 360));
     assert!(fragments.len() > 150, "{} fragments: the viewer stalled", fragments.len());
     decodes(init, fragments, "ingest-srt.mp4");
-    let (p50, p95, n) = capture_to_publish(&publisher, init, fragments);
-    eprintln!("capture to publish (SRT, MPEG-TS, copy): p50 {p50:.1} ms, p95 {p95:.1} ms over {n} fragments");
-    assert!(p50 > 0.0 && p50 < 1000.0, "p50 {p50} ms");
+    report_capture_to_publish("SRT, MPEG-TS, copy", &publisher, init, fragments);
 
     // The publisher leaves: the viewer waits, and the next publisher's media continues the session.
     drop(publisher);
-    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.states.iter().any(|s| s == "waiting"));
-    assert!(watched.states.iter().any(|s| s == "waiting"), "{:?}", watched.states);
+    watched.until_state(&page, &topic, "waiting", 10);
     let before = watched.fragments();
     let _publisher = Publisher::start("320x240", "mpegts", &srt(KEY));
     watched.watch(&page, &topic, Duration::from_secs(15), |w| w.fragments() > before + 45);
