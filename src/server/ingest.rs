@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A pause after which bytes held back as a possible `publish` start go on (the publisher may be waiting).
 const HELD_BYTES_PAUSE: Duration = Duration::from_millis(200);
+/// How long a newcomer waits for a leaving publisher to free the endpoint before it is refused.
+const SLOT_GRACE: Duration = Duration::from_millis(500);
 /// How long the stream's pipeline may take to start listening for the relay.
 const PIPELINE_LISTEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -153,18 +155,13 @@ pub async fn serve(hub: Arc<Hub>, endpoint: Arc<Endpoint>, listener: TcpListener
                 continue;
             }
         };
-        {
-            let mut publisher = lock(&endpoint.publisher);
-            if let Some(current) = *publisher {
-                tracing::warn!(ingest = %name, publisher = %addr, current = %current, "refused a second publisher: one is already publishing");
-                drop(socket);
-                continue;
-            }
-            *publisher = Some(addr);
-        }
-        tracing::info!(ingest = %name, publisher = %addr, "publisher connected");
         let (hub, endpoint) = (Arc::clone(&hub), Arc::clone(&endpoint));
         tokio::spawn(async move {
+            if let Err(current) = take_slot(&endpoint, addr).await {
+                tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, current = %current, "refused a second publisher: one is already publishing");
+                return;
+            }
+            tracing::info!(ingest = %endpoint.config.name, publisher = %addr, "publisher connected");
             let started = Instant::now();
             let result = session(&hub, &endpoint, socket, addr).await;
             let was_live = endpoint.live.swap(false, Ordering::SeqCst);
@@ -182,6 +179,27 @@ pub async fn serve(hub: Arc<Hub>, endpoint: Arc<Endpoint>, listener: TcpListener
                 }
             }
         });
+    }
+}
+
+/// Makes `addr` the endpoint's publisher, or returns the one in place. A publisher that just left frees
+/// the slot a moment after its connection closes, and one reconnecting at once must not be taken for a
+/// second publisher: a newcomer waits that moment out.
+async fn take_slot(endpoint: &Endpoint, addr: SocketAddr) -> Result<(), SocketAddr> {
+    let deadline = Instant::now() + SLOT_GRACE;
+    loop {
+        {
+            let mut publisher = lock(&endpoint.publisher);
+            match *publisher {
+                None => {
+                    *publisher = Some(addr);
+                    return Ok(());
+                }
+                Some(current) if Instant::now() >= deadline => return Err(current),
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
