@@ -290,6 +290,16 @@ fn rtmp_push_needs_the_key_and_takes_one_publisher_at_a_time() {
     let mut watched = Watched::default();
     watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 30);
 
+    // The stats show who publishes, since when and how much.
+    let stats = page.stats_where(|v| {
+        v["ingest"].as_array().is_some_and(|a| {
+            a.iter().any(|e| e["name"] == "studio" && e["publishing"] == true && e["bytes"].as_u64() > Some(10_000))
+        })
+    });
+    let studio = stats["ingest"].as_array().unwrap().iter().find(|e| e["name"] == "studio").unwrap().clone();
+    assert_eq!(studio["protocol"], "rtmp", "{studio}");
+    assert!(studio["publisher"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{studio}");
+
     // A second publisher with the right key is turned away while the first one plays on.
     let second = Publisher::start("320x240", "flv", &rtmp(KEY));
     assert!(second.exits_with_failure(Duration::from_secs(15)), "a second publisher was let in");

@@ -10,7 +10,7 @@ use super::{lock, Hub};
 use crate::ingest::rtmp::{GateError, PublishGate};
 use crate::ingest::{IngestEndpoint, IngestProtocol};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,14 +53,35 @@ enum SessionEnd {
     Io(#[from] std::io::Error),
 }
 
+/// An endpoint in the stats message.
+#[derive(Debug, serde::Serialize)]
+pub struct EndpointStats {
+    /// Endpoint name (`ingest://NAME`).
+    pub name: String,
+    /// `tcp`, `rtmp` or `srt`.
+    pub protocol: &'static str,
+    /// The address it listens on.
+    pub listen: String,
+    /// Whether a publisher's media plays (the source is offered).
+    pub publishing: bool,
+    /// The connected publisher's address (tcp and rtmp).
+    pub publisher: Option<String>,
+    /// Seconds since that publisher connected.
+    pub publisher_secs: Option<u64>,
+    /// Bytes relayed from the current or last publisher (tcp and rtmp).
+    pub bytes: Option<u64>,
+}
+
 /// One configured endpoint and its publisher, if any.
 pub struct Endpoint {
     /// Its settings.
     pub config: IngestEndpoint,
     /// The loopback port the stream's pipeline listens on for the relay.
     internal_port: u16,
-    /// The connected publisher's address.
-    publisher: Mutex<Option<SocketAddr>>,
+    /// The connected publisher's address and since when.
+    publisher: Mutex<Option<(SocketAddr, Instant)>>,
+    /// Bytes relayed from the current (or last) publisher.
+    bytes: AtomicU64,
     /// Whether the publisher passed the key check and sends: the source is offered only then.
     live: AtomicBool,
 }
@@ -74,6 +95,21 @@ impl Endpoint {
     /// Whether a publisher is connected and sending (the source is offered).
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// The endpoint for the stats message.
+    pub fn stats(&self) -> EndpointStats {
+        let publisher = *lock(&self.publisher);
+        let relayed = self.config.protocol != IngestProtocol::Srt;
+        EndpointStats {
+            name: self.config.name.clone(),
+            protocol: self.config.protocol.scheme(),
+            listen: self.config.listen.to_string(),
+            publishing: self.is_live(),
+            publisher: publisher.map(|(addr, _)| addr.to_string()),
+            publisher_secs: publisher.map(|(_, since)| since.elapsed().as_secs()),
+            bytes: relayed.then(|| self.bytes.load(Ordering::Relaxed)),
+        }
     }
 
     /// What the stream's pipeline opens to receive the relayed publisher.
@@ -98,7 +134,13 @@ pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, Option<TcpLi
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(bind_error)?;
-    let endpoint = Endpoint { config, internal_port, publisher: Mutex::new(None), live: AtomicBool::new(false) };
+    let endpoint = Endpoint {
+        config,
+        internal_port,
+        publisher: Mutex::new(None),
+        bytes: AtomicU64::new(0),
+        live: AtomicBool::new(false),
+    };
     Ok((Arc::new(endpoint), listener))
 }
 
@@ -192,10 +234,11 @@ async fn take_slot(endpoint: &Endpoint, addr: SocketAddr) -> Result<(), SocketAd
             let mut publisher = lock(&endpoint.publisher);
             match *publisher {
                 None => {
-                    *publisher = Some(addr);
+                    *publisher = Some((addr, Instant::now()));
+                    endpoint.bytes.store(0, Ordering::Relaxed);
                     return Ok(());
                 }
-                Some(current) if Instant::now() >= deadline => return Err(current),
+                Some((current, _)) if Instant::now() >= deadline => return Err(current),
                 Some(_) => {}
             }
         }
@@ -238,7 +281,7 @@ async fn session(
             std::future::pending::<Result<u64, SessionEnd>>().await
         };
         tokio::select! {
-            result = relay(publisher, internal, gate, key_deadline) => result,
+            result = relay(publisher, internal, gate, key_deadline, &endpoint.bytes) => result,
             result = announce => result,
         }
     }
@@ -264,13 +307,14 @@ async fn connect_to_pipeline(port: u16) -> Result<TcpStream, SessionEnd> {
     }
 }
 
-/// Relays both ways until either side closes; publisher bytes pass the key gate first. Returns the bytes
-/// relayed from the publisher.
+/// Relays both ways until either side closes; publisher bytes pass the key gate first and are counted in
+/// `total`. Returns the bytes relayed from the publisher.
 async fn relay(
     publisher: TcpStream,
     internal: TcpStream,
     mut gate: Option<PublishGate>,
     key_deadline: Duration,
+    total: &AtomicU64,
 ) -> Result<u64, SessionEnd> {
     let (mut from_publisher, mut to_publisher) = publisher.into_split();
     let (mut from_pipeline, mut to_pipeline) = internal.into_split();
@@ -280,7 +324,6 @@ async fn relay(
         let _ = to_publisher.shutdown().await;
         copied
     };
-    let total = std::sync::atomic::AtomicU64::new(0);
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
         let key_by = tokio::time::Instant::now() + key_deadline;

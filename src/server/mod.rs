@@ -610,6 +610,7 @@ impl Hub {
             "viewers": streams.iter().map(|s| s.viewers).sum::<usize>(),
             "requests": &self.requests,
             "process": { "cpu_percent": cpu, "rss_kib": rss_kib, "threads": threads },
+            "ingest": self.ingest.iter().map(|e| e.stats()).collect::<Vec<_>>(),
         })
     }
 
