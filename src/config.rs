@@ -598,6 +598,10 @@ impl Config {
     /// The pipeline settings for a URL as the policy allowed it: a named source's own, else the global ones.
     pub fn pipeline_for(&self, url: &str) -> PipelineConfig {
         let url = url.trim();
+        if let Some(name) = crate::ingest::name_of(url) {
+            let endpoint = self.ingest.iter().find(|e| e.name.eq_ignore_ascii_case(name));
+            return endpoint.and_then(|e| e.pipeline.clone()).unwrap_or_else(|| self.pipeline.clone());
+        }
         self.sources
             .iter()
             .find(|e| e.source.url.trim() == url)
@@ -618,8 +622,9 @@ impl Config {
 }
 
 impl RawConfig {
-    /// Merges each source's pipeline table over the global pipeline.
+    /// Merges each source's and ingest endpoint's pipeline table over the global pipeline.
     fn resolve(self) -> Result<Config, ConfigError> {
+        let ingest = resolve_ingest(self.ingest, &self.pipeline)?;
         let sources = match self.sources {
             None => Config::default().sources,
             Some(raw) => {
@@ -637,17 +642,23 @@ impl RawConfig {
             pipeline: self.pipeline,
             sources,
             allow: self.allow,
-            ingest: resolve_ingest(&self.ingest)?,
+            ingest,
         })
     }
 }
 
-/// Checks the `[[ingest]]` entries: each valid, names and ports unique.
-fn resolve_ingest(raw: &[RawIngest]) -> Result<Vec<IngestEndpoint>, ConfigError> {
+/// Checks the `[[ingest]]` entries: each valid, names and ports unique, pipeline tables merged over `global`.
+fn resolve_ingest(raw: Vec<RawIngest>, global: &PipelineConfig) -> Result<Vec<IngestEndpoint>, ConfigError> {
     let mut endpoints: Vec<IngestEndpoint> = Vec::with_capacity(raw.len());
-    for (i, entry) in raw.iter().enumerate() {
+    for (i, entry) in raw.into_iter().enumerate() {
         let key = format!("ingest[{i}]");
-        let endpoint = IngestEndpoint::parse(entry).map_err(|m| ConfigError::invalid(&key, m))?;
+        let mut endpoint = IngestEndpoint::parse(&entry).map_err(|m| ConfigError::invalid(&key, m))?;
+        if let Some(table) = entry.pipeline {
+            let merged = merged_pipeline(global, table).map_err(|m| {
+                ConfigError::invalid(&format!("{key}.pipeline"), format!("(ingest {:?}): {m}", entry.name))
+            })?;
+            endpoint.pipeline = Some(merged);
+        }
         if endpoints.iter().any(|e| e.name.eq_ignore_ascii_case(&endpoint.name)) {
             return Err(ConfigError::invalid(&key, format!("name {:?} is used twice", endpoint.name)));
         }
@@ -846,6 +857,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.ingest.iter().map(|e| e.url()).collect::<Vec<_>>(), ["ingest://a", "ingest://b"]);
+        assert_eq!(ok.pipeline_for("ingest://a"), ok.pipeline);
+        let tuned = Config::from_toml_str(
+            "[pipeline.video]\ncrf = 30\n\n[[ingest]]\nname = \"obs\"\nlisten = \"tcp://127.0.0.1:9000\"\n\
+             pipeline = { mode = \"transcode\", video = { max_height = 720 } }\n",
+        )
+        .unwrap();
+        let p = tuned.pipeline_for("ingest://OBS");
+        assert_eq!((p.mode, p.video.max_height, p.video.crf), (crate::media::Mode::Transcode, 720, 30));
+        let bad = "[[ingest]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:9000\"\npipeline = { mode = \"fast\" }\n";
+        let message = Config::from_toml_str(bad).unwrap_err().to_string();
+        assert!(message.contains("ingest[0].pipeline (ingest \"a\")"), "{message}");
         let err = |text: &str| Config::from_toml_str(text).unwrap_err().to_string();
         let twice = "[[ingest]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:9000\"\n\n\
                      [[ingest]]\nname = \"A\"\nlisten = \"tcp://127.0.0.1:9001\"\n";

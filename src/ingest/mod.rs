@@ -4,6 +4,7 @@
 
 pub mod rtmp;
 
+use crate::media::config::PipelineConfig;
 use serde::Deserialize;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -39,7 +40,7 @@ impl IngestProtocol {
 }
 
 /// One `[[ingest]]` entry as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIngest {
     /// Name; pages play `ingest://NAME`.
@@ -52,10 +53,13 @@ pub struct RawIngest {
     /// A line about the source for the sources list.
     #[serde(default)]
     pub description: Option<String>,
+    /// Settings merged over `[pipeline]` for this endpoint's stream (resolved by the config loader).
+    #[serde(default)]
+    pub pipeline: Option<toml::Table>,
 }
 
 /// A checked ingest endpoint.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct IngestEndpoint {
     /// Name; pages play `ingest://NAME`.
     pub name: String,
@@ -67,6 +71,8 @@ pub struct IngestEndpoint {
     pub key: Option<String>,
     /// A line about the source.
     pub description: Option<String>,
+    /// The global `[pipeline]` with this endpoint's `pipeline` table merged over it; `None` without one.
+    pub pipeline: Option<PipelineConfig>,
 }
 
 // Endpoints end up in logs: never print the key.
@@ -120,7 +126,14 @@ impl IngestEndpoint {
             }
             _ => {}
         }
-        Ok(IngestEndpoint { name: name.to_string(), protocol, listen, key, description: raw.description.clone() })
+        Ok(IngestEndpoint {
+            name: name.to_string(),
+            protocol,
+            listen,
+            key,
+            description: raw.description.clone(),
+            pipeline: None,
+        })
     }
 
     /// The URL pages play.
@@ -203,7 +216,13 @@ mod tests {
     use super::*;
 
     fn raw(listen: &str, key: Option<&str>) -> RawIngest {
-        RawIngest { name: "studio".into(), listen: listen.into(), key: key.map(Into::into), description: None }
+        RawIngest {
+            name: "studio".into(),
+            listen: listen.into(),
+            key: key.map(Into::into),
+            description: None,
+            pipeline: None,
+        }
     }
 
     #[test]
