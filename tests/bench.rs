@@ -104,14 +104,16 @@ fn running_server_in_copy_mode_from_rtsp() {
     let url = format!("{prefix}live");
     let broker_arg = format!("127.0.0.1:{}", broker.port);
     let (r, table) =
-        json_report("bench-rtsp", &["--broker", &broker_arg, "--url", &url, "--viewers", "2", "--seconds", "3"]);
+        json_report("bench-rtsp", &["--broker", &broker_arg, "--url", &url, "--viewers", "2", "--seconds", "6"]);
     println!("{table}");
     assert_eq!(r["errors"], Value::Array(vec![]), "{r:#}");
     assert_eq!(r["first_play"]["cold"], true, "the server's stats said the stream was not running");
     assert_eq!(r["stream"]["video"], "copy");
-    // A live source: the server stamps each fragment with the sender's clock, tens of ms before receipt.
-    let p50 = num(&r, "latency.p50");
-    assert!(p50 > 5.0 && p50 < 500.0, "latency p50 {p50} ms");
+    // A live source: once the first RTCP sender report is in (GStreamer sends it 1-4 s after the start; until
+    // then fragments are dated on arrival, ~1 ms before receipt), the server stamps each fragment with the
+    // sender's clock, tens of ms before receipt. The bench leaves out each viewer's first 2 s.
+    let (p50, p95) = (num(&r, "latency.p50"), num(&r, "latency.p95"));
+    assert!(p95 > 5.0 && p50 < 500.0, "latency p50 {p50} ms, p95 {p95} ms");
     assert_eq!(num(&r, "gaps"), 0.0);
     // No pid given: the figures come from the retained stats topic.
     assert_eq!(r["server"]["from"], "stats topic");
