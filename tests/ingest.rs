@@ -379,6 +379,10 @@ fn srt_push_needs_the_passphrase_and_survives_its_publisher_leaving() {
 #[test]
 fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
     let stack = stack();
+    // The SRT endpoint's stream listens from the start, with its pipeline thread: count once it is up.
+    stack.server.wait_for_log("push ingest listening on srt://", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1000));
+    let threads_at_start = stack.server.threads();
     let noise: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     // Garbage on both endpoints, a publisher that sends nothing on both: each is disconnected in time.
     for port in [stack.tcp_port, stack.rtmp_port] {
@@ -402,6 +406,13 @@ fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
     let mut socket = TcpStream::connect(("127.0.0.1", stack.tcp_port)).expect("connect");
     socket.write_all(&bytes[..bytes.len() / 2 + 101]).expect("half a clip");
     drop(socket);
+
+    // Every one of those sessions is gone with its pipeline: once the streams linger out, no thread is left.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stack.server.threads() > threads_at_start && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(stack.server.threads(), threads_at_start, "threads left behind by refused publishers");
 
     // After all that, a real publisher plays.
     let page = page(&stack);
