@@ -362,9 +362,19 @@ fn srt_push_needs_the_passphrase_and_survives_its_publisher_leaving() {
     decodes(init, fragments, "ingest-srt.mp4");
     report_capture_to_publish("SRT, MPEG-TS, copy", &publisher, init, fragments);
 
-    // The publisher leaves: the viewer waits, and the next publisher's media continues the session.
+    // The publisher leaves: the viewer waits. One with the passphrase sending noise instead of MPEG-TS is
+    // dropped, and the next publisher's media continues the session.
     drop(publisher);
     watched.until_state(&page, &topic, "waiting", 10);
+    let noise = Command::new("ffmpeg")
+        .args(["-v", "quiet", "-nostdin", "-re", "-f", "lavfi", "-i", "anoisesrc=d=4:r=48000", "-f", "u8"])
+        .arg(srt(KEY))
+        .status()
+        .expect("ffmpeg");
+    eprintln!("a publisher of noise over SRT ended with {noise}");
+    stack.server.wait_for_log("the publisher's stream failed", Duration::from_secs(10));
+    watched.watch(&page, &topic, Duration::from_secs(1), |_| false);
+    assert_eq!(watched.runs.len(), 1, "the noise reached the viewer");
     let before = watched.fragments();
     let _publisher = Publisher::start("320x240", "mpegts", &srt(KEY));
     watched.watch(&page, &topic, Duration::from_secs(15), |w| w.fragments() > before + 45);
