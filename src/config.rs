@@ -559,21 +559,21 @@ impl Config {
         let env = |var: &str| std::env::var(var).ok();
         match path {
             None => Config::from_toml_str_with_env("", env),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                Config::from_toml_str_with_env(&text, env)
-                    .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), inner: Box::new(e) })
-            }
+            Some(path) => Config::read_file(path, env),
         }
     }
 
     /// Reads, parses and checks a configuration file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
+        Config::read_file(path.as_ref(), |_| None)
+    }
+
+    /// A file's configuration with the overrides `env` gives; errors name the file.
+    fn read_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_toml_str(&text).map_err(|e| ConfigError::InFile { path: path.to_path_buf(), inner: Box::new(e) })
+        Config::from_toml_str_with_env(&text, env)
+            .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), inner: Box::new(e) })
     }
 
     /// The named sources, for the policy and the sources list.
@@ -598,15 +598,20 @@ impl Config {
     /// The pipeline settings for a URL as the policy allowed it: a named source's own, else the global ones.
     pub fn pipeline_for(&self, url: &str) -> PipelineConfig {
         let url = url.trim();
-        if let Some(name) = crate::ingest::name_of(url) {
-            let endpoint = self.ingest.iter().find(|e| e.name.eq_ignore_ascii_case(name));
-            return endpoint.and_then(|e| e.pipeline.clone()).unwrap_or_else(|| self.pipeline.clone());
+        if let Some(endpoint) = self.ingest_endpoint(url) {
+            return endpoint.pipeline.clone().unwrap_or_else(|| self.pipeline.clone());
         }
         self.sources
             .iter()
             .find(|e| e.source.url.trim() == url)
             .and_then(|e| e.pipeline.clone())
             .unwrap_or_else(|| self.pipeline.clone())
+    }
+
+    /// The `[[ingest]]` endpoint an `ingest://NAME` URL names (the name compares case-insensitively).
+    pub fn ingest_endpoint(&self, url: &str) -> Option<&IngestEndpoint> {
+        let name = crate::ingest::name_of(url)?;
+        self.ingest.iter().find(|e| e.name.eq_ignore_ascii_case(name))
     }
 
     /// Checks what the types alone do not.

@@ -82,7 +82,7 @@ pub struct Endpoint {
     publisher: Mutex<Option<(SocketAddr, Instant)>>,
     /// Bytes relayed from the current (or last) publisher.
     bytes: AtomicU64,
-    /// Whether the publisher passed the key check and sends: the source is offered only then.
+    /// Whether a publisher's media plays: the source is offered only then.
     live: AtomicBool,
 }
 
@@ -92,9 +92,17 @@ impl Endpoint {
         self.config.url()
     }
 
-    /// Whether a publisher is connected and sending (the source is offered).
+    /// Whether a publisher's media plays (the source is offered).
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// Offers the source or withdraws it: the sources list is published again when that changes.
+    async fn set_live(&self, hub: &Hub, live: bool) {
+        if self.live.swap(live, Ordering::SeqCst) != live {
+            hub.publish_sources().await;
+            tracing::info!(ingest = %self.config.name, "{}", if live { "publishing" } else { "publisher gone" });
+        }
     }
 
     /// The endpoint for the stats message.
@@ -165,13 +173,7 @@ pub async fn serve_listening(hub: Arc<Hub>, endpoint: Arc<Endpoint>) {
                 let now = phase.borrow_and_update();
                 (matches!(*now, Phase::Ready(_)), matches!(*now, Phase::Failed { .. } | Phase::Ended))
             };
-            if endpoint.live.swap(ready, Ordering::SeqCst) != ready {
-                hub.publish_sources().await;
-                match ready {
-                    true => tracing::info!(ingest = %name, "publishing"),
-                    false => tracing::info!(ingest = %name, "publisher gone"),
-                }
-            }
+            endpoint.set_live(&hub, ready).await;
             if over || phase.changed().await.is_err() {
                 break;
             }
@@ -205,19 +207,16 @@ pub async fn serve(hub: Arc<Hub>, endpoint: Arc<Endpoint>, listener: TcpListener
             }
             tracing::info!(ingest = %endpoint.config.name, publisher = %addr, "publisher connected");
             let started = Instant::now();
-            let result = session(&hub, &endpoint, socket, addr).await;
-            let was_live = endpoint.live.swap(false, Ordering::SeqCst);
+            let result = session(&hub, &endpoint, socket).await;
+            endpoint.set_live(&hub, false).await;
             *lock(&endpoint.publisher) = None;
-            if was_live {
-                hub.publish_sources().await;
-            }
-            let secs = started.elapsed().as_secs_f64();
+            let (secs, bytes) = (started.elapsed().as_secs_f64(), endpoint.bytes.load(Ordering::Relaxed));
             match result {
-                Ok(bytes) => {
+                Ok(()) => {
                     tracing::info!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s")
                 }
                 Err(e) => {
-                    tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, "publisher disconnected after {secs:.1} s: {e}")
+                    tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s: {e}")
                 }
             }
         });
@@ -247,12 +246,7 @@ async fn take_slot(endpoint: &Endpoint, addr: SocketAddr) -> Result<(), SocketAd
 }
 
 /// One publisher: start (or wake) the stream, connect to its pipeline, relay until either side ends.
-async fn session(
-    hub: &Arc<Hub>,
-    endpoint: &Arc<Endpoint>,
-    publisher: TcpStream,
-    addr: SocketAddr,
-) -> Result<u64, SessionEnd> {
+async fn session(hub: &Arc<Hub>, endpoint: &Arc<Endpoint>, publisher: TcpStream) -> Result<(), SessionEnd> {
     let _ = publisher.set_nodelay(true);
     let stream = hub.ingest_stream(endpoint).map_err(SessionEnd::Unavailable)?;
     // What the phase is now belongs to the previous publisher, if any: this one's media makes it Ready anew.
@@ -273,12 +267,10 @@ async fn session(
                 ready = matches!(*phase.borrow_and_update(), Phase::Ready(_));
             }
             if ready {
-                endpoint.live.store(true, Ordering::SeqCst);
-                hub.publish_sources().await;
-                tracing::info!(ingest = %endpoint.config.name, publisher = %addr, "publishing");
+                endpoint.set_live(hub, true).await;
             }
             // The relay decides when the session ends.
-            std::future::pending::<Result<u64, SessionEnd>>().await
+            std::future::pending::<Result<(), SessionEnd>>().await
         };
         tokio::select! {
             result = relay(publisher, internal, gate, key_deadline, &endpoint.bytes) => result,
@@ -308,14 +300,14 @@ async fn connect_to_pipeline(port: u16) -> Result<TcpStream, SessionEnd> {
 }
 
 /// Relays both ways until either side closes; publisher bytes pass the key gate first and are counted in
-/// `total`. Returns the bytes relayed from the publisher.
+/// `total`.
 async fn relay(
     publisher: TcpStream,
     internal: TcpStream,
     mut gate: Option<PublishGate>,
     key_deadline: Duration,
     total: &AtomicU64,
-) -> Result<u64, SessionEnd> {
+) -> Result<(), SessionEnd> {
     let (mut from_publisher, mut to_publisher) = publisher.into_split();
     let (mut from_pipeline, mut to_pipeline) = internal.into_split();
     // libavformat's answers (the RTMP handshake and command results) go back as they are.
@@ -349,7 +341,7 @@ async fn relay(
             };
             if n == 0 {
                 let _ = to_pipeline.shutdown().await;
-                return Ok(total.load(Ordering::Relaxed));
+                return Ok(());
             }
             total.fetch_add(n as u64, Ordering::Relaxed);
             match gate.as_mut() {

@@ -12,6 +12,7 @@ pub mod stream;
 pub mod viewer;
 
 use crate::config::Config;
+use crate::ingest::IngestEndpoint;
 use crate::policy::{redact, Policy, PolicyError};
 use crate::protocol::{
     parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
@@ -358,10 +359,9 @@ impl Hub {
     fn allow(&self, url: &str) -> Result<String, String> {
         if let Some(name) = crate::ingest::name_of(url) {
             return self
-                .ingest
-                .iter()
-                .find(|e| e.config.name.eq_ignore_ascii_case(name))
-                .map(|e| e.url())
+                .config
+                .ingest_endpoint(url)
+                .map(IngestEndpoint::url)
                 .ok_or_else(|| format!("URL ingest://{name} is not allowed: no ingest endpoint has that name"));
         }
         self.policy.check(url).map(|a| a.url).map_err(|e| e.to_string())
@@ -391,14 +391,7 @@ impl Hub {
         }
         let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
         let source_url = endpoint.internal_url();
-        self.start_stream(&url, || {
-            let stream = Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url);
-            if srt {
-                stream.listening_for_publishers()
-            } else {
-                stream
-            }
-        })
+        self.start_stream(&url, || Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url, srt))
     }
 
     /// Finds the running stream for an allowed URL or starts it.

@@ -69,7 +69,7 @@ struct State {
 }
 
 /// A pushed source's publisher, as the stream sees it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Publisher {
     /// A publisher is connected (relayed endpoints), or the stream listens for ever (SRT).
     present: AtomicBool,
@@ -160,16 +160,12 @@ impl Stream {
         }
     }
 
-    /// A stream of a pushed source: its pipeline listens on `source_url` for the relayed publisher, and it
-    /// waits for the next publisher when one leaves (viewers keep their session).
-    pub fn pushed(self, source_url: String) -> Self {
-        Self { source_url, publisher: Some(Publisher::default()), ..self }
-    }
-
-    /// A pushed source whose pipeline listens for publishers itself, for as long as the stream runs (SRT).
-    pub fn listening_for_publishers(self) -> Self {
-        let publisher = Publisher { present: AtomicBool::new(true), arrived: Notify::new(), listening: true };
-        Self { publisher: Some(publisher), ..self }
+    /// A stream of a pushed source: its pipeline listens on `source_url`, and it waits for the next publisher
+    /// when one leaves (viewers keep their session). With `listening`, the pipeline takes publishers itself
+    /// for as long as the stream runs (SRT); without, the relay announces each one (`publisher_arrived`).
+    pub fn pushed(self, source_url: String, listening: bool) -> Self {
+        let publisher = Publisher { present: AtomicBool::new(listening), arrived: Notify::new(), listening };
+        Self { source_url, publisher: Some(publisher), ..self }
     }
 
     /// A publisher connected to this pushed source: the stream (re)starts its pipeline and does not linger out.
@@ -436,15 +432,14 @@ impl Stream {
     pub async fn run(&self, retry: RetryConfig) {
         let mut attempt = 0u32;
         let mut ever_ready = false;
-        loop {
+        'run: loop {
             if let Some(publisher) = &self.publisher {
                 while !publisher.present.load(Ordering::SeqCst) {
                     tokio::select! {
                         _ = publisher.arrived.notified() => {}
                         _ = self.stopped() => {
                             self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
-                            self.phase.send_replace(Phase::Ended);
-                            return;
+                            break 'run;
                         }
                     }
                 }
