@@ -182,13 +182,9 @@ fn parse_listen(listen: &str) -> Result<(IngestProtocol, SocketAddr), String> {
     if !has_port {
         return Err(format!("listen {listen:?} needs a port: {}://HOST:PORT", protocol.scheme()));
     }
-    let addr = if let Ok(addr) = authority.parse::<SocketAddr>() {
-        addr
-    } else {
-        // A host name (localhost, a container's name) resolves once, at load.
-        let mut addrs = authority.to_socket_addrs().map_err(|e| format!("listen {listen:?}: {e}"))?;
-        addrs.next().ok_or_else(|| format!("listen {listen:?} resolves to no address"))?
-    };
+    // An address is taken as it is; a host name (localhost, a container's name) resolves once, at load.
+    let mut addrs = authority.to_socket_addrs().map_err(|e| format!("listen {listen:?}: {e}"))?;
+    let addr = addrs.next().ok_or_else(|| format!("listen {listen:?} resolves to no address"))?;
     if addr.port() == 0 {
         return Err(format!("listen {listen:?} needs a port"));
     }

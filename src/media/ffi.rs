@@ -30,7 +30,7 @@ where
         };
         let mut ps = ffi::avformat_alloc_context();
         if ps.is_null() {
-            return Err(Error::Other { errno: libc_enomem() });
+            return Err(Error::Other { errno: ffmpeg::error::ENOMEM });
         }
         let interrupt = ffmpeg::util::interrupt::new(Box::new(interrupt));
         (*ps).interrupt_callback = interrupt.interrupt;
@@ -48,10 +48,6 @@ where
         }
         Ok(Input::wrap_with_interrupt(ps, interrupt.guard))
     }
-}
-
-fn libc_enomem() -> i32 {
-    12
 }
 
 /// Flushes the muxer's pending fragment and its I/O buffer (`av_write_frame(ctx, NULL)`), so a fragment leaves now.
@@ -107,7 +103,7 @@ pub fn set_extradata(parameters: &mut ffmpeg::codec::Parameters, bytes: &[u8]) -
         let par = parameters.as_mut_ptr();
         let buf = ffi::av_mallocz(padded) as *mut u8;
         if buf.is_null() {
-            return Err(Error::Other { errno: libc_enomem() });
+            return Err(Error::Other { errno: ffmpeg::error::ENOMEM });
         }
         ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
         ffi::av_freep(&mut (*par).extradata as *mut *mut u8 as *mut std::ffi::c_void);

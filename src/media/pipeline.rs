@@ -701,7 +701,7 @@ impl<'a> Session<'a> {
     /// Writes a packet to a track; `arrival` is given for video, whose frames date the fragments.
     fn write(
         &mut self,
-        packet: Packet,
+        mut packet: Packet,
         track: usize,
         arrival: Option<u64>,
         em: &mut Emitter,
@@ -714,16 +714,14 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         self.last_dts[track] = Some(dts);
-        let mut packet = packet;
-        let (dts, duration) = self.durations[track].place(dts, packet.duration());
-        let shift = dts - packet.dts().unwrap_or(dts);
-        if shift != 0 {
-            packet.set_dts(Some(dts));
-            packet.set_pts(packet.pts().map(|pts| pts + shift));
+        let (at, duration) = self.durations[track].place(dts, packet.duration());
+        if at != dts {
+            packet.set_dts(Some(at));
+            packet.set_pts(packet.pts().map(|pts| pts + at - dts));
         }
         packet.set_duration(duration);
         if let Some(arrival) = arrival {
-            self.video_arrivals.push(dts.rescale(VIDEO_TIME_BASE, MICROS), arrival);
+            self.video_arrivals.push(at.rescale(VIDEO_TIME_BASE, MICROS), arrival);
         }
         let segments = muxer.write(packet, track)?;
         self.emit(segments, em)

@@ -222,16 +222,8 @@ impl Watchdog {
 
 /// Maps an FFmpeg error to what it means for the person who asked for the stream.
 pub fn ffmpeg_error(e: ffmpeg::Error, during: &str) -> MediaError {
+    use ffmpeg::error::{EACCES, ECONNREFUSED, ECONNRESET, EHOSTUNREACH, EINVAL, EIO, ENETUNREACH, ENOENT, ETIMEDOUT};
     use ffmpeg::Error as E;
-    const ENOENT: i32 = 2;
-    const EIO: i32 = 5;
-    const EINVAL: i32 = 22;
-    const EACCES: i32 = 13;
-    const ENETUNREACH: i32 = 101;
-    const ECONNRESET: i32 = 104;
-    const ETIMEDOUT: i32 = 110;
-    const ECONNREFUSED: i32 = 111;
-    const EHOSTUNREACH: i32 = 113;
     match e {
         E::Eof => MediaError::Ended,
         E::Exit => MediaError::Timeout(format!("aborted while {during}")),
