@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::broker::Broker;
-use support::page::{rand_suffix, Page, Server};
+use support::page::{rand_suffix, sources_list, Page, Server};
 
 const PASSWORD: &str = "test-secret";
 
@@ -84,13 +84,6 @@ fn the_docker_config_loads_with_its_environment_overrides() {
     }
 }
 
-fn sources_now(port: u16) -> Value {
-    let p = Page::connect(port, &format!("page_check{}", rand_suffix()), None);
-    p.subscribe("video/sources");
-    let m = p.next_on("video/sources", Duration::from_secs(5)).expect("the retained sources list");
-    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
-}
-
 #[test]
 fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
     let broker = docker_broker();
@@ -115,7 +108,8 @@ fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
     assert!(got.media.iter().all(|m| &m.payload[..] != b"EVIL"), "a forged message reached alice");
     let leaked: Vec<String> = evil.inbox.try_iter().map(|m| m.topic).filter(|t| t.starts_with("pages/")).collect();
     assert!(leaked.is_empty(), "mallory received {} of alice's messages", leaked.len());
-    assert!(sources_now(broker.port)["sources"].is_array(), "the sources list was replaced");
+    let sources = sources_list(broker.port, Duration::from_secs(5)).expect("the retained sources list");
+    assert!(sources["sources"].is_array(), "the sources list was replaced");
 
     // Reply topics outside pages/ are refused by the server itself (ACL or not): no answer at all.
     let outsider = Page::connect(broker.port, "page_out", None);

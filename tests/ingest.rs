@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::broker::{free_port, Broker};
-use support::page::{rand_suffix, server_config, Message, Page, Server};
+use support::page::{rand_suffix, server_config, sources_list, Message, Page, Server};
 use support::*;
 
 const KEY: &str = "test-key-0123456789";
@@ -107,10 +107,7 @@ fn sources_where(stack: &Stack, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
     let mut last = Vec::new();
     while Instant::now() < deadline {
         // A fresh subscription gets the retained list as it is now.
-        let page = page(stack);
-        page.subscribe("video/sources");
-        if let Some(m) = page.next_on("video/sources", Duration::from_secs(2)) {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if let Some(v) = sources_list(stack.broker.port, Duration::from_secs(2)) {
             last = v["sources"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|s| s["url"].as_str().map(String::from)).collect())

@@ -166,6 +166,14 @@ impl Page {
     }
 }
 
+/// The retained sources list as a page connecting now gets it, if it arrives within `wait`.
+pub fn sources_list(port: u16, wait: Duration) -> Option<Value> {
+    let page = Page::connect(port, &format!("page_check{}", rand_suffix()), None);
+    page.subscribe("video/sources");
+    let m = page.next_on("video/sources", wait)?;
+    Some(serde_json::from_slice(&m.payload).unwrap_or(Value::Null))
+}
+
 /// A short random-enough suffix for client ids and reply topics.
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
