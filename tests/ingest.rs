@@ -3,6 +3,7 @@
 
 mod support;
 
+use mqtt_video::ingest::rtmp::amf0::Value as AmfValue;
 use mqtt_video::media::fmp4::{self, Segment, Splitter, TrackKind};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::broker::{free_port, Broker};
 use support::page::{rand_suffix, server_config, sources_list, Message, Page, Server};
+use support::rtmp::{flv_file_tags, Connection, Script};
 use support::*;
 
 const KEY: &str = "test-key-0123456789";
@@ -83,6 +85,11 @@ struct Stack {
 }
 
 fn stack() -> Stack {
+    stack_logging("error", "info")
+}
+
+/// A stack whose server logs FFmpeg at `ffmpeg_log` and itself at `log`.
+fn stack_logging(ffmpeg_log: &str, log: &str) -> Stack {
     let broker = Broker::start();
     let (tcp_port, rtmp_port) = (free_port(), free_port());
     let srt_port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a UDP port").port();
@@ -92,7 +99,7 @@ fn stack() -> Stack {
          [[ingest]]\nname = \"field\"\nlisten = \"srt://127.0.0.1:{srt_port}\"\nkey = \"{KEY}\"\n\n\
          [limits]\nlinger_secs = 2\n\n[pipeline.source]\nconnect_timeout_ms = 3000\nstall_timeout_ms = 3000\n"
     );
-    let server = Server::start(&server_config(broker.port, &[], &ingest));
+    let server = Server::start_logging(&server_config(broker.port, &[], &ingest), ffmpeg_log, log);
     server.wait_for_log("push ingest listening on rtmp://", Duration::from_secs(10));
     Stack { server, broker, tcp_port, rtmp_port, srt_port }
 }
@@ -401,7 +408,8 @@ fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
         assert!(closed_within(silent, Duration::from_secs(10)), "a silent publisher on {port} was kept");
         eprintln!("silent publisher on port {port} disconnected after {:?}", started.elapsed());
     }
-    stack.server.wait_for_log("no publish command in the first 64 KiB", Duration::from_secs(5));
+    stack.server.wait_for_log("refused: not an RTMP client", Duration::from_secs(5));
+    stack.server.wait_for_log("refused: sent nothing within", Duration::from_secs(5));
 
     // A stream cut in the middle of a packet: the first half of a real MPEG-TS capture, then nothing.
     let clip = fixture(
@@ -449,4 +457,186 @@ fn closed_within(mut socket: TcpStream, limit: Duration) -> bool {
         }
     }
     false
+}
+
+/// 6 s of 320x240 H.264 + AAC as the ffmpeg CLI writes FLV: the media an RTMP publisher sends.
+fn flv_media() -> Vec<(u8, u32, Vec<u8>)> {
+    let clip = fixture(
+        "ingest-320.flv",
+        &["testsrc2=size=320x240:rate=30:duration=6", "sine=frequency=440:sample_rate=48000:duration=6"],
+        &["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"],
+    );
+    flv_file_tags(&std::fs::read(clip).expect("the FLV clip"))
+}
+
+/// The endpoint's entry in the stats.
+fn endpoint_stats(page: &Page, name: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let stats =
+        page.stats_where(|v| v["ingest"].as_array().is_some_and(|a| a.iter().any(|e| e["name"] == name && ok(e))));
+    stats["ingest"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap().clone()
+}
+
+#[test]
+fn rtmp_publishers_with_a_wrong_key_in_any_framing_get_nothing_to_a_viewer() {
+    // FFmpeg and the server log everything: the key must not show up anywhere.
+    let stack = stack_logging("debug", "debug");
+    let page = page(&stack);
+    let media = flv_media();
+    // A viewer from a real publisher, left waiting when it goes.
+    let publisher = Publisher::start("640x360", "flv", &format!("rtmp://127.0.0.1:{}/live/{KEY}", stack.rtmp_port));
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://studio"));
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play("ingest://studio", &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 30);
+    drop(publisher);
+    watched.until_state(&page, &topic, "waiting", 10);
+    let before = watched.fragments();
+
+    let wrong = "wrong-key-0123456789";
+    let mut attacks: Vec<(String, Script)> = Vec::new();
+    for chunk_size in [1, 4, 9, 128] {
+        attacks.push((format!("a wrong key at chunk size {chunk_size}"), Script::ffmpeg_opening(wrong, chunk_size)));
+    }
+    let mut s = Script::new();
+    s.connect().command(0, "FCPublish", &[AmfValue::String("WRONG".into())]);
+    attacks.push(("FCPublish with a wrong name and no publish".into(), s));
+    let mut s = Script::new();
+    s.connect().prepare(KEY);
+    attacks.push(("FCPublish with the key, then media without a publish".into(), s));
+    let mut s = Script::new();
+    s.chunk_size(1).connect().command(0, "createStream", &[]);
+    attacks.push(("media right after createStream".into(), s));
+    let mut s = Script::new();
+    s.chunk_size(4).connect().prepare(KEY).publish_changing_chunk_size(wrong, 1);
+    attacks.push(("the key in FCPublish, a wrong one in a publish cut by a chunk size change".into(), s));
+    for (what, mut script) in attacks {
+        let mut c = Connection::open(stack.rtmp_port, None);
+        c.send(&script.take());
+        script.metadata();
+        let sent = c.send_media(&mut script, &media, Duration::from_secs(1));
+        assert!(c.closed_within(Duration::from_secs(3)), "{what}: the connection stayed open ({sent} tags sent)");
+        assert!(!c.heard(b"NetStream.Publish.Start"), "{what}: it was told to publish");
+        eprintln!("{what}: refused, {sent} media tags sent before the close");
+    }
+    // A publisher that never publishes but sends commands for ever: cut off at the handshake deadline.
+    let mut c = Connection::open(stack.rtmp_port, None);
+    let mut s = Script::new();
+    s.connect();
+    c.send(&s.take());
+    let started = Instant::now();
+    while !c.closed_within(Duration::from_millis(100)) && started.elapsed() < Duration::from_secs(5) {
+        s.command(0, "_checkbw", &[]);
+        c.send(&s.take());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a publisher that never published was kept {:?}",
+        started.elapsed()
+    );
+
+    watched.watch(&page, &topic, Duration::from_secs(1), |_| false);
+    assert_eq!(watched.runs.len(), 1, "a new init segment reached the viewer: {:?}", watched.states);
+    assert_eq!(watched.fragments(), before, "media from a refused publisher reached the viewer");
+    let reply = page.describe("ingest://studio", &format!("pages/{}/d", rand_suffix()));
+    assert_eq!(reply["error"]["code"], "source_unreachable", "{reply}");
+    let studio = endpoint_stats(&page, "studio", |e| e["refused"].as_u64() >= Some(9));
+    assert_eq!(studio["publishing"], false, "{studio}");
+    stack.server.wait_for_log("refused: wrong stream key in publish", Duration::from_secs(5));
+    stack.server.wait_for_log("refused: wrong stream key in FCPublish", Duration::from_secs(5));
+    stack.server.wait_for_log("refused: media before a publish with the stream key", Duration::from_secs(5));
+
+    // The right key at chunk size 4: the whole stream goes through (no cut after 64 KiB) and plays.
+    let mut c = Connection::open(stack.rtmp_port, None);
+    let mut script = Script::ffmpeg_opening(KEY, 4);
+    c.send(&script.take());
+    assert!(c.wait_for(b"NetStream.Publish.Start", Duration::from_secs(5)), "the right key was not let in");
+    let sender = std::thread::spawn(move || {
+        let sent = c.send_media(&mut script, &media, Duration::from_secs(6));
+        (sent, c)
+    });
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.runs.len() == 2 && w.runs[1].1.len() > 90);
+    let (sent, _c) = sender.join().expect("the publisher thread");
+    assert_eq!(watched.runs.len(), 2, "no new init segment from the right key: {:?}", watched.states);
+    let (init, fragments) = &watched.runs[1];
+    assert_eq!(video_size(init), (320, 240));
+    assert!(fragments.len() > 90, "{} fragments from {sent} tags at chunk size 4", fragments.len());
+    decodes(init, fragments, "ingest-rtmp-chunk4.mp4");
+    let studio = endpoint_stats(&page, "studio", |e| e["bytes"].as_u64() > Some(100_000));
+    eprintln!("right key at chunk size 4: {sent} tags, {} fragments, {} bytes", fragments.len(), studio["bytes"]);
+    let log_path = stack.server.log.clone();
+    drop(stack.server);
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(log.contains("publisher connected") && log.contains("DEBUG"), "the log is not at debug level?");
+    assert!(!log.contains(KEY), "the stream key reached the log");
+    assert!(!log.contains(wrong), "a wrong key reached the log");
+}
+
+#[test]
+fn silent_trickling_and_flooding_connections_never_keep_a_publisher_out() {
+    let stack = stack();
+    let rtmp = format!("rtmp://127.0.0.1:{}/live/{KEY}", stack.rtmp_port);
+    // Another host (127.0.0.2) opens a silent connection every 0.1 s and keeps it; a third (127.0.0.3)
+    // trickles a handshake one byte every 0.1 s.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, port) = (Arc::clone(&stop), stack.rtmp_port);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                held.push(Connection::open(port, Some("127.0.0.2")));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let closed = held.iter().filter(|c| c.closed_within(Duration::ZERO)).count();
+            (held.len(), closed)
+        })
+    };
+    let mut trickler = Connection::open(stack.rtmp_port, Some("127.0.0.3"));
+    let trickle_started = Instant::now();
+    let handshake = Script::new().take();
+    let trickle = std::thread::spawn(move || {
+        for byte in handshake {
+            if !trickler.send(&[byte]) || trickler.closed_within(Duration::from_millis(100)) {
+                break;
+            }
+        }
+        (trickle_started.elapsed(), trickler.closed_within(Duration::from_millis(500)))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The real publisher gets in at once, twice: the slot is free again as soon as it leaves.
+    for round in 0..2 {
+        let started = Instant::now();
+        let publisher = Publisher::start("320x240", "flv", &rtmp);
+        sources_where(&stack, |s| s.iter().any(|u| u == "ingest://studio"));
+        let took = started.elapsed();
+        eprintln!("round {round}: the publisher was offered after {took:?} under the flood");
+        assert!(took < Duration::from_secs(5), "round {round}: the publisher waited {took:?}");
+        let page = page(&stack);
+        let topic = format!("pages/{}/media", rand_suffix());
+        page.play("ingest://studio", &topic);
+        let mut watched = Watched::default();
+        watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 30);
+        assert!(watched.fragments() > 30, "round {round}: {} fragments", watched.fragments());
+        drop(publisher);
+        sources_where(&stack, |s| !s.iter().any(|u| u == "ingest://studio"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (opened, closed) = flood.join().expect("the flood");
+    let (trickled_for, trickler_closed) = trickle.join().expect("the trickler");
+    eprintln!("flood: {opened} silent connections, {closed} closed by the server; trickler cut off after {trickled_for:?}");
+    assert!(trickler_closed && trickled_for < Duration::from_secs(3), "the trickler was kept {trickled_for:?}");
+    // All but the newest few (younger than the deadline) were closed.
+    assert!(closed + 25 >= opened, "{closed} of {opened} silent connections closed");
+    stack.server.wait_for_log("refused: sent no publish with the stream key within 2s", Duration::from_secs(5));
+
+    // The TCP endpoint: a silent connection does not hold it either.
+    let silent = TcpStream::connect(("127.0.0.1", stack.tcp_port)).expect("connect");
+    let started = Instant::now();
+    let _publisher = Publisher::start("320x240", "mpegts", &format!("tcp://127.0.0.1:{}", stack.tcp_port));
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://desk"));
+    eprintln!("TCP publisher offered after {:?} beside a silent connection", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(closed_within(silent, Duration::from_secs(4)), "the silent TCP connection was kept");
+    drop(stack.server);
 }

@@ -1,9 +1,9 @@
 //! Property tests (proptest) of the pure parsers that face the network: control-message decoding and the
-//! topic rules, the fMP4 box splitter, the bench's media check, the rate limiter, and the RTMP key gate. Bounded: 256 cases
-//! per property by default (PROPTEST_CASES raises it for a longer fuzzing run).
+//! topic rules, the fMP4 box splitter, the bench's media check and the rate limiter (the RTMP server side
+//! has tests/rtmp.rs). Bounded: 256 cases per property by default (PROPTEST_CASES raises it for a longer
+//! fuzzing run).
 
 use mqtt_video::bench::measure::MediaCheck;
-use mqtt_video::ingest::rtmp::PublishGate;
 use mqtt_video::media::fmp4::{Segment, Splitter};
 use mqtt_video::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 use mqtt_video::server::ratelimit::{RateLimiter, Verdict};
@@ -34,70 +34,7 @@ fn request_json() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-const GATE_KEY: &str = "the-right-key-42";
-
-/// An RTMP publisher's bytes: a handshake, other commands (never a publish), then publish(name) and media.
-fn publisher_bytes(handshake: &[u8], before: &[u8], name: &str, after: &[u8]) -> (Vec<u8>, usize) {
-    let mut s = vec![3u8];
-    s.extend((0..3072).map(|i| handshake[i % handshake.len().max(1)]));
-    s.extend(before.iter().map(|&b| if b == 2 { 3 } else { b })); // no AMF0 string marker, so no publish
-    let publish_at = s.len();
-    s.extend_from_slice(b"\x02\x00\x07publish\x00\x40\x08\x00\x00\x00\x00\x00\x00\x05\x02");
-    s.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    s.extend_from_slice(name.as_bytes());
-    let command_end = s.len();
-    s.extend_from_slice(after);
-    (s, command_end.max(publish_at))
-}
-
 proptest! {
-    #[test]
-    fn the_key_gate_passes_the_right_key_whole_and_never_completes_a_wrong_one(
-        handshake in prop::collection::vec(any::<u8>(), 1..64),
-        before in prop::collection::vec(any::<u8>(), 0..2000),
-        after in prop::collection::vec(any::<u8>(), 0..500),
-        name in prop::string::string_regex("[a-z0-9-]{0,40}").unwrap(),
-        right in prop::bool::ANY,
-        cuts in prop::collection::vec(1usize..700, 1..40),
-    ) {
-        let name = if right { GATE_KEY.to_string() } else { name };
-        let (bytes, command_end) = publisher_bytes(&handshake, &before, &name, &after);
-        let mut gate = PublishGate::new(GATE_KEY);
-        let (mut forwarded, mut refused) = (Vec::new(), false);
-        let mut rest = &bytes[..];
-        for cut in cuts.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
-            rest = tail;
-            match gate.push(chunk) {
-                Ok(out) => forwarded.extend(out),
-                Err(_) => { refused = true; break; }
-            }
-            // A pause between reads lets held bytes go, never a started publish command.
-            forwarded.extend(gate.flush_held());
-        }
-        if name == GATE_KEY {
-            prop_assert!(!refused);
-            prop_assert_eq!(forwarded, bytes);
-        } else {
-            prop_assert!(refused || !gate.is_open());
-            prop_assert!(forwarded.len() < command_end, "{} of {} bytes went on", forwarded.len(), command_end);
-        }
-    }
-
-    #[test]
-    fn the_key_gate_survives_any_bytes(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4000), 0..30)) {
-        let mut gate = PublishGate::new(GATE_KEY);
-        for chunk in chunks {
-            if gate.push(&chunk).is_err() {
-                break;
-            }
-            let _ = gate.flush_held();
-        }
-    }
-
     #[test]
     fn any_bytes_parse_or_fail_cleanly(payload in prop::collection::vec(any::<u8>(), 0..600)) {
         for kind in RequestKind::ALL {

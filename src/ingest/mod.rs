@@ -1,6 +1,6 @@
 //! Push ingest: endpoints an encoder (ffmpeg, OBS, a camera) connects to, each offered to pages as the named
-//! source `ingest://NAME` while a publisher is connected. Pure: the endpoint settings and the RTMP stream-key
-//! gate; the listening and relaying live in `server::ingest`.
+//! source `ingest://NAME` while a publisher is connected. Pure: the endpoint settings and the RTMP server
+//! session that checks the stream key; the listening and relaying live in `server::ingest`.
 
 pub mod rtmp;
 
@@ -8,14 +8,18 @@ use crate::media::config::PipelineConfig;
 use serde::Deserialize;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
 
 /// The URL scheme pages use for pushed sources.
 pub const SCHEME: &str = "ingest://";
 
 /// Shortest stream key accepted: a key is the only thing between the internet and the server's encoders.
 pub const MIN_KEY_LEN: usize = 12;
-/// Longest stream key accepted; longer ones could split the RTMP publish command over two chunks.
+/// Longest stream key accepted (URLs and OBS's key field carry it).
 pub const MAX_KEY_LEN: usize = 64;
+/// How long a new connection has to prove itself by default (RTMP: a publish with the key; TCP: any data).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 2000;
 
 /// What a publisher speaks on an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,9 @@ pub struct RawIngest {
     /// A line about the source for the sources list.
     #[serde(default)]
     pub description: Option<String>,
+    /// Milliseconds a new connection has to prove itself before it is closed (it holds nothing meanwhile).
+    #[serde(default)]
+    pub handshake_timeout_ms: Option<u64>,
     /// Settings merged over `[pipeline]` for this endpoint's stream (resolved by the config loader).
     #[serde(default)]
     pub pipeline: Option<toml::Table>,
@@ -71,6 +78,8 @@ pub struct IngestEndpoint {
     pub key: Option<String>,
     /// A line about the source.
     pub description: Option<String>,
+    /// How long a new connection has to prove itself (the key, or data) before it is closed.
+    pub handshake_timeout: Duration,
     /// The global `[pipeline]` with this endpoint's `pipeline` table merged over it; `None` without one.
     pub pipeline: Option<PipelineConfig>,
 }
@@ -126,12 +135,17 @@ impl IngestEndpoint {
             }
             _ => {}
         }
+        let handshake_ms = raw.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS);
+        if !(100..=60_000).contains(&handshake_ms) {
+            return Err("handshake_timeout_ms must be 100 to 60000".into());
+        }
         Ok(IngestEndpoint {
             name: name.to_string(),
             protocol,
             listen,
             key,
             description: raw.description.clone(),
+            handshake_timeout: Duration::from_millis(handshake_ms),
             pipeline: None,
         })
     }
@@ -141,13 +155,11 @@ impl IngestEndpoint {
         format!("{SCHEME}{}", self.name)
     }
 
-    /// The URL libavformat listens on: for TCP and RTMP the relay's loopback port `port`, for SRT the endpoint.
-    pub fn internal_url(&self, port: u16) -> String {
+    /// The URL libavformat listens on: for TCP and RTMP the relay's private Unix socket `socket` (the relay
+    /// hands on the TCP bytes as they are, and a verified RTMP publisher's media as FLV), for SRT the endpoint.
+    pub fn internal_url(&self, socket: &Path) -> String {
         match self.protocol {
-            IngestProtocol::Tcp => format!("tcp://127.0.0.1:{port}"),
-            // libavformat compares the publish name with the URL's last segment (and only warns); the gate
-            // has checked it already, so give it the same name to keep its log quiet.
-            IngestProtocol::Rtmp => format!("rtmp://127.0.0.1:{port}/live/{}", self.key.as_deref().unwrap_or("stream")),
+            IngestProtocol::Tcp | IngestProtocol::Rtmp => format!("unix:{}", socket.display()),
             // SRT runs over UDP, which cannot be relayed like a TCP connection: libavformat listens on the
             // endpoint's own address (the passphrase goes in as an option, never in the URL).
             IngestProtocol::Srt => format!("srt://{}", self.listen),
@@ -217,6 +229,7 @@ mod tests {
             listen: listen.into(),
             key: key.map(Into::into),
             description: None,
+            handshake_timeout_ms: None,
             pipeline: None,
         }
     }
@@ -226,10 +239,11 @@ mod tests {
         let tcp = IngestEndpoint::parse(&raw("tcp://127.0.0.1:9000", None)).unwrap();
         assert_eq!((tcp.protocol, tcp.listen.port()), (IngestProtocol::Tcp, 9000));
         assert_eq!(tcp.url(), "ingest://studio");
-        assert_eq!(tcp.internal_url(4242), "tcp://127.0.0.1:4242");
+        assert_eq!(tcp.internal_url(Path::new("/run/x/desk.sock")), "unix:/run/x/desk.sock");
+        assert_eq!(tcp.handshake_timeout, Duration::from_secs(2));
         let rtmp = IngestEndpoint::parse(&raw("rtmp://0.0.0.0:1935", Some("abcdefgh-1234"))).unwrap();
         assert_eq!(rtmp.protocol, IngestProtocol::Rtmp);
-        assert_eq!(rtmp.internal_url(4242), "rtmp://127.0.0.1:4242/live/abcdefgh-1234");
+        assert!(!rtmp.internal_url(Path::new("/run/x/s.sock")).contains("abcdefgh"), "the key is nowhere in it");
         assert!(!format!("{rtmp:?}").contains("abcdefgh"), "the key stays out of logs");
         assert!(IngestEndpoint::parse(&raw("rtmp://127.0.0.1:1935", None)).is_ok());
         assert!(IngestEndpoint::parse(&raw("tcp://localhost:9000", None)).is_ok());
@@ -247,7 +261,9 @@ mod tests {
         assert!(err("udp://0.0.0.0:80", None).contains("srt://HOST:PORT"));
         assert!(err("srt://0.0.0.0:9000", None).contains("an srt endpoint on 0.0.0.0 needs a `key`"));
         let srt = IngestEndpoint::parse(&raw("srt://0.0.0.0:9000", Some("abcdefgh-1234"))).unwrap();
-        assert_eq!(srt.internal_url(1), "srt://0.0.0.0:9000");
+        assert_eq!(srt.internal_url(Path::new("/x")), "srt://0.0.0.0:9000");
+        let slow = RawIngest { handshake_timeout_ms: Some(50), ..raw("tcp://127.0.0.1:9000", None) };
+        assert!(IngestEndpoint::parse(&slow).unwrap_err().contains("100 to 60000"));
         assert!(
             err("tcp://127.0.0.1", None).contains("tcp://HOST:PORT")
                 || err("tcp://127.0.0.1", None).contains("127.0.0.1")

@@ -41,7 +41,7 @@ impl Pipeline {
     /// Like [`Pipeline::start`], with output media time starting at `offset_us` instead of 0: a restarted
     /// source continues the timeline its viewers already play.
     pub fn start_at(url: &str, config: PipelineConfig, offset_us: i64) -> Result<Self, MediaError> {
-        source::classify(url)?;
+        source::classify_for(url, &config.source)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, rx) = bounded(config.channel_capacity.max(4));
         let stop = Arc::new(AtomicBool::new(false));

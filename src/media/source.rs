@@ -66,8 +66,11 @@ pub enum SourceKind {
     Srt,
     /// `udp://`, `rtp://`
     Udp,
-    /// `tcp://`: a raw byte stream (MPEG-TS, Matroska, fragmented MP4, FLV), as pushed to an ingest endpoint
+    /// `tcp://`: a raw byte stream (MPEG-TS, Matroska, fragmented MP4, FLV)
     Tcp,
+    /// `unix:PATH`: a pushed stream the server relays to its pipeline over a private Unix socket (never a URL
+    /// a page or a configuration can name: see [`classify_for`])
+    Relay,
     /// `file://` or a plain path
     File,
     /// `builtin://NAME`
@@ -77,7 +80,7 @@ pub enum SourceKind {
 impl SourceKind {
     /// Network protocols that deliver live media at their own pace.
     pub fn is_live_protocol(self) -> bool {
-        matches!(self, Self::Rtsp | Self::Rtmp | Self::Srt | Self::Udp | Self::Tcp)
+        matches!(self, Self::Rtsp | Self::Rtmp | Self::Srt | Self::Udp | Self::Tcp | Self::Relay)
     }
 
     /// The demuxers this kind may use. Probing would otherwise also pick `concat` (a list of other files),
@@ -89,7 +92,7 @@ impl SourceKind {
             Self::Rtsp => "rtsp",
             Self::Rtmp => "flv,live_flv",
             Self::Srt | Self::Udp => "mpegts,rtp,h264,hevc",
-            Self::Http | Self::File | Self::Tcp => CONTAINERS,
+            Self::Http | Self::File | Self::Tcp | Self::Relay => CONTAINERS,
             Self::Builtin(_) => "lavfi",
         }
     }
@@ -103,6 +106,7 @@ impl SourceKind {
             Self::Srt => "srt",
             Self::Udp => "udp,rtp",
             Self::Tcp => "tcp",
+            Self::Relay => "unix",
             Self::File => "file,crypto",
             Self::Builtin(_) => "",
         }
@@ -144,6 +148,15 @@ pub fn classify(url: &str) -> Result<SourceKind, MediaError> {
             MediaError::InvalidUrl(format!("unknown built-in source '{url}' (known: {})", names.join(", ")))
         }),
         other => Err(MediaError::ForbiddenProtocol(other.to_string())),
+    }
+}
+
+/// Classifies what a pipeline with these settings opens: a listening pipeline of the server's push ingest
+/// may also read the relay's `unix:` socket; to everyone else `unix:` is as forbidden as `file:`.
+pub fn classify_for(url: &str, config: &SourceConfig) -> Result<SourceKind, MediaError> {
+    match url.strip_prefix("unix:") {
+        Some(path) if config.listen && path.starts_with('/') => Ok(SourceKind::Relay),
+        _ => classify(url),
     }
 }
 
@@ -269,7 +282,7 @@ pub struct Source {
 
 /// Opens `url` within the connect timeout; `stop` aborts at once.
 pub fn open(url: &str, config: &SourceConfig, stop: Arc<AtomicBool>) -> Result<Source, MediaError> {
-    let kind = classify(url)?;
+    let kind = classify_for(url, config)?;
     // An SRT listener waits for its publisher as long as it takes (libsrt's own I/O timeout covers a
     // publisher that then sends nothing); everything else must open within the connect timeout.
     let open_limit = if config.listen && kind == SourceKind::Srt { SRT_LISTEN_LIMIT } else { config.connect_timeout() };
@@ -353,6 +366,9 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
         SourceKind::Tcp => {
             d.set("timeout", &timeout_us);
         }
+        // The unix protocol's `timeout` is in milliseconds and only bounds the wait for the relay, which the
+        // watchdog bounds already.
+        SourceKind::Relay => {}
         SourceKind::Srt => {
             if config.listen {
                 d.set("mode", "listener");
@@ -386,6 +402,16 @@ mod tests {
         assert_eq!(classify("builtin://testsrc").unwrap(), SourceKind::Builtin(TestPattern::Default));
         assert_eq!(classify("srt://host:9000").unwrap(), SourceKind::Srt);
         assert_eq!(classify("tcp://127.0.0.1:9000").unwrap(), SourceKind::Tcp);
+    }
+
+    #[test]
+    fn only_a_listening_pipeline_reads_the_relay_socket() {
+        let listening = SourceConfig { listen: true, ..Default::default() };
+        assert_eq!(classify_for("unix:/run/mqtt-video/a.sock", &listening).unwrap(), SourceKind::Relay);
+        for url in ["unix:/run/mqtt-video/a.sock", "unix:relative.sock"] {
+            assert!(matches!(classify_for(url, &SourceConfig::default()), Err(MediaError::ForbiddenProtocol(_))));
+        }
+        assert!(matches!(classify_for("unix:relative.sock", &listening), Err(MediaError::ForbiddenProtocol(_))));
     }
 
     #[test]

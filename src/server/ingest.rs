@@ -1,27 +1,36 @@
-//! Push ingest endpoints at work: accept publishers (one at a time per endpoint), check RTMP stream keys,
-//! and relay each publisher's bytes to its stream's libavformat listener on a loopback port of our own.
+//! Push ingest endpoints at work: accept publishers, make each one prove itself within the endpoint's
+//! handshake deadline (RTMP: a `publish` with the stream key, answered by our own RTMP server side; TCP: any
+//! data at all) before it may take the endpoint's one publisher slot, and relay a verified publisher's media to
+//! its stream's pipeline over a private Unix socket.
 //!
-//! Why a relay instead of letting libavformat listen on the public port: its listener takes one connection
-//! and closes, so a second publisher would only meet a refused connection with nothing in our log; and its
-//! RTMP server accepts any stream key.
+//! Why not let libavformat listen on the public port: its RTMP server takes any stream key (and logs the right
+//! one when it sees a wrong one), starts on `FCPublish` or bare media, and its listener takes one connection
+//! and closes. A loopback TCP port between the relay and libavformat would be open to every local process; a
+//! socket in a directory only this user can enter is not.
 
 use super::stream::Phase;
 use super::{lock, Hub};
-use crate::ingest::rtmp::{GateError, PublishGate};
+use crate::ingest::rtmp::{PublishSession, RtmpError};
 use crate::ingest::{IngestEndpoint, IngestProtocol};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
-/// A pause after which bytes held back as a possible `publish` start go on (the publisher may be waiting).
-const HELD_BYTES_PAUSE: Duration = Duration::from_millis(200);
 /// How long a newcomer waits for a leaving publisher to free the endpoint before it is refused.
 const SLOT_GRACE: Duration = Duration::from_millis(500);
 /// How long the stream's pipeline may take to start listening for the relay.
 const PIPELINE_LISTEN_WAIT: Duration = Duration::from_secs(5);
+/// Connections still proving themselves, per endpoint: more are closed at once.
+const MAX_PENDING: usize = 64;
+/// The same from one address, so that one host cannot take them all.
+const MAX_PENDING_PER_ADDRESS: usize = 4;
+/// How long a refused publisher's last answer may take to go out.
+const REFUSAL_SEND_LIMIT: Duration = Duration::from_millis(500);
 
 /// Why an endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,19 +45,40 @@ pub enum IngestError {
         /// Why.
         source: std::io::Error,
     },
+    /// The private directory for the relay sockets could not be made.
+    #[error("ingest: cannot make a private directory for the relay sockets in {}: {source}", dir.display())]
+    SocketDir {
+        /// Where it was tried.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a connection was turned away before it published.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("refused: {0}")]
+    Rtmp(#[from] RtmpError),
+    #[error("refused: sent no publish with the stream key within {0:?}")]
+    RtmpTimeout(Duration),
+    #[error("refused: sent nothing within {0:?}")]
+    Silent(Duration),
+    #[error("closed before publishing")]
+    Closed,
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Why a publisher's session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error("refused: {0}")]
-    Refused(#[from] GateError),
-    #[error("refused: sent no stream key within {0:?}")]
-    NoKeyInTime(Duration),
-    #[error("refused: {0}")]
     Unavailable(String),
     #[error("the stream closed it: it could not use what the publisher sent, or heard nothing in time (see the stream's log)")]
     PipelineClosed,
+    #[error("{0}")]
+    Rtmp(#[from] RtmpError),
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,20 +100,43 @@ pub struct EndpointStats {
     pub publisher_secs: Option<u64>,
     /// Bytes relayed from the current or last publisher (tcp and rtmp).
     pub bytes: Option<u64>,
+    /// Connections turned away so far: wrong key, nothing proven in time, too many at once, a second publisher.
+    pub refused: u64,
 }
 
 /// One configured endpoint and its publisher, if any.
 pub struct Endpoint {
     /// Its settings.
     pub config: IngestEndpoint,
-    /// The loopback port the stream's pipeline listens on for the relay.
-    internal_port: u16,
+    /// The Unix socket the stream's pipeline listens on for the relay.
+    socket: PathBuf,
     /// The connected publisher's address and since when.
     publisher: Mutex<Option<(SocketAddr, Instant)>>,
     /// Bytes relayed from the current (or last) publisher.
     bytes: AtomicU64,
     /// Whether a publisher's media plays: the source is offered only then.
     live: AtomicBool,
+    /// Connections still proving themselves, by address.
+    pending: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+}
+
+/// A connection counted among an endpoint's pending ones until it is dropped.
+struct Pending {
+    endpoint: Arc<Endpoint>,
+    ip: IpAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.endpoint.pending);
+        if let Some(n) = pending.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Endpoint {
@@ -117,17 +170,63 @@ impl Endpoint {
             publisher: publisher.map(|(addr, _)| addr.to_string()),
             publisher_secs: publisher.map(|(_, since)| since.elapsed().as_secs()),
             bytes: relayed.then(|| self.bytes.load(Ordering::Relaxed)),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
     /// What the stream's pipeline opens to receive the relayed publisher.
     pub fn internal_url(&self) -> String {
-        self.config.internal_url(self.internal_port)
+        self.config.internal_url(&self.socket)
+    }
+
+    /// Counts a new connection among the pending ones, unless the endpoint or its address has its fill.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Pending> {
+        let mut pending = lock(&self.pending);
+        let total: usize = pending.values().sum();
+        let from_ip = pending.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_PENDING || from_ip >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        *pending.entry(ip).or_default() += 1;
+        Some(Pending { endpoint: Arc::clone(self), ip })
+    }
+
+    fn refuse(&self, addr: SocketAddr, why: &dyn std::fmt::Display) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(ingest = %self.config.name, publisher = %addr, "{why}");
     }
 }
 
-/// Binds an endpoint's public port and picks its loopback relay port. An SRT endpoint has no listener of
-/// ours (libavformat listens on its address); its UDP port is checked free here so a clash stops the start.
+/// The directory of this process's relay sockets: made once, readable by this user only, never reused.
+fn socket_dir() -> Result<&'static Path, IngestError> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!("mqtt-video-{}-{nanos:x}{attempt}", std::process::id()));
+        // `create` fails on anything already there, so nobody else's directory or link is ever used.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(DIR.get_or_init(|| dir)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(IngestError::SocketDir { dir: base, source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()) })
+}
+
+/// Removes the relay sockets' directory (at shutdown).
+pub fn remove_socket_dir() {
+    if let Ok(dir) = socket_dir() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Binds an endpoint's public port. An SRT endpoint has no listener of ours (libavformat listens on its
+/// address); its UDP port is checked free here so a clash stops the start.
 pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, Option<TcpListener>), IngestError> {
     let bind_error = |source| IngestError::Bind { name: config.name.clone(), listen: config.listen, source };
     let listener = match config.protocol {
@@ -137,17 +236,15 @@ pub async fn bind(config: IngestEndpoint) -> Result<(Arc<Endpoint>, Option<TcpLi
         }
         IngestProtocol::Tcp | IngestProtocol::Rtmp => Some(TcpListener::bind(config.listen).await.map_err(bind_error)?),
     };
-    // A free loopback port for libavformat to listen on: the system picks it, we release it for FFmpeg.
-    let internal_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(bind_error)?;
+    let socket = socket_dir()?.join(format!("{}.sock", config.name));
     let endpoint = Endpoint {
         config,
-        internal_port,
+        socket,
         publisher: Mutex::new(None),
         bytes: AtomicU64::new(0),
         live: AtomicBool::new(false),
+        pending: Mutex::default(),
+        refused: AtomicU64::new(0),
     };
     Ok((Arc::new(endpoint), listener))
 }
@@ -183,7 +280,7 @@ pub async fn serve_listening(hub: Arc<Hub>, endpoint: Arc<Endpoint>) {
     }
 }
 
-/// Accepts publishers forever: one at a time, a second one is refused with a log line.
+/// Accepts connections forever; each proves itself, then takes the endpoint if nobody else has it.
 pub async fn serve(hub: Arc<Hub>, endpoint: Arc<Endpoint>, listener: TcpListener) {
     let name = endpoint.config.name.clone();
     if let Ok(addr) = listener.local_addr() {
@@ -199,27 +296,104 @@ pub async fn serve(hub: Arc<Hub>, endpoint: Arc<Endpoint>, listener: TcpListener
                 continue;
             }
         };
+        let Some(pending) = endpoint.admit(addr.ip()) else {
+            // Dropping the socket closes it: whoever holds the pending places waits no longer than the deadline.
+            endpoint.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(ingest = %name, publisher = %addr, "refused: too many connections proving themselves");
+            continue;
+        };
         let (hub, endpoint) = (Arc::clone(&hub), Arc::clone(&endpoint));
-        tokio::spawn(async move {
-            if let Err(current) = take_slot(&endpoint, addr).await {
-                tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, current = %current, "refused a second publisher: one is already publishing");
-                return;
-            }
-            tracing::info!(ingest = %endpoint.config.name, publisher = %addr, "publisher connected");
-            let started = Instant::now();
-            let result = session(&hub, &endpoint, socket).await;
-            endpoint.set_live(&hub, false).await;
-            *lock(&endpoint.publisher) = None;
-            let (secs, bytes) = (started.elapsed().as_secs_f64(), endpoint.bytes.load(Ordering::Relaxed));
-            match result {
-                Ok(()) => {
-                    tracing::info!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s")
+        tokio::spawn(async move { connection(hub, endpoint, socket, addr, pending).await });
+    }
+}
+
+/// What a connection proved: the bytes it sent so far (TCP), or its RTMP session waiting for an answer.
+enum Proof {
+    Data(Vec<u8>),
+    Rtmp(Box<PublishSession>),
+}
+
+/// One connection: proof within the deadline, the slot, then the session.
+async fn connection(hub: Arc<Hub>, endpoint: Arc<Endpoint>, mut socket: TcpStream, addr: SocketAddr, pending: Pending) {
+    let _ = socket.set_nodelay(true);
+    let limit = endpoint.config.handshake_timeout;
+    let proof = match tokio::time::timeout(limit, prove(&endpoint, &mut socket)).await {
+        Ok(Ok(proof)) => proof,
+        Ok(Err(Refusal::Closed)) => return,
+        Ok(Err(e)) => return endpoint.refuse(addr, &e),
+        Err(_) => {
+            let e = match endpoint.config.protocol {
+                IngestProtocol::Rtmp => Refusal::RtmpTimeout(limit),
+                _ => Refusal::Silent(limit),
+            };
+            return endpoint.refuse(addr, &e);
+        }
+    };
+    drop(pending);
+    if let Err(current) = take_slot(&endpoint, addr).await {
+        endpoint.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, current = %current, "refused a second publisher: one is already publishing");
+        if let Proof::Rtmp(mut session) = proof {
+            send_refusal(&mut socket, &session.refuse("another publisher is publishing to this endpoint")).await;
+        }
+        return;
+    }
+    tracing::info!(ingest = %endpoint.config.name, publisher = %addr, "publisher connected");
+    let started = Instant::now();
+    let result = session(&hub, &endpoint, socket, proof).await;
+    endpoint.set_live(&hub, false).await;
+    *lock(&endpoint.publisher) = None;
+    let (secs, bytes) = (started.elapsed().as_secs_f64(), endpoint.bytes.load(Ordering::Relaxed));
+    match result {
+        Ok(()) => {
+            tracing::info!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s")
+        }
+        Err(e) => {
+            tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s: {e}")
+        }
+    }
+}
+
+/// Reads until the connection has proved itself: for RTMP a `publish` with the key, answered as far as the
+/// session goes; for TCP its first bytes.
+async fn prove(endpoint: &Endpoint, socket: &mut TcpStream) -> Result<Proof, Refusal> {
+    let mut buf = vec![0u8; 16 * 1024];
+    if endpoint.config.protocol != IngestProtocol::Rtmp {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Err(Refusal::Closed);
+        }
+        buf.truncate(n);
+        return Ok(Proof::Data(buf));
+    }
+    let mut session = Box::new(PublishSession::new(endpoint.config.key.as_deref()));
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Err(Refusal::Closed);
+        }
+        match session.push(&buf[..n]) {
+            Ok(out) => {
+                socket.write_all(&out.reply).await?;
+                if out.publish {
+                    return Ok(Proof::Rtmp(session));
                 }
-                Err(e) => {
-                    tracing::warn!(ingest = %endpoint.config.name, publisher = %addr, bytes, "publisher disconnected after {secs:.1} s: {e}")
+                if out.ended {
+                    return Err(Refusal::Closed);
                 }
             }
-        });
+            Err(e) => {
+                send_refusal(socket, &session.refuse(&e.to_string())).await;
+                return Err(Refusal::Rtmp(e));
+            }
+        }
+    }
+}
+
+/// Sends a last answer to a refused publisher, if it takes it quickly; the connection closes after.
+async fn send_refusal(socket: &mut TcpStream, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        let _ = tokio::time::timeout(REFUSAL_SEND_LIMIT, socket.write_all(bytes)).await;
     }
 }
 
@@ -246,20 +420,19 @@ async fn take_slot(endpoint: &Endpoint, addr: SocketAddr) -> Result<(), SocketAd
 }
 
 /// One publisher: start (or wake) the stream, connect to its pipeline, relay until either side ends.
-async fn session(hub: &Arc<Hub>, endpoint: &Arc<Endpoint>, publisher: TcpStream) -> Result<(), SessionEnd> {
-    let _ = publisher.set_nodelay(true);
+async fn session(
+    hub: &Arc<Hub>,
+    endpoint: &Arc<Endpoint>,
+    publisher: TcpStream,
+    proof: Proof,
+) -> Result<(), SessionEnd> {
     let stream = hub.ingest_stream(endpoint).map_err(SessionEnd::Unavailable)?;
     // What the phase is now belongs to the previous publisher, if any: this one's media makes it Ready anew.
     let mut phase = stream.phase();
     phase.borrow_and_update();
     stream.publisher_arrived();
     let result = async {
-        let internal = connect_to_pipeline(endpoint.internal_port).await?;
-        let gate = match (endpoint.config.protocol, &endpoint.config.key) {
-            (IngestProtocol::Rtmp, Some(key)) => Some(PublishGate::new(key)),
-            _ => None,
-        };
-        let key_deadline = hub.config.pipeline_for(&endpoint.url()).source.connect_timeout();
+        let internal = connect_to_pipeline(&endpoint.socket).await?;
         // Offered once the publisher's media plays (not on its first byte, which may be garbage).
         let announce = async {
             let mut ready = false;
@@ -273,7 +446,7 @@ async fn session(hub: &Arc<Hub>, endpoint: &Arc<Endpoint>, publisher: TcpStream)
             std::future::pending::<Result<(), SessionEnd>>().await
         };
         tokio::select! {
-            result = relay(publisher, internal, gate, key_deadline, &endpoint.bytes) => result,
+            result = relay(publisher, internal, proof, &endpoint.bytes) => result,
             result = announce => result,
         }
     }
@@ -283,14 +456,11 @@ async fn session(hub: &Arc<Hub>, endpoint: &Arc<Endpoint>, publisher: TcpStream)
 }
 
 /// Connects to the pipeline's listener, which opens a moment after the stream (re)starts.
-async fn connect_to_pipeline(port: u16) -> Result<TcpStream, SessionEnd> {
+async fn connect_to_pipeline(socket: &Path) -> Result<UnixStream, SessionEnd> {
     let deadline = Instant::now() + PIPELINE_LISTEN_WAIT;
     loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
+        match UnixStream::connect(socket).await {
+            Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => {
                 return Err(SessionEnd::Unavailable(format!("the stream did not start listening: {e}")))
             }
@@ -299,57 +469,45 @@ async fn connect_to_pipeline(port: u16) -> Result<TcpStream, SessionEnd> {
     }
 }
 
-/// Relays both ways until either side closes; publisher bytes pass the key gate first and are counted in
-/// `total`.
-async fn relay(
-    publisher: TcpStream,
-    internal: TcpStream,
-    mut gate: Option<PublishGate>,
-    key_deadline: Duration,
-    total: &AtomicU64,
-) -> Result<(), SessionEnd> {
+/// Relays the publisher's media to the pipeline until either side closes: TCP bytes as they are, RTMP
+/// through the session (answers back to the publisher, FLV on to the pipeline). Bytes read from the
+/// publisher are counted in `total`.
+async fn relay(publisher: TcpStream, internal: UnixStream, proof: Proof, total: &AtomicU64) -> Result<(), SessionEnd> {
     let (mut from_publisher, mut to_publisher) = publisher.into_split();
-    let (mut from_pipeline, mut to_pipeline) = internal.into_split();
-    // libavformat's answers (the RTMP handshake and command results) go back as they are.
-    let down = async {
-        let copied = tokio::io::copy(&mut from_pipeline, &mut to_publisher).await;
-        let _ = to_publisher.shutdown().await;
-        copied
-    };
+    let (from_pipeline, mut to_pipeline) = internal.into_split();
     let up = async {
+        let mut session = match proof {
+            Proof::Data(first) => {
+                total.fetch_add(first.len() as u64, Ordering::Relaxed);
+                to_pipeline.write_all(&first).await?;
+                None
+            }
+            Proof::Rtmp(mut session) => {
+                let out = session.accept()?;
+                to_publisher.write_all(&out.reply).await?;
+                to_pipeline.write_all(&out.media).await?;
+                Some(session)
+            }
+        };
         let mut buf = vec![0u8; 64 * 1024];
-        let key_by = tokio::time::Instant::now() + key_deadline;
         loop {
-            let gated = gate.as_ref().is_some_and(|g| !g.is_open());
-            let n = if gated {
-                let pause = (tokio::time::Instant::now() + HELD_BYTES_PAUSE).min(key_by);
-                match tokio::time::timeout_at(pause, from_publisher.read(&mut buf)).await {
-                    Ok(read) => read?,
-                    Err(_) if tokio::time::Instant::now() >= key_by => {
-                        return Err(SessionEnd::NoKeyInTime(key_deadline));
-                    }
-                    Err(_) => {
-                        if let Some(g) = gate.as_mut() {
-                            let held = g.flush_held();
-                            to_pipeline.write_all(&held).await?;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                from_publisher.read(&mut buf).await?
-            };
+            let n = from_publisher.read(&mut buf).await?;
             if n == 0 {
                 let _ = to_pipeline.shutdown().await;
                 return Ok(());
             }
             total.fetch_add(n as u64, Ordering::Relaxed);
-            match gate.as_mut() {
-                Some(g) if gated => {
-                    let pass = g.push(&buf[..n])?;
-                    to_pipeline.write_all(&pass).await?;
+            match session.as_mut() {
+                None => to_pipeline.write_all(&buf[..n]).await?,
+                Some(s) => {
+                    let out = s.push(&buf[..n])?;
+                    to_publisher.write_all(&out.reply).await?;
+                    to_pipeline.write_all(&out.media).await?;
+                    if out.ended {
+                        let _ = to_pipeline.shutdown().await;
+                        return Ok(());
+                    }
                 }
-                _ => to_pipeline.write_all(&buf[..n]).await?,
             }
         }
     };
@@ -357,9 +515,12 @@ async fn relay(
     // (garbage, a stall, silence); dropping both halves closes both connections.
     tokio::select! {
         result = up => result,
-        result = down => match result {
-            Ok(_) => Err(SessionEnd::PipelineClosed),
-            Err(e) => Err(SessionEnd::Io(e)),
-        },
+        () = closed(from_pipeline) => Err(SessionEnd::PipelineClosed),
     }
+}
+
+/// Resolves when the pipeline closes its end (it never sends anything).
+async fn closed(mut reader: impl AsyncRead + Unpin) {
+    let mut buf = [0u8; 64];
+    while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
 }

@@ -637,6 +637,9 @@ impl Hub {
         }
         let _ = self.client.publish(self.stats_topic(), QoS::AtLeastOnce, true, Vec::new()).await;
         let _ = self.client.disconnect().await;
+        if !self.ingest.is_empty() {
+            ingest::remove_socket_dir();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

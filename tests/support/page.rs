@@ -205,15 +205,20 @@ pub struct Server {
 impl Server {
     /// Starts the real binary with `config` (TOML) and waits until it is subscribed.
     pub fn start(config: &str) -> Self {
+        Self::start_logging(config, "error", "info")
+    }
+
+    /// Like [`Server::start`], with FFmpeg's log level and the server's own (`MQTT_VIDEO_LOG`).
+    pub fn start_logging(config: &str, ffmpeg_log: &str, log_level: &str) -> Self {
         let dir = super::work_dir();
         let name = format!("server-{}", rand_suffix());
         let conf = dir.join(format!("{name}.toml"));
         std::fs::write(&conf, config).expect("writing the server config");
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
-            .args(["serve", "--config"])
+            .args(["--ffmpeg-log", ffmpeg_log, "serve", "--config"])
             .arg(&conf)
-            .env("MQTT_VIDEO_LOG", "info")
+            .env("MQTT_VIDEO_LOG", log_level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
