@@ -408,6 +408,18 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Largest WebSocket message a browser may send, in bytes (pages send only small control packets).
     pub max_message_bytes: usize,
+    /// Most connections (HTTP and WebSocket) from one client address; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// Addresses not limited per address: a reverse proxy in front (every browser then comes from its
+    /// address), and loopback.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds a connection has for each HTTP request's headers, the first and every one after an idle
+    /// keep-alive; a socket that sends nothing is closed then.
+    pub request_timeout_secs: u64,
+    /// Seconds from the WebSocket upgrade to a whole MQTT CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Longest silence from a connected browser, in seconds; its MQTT keep-alive (times 1.5) shortens it.
+    pub max_idle_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -419,6 +431,11 @@ impl Default for GatewayConfig {
             path: "/mqtt".into(),
             max_connections: 256,
             max_message_bytes: 64 * 1024,
+            max_connections_per_address: 32,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            request_timeout_secs: 5,
+            connect_timeout_secs: 5,
+            max_idle_secs: 300,
         }
     }
 }
@@ -431,12 +448,30 @@ impl GatewayConfig {
         })
     }
 
+    /// The trusted proxies as addresses, checked at load.
+    pub fn trusted_proxies(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|a| {
+                a.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| ip.to_canonical())
+                    .map_err(|_| ConfigError::invalid("gateway.trusted_proxies", format!("{a:?} is not an IP address")))
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.trusted_proxies()?;
         if !self.path.starts_with('/') || self.path.len() < 2 {
             return Err(ConfigError::invalid("gateway.path", "must start with `/` and name a path, e.g. `/mqtt`"));
         }
         at_least("gateway.max_connections", self.max_connections, 1)?;
+        at_least("gateway.max_connections_per_address", self.max_connections_per_address, 1)?;
+        at_least("gateway.request_timeout_secs", self.request_timeout_secs as usize, 1)?;
+        at_least("gateway.connect_timeout_secs", self.connect_timeout_secs as usize, 1)?;
+        at_least("gateway.max_idle_secs", self.max_idle_secs as usize, 1)?;
         at_least("gateway.max_message_bytes", self.max_message_bytes, 1024)
     }
 }

@@ -106,3 +106,140 @@ fn bounds_connections_and_fails_start_on_a_taken_port() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     drop(server);
 }
+
+/// A gateway with short deadlines and `extra` lines in its `[gateway]` table.
+fn hardened(broker: &Broker, extra: &str) -> (Server, String) {
+    let config = server_config(broker.port, &[], "")
+        .replace("[gateway]\n", &format!("[gateway]\nrequest_timeout_secs = 2\nconnect_timeout_secs = 2\n{extra}\n"));
+    let server = Server::start(&config);
+    let addr = server.gateway_addr();
+    (server, addr)
+}
+
+/// A WebSocket upgrade on an open socket; true when it was switched.
+fn upgrade_on(socket: &mut TcpStream, addr: &str) -> bool {
+    let request = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    if socket.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut byte) {
+            Ok(1) => response.push(byte[0]),
+            _ => return false,
+        }
+    }
+    response.starts_with(b"HTTP/1.1 101")
+}
+
+/// A masked binary WebSocket frame, as a browser sends it.
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Whether the server closes `socket` within `limit`.
+fn closed_by_server(socket: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn idle_sockets_and_upgrades_that_never_connect_lock_nobody_out() {
+    let broker = Broker::start();
+    let (server, addr) = hardened(&broker, "");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // 300 sockets that never send a request, and 256 upgrades (the whole connection limit) that never send
+    // an MQTT CONNECT.
+    let started = std::time::Instant::now();
+    let mut idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&addr).expect("connect")).collect();
+    let mut upgraded = Vec::new();
+    for _ in 0..256 {
+        let mut socket = TcpStream::connect(&addr).expect("connect");
+        assert!(upgrade_on(&mut socket, &addr), "upgrade {}", upgraded.len());
+        upgraded.push(socket);
+    }
+    let locked = websocket_upgrade(&addr, "/mqtt");
+    assert!(locked.starts_with("HTTP/1.1 503"), "the limit is full: {locked}");
+    // Within the deadlines every one of them is closed, and a page gets in.
+    let all_closed = |sockets: &mut Vec<TcpStream>, limit| sockets.iter_mut().all(|s| closed_by_server(s, limit));
+    assert!(all_closed(&mut upgraded, Duration::from_secs(4)), "an upgrade without CONNECT was kept");
+    let upgrades_closed = started.elapsed();
+    assert!(all_closed(&mut idle, Duration::from_secs(3)), "an idle socket was kept");
+    eprintln!("256 silent upgrades closed after {upgrades_closed:?}, 300 idle sockets by {:?}", started.elapsed());
+    let page = Page::connect_ws(&format!("ws://{addr}/mqtt"), port, &format!("after-{}", rand_suffix()));
+    page.subscribe("video/sources");
+    assert!(page.next_on("video/sources", Duration::from_secs(5)).is_some(), "a page after the flood hears nothing");
+    drop(server);
+}
+
+#[test]
+fn one_address_cannot_take_the_connection_limit() {
+    let broker = Broker::start();
+    let (server, addr) =
+        hardened(&broker, "max_connections = 8\nmax_connections_per_address = 3\ntrusted_proxies = []");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Another host opens ten: three are upgraded, the rest closed at once without an answer.
+    let mut theirs = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut socket = support::connect_from("127.0.0.2", port);
+        if upgrade_on(&mut socket, &addr) {
+            theirs.push(socket);
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!((theirs.len(), refused), (3, 7));
+    // A browser from this host plays on as if nothing happened.
+    let page = Page::connect_ws(&format!("ws://{addr}/mqtt"), port, &format!("mine-{}", rand_suffix()));
+    let reply = page.describe("builtin://testsrc", &format!("pages/{}/d", rand_suffix()));
+    assert!(reply["mimeCodec"].is_string(), "{reply}");
+    drop(server);
+}
+
+#[test]
+fn a_connected_browser_that_goes_silent_is_closed_after_its_keep_alive() {
+    let broker = Broker::start();
+    let (server, addr) = hardened(&broker, "");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // CONNECT with a keep-alive of 2 s, then nothing: closed after 1.5 x 2 s.
+    let mut socket = TcpStream::connect(&addr).expect("connect");
+    assert!(upgrade_on(&mut socket, &addr));
+    socket.write_all(&ws_frame(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x02\x00\x04mute")).unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed_by_server(&mut socket, Duration::from_secs(6)), "a silent client was kept");
+    let took = started.elapsed();
+    eprintln!("a silent client with keep-alive 2 s was closed after {took:?}");
+    assert!(took >= Duration::from_millis(2500), "closed too early: {took:?}");
+    // Anything but MQTT after the upgrade is closed at once.
+    let mut socket = TcpStream::connect(&addr).expect("connect");
+    assert!(upgrade_on(&mut socket, &addr));
+    socket.write_all(&ws_frame(b"\x82\x05\x00\x01\x00\x00\x01")).unwrap();
+    assert!(closed_by_server(&mut socket, Duration::from_secs(1)), "a SUBSCRIBE before CONNECT was kept");
+    // A client that pings (keep-alive 5 s) stays as long as it likes.
+    let page = Page::connect_ws(&format!("ws://{addr}/mqtt"), port, &format!("alive-{}", rand_suffix()));
+    std::thread::sleep(Duration::from_secs(9));
+    let reply = page.describe("builtin://testsrc", &format!("pages/{}/d", rand_suffix()));
+    assert!(reply["mimeCodec"].is_string(), "{reply}");
+    drop(server);
+}

@@ -624,7 +624,9 @@ fn silent_trickling_and_flooding_connections_never_keep_a_publisher_out() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (opened, closed) = flood.join().expect("the flood");
     let (trickled_for, trickler_closed) = trickle.join().expect("the trickler");
-    eprintln!("flood: {opened} silent connections, {closed} closed by the server; trickler cut off after {trickled_for:?}");
+    eprintln!(
+        "flood: {opened} silent connections, {closed} closed by the server; trickler cut off after {trickled_for:?}"
+    );
     assert!(trickler_closed && trickled_for < Duration::from_secs(3), "the trickler was kept {trickled_for:?}");
     // All but the newest few (younger than the deadline) were closed.
     assert!(closed + 25 >= opened, "{closed} of {opened} silent connections closed");

@@ -3,28 +3,28 @@
 //! to the configured broker, so it is no open proxy. mosquitto's own WebSocket listener moves about 40 KB/s
 //! (DESIGN.md section 3), far too little for video; this bridge adds about a millisecond.
 
+mod addresses;
+mod bridge;
+mod liveness;
+pub mod mqtt_frames;
+
 use super::health::Health;
 use crate::config::{ConfigError, GatewayConfig};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use addresses::{Addresses, Slot};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
-use axum::Router;
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use axum::{Extension, Router};
+use bridge::BridgeConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::services::ServeDir;
-
-/// Bytes read from the broker per WebSocket message at most; MQTT over WebSocket need not align packets.
-const READ_CHUNK: usize = 256 * 1024;
-/// Time allowed to reach the broker for a new browser connection.
-const BROKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +42,18 @@ pub enum GatewayError {
     },
 }
 
+/// What the WebSocket endpoint shares.
 struct Bridge {
-    broker: (String, u16),
+    config: BridgeConfig,
     connections: Arc<Semaphore>,
-    max_message_bytes: usize,
 }
 
 /// A bound gateway, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
+    addresses: Arc<Addresses>,
+    request_timeout: Duration,
 }
 
 impl Gateway {
@@ -66,16 +68,25 @@ impl Gateway {
         let listener =
             TcpListener::bind(addr).await.map_err(|error| GatewayError::Bind { addr: config.listen.clone(), error })?;
         let bridge = Arc::new(Bridge {
-            broker: (broker_host.to_string(), broker_port),
+            config: BridgeConfig {
+                broker: (broker_host.to_string(), broker_port),
+                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+                max_idle: Duration::from_secs(config.max_idle_secs),
+                max_message_bytes: config.max_message_bytes,
+            },
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            max_message_bytes: config.max_message_bytes,
         });
         let router = Router::new()
             .route(&config.path, get(upgrade))
             .with_state(bridge)
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
             .fallback_service(ServeDir::new(&config.client_dir).append_index_html_on_directories(true));
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            addresses: Addresses::new(config.max_connections_per_address, config.trusted_proxies()?),
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        })
     }
 
     /// The address it listens on (useful with port 0).
@@ -83,14 +94,42 @@ impl Gateway {
         self.listener.local_addr()
     }
 
-    /// Serves until the task is dropped.
+    /// Serves until the task is dropped. Each connection counts against its address until it closes (a
+    /// WebSocket included), and has `request_timeout` for each request's headers, the first one and every
+    /// one after an idle keep-alive alike: a socket that sends nothing is closed then.
     pub async fn serve(self) {
-        // Each WebSocket frame is a piece of live media: Nagle would hold small ones back.
-        let listener = self.listener.tap_io(|tcp| {
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep listening.
+                    tracing::warn!(error = %e, "gateway: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = self.addresses.admit(peer.ip()) else {
+                tracing::debug!(%peer, "gateway: connection refused, its address has its fill of connections");
+                continue;
+            };
+            // Each WebSocket frame is a piece of live media: Nagle would hold small ones back.
             let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(listener, self.router).await {
-            tracing::error!(error = %e, "gateway stopped");
+            let router = self.router.clone();
+            let timeout = self.request_timeout;
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(slot.clone());
+                    router.clone().oneshot(request)
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "gateway: connection ended");
+                }
+            });
         }
     }
 }
@@ -103,72 +142,15 @@ async fn healthz(health: Arc<Health>) -> Response {
     (status, axum::Json(health.to_json())).into_response()
 }
 
-async fn upgrade(State(bridge): State<Arc<Bridge>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(State(bridge): State<Arc<Bridge>>, slot: Option<Extension<Slot>>, ws: WebSocketUpgrade) -> Response {
     let Ok(permit) = Arc::clone(&bridge.connections).try_acquire_owned() else {
         tracing::warn!("gateway: connection refused, the connection limit is reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
+    let max = bridge.config.max_message_bytes;
+    let slot = slot.map(|Extension(slot)| slot);
     ws.protocols(["mqtt"])
-        .max_message_size(bridge.max_message_bytes)
-        .max_frame_size(bridge.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            bridge.pump(socket).await;
-            drop(permit);
-        })
-}
-
-impl Bridge {
-    /// Copies bytes both ways until either side closes, then closes the other.
-    async fn pump(&self, ws: WebSocket) {
-        let connect = TcpStream::connect((self.broker.0.as_str(), self.broker.1));
-        let tcp = match tokio::time::timeout(BROKER_CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return close_unavailable(ws, &format!("broker unreachable: {e}")).await,
-            Err(_) => return close_unavailable(ws, "broker did not answer").await,
-        };
-        // Each MQTT packet is latency-sensitive media: never wait to coalesce.
-        let _ = tcp.set_nodelay(true);
-        let (mut from_broker, mut to_broker) = tcp.into_split();
-        let (mut to_browser, mut from_browser) = ws.split();
-        let upstream = async {
-            while let Some(Ok(message)) = from_browser.next().await {
-                match message {
-                    Message::Binary(bytes) => {
-                        if to_broker.write_all(&bytes).await.is_err() {
-                            break;
-                        }
-                    }
-                    // MQTT over WebSocket is binary only; text is a protocol error.
-                    Message::Text(_) | Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => {}
-                }
-            }
-            let _ = to_broker.shutdown().await;
-        };
-        let downstream = async {
-            let mut buf = vec![0u8; READ_CHUNK];
-            loop {
-                match from_broker.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to_browser.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = to_browser.send(Message::Close(None)).await;
-        };
-        tokio::select! {
-            () = upstream => {}
-            () = downstream => {}
-        }
-    }
-}
-
-async fn close_unavailable(mut ws: WebSocket, reason: &str) {
-    tracing::warn!(reason, "gateway: closing a browser connection");
-    let frame =
-        axum::extract::ws::CloseFrame { code: 1013, reason: reason.chars().take(100).collect::<String>().into() };
-    let _ = ws.send(Message::Close(Some(frame))).await;
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move { bridge::pump(&bridge.config, socket, slot, permit).await })
 }

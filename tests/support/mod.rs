@@ -287,3 +287,15 @@ pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `ip` (127.0.0.2, ...): another host, as
+/// far as the server can tell.
+pub fn connect_from(ip: &str, port: u16) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{ip}:0").parse().expect("address")).expect("bind");
+        let stream = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+        stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)).expect("a blocking socket")
+    })
+}

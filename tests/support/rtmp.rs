@@ -181,7 +181,7 @@ impl Connection {
     pub fn open(port: u16, from: Option<&str>) -> Self {
         let socket = match from {
             None => TcpStream::connect(("127.0.0.1", port)).expect("connect"),
-            Some(ip) => bound_connect(ip, port),
+            Some(ip) => super::connect_from(ip, port),
         };
         let _ = socket.set_nodelay(true);
         let received = Arc::new(Mutex::new((Vec::new(), false)));
@@ -266,15 +266,4 @@ impl Connection {
         }
         sent
     }
-}
-
-/// A TCP connection from a chosen loopback address (so that tests can be "another host").
-fn bound_connect(ip: &str, port: u16) -> TcpStream {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind(format!("{ip}:0").parse().expect("address")).expect("bind");
-        let stream = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
-        stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)).expect("a blocking socket")
-    })
 }
