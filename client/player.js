@@ -63,6 +63,9 @@ export const DEFAULTS = Object.freeze({
   describeTimeoutMs: 15000,
   /** Play again (a renewal for a server that still has us) after this long with no media and no status. */
   mediaTimeoutMs: 6000,
+  /** Repeat the play this often while playing: the server ends viewers that do not renew within its
+   * `limits.viewer_timeout_secs` (30 s by default). */
+  renewMs: 10000,
   /** Start playing (video.play()) as soon as there is something to show. */
   autoplay: true,
   /** Start muted (browsers only autoplay muted video without a user gesture). */
@@ -897,6 +900,8 @@ export class Player extends EventTarget {
       // Nothing at all (no media, no status) for a while: the server that served us may be gone (another
       // instance of a pool takes over on a new play). For a server that still has us, a play only renews.
       this._event("retry", `play (nothing received for ${this.options.mediaTimeoutMs / 1000} s)`);
+      this._sendPlay(conn, now);
+    } else if (conn.answered && now - conn.playSentAt > this.options.renewMs) {
       this._sendPlay(conn, now);
     }
   }

@@ -225,11 +225,16 @@ pub struct LimitsConfig {
     pub max_streams: usize,
     /// Most viewers of one stream.
     pub max_viewers_per_stream: usize,
+    /// Most viewers (reply topics) of one requester (a reply topic's parent, e.g. `pages/<client id>`).
+    pub max_viewers_per_requester: usize,
+    /// Most running streams one requester started (by a describe or play of a source nobody watched).
+    pub max_streams_per_requester: usize,
     /// Largest request payload in bytes.
     pub max_request_bytes: usize,
     /// Seconds a stream with no viewers keeps running (a describe followed by a play reuses it).
     pub linger_secs: u64,
-    /// 0: only stop (or the page's last will) ends a viewer; more: a viewer must re-send play within this.
+    /// A viewer must send its play again within this many seconds or it is ended (pages renew every 10 s);
+    /// 0: only stop (or the page's last will) ends a viewer.
     pub viewer_timeout_secs: u64,
     /// Fragments queued for one viewer before whole GOPs are dropped for it.
     pub viewer_queue_fragments: usize,
@@ -244,9 +249,11 @@ impl Default for LimitsConfig {
         Self {
             max_streams: 16,
             max_viewers_per_stream: 100,
+            max_viewers_per_requester: 8,
+            max_streams_per_requester: 4,
             max_request_bytes: protocol::DEFAULT_MAX_REQUEST_BYTES,
             linger_secs: 10,
-            viewer_timeout_secs: 0,
+            viewer_timeout_secs: 30,
             viewer_queue_fragments: 120,
             requests_per_minute: 120,
             requests_per_second: 200,
@@ -268,6 +275,8 @@ impl LimitsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         at_least("limits.max_streams", self.max_streams, 1)?;
         at_least("limits.max_viewers_per_stream", self.max_viewers_per_stream, 1)?;
+        at_least("limits.max_viewers_per_requester", self.max_viewers_per_requester, 1)?;
+        at_least("limits.max_streams_per_requester", self.max_streams_per_requester, 1)?;
         at_least("limits.max_request_bytes", self.max_request_bytes, MIN_REQUEST_BYTES)?;
         at_least("limits.viewer_queue_fragments", self.viewer_queue_fragments, 1)
     }
@@ -882,6 +891,14 @@ mod tests {
             "prefixes",
             "listen",
             "key",
+            "max_viewers_per_requester",
+            "max_streams_per_requester",
+            "max_connections_per_address",
+            "trusted_proxies",
+            "request_timeout_secs",
+            "connect_timeout_secs",
+            "max_idle_secs",
+            "handshake_timeout_ms",
         ];
         keys.extend(ours.map(String::from));
         for key in keys {
@@ -1073,7 +1090,7 @@ mod tests {
     fn durations_and_backoff() {
         let config = Config::default();
         assert_eq!(config.limits.linger(), Duration::from_secs(10));
-        assert_eq!(config.limits.viewer_timeout(), None);
+        assert_eq!(config.limits.viewer_timeout(), Some(Duration::from_secs(30)));
         assert_eq!(config.stats.interval(), Some(Duration::from_secs(5)));
         assert_eq!(config.broker.keep_alive(), Duration::from_secs(30));
         let retry = &config.retry;

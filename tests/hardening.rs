@@ -206,3 +206,102 @@ fn killed_viewers_and_a_killed_source_leave_nothing_behind() {
     assert!(rss1 < rss0 + 20 * 1024, "RSS grew from {rss0} to {rss1} KiB");
     drop(rtsp);
 }
+
+/// The state (and error code) of each play's first final answer: `playing` once media flows, or the error.
+fn outcomes(page: &Page, topics: &[String], within: Duration) -> Vec<String> {
+    let mut got: std::collections::HashMap<String, String> = Default::default();
+    let deadline = Instant::now() + within;
+    while got.len() < topics.len() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        let Ok(m) = page.inbox.recv_timeout(left) else { break };
+        let Some(topic) = m.topic.strip_suffix("/status") else { continue };
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        let outcome = match v["state"].as_str() {
+            Some("playing") => "playing".to_string(),
+            Some("error") => v["code"].as_str().unwrap_or("?").to_string(),
+            _ => continue,
+        };
+        got.entry(topic.to_string()).or_insert(outcome);
+    }
+    topics.iter().map(|t| got.get(t).cloned().unwrap_or_else(|| "no answer".into())).collect()
+}
+
+#[test]
+fn one_page_cannot_take_the_shared_limits() {
+    let broker = Broker::start();
+    // An allowed camera host that accepts connections and never answers: its streams stay "starting".
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent listener");
+    let cams = format!("rtsp://127.0.0.1:{}/", silent.local_addr().unwrap().port());
+    let limits = "[limits]\nrequests_per_minute = 600\n\n[pipeline.source]\nconnect_timeout_ms = 15000\n";
+    let server = Server::start(&server_config(broker.port, &[&cams], limits));
+    let page = Page::connect(broker.port, &format!("greedy-{}", rand_suffix()), None);
+    page.subscribe("pages/greedy/#");
+
+    // 100 reply topics of one page playing one stream: its share is 8, the stream's 100 are not taken.
+    let topics: Vec<String> = (0..100).map(|i| format!("pages/greedy/v{i}")).collect();
+    for t in &topics {
+        page.publish("video/play", &json!({"url": "builtin://testsrc", "reply_topic": t}));
+    }
+    let got = outcomes(&page, &topics, Duration::from_secs(15));
+    let playing = got.iter().filter(|o| *o == "playing").count();
+    let refused = got.iter().filter(|o| *o == "overloaded").count();
+    assert_eq!((playing, refused), (8, 92), "{got:?}");
+    let other = Page::connect(broker.port, &format!("other-{}", rand_suffix()), None);
+    let topic = "pages/other/v0".to_string();
+    other.play("builtin://testsrc", &topic);
+    assert_eq!(outcomes(&other, &[topic], Duration::from_secs(10)), ["playing"]);
+
+    // Describing 16 camera URLs: the page started testsrc already, so 3 more start and 13 are refused; another
+    // page can still start one.
+    for i in 0..16 {
+        page.publish(
+            "video/describe",
+            &json!({"url": format!("{cams}cam{i}"), "reply_topic": format!("pages/greedy/d{i}")}),
+        );
+    }
+    let mut codes = Vec::new();
+    while let Some(m) = page.next_on_prefix("pages/greedy/d", Duration::from_secs(3)) {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        codes.push(v["error"]["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "overloaded").count(), 13, "{codes:?}");
+    let stats = page.stats_where(|v| v["streams"].as_array().is_some_and(|s| s.len() == 4));
+    assert_eq!(stats["streams"].as_array().unwrap().iter().filter(|s| s["state"] == "starting").count(), 3);
+    other.publish("video/describe", &json!({"url": format!("{cams}theirs"), "reply_topic": "pages/other/d"}));
+    let stats = page.stats_where(|v| v["streams"].as_array().is_some_and(|s| s.len() == 5));
+    assert_eq!(stats["streams"].as_array().unwrap().iter().filter(|s| s["state"] == "starting").count(), 4);
+    drop((server, silent));
+}
+
+#[test]
+fn a_stream_whose_task_panics_is_forgotten_and_its_viewers_told() {
+    let broker = Broker::start();
+    let server = Server::start_with_env(
+        &server_config(broker.port, &[], ""),
+        "error",
+        "info",
+        &[("MQTT_VIDEO_TEST_PANIC_URL", "testsrc-silent")],
+    );
+    let page = Page::connect(broker.port, &format!("page-{}", rand_suffix()), None);
+    let healthy = format!("pages/{}/ok", rand_suffix());
+    page.play("builtin://testsrc", &healthy);
+    let mut check = MediaCheck::default();
+    assert!(watch(&mut check, &page, &healthy, 2) > 30);
+    // The broken stream's viewer gets an error, and so does the next one: the registry forgot the first, so
+    // nobody waits on a dead stream.
+    let victim = Page::connect(broker.port, &format!("victim-{}", rand_suffix()), None);
+    for round in 0..2 {
+        let topic = format!("pages/{}/broken{round}", rand_suffix());
+        victim.play("builtin://testsrc-silent", &topic);
+        let status = victim.collect(&topic, Duration::from_secs(5)).status;
+        let error =
+            status.iter().find(|s| s["state"] == "error").unwrap_or_else(|| panic!("round {round}: {status:?}"));
+        assert_eq!(error["code"], "internal_error", "{error}");
+        assert!(error["message"].as_str().unwrap_or("").contains("play again"), "{error}");
+    }
+    server.wait_for_log("a stream's task panicked", Duration::from_secs(2));
+    // The healthy stream never noticed.
+    assert!(watch(&mut check, &page, &healthy, 2) > 30);
+    assert_eq!(check.gaps, 0);
+    drop(server);
+}

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often a viewer repeats its play, well within the server's default 30 s viewer timeout.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
 /// Fragments received within this long after the init segment are the joiner's GOP burst (up to a GOP old on
 /// purpose), not live delivery: they count for everything but latency.
 pub const JOIN_BURST: Duration = Duration::from_secs(2);
@@ -108,6 +111,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let mut init_at: Option<Instant> = None;
     let mut first_at: Option<Instant> = None;
     let mut bytes_live = 0u64;
+    let mut played_at = started;
 
     let publish = |client: &AsyncClient, topic: &str, payload: String| {
         client.try_publish(topic, QoS::AtMostOnce, false, payload.into_bytes()).map_err(|e| e.to_string())
@@ -144,6 +148,14 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                 break;
             }
             Phase::Playing if first_at.is_some_and(|t| now - t >= plan.receive_for) => break,
+            // As a page does: the server ends viewers that do not renew within `limits.viewer_timeout_secs`.
+            Phase::Playing if now - played_at >= RENEW_EVERY => {
+                played_at = now;
+                if let Err(e) = play(&client) {
+                    fail(&mut report, format!("publish: {e}"));
+                    break;
+                }
+            }
             _ => {}
         }
         let event = match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
@@ -174,6 +186,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                     )
                 } else {
                     phase = Phase::Playing;
+                    played_at = Instant::now();
                     play(&client)
                 };
                 if let Err(e) = sent {
@@ -199,6 +212,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                 asked_at = Instant::now();
                 waiting_since = asked_at;
                 phase = Phase::Playing;
+                played_at = Instant::now();
                 if let Err(e) = play(&client) {
                     fail(&mut report, format!("publish: {e}"));
                     break;

@@ -9,6 +9,7 @@ pub mod mqtt;
 pub mod ratelimit;
 pub mod stats;
 pub mod stream;
+pub mod supervise;
 pub mod viewer;
 
 use crate::config::Config;
@@ -46,6 +47,14 @@ pub enum ServerError {
     /// An ingest endpoint could not start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// One of the server's own tasks ended or panicked: the server cannot go on without it.
+    #[error("the server's {task} task {}", why.as_deref().map_or("ended".to_string(), |w| format!("panicked: {w}")))]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// Its panic's message, if it panicked.
+        why: Option<String>,
+    },
 }
 
 /// How often lingering streams and expired viewers are looked for.
@@ -97,6 +106,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let client_id = config.broker.effective_client_id();
     let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
+    let mut tasks = supervise::Tasks::default();
     if config.gateway.enabled {
         let gateway =
             gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port, Arc::clone(&health))
@@ -107,7 +117,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 config.gateway.path
             );
         }
-        tokio::spawn(gateway.serve());
+        tasks.spawn("gateway", gateway.serve());
     }
     // Ingest ports are bound before anything else runs: a port in use is a start-up error, not a log line.
     let mut endpoints = Vec::new();
@@ -140,20 +150,29 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     });
     for (endpoint, listener) in endpoints {
         match listener {
-            Some(listener) => tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener)),
-            None => tokio::spawn(ingest::serve_listening(Arc::clone(&hub), endpoint)),
-        };
+            Some(listener) => tasks.spawn("ingest listener", ingest::serve(Arc::clone(&hub), endpoint, listener)),
+            None => tasks.spawn("SRT ingest", ingest::serve_listening(Arc::clone(&hub), endpoint)),
+        }
     }
     let (tx, mut rx) = mpsc::channel(1024);
-    tokio::spawn(mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on));
-    tokio::spawn(Arc::clone(&hub).sweep_forever());
+    tasks.spawn(
+        "broker session",
+        mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on),
+    );
+    tasks.spawn("sweep", Arc::clone(&hub).sweep_forever());
     if let Some(every) = hub.config.stats.interval() {
-        tokio::spawn(Arc::clone(&hub).publish_stats_forever(every));
+        tasks.spawn("stats", Arc::clone(&hub).publish_stats_forever(every));
     }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut failed = None;
     loop {
         tokio::select! {
+            (task, why) = tasks.ended() => {
+                tracing::error!(task, why = why.as_deref().unwrap_or("it returned"), "a server task ended: shutting down");
+                failed = Some(ServerError::TaskFailed { task, why });
+                break;
+            }
             event = rx.recv() => match event {
                 Some(mqtt::SessionEvent::Connected) => {
                     hub.publish_sources().await;
@@ -170,7 +189,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
     }
     hub.shutdown().await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 async fn shutdown_signal() {
@@ -367,9 +386,14 @@ impl Hub {
         self.policy.check(url).map(|a| a.url).map_err(|e| e.to_string())
     }
 
-    /// The stream for an allowed URL: running or started now. A pushed source only while a publisher sends,
-    /// or for a play, also while its viewers wait for the publisher to come back.
-    fn stream_of(self: &Arc<Self>, url: &str, kind: RequestKind) -> Result<Arc<Stream>, (ErrorCode, String)> {
+    /// The stream for an allowed URL: running or started now for `requester`. A pushed source only while a
+    /// publisher sends, or for a play, also while its viewers wait for the publisher to come back.
+    fn stream_of(
+        self: &Arc<Self>,
+        url: &str,
+        kind: RequestKind,
+        requester: &str,
+    ) -> Result<Arc<Stream>, (ErrorCode, String)> {
         if crate::ingest::name_of(url).is_some() {
             let running = lock(&self.streams).get(url).filter(|s| s.is_alive()).cloned();
             let usable = |s: &Arc<Stream>| s.has_publisher() || (kind == RequestKind::Play && s.viewer_count() > 0);
@@ -377,7 +401,7 @@ impl Hub {
                 .filter(usable)
                 .ok_or_else(|| (ErrorCode::SourceUnreachable, format!("nobody is publishing to {url}")));
         }
-        self.stream_for(url).map_err(|m| (ErrorCode::Overloaded, m))
+        self.stream_for(url, requester).map_err(|m| (ErrorCode::Overloaded, m))
     }
 
     /// The stream of a pushed source, started for its publisher if it is not running.
@@ -391,36 +415,62 @@ impl Hub {
         }
         let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
         let source_url = endpoint.internal_url();
-        self.start_stream(&url, || Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url, srt))
+        self.start_stream(&url, None, || {
+            Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url, srt)
+        })
     }
 
-    /// Finds the running stream for an allowed URL or starts it.
-    fn stream_for(self: &Arc<Self>, url: &str) -> Result<Arc<Stream>, String> {
+    /// Finds the running stream for an allowed URL or starts it for `requester`.
+    fn stream_for(self: &Arc<Self>, url: &str, requester: &str) -> Result<Arc<Stream>, String> {
         let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
         let capacity = self.config.limits.viewer_queue_fragments;
-        self.start_stream(url, || Stream::new(url.to_string(), config, client, qos, capacity))
+        self.start_stream(url, Some(requester), || Stream::new(url.to_string(), config, client, qos, capacity))
     }
 
-    /// The running stream for `url`, or a new one from `make`, within the stream limit.
-    fn start_stream(self: &Arc<Self>, url: &str, make: impl FnOnce() -> Stream) -> Result<Arc<Stream>, String> {
+    /// The running stream for `url`, or a new one from `make`, within the stream limits: in all, and of the
+    /// streams `starter` started that still run. The stream's task is watched: if it panics, its viewers get
+    /// an error and the registry forgets it, so the next play starts afresh.
+    fn start_stream(
+        self: &Arc<Self>,
+        url: &str,
+        starter: Option<&str>,
+        make: impl FnOnce() -> Stream,
+    ) -> Result<Arc<Stream>, String> {
+        let limits = &self.config.limits;
         let mut streams = lock(&self.streams);
         if let Some(s) = streams.get(url).filter(|s| s.is_alive()) {
             return Ok(Arc::clone(s));
         }
         let running = streams.values().filter(|s| s.is_alive()).count();
-        if running >= self.config.limits.max_streams {
+        if running >= limits.max_streams {
             return Err(format!("the server already runs its maximum of {running} streams"));
         }
-        let stream = Arc::new(make());
+        if let Some(who) = starter {
+            let theirs = streams.values().filter(|s| s.is_alive() && s.starter() == Some(who)).count();
+            if theirs >= limits.max_streams_per_requester {
+                return Err(format!(
+                    "{who} already started {theirs} streams that still run, the most one page may; wait for them \
+                     to stop ({} s after their last viewer)",
+                    limits.linger_secs
+                ));
+            }
+        }
+        let stream = Arc::new(make().started_by(starter));
         streams.insert(url.to_string(), Arc::clone(&stream));
         drop(streams);
         self.announce();
         tracing::info!(url = %redact(url), "stream started");
         let (hub, retry) = (Arc::clone(self), self.config.retry.clone());
         let task_stream = Arc::clone(&stream);
+        let task = tokio::spawn(async move { task_stream.run(retry).await });
+        let watched = Arc::clone(&stream);
         tokio::spawn(async move {
-            task_stream.run(retry).await;
-            hub.forget(&task_stream);
+            if let Err(e) = task.await {
+                let why = supervise::panic_message(e);
+                tracing::error!(url = %redact(&watched.url), why, "a stream's task panicked; its viewers are told, and the next play starts it afresh");
+                watched.crashed();
+            }
+            hub.forget(&watched);
         });
         Ok(stream)
     }
@@ -456,7 +506,7 @@ impl Hub {
             Ok(url) => url,
             Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, m).await,
         };
-        let stream = match self.stream_of(&url, kind) {
+        let stream = match self.stream_of(&url, kind, ratelimit::requester(&request.reply_topic)) {
             Ok(s) => s,
             Err((code, m)) => return self.answer_error(kind, &request.reply_topic, code, m).await,
         };
@@ -505,7 +555,18 @@ impl Hub {
             tracing::info!(kind = kind.as_str(), reply_topic = %topic, %message, "request refused, not answered");
             return;
         }
-        let stream = match self.stream_of(&url, kind) {
+        let requester = ratelimit::requester(&topic);
+        // A new viewer (not a renewal) must fit in its requester's share.
+        let (known, theirs) = {
+            let viewers = lock(&self.viewers);
+            (viewers.contains_key(&topic), viewers.keys().filter(|t| ratelimit::requester(t) == requester).count())
+        };
+        let most = self.config.limits.max_viewers_per_requester;
+        if !known && theirs >= most {
+            let message = format!("{requester} already plays {theirs} streams, the most one page may; stop one first");
+            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
+        }
+        let stream = match self.stream_of(&url, kind, requester) {
             Ok(s) => s,
             Err((code, m)) => return self.answer_error(kind, &topic, code, m).await,
         };

@@ -86,6 +86,8 @@ pub struct Stream {
     source_url: String,
     /// Set for a pushed source: the stream waits for a publisher instead of reconnecting.
     publisher: Option<Publisher>,
+    /// The requester (`ratelimit::requester`) whose request started it, for the per-requester stream limit.
+    started_by: Option<String>,
     config: PipelineConfig,
     client: AsyncClient,
     qos: QoS,
@@ -137,6 +139,7 @@ impl Stream {
         Self {
             source_url: url.clone(),
             publisher: None,
+            started_by: None,
             url,
             config,
             client,
@@ -166,6 +169,16 @@ impl Stream {
     pub fn pushed(self, source_url: String, listening: bool) -> Self {
         let publisher = Publisher { present: AtomicBool::new(listening), arrived: Notify::new(), listening };
         Self { source_url, publisher: Some(publisher), ..self }
+    }
+
+    /// Records which requester started the stream.
+    pub fn started_by(self, requester: Option<&str>) -> Self {
+        Self { started_by: requester.map(str::to_string), ..self }
+    }
+
+    /// The requester that started it, if a request did.
+    pub fn starter(&self) -> Option<&str> {
+        self.started_by.as_deref()
     }
 
     /// A publisher connected to this pushed source: the stream (re)starts its pipeline and does not linger out.
@@ -422,6 +435,12 @@ impl Stream {
         }
     }
 
+    /// The stream's task panicked: its viewers get an error, and it counts as failed.
+    pub fn crashed(&self) {
+        let message = "the stream stopped on an internal error (see the server's log); play again to start it afresh";
+        self.fail(ErrorCode::InternalError, message.into());
+    }
+
     fn fail(&self, code: ErrorCode, message: String) {
         tracing::warn!(url = %crate::policy::redact(&self.url), code = code.as_str(), %message, "stream failed");
         self.end_viewers(&Status::error(code, message.clone()));
@@ -482,7 +501,10 @@ impl Stream {
                             ever_ready = true;
                             attempt = 0;
                         }
-                        Some(PipelineEvent::Fragment(f)) => self.on_fragment(f),
+                        Some(PipelineEvent::Fragment(f)) => {
+                            super::supervise::fault_point(&self.url);
+                            self.on_fragment(f);
+                        }
                         Some(PipelineEvent::Source(_)) => {}
                         Some(PipelineEvent::End(result)) => { end = Some(result); break; }
                         None => { end = Some(Err(MediaError::Processing("the media thread ended".into()))); break; }

@@ -115,6 +115,19 @@ impl Page {
         None
     }
 
+    /// Waits for the next message on a topic starting with `prefix`.
+    pub fn next_on_prefix(&self, prefix: &str, timeout: Duration) -> Option<Message> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.inbox.recv_timeout(left) {
+                Ok(m) if m.topic.starts_with(prefix) => return Some(m),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     /// Sends describe and returns the JSON reply.
     pub fn describe(&self, url: &str, reply_topic: &str) -> Value {
         self.subscribe(reply_topic);
@@ -210,6 +223,11 @@ impl Server {
 
     /// Like [`Server::start`], with FFmpeg's log level and the server's own (`MQTT_VIDEO_LOG`).
     pub fn start_logging(config: &str, ffmpeg_log: &str, log_level: &str) -> Self {
+        Self::start_with_env(config, ffmpeg_log, log_level, &[])
+    }
+
+    /// Like [`Server::start_logging`], with more environment variables.
+    pub fn start_with_env(config: &str, ffmpeg_log: &str, log_level: &str, env: &[(&str, &str)]) -> Self {
         let dir = super::work_dir();
         let name = format!("server-{}", rand_suffix());
         let conf = dir.join(format!("{name}.toml"));
@@ -219,6 +237,7 @@ impl Server {
             .args(["--ffmpeg-log", ffmpeg_log, "serve", "--config"])
             .arg(&conf)
             .env("MQTT_VIDEO_LOG", log_level)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
