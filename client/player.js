@@ -151,6 +151,10 @@ class MediaPipeline {
     this.counters = { resets: 0, jumps: 0, stalls: 0, dropped: 0, appended: 0, droppedBeforeInit: 0, skippedToKeyframe: 0 };
     this.frameBase = { decoded: 0, dropped: 0 }; // frame counters of earlier MediaSources
     this.targetBoost = 0; // seconds added to the target after stalls
+    this.lastVideoAt = -Infinity; // when the last fragment carrying video arrived
+    this.lastVideoTime = null; // media time of the last video fragment, its usual spacing, and a hole after it
+    this.videoInterval = null;
+    this.gap = null;
     this.lastStallAt = -Infinity;
     this.lastSeekAt = -Infinity;
     this.lastDecayAt = 0;
@@ -192,6 +196,9 @@ class MediaPipeline {
     if (now - this.lastStallAt < 1000) return;
     const ahead = this.bufferAhead();
     if (ahead < 0.02) return; // plain starvation: nothing arrived, a bigger target would not have helped
+    // Fragments keep coming without video: the server is holding back damaged video until the next keyframe
+    // (a gap in the source, not a renderer that wanted more buffer). The jump over the gap follows its end.
+    if (now - this.lastVideoAt > 100) return;
     this.counters.stalls++;
     this.lastStallAt = now;
     const before = this.target();
@@ -258,6 +265,8 @@ class MediaPipeline {
     this.farSince = null;
     this.playRequested = false;
     this.lastMediaTime = null;
+    this.lastVideoTime = null;
+    this.gap = null;
     this.lastTime = 0;
     this.lastAdvanceAt = -Infinity;
     if (this.ms) {
@@ -373,6 +382,10 @@ class MediaPipeline {
       this.needKeyframe = false;
     }
     if (mediaTime !== null) this.lastMediaTime = mediaTime;
+    if (video) {
+      this.lastVideoAt = performance.now();
+      if (mediaTime !== null) this._trackVideoGap(mediaTime);
+    }
     if (prft) this._addTimeline(prft);
     if (this.queue.length >= MAX_QUEUE) {
       this.reset(`${this.queue.length} segments waiting for the SourceBuffer`);
@@ -487,6 +500,21 @@ class MediaPipeline {
     this.lastProgressAt = performance.now();
   }
 
+  /**
+   * Video that jumps ahead in media time: the server held back damaged video up to this keyframe (audio went
+   * on). Browsers stop at such a hole, and may report one buffered range across it, so the controller steps
+   * over it as soon as the keyframe is in.
+   */
+  _trackVideoGap(mediaTime) {
+    if (this.lastVideoTime !== null) {
+      const d = mediaTime - this.lastVideoTime;
+      const interval = this.videoInterval ?? 1 / 30;
+      if (d > 0 && d <= 0.2) this.videoInterval = this.videoInterval === null ? d : this.videoInterval * 0.9 + d * 0.1;
+      else if (d > Math.max(0.1, 3 * interval)) this.gap = { start: this.lastVideoTime + interval, end: mediaTime };
+    }
+    this.lastVideoTime = mediaTime;
+  }
+
   /** The live-edge controller; runs on every append and on a timer. */
   control() {
     const v = this.video;
@@ -505,6 +533,13 @@ class MediaPipeline {
       this.lastTime = t;
       this.lastAdvanceAt = now;
       this.lastProgressAt = now;
+    }
+    if (this.gap && t >= this.gap.end) this.gap = null;
+    if (this.gap && t >= this.gap.start - 0.25 && end >= this.gap.end && !this.sb.updating) {
+      const over = this.gap;
+      this.gap = null;
+      this._seek(Math.max(over.end, end - target), `over ${((over.end - over.start) * 1000).toFixed(0)} ms of held-back video`);
+      return;
     }
 
     if (this.options.autoplay && v.paused && !this.playRequested && v.readyState >= 2) {

@@ -26,6 +26,16 @@ pub fn adts_header_len(frame: &[u8]) -> Option<usize> {
     }
 }
 
+/// What an ADTS header says: the AAC profile (object type - 1, as libavcodec numbers them), sample rate and
+/// channel count; None when `frame` does not start with a usable one.
+pub fn adts_config(frame: &[u8]) -> Option<(i32, u32, u32)> {
+    adts_header_len(frame)?;
+    let profile = i32::from(frame[2] >> 6);
+    let rate = *FREQUENCIES.get(usize::from((frame[2] >> 2) & 0x0f))?;
+    let channels = u32::from((frame[2] & 0x01) << 2 | frame[3] >> 6);
+    (channels > 0).then_some((profile, rate, channels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +57,15 @@ mod tests {
         assert_eq!(adts_header_len(&[0xff, 0xf0, 0, 0, 0, 0, 0, 0, 0, 0xde]), Some(9), "with CRC");
         assert_eq!(adts_header_len(&[0xff, 0xf1, 0x50]), None, "truncated");
         assert_eq!(adts_header_len(&[0x21, 0x10, 0x05, 0, 0, 0, 0, 0]), None, "raw frame");
+    }
+
+    #[test]
+    fn adts_configs() {
+        // AAC-LC, 48 kHz (index 3), stereo: as ffmpeg's AAC encoder writes it into MPEG-TS.
+        assert_eq!(adts_config(&[0xff, 0xf1, 0x4c, 0x80, 0x02, 0x1f, 0xfc, 0xde]), Some((1, 48000, 2)));
+        // 44.1 kHz mono.
+        assert_eq!(adts_config(&[0xff, 0xf1, 0x50, 0x40, 0x02, 0x1f, 0xfc, 0xde]), Some((1, 44100, 1)));
+        assert_eq!(adts_config(&[0xff, 0xf1, 0x7c, 0x80, 0, 0, 0, 0]), None, "sampling index 15");
+        assert_eq!(adts_config(&[0xff, 0xf1, 0x4c, 0x00, 0, 0, 0, 0]), None, "channels in the stream, not the header");
     }
 }

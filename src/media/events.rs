@@ -133,6 +133,10 @@ pub struct PipelineStats {
     pub bytes_out: AtomicU64,
     /// Video frames (samples) handed out.
     pub video_frames_out: AtomicU64,
+    /// Damaged source packets: those the demuxer flags as corrupt (an MPEG-TS continuity error, say), which
+    /// a transcode conceals and a copy keeps back, with (in copy mode) the video after one up to the next
+    /// keyframe that decodes cleanly.
+    pub damaged: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -148,6 +152,8 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     /// Video frames handed out.
     pub video_frames_out: u64,
+    /// Damaged source packets, concealed (transcode) or kept back (copy).
+    pub damaged: u64,
 }
 
 impl PipelineStats {
@@ -160,6 +166,7 @@ impl PipelineStats {
             fragments_dropped: get(&self.fragments_dropped),
             bytes_out: get(&self.bytes_out),
             video_frames_out: get(&self.video_frames_out),
+            damaged: get(&self.damaged),
         }
     }
 }

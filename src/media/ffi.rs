@@ -113,6 +113,42 @@ pub fn set_extradata(parameters: &mut ffmpeg::codec::Parameters, bytes: &[u8]) -
     Ok(())
 }
 
+/// Sets the picture size, profile and level of video parameters the demuxer left unknown (read from the
+/// stream's own SPS).
+pub fn set_video_facts(parameters: &mut ffmpeg::codec::Parameters, width: u32, height: u32, profile: i32, level: i32) {
+    // SAFETY: plain integer fields of parameters exclusively borrowed.
+    unsafe {
+        let par = parameters.as_mut_ptr();
+        (*par).width = i32::try_from(width).unwrap_or(0);
+        (*par).height = i32::try_from(height).unwrap_or(0);
+        (*par).profile = profile;
+        (*par).level = level;
+    }
+}
+
+/// Sets the sample rate, channel count and profile of audio parameters the demuxer left unknown (read from
+/// the stream's own ADTS headers).
+pub fn set_audio_facts(parameters: &mut ffmpeg::codec::Parameters, sample_rate: u32, channels: u32, profile: i32) {
+    let channels = i32::try_from(channels).unwrap_or(1);
+    // SAFETY: integer fields of parameters exclusively borrowed; the channel layout is released by
+    // av_channel_layout_uninit before av_channel_layout_default fills it in again.
+    unsafe {
+        let par = parameters.as_mut_ptr();
+        (*par).sample_rate = i32::try_from(sample_rate).unwrap_or(0);
+        (*par).profile = profile;
+        ffi::av_channel_layout_uninit(&mut (*par).ch_layout);
+        ffi::av_channel_layout_default(&mut (*par).ch_layout, channels);
+        (*par).channels = channels;
+        (*par).channel_layout = (*par).ch_layout.u.mask;
+    }
+}
+
+/// The decoder's error flags on a decoded picture (concealed errors, missing references); 0 when clean.
+pub fn decode_error_flags(frame: &ffmpeg::frame::Video) -> i32 {
+    // SAFETY: a plain integer field of a frame the decoder filled in.
+    unsafe { (*frame.as_ptr()).decode_error_flags }
+}
+
 /// The codec profile and pixel (or sample) format a stream declares.
 pub fn profile_and_format(parameters: &ffmpeg::codec::Parameters) -> (i32, i32) {
     // SAFETY: plain integer fields of valid parameters.

@@ -3,11 +3,12 @@
 use super::aac;
 use super::audio::AudioTranscoder;
 use super::codec_string::{self, annex_b_nals};
-use super::config::{Backpressure, Pacing, PipelineConfig};
+use super::config::{Backpressure, Mode, Pacing, PipelineConfig};
 use super::error::MediaError;
 use super::events::{Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
 use super::ffi;
 use super::fmp4::{self, Segment, TrackInfo, TrackKind};
+use super::keycheck::KeyframeCheck;
 use super::mux::{Muxer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
 use super::source::{self, Source, SourceKind};
@@ -219,10 +220,23 @@ enum VideoStage {
         time_base: Rational,
         frame_duration: i64,
         waiting_keyframe: bool,
+        /// Damage seen in the video, and what it costs.
+        damaged: Damage,
+        /// Decodes the keyframe a (re)start would begin with.
+        check: Option<Box<KeyframeCheck>>,
         /// Fills in decode times the demuxer leaves out.
         dts: DtsFiller,
     },
     Transcode(Box<VideoTranscoder>),
+}
+
+/// Damaged video in copy mode: which frames it costs.
+#[derive(Debug, Default)]
+struct Damage {
+    /// The previous frame was flagged corrupt (so this one is damaged).
+    just_flagged: bool,
+    /// The wait for a keyframe is because of damage (its frames count as damaged drops).
+    waiting: bool,
 }
 
 enum AudioStage {
@@ -262,6 +276,8 @@ fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> 
             _ => false,
         },
     };
+    // Packets read while the source's own parameters were awaited go first.
+    let mut held = super::ready::wait_for_parameters(&mut source, config.source.connect_timeout())?;
     let info = analyse(&source, config, paced)?;
     tracing::info!(
         format = %info.format,
@@ -282,7 +298,14 @@ fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> 
             return Err(MediaError::Stopped);
         }
         let mut packet = Packet::empty();
-        match packet.read(&mut source.input) {
+        let read = match held.pop_front() {
+            Some(waited) => {
+                packet = waited;
+                Ok(())
+            }
+            None => packet.read(&mut source.input),
+        };
+        match read {
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => {
                 let can_loop = config.source.looping && !live && source.has_duration;
@@ -409,12 +432,22 @@ fn analyse(source: &Source, config: &PipelineConfig, paced: bool) -> Result<Sour
             && limit(config.video.max_height, f64::from(size.height))
             && limit(config.video.max_fps, fps),
     };
-    let video = plan::video(config.mode, &facts)?;
+    // The built-in patterns are raw video and PCM: encoded whatever the mode, as nothing can be copied.
+    let mode = match (config.mode, source.kind) {
+        (Mode::Copy, SourceKind::Builtin(_)) => Mode::Auto,
+        (mode, _) => mode,
+    };
+    let video = plan::video(mode, &facts)?;
     let audio = match audio_stream {
         Some(i) => {
             let params = input.stream(i).map(|s| s.parameters());
-            let is_aac = params.is_some_and(|p| p.id() == codec::Id::AAC);
-            plan::audio(config.mode, &streams[i].codec, is_aac, config.audio.disabled)
+            let is_aac = params.as_ref().is_some_and(|p| p.id() == codec::Id::AAC);
+            let unknown = params.as_ref().map(ffi::codec_facts).is_none_or(|f| f.sample_rate == 0 || f.channels == 0);
+            if is_aac && unknown {
+                AudioPlan::Drop("the source's AAC format never came (no ADTS header with its first keyframe)".into())
+            } else {
+                plan::audio(mode, &streams[i].codec, is_aac, config.audio.disabled)
+            }
         }
         None => AudioPlan::Drop("the source has no audio".into()),
     };
@@ -464,6 +497,8 @@ impl<'a> Session<'a> {
                 time_base: stream.time_base(),
                 frame_duration,
                 waiting_keyframe: true,
+                damaged: Damage::default(),
+                check: KeyframeCheck::new(&stream.parameters()).map(Box::new),
                 dts: DtsFiller::new(
                     ffi::codec_facts(&stream.parameters()).video_delay,
                     1i64.rescale(Rational(fps.denominator(), fps.numerator()), stream.time_base()),
@@ -533,13 +568,36 @@ impl<'a> Session<'a> {
     fn handle_video(&mut self, mut packet: Packet, arrival: u64, em: &mut Emitter) -> Result<(), MediaError> {
         let mut ready = Vec::new();
         match &mut self.video {
-            VideoStage::Copy { time_base, frame_duration, waiting_keyframe, dts: filler, .. } => {
+            VideoStage::Copy { time_base, frame_duration, waiting_keyframe, damaged, check, dts: filler, .. } => {
+                // A damaged frame would break the browser's decoder, and every frame up to the next keyframe
+                // refers to it: viewers get a short freeze instead. libavformat's H.264 parser hands out a
+                // frame when the next one starts, with the flags of the packet that started it: the frame
+                // flagged corrupt comes just before the damaged one, so the frame after it goes too, even
+                // if it is a keyframe.
+                let corrupt = packet.is_corrupt();
+                if corrupt {
+                    tracing::debug!("damaged video: keeping it back up to the next keyframe");
+                }
+                let skip = std::mem::replace(&mut damaged.just_flagged, corrupt) || corrupt;
+                if skip {
+                    *waiting_keyframe = true;
+                    damaged.waiting = true;
+                }
                 // RTSP can start mid-GOP and deliver a first keyframe without pts: start at a clean keyframe.
                 if *waiting_keyframe {
-                    if !packet.is_key() || packet.pts().is_none() {
+                    let unusable = skip || !packet.is_key() || packet.pts().is_none();
+                    if unusable || check.as_mut().is_some_and(|c| !c.is_clean(&packet)) {
+                        if !unusable {
+                            tracing::debug!("a keyframe that does not decode cleanly: waiting for the next");
+                            damaged.waiting = true;
+                        }
+                        if damaged.waiting {
+                            em.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                        }
                         return Ok(());
                     }
                     *waiting_keyframe = false;
+                    damaged.waiting = false;
                     filler.restart();
                 }
                 let Some(dts) = filler.fill(packet.dts(), packet.pts()) else { return Ok(()) };
@@ -557,6 +615,10 @@ impl<'a> Session<'a> {
                 ready.push(EncodedPacket { packet, arrival_us: arrival });
             }
             VideoStage::Transcode(t) => {
+                // The decoder conceals what is missing; the encoder's output is whole again.
+                if packet.is_corrupt() {
+                    em.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                }
                 t.send(&packet, arrival)?;
                 let timeline = &mut self.timeline;
                 t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut ready)?;
@@ -579,6 +641,11 @@ impl<'a> Session<'a> {
         match &mut self.audio {
             AudioStage::None => return Ok(()),
             AudioStage::Copy { time_base, .. } => {
+                // An AAC frame stands alone: a damaged one is left out (a 21 ms gap), not handed to browsers.
+                if packet.is_corrupt() {
+                    em.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 let tb = *time_base;
                 let Some(dts) = packet.dts().or(packet.pts()) else { return Ok(()) };
                 let Some(rel) = self.timeline.rel(dts.rescale(tb, MICROS)) else { return Ok(()) };
@@ -595,6 +662,9 @@ impl<'a> Session<'a> {
                 ready.push(packet);
             }
             AudioStage::Transcode(t) => {
+                if packet.is_corrupt() {
+                    em.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                }
                 t.send(&packet)?;
                 let timeline = &self.timeline;
                 t.receive(|ts_us| timeline.rel(ts_us), &mut ready)?;

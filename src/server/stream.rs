@@ -55,6 +55,8 @@ pub struct Counters {
     pub restarts: AtomicU64,
     /// Fragments the pipeline dropped because the server fell behind.
     pub pipeline_drops: AtomicU64,
+    /// Damaged source packets of finished pipeline runs (the running one counts in its stats).
+    pub damaged: AtomicU64,
 }
 
 struct State {
@@ -98,6 +100,8 @@ pub struct Stream {
     stop_notify: Notify,
     /// Counters for stats.
     pub counters: Counters,
+    /// The running pipeline's live counters.
+    running: Mutex<Option<std::sync::Arc<crate::media::events::PipelineStats>>>,
     /// When it started.
     pub created: Instant,
 }
@@ -115,6 +119,9 @@ pub struct StreamStats {
     pub viewers: usize,
     /// Fragments dropped for slow viewers plus fragments the pipeline dropped.
     pub dropped: u64,
+    /// Damaged source packets: concealed by the decoder (transcode), or kept back, never sent (copy: the
+    /// ones flagged corrupt and the video after them up to the next keyframe that decodes cleanly).
+    pub damaged: u64,
     /// Fragments so far.
     pub fragments: u64,
     /// Source restarts.
@@ -159,6 +166,7 @@ impl Stream {
             stopping: AtomicBool::new(false),
             stop_notify: Notify::new(),
             counters: Counters::default(),
+            running: Mutex::new(None),
             created: Instant::now(),
         }
     }
@@ -358,6 +366,13 @@ impl Stream {
             output: state.init.as_ref().map(|(_, info)| info.clone()),
             viewers: state.viewers.len(),
             dropped: viewer_drops + self.counters.pipeline_drops.load(Ordering::Relaxed),
+            damaged: self.counters.damaged.load(Ordering::Relaxed)
+                + self
+                    .running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .map_or(0, |s| s.damaged.load(Ordering::Relaxed)),
             fragments: self.counters.fragments.load(Ordering::Relaxed),
             restarts: self.counters.restarts.load(Ordering::Relaxed),
             latency_p50_ms: percentile(&sorted, 0.5),
@@ -475,6 +490,7 @@ impl Stream {
             };
             let stopper = pipeline.stopper();
             let stats = std::sync::Arc::clone(pipeline.stats());
+            *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(std::sync::Arc::clone(&stats));
             let (tx, mut rx) = mpsc::channel(64);
             let (done_tx, done_rx) = oneshot::channel::<()>();
             // The pipeline's channel is blocking; a thread of its own bridges it, and exits with it (a
@@ -515,7 +531,10 @@ impl Stream {
             stopper.stop();
             drop(rx);
             let _ = done_rx.await;
-            self.counters.pipeline_drops.fetch_add(stats.snapshot().fragments_dropped, Ordering::Relaxed);
+            *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let done = stats.snapshot();
+            self.counters.pipeline_drops.fetch_add(done.fragments_dropped, Ordering::Relaxed);
+            self.counters.damaged.fetch_add(done.damaged, Ordering::Relaxed);
             self.state().ended_at = Some(Instant::now());
 
             match end {

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod page;
 pub mod rtmp;
+pub mod udp;
 
 use mqtt_video::media::config::{Backpressure, Pacing};
 use mqtt_video::media::{Fragment, InitSegment, MediaError, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
