@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check a submission must pass: formatting, clippy with warnings as errors, all Rust tests (unit,
 # integration against real media, a live RTSP server and mosquitto, lifecycle/memory), then the browser
-# test: the real stack played in headless Chromium. CI runs exactly this.
+# test: the real stack played in headless Chromium, then a short run of each fuzz target. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +12,5 @@ cargo test
 (cd tests/e2e && npm ci --silent --no-audit --no-fund)
 cargo build --quiet
 (cd tests/e2e && node --test)
+# A short coverage-guided run of every fuzz target from its seed corpus (longer: bash scripts/fuzz.sh 600).
+bash scripts/fuzz.sh 15
