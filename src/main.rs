@@ -30,6 +30,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // One TLS stack: rustls with ring (which rumqttc's webpki needs anyway), chosen here for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     mqtt_video::media::init_process();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
