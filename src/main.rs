@@ -4,6 +4,7 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 /// Live video over MQTT: in-process FFmpeg to fragmented MP4 for browsers.
@@ -29,7 +30,19 @@ enum Command {
     Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
-fn main() -> Result<()> {
+/// Errors end here: the message and its causes on stderr, never a backtrace (even with `RUST_BACKTRACE` set,
+/// which developers often have: an unreachable camera is not a bug in this program), and exit status 1.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", cli::report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // One TLS stack: rustls with ring (which rumqttc's webpki needs anyway), chosen here for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     mqtt_video::media::init_process();
