@@ -400,8 +400,8 @@ pub struct GatewayConfig {
     pub enabled: bool,
     /// Address and port to listen on.
     pub listen: String,
-    /// Folder served at `/` (the page).
-    pub client_dir: PathBuf,
+    /// A folder to serve at `/` instead of the page built into the binary (for a customised page).
+    pub client_dir: Option<PathBuf>,
     /// Path of the MQTT WebSocket endpoint.
     pub path: String,
     /// Most WebSocket connections at once; more are refused with 503.
@@ -415,7 +415,7 @@ impl Default for GatewayConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
-            client_dir: PathBuf::from("client"),
+            client_dir: None,
             path: "/mqtt".into(),
             max_connections: 256,
             max_message_bytes: 64 * 1024,

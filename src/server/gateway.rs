@@ -19,7 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tower_http::services::ServeDir;
 
 /// Bytes read from the broker per WebSocket message at most; MQTT over WebSocket need not align packets.
 const READ_CHUNK: usize = 256 * 1024;
@@ -32,6 +31,9 @@ pub enum GatewayError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The page folder configured cannot be served.
+    #[error(transparent)]
+    Page(#[from] super::assets::AssetsError),
     /// The listen address could not be bound.
     #[error("gateway: cannot listen on {addr}: {error}")]
     Bind {
@@ -63,6 +65,7 @@ impl Gateway {
         health: Arc<Health>,
     ) -> Result<Self, GatewayError> {
         let addr = config.listen_addr()?;
+        let page = super::assets::page_router(config.client_dir.as_deref())?;
         let listener =
             TcpListener::bind(addr).await.map_err(|error| GatewayError::Bind { addr: config.listen.clone(), error })?;
         let bridge = Arc::new(Bridge {
@@ -74,7 +77,7 @@ impl Gateway {
             .route(&config.path, get(upgrade))
             .with_state(bridge)
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
-            .fallback_service(ServeDir::new(&config.client_dir).append_index_html_on_directories(true));
+            .merge(page);
         Ok(Self { listener, router })
     }
 

@@ -1,6 +1,7 @@
 //! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
+pub mod assets;
 pub mod cluster;
 pub mod gateway;
 pub mod health;
