@@ -12,6 +12,7 @@ pub mod fmp4;
 pub mod mux;
 pub mod pipeline;
 pub mod plan;
+pub mod rtsp_transport;
 pub mod source;
 pub mod timing;
 pub mod video;

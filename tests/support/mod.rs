@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod page;
+pub mod udp_camera;
 
 use mqtt_video::media::config::{Backpressure, Pacing};
 use mqtt_video::media::{Fragment, InitSegment, MediaError, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
