@@ -3,13 +3,14 @@
 # FFmpeg's development files (the server links libav* in-process), the ffmpeg CLI (test fixtures and the
 # benchmark's reference only), GStreamer's RTSP server (the live test source), mosquitto, Node.js with npm
 # (the page's MQTT.js, the browser test's playwright-core), Chromium (the browser test), rtsp-server-perl (a
-# camera that serves RTP over UDP only) and openssl (certificates for the TLS test). Idempotent.
+# camera that serves RTP over UDP only), openssl (certificates for the TLS test) and prometheus (its promtool
+# checks /metrics). Idempotent.
 set -euo pipefail
 
 PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
-  ffmpeg fonts-dejavu-core mosquitto chromium rtsp-server-perl openssl
+  ffmpeg fonts-dejavu-core mosquitto chromium rtsp-server-perl openssl prometheus
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )

@@ -58,11 +58,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds the listen address now, so that a taken port fails the server's start, not a later task.
+    /// `routes` are served beside the bridge and the page (`/metrics`, `/snapshot/...`).
     pub async fn bind(
         config: &GatewayConfig,
         broker_host: &str,
         broker_port: u16,
         health: Arc<Health>,
+        routes: Router,
     ) -> Result<Self, GatewayError> {
         let addr = config.listen_addr()?;
         let page = super::assets::page_router(config.client_dir.as_deref())?;
@@ -77,6 +79,7 @@ impl Gateway {
             .route(&config.path, get(upgrade))
             .with_state(bridge)
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
+            .merge(routes)
             .merge(page);
         Ok(Self { listener, router })
     }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod health;
 pub mod ingest;
+pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
 pub mod stats;
@@ -84,6 +85,9 @@ pub struct Hub {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// The hub, for gateway routes bound before it exists (`/metrics`); set once it does.
+pub(crate) type LateHub = Arc<std::sync::OnceLock<Arc<Hub>>>;
+
 /// Locks a mutex whose data stays usable after a panic elsewhere (plain state, no invariants spanning a lock).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -98,10 +102,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let client_id = config.broker.effective_client_id();
     let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
+    let late_hub = LateHub::default();
     if config.gateway.enabled {
-        let gateway =
-            gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port, Arc::clone(&health))
-                .await?;
+        let routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
+        let (host, port) = (&config.broker.host, config.broker.port);
+        let gateway = gateway::Gateway::bind(&config.gateway, host, port, Arc::clone(&health), routes).await?;
         if let Ok(addr) = gateway.local_addr() {
             tracing::info!(
                 "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
@@ -139,6 +144,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         closing: Default::default(),
         config,
     });
+    let _ = late_hub.set(Arc::clone(&hub));
     for (endpoint, listener) in endpoints {
         match listener {
             Some(listener) => tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener)),
