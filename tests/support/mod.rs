@@ -272,6 +272,12 @@ pub fn rss_kib() -> u64 {
     mqtt_video::server::stats::memory_and_threads().0.expect("VmRSS in /proc/self/status")
 }
 
+/// CPU seconds the calling thread has used (user + system, 10 ms resolution).
+pub fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    mqtt_video::server::stats::parse_cpu_ticks(&stat).expect("utime and stime") as f64 / 100.0
+}
+
 /// Threads of this process.
 pub fn thread_count() -> u64 {
     mqtt_video::server::stats::memory_and_threads().1.expect("Threads in /proc/self/status")
