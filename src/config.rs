@@ -5,6 +5,8 @@ use crate::ingest::{IngestEndpoint, RawIngest};
 use crate::media::config::PipelineConfig;
 use crate::policy::{AllowList, NamedSource, Policy, PolicyError};
 use crate::protocol::{self, RequestLimits};
+use crate::server::homeassistant::HomeAssistantConfig;
+use crate::server::snapshots::SnapshotConfig;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -371,6 +373,10 @@ pub struct Config {
     pub allow: AllowList,
     /// Push ingest endpoints, each offered as `ingest://NAME` while a publisher is connected.
     pub ingest: Vec<IngestEndpoint>,
+    /// JPEG snapshots of the named sources (`GET /snapshot/<id>.jpg`, Home Assistant).
+    pub snapshots: SnapshotConfig,
+    /// Home Assistant cameras by MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
 }
 
 impl Default for Config {
@@ -387,6 +393,8 @@ impl Default for Config {
             sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
             allow: AllowList::default(),
             ingest: Vec::new(),
+            snapshots: SnapshotConfig::default(),
+            homeassistant: HomeAssistantConfig::default(),
         }
     }
 }
@@ -466,6 +474,8 @@ struct RawConfig {
     sources: Option<Vec<RawSource>>,
     allow: AllowList,
     ingest: Vec<RawIngest>,
+    snapshots: SnapshotConfig,
+    homeassistant: HomeAssistantConfig,
 }
 
 /// One `[[sources]]` entry as written.
@@ -621,6 +631,8 @@ impl Config {
         self.topics.validate()?;
         self.limits.validate()?;
         self.retry.validate()?;
+        self.snapshots.validate()?;
+        self.homeassistant.validate(self.cluster.enabled)?;
         self.policy().map_err(|error| ConfigError::Policy { key: policy_key(&error), error })?;
         Ok(())
     }
@@ -648,6 +660,8 @@ impl RawConfig {
             sources,
             allow: self.allow,
             ingest,
+            snapshots: self.snapshots,
+            homeassistant: self.homeassistant,
         })
     }
 }

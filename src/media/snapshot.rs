@@ -11,14 +11,12 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg::{frame, Packet};
 use ffmpeg_next as ffmpeg;
-use serde::Deserialize;
 
 /// FFmpeg's lambda per quantiser step (`FF_QP2LAMBDA`).
 const QP2LAMBDA: i32 = 118;
 
 /// Size and quality of snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JpegSettings {
     /// Largest width; larger pictures are scaled down keeping their aspect ratio. 0: the stream's own.
     pub max_width: u32,

@@ -5,10 +5,12 @@ pub mod assets;
 pub mod cluster;
 pub mod gateway;
 pub mod health;
+pub mod homeassistant;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
+pub mod snapshots;
 pub mod stats;
 pub mod stream;
 pub mod viewer;
@@ -103,8 +105,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
     let late_hub = LateHub::default();
+    let snapshots = Arc::new(snapshots::Snapshots::new(config.snapshots.jpeg()));
     if config.gateway.enabled {
-        let routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
+        let mut routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
+        if config.snapshots.http {
+            routes = routes.merge(snapshots::router(Arc::clone(&late_hub), Arc::clone(&snapshots)));
+        }
         let (host, port) = (&config.broker.host, config.broker.port);
         let gateway = gateway::Gateway::bind(&config.gateway, host, port, Arc::clone(&health), routes).await?;
         if let Ok(addr) = gateway.local_addr() {
@@ -145,6 +151,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config,
     });
     let _ = late_hub.set(Arc::clone(&hub));
+    if hub.config.homeassistant.enabled {
+        tokio::spawn(homeassistant::run(Arc::clone(&hub), Arc::clone(&snapshots)));
+    }
     for (endpoint, listener) in endpoints {
         match listener {
             Some(listener) => tokio::spawn(ingest::serve(Arc::clone(&hub), endpoint, listener)),
