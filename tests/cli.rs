@@ -64,3 +64,73 @@ fn probe_takes_a_servers_settings_and_its_source_names() {
     assert!(stderr.contains("over RTSP/TCP: connection refused"), "{stderr}");
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 }
+
+#[test]
+fn a_config_the_server_may_not_read_is_named_with_the_fix() {
+    // As the docker image runs it: uid 10001, and a config of mode 600 owned by someone else (root here).
+    let dir = support::work_dir().join(format!("unreadable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = dir.join("config.toml");
+    std::fs::write(&conf, "[broker]\nport = 1883\n").unwrap();
+    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "10001",
+            "--regid",
+            "10001",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_mqtt-video"),
+            "serve",
+            "--config",
+        ])
+        .arg(&conf)
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let file = conf.display();
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot read {file}: permission denied: this server runs as uid 10001 and the file is owned by \
+             uid 0 with mode 600; make it readable by that user (chmod a+r {file}, or chown 10001 {file})"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn healthcheck_asks_where_the_config_puts_the_gateway() {
+    let broker = support::broker::Broker::start();
+    let port = support::broker::free_port();
+    let conf = support::work_dir().join("healthcheck-config.toml");
+    std::fs::write(&conf, format!("[broker]\nport = {}\n\n[gateway]\nlisten = \"127.0.0.1:{port}\"\n", broker.port))
+        .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let conf = conf.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let healthy = loop {
+        let out = mqtt_video(&["healthcheck", "--config", &conf]);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+    assert!(String::from_utf8_lossy(&healthy.stdout).starts_with("healthy: "));
+    // The environment override moves it, as compose's MQTT_VIDEO_GATEWAY_LISTEN would: nothing listens there.
+    let moved = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
+        .args(["healthcheck", "--config", &conf, "--timeout", "1"])
+        .env("MQTT_VIDEO_GATEWAY_LISTEN", format!("127.0.0.1:{}", support::broker::free_port()))
+        .output()
+        .unwrap();
+    assert_eq!(moved.status.code(), Some(1));
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -6,6 +6,35 @@ pub mod probe;
 pub mod serve;
 
 use anyhow::{bail, Context, Result};
+use mqtt_video::config::{Config, ConfigError};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The configuration (file and environment), with a hint when the file exists but this process may not read
+/// it: in the docker image the server runs as uid 10001, and a mounted file of mode 600 is a common slip.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match Config::load_with_env(path) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Read { path, source }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            let owner = std::fs::metadata(&path)
+                .map(|m| format!("owned by uid {} with mode {:o}", m.uid(), m.mode() & 0o777))
+                .unwrap_or_else(|_| "in a folder it may not enter".into());
+            let uid = process_uid().map_or_else(|| "?".into(), |u| u.to_string());
+            let file = path.display();
+            bail!(
+                "cannot read {file}: permission denied: this server runs as uid {uid} and the file is {owner}; \
+                 make it readable by that user (chmod a+r {file}, or chown {uid} {file})"
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// This process's real uid, from /proc.
+fn process_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
 
 /// `--broker HOST:PORT` (an IPv6 host may be bracketed), split at its last `:`.
 pub fn parse_broker(s: &str) -> Result<(String, u16)> {

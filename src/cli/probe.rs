@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mqtt_video::config::Config;
 use mqtt_video::media::config::{Backpressure, Pacing, RtspTransport};
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
 use mqtt_video::policy::redact;
@@ -93,7 +92,7 @@ fn settings(args: &ProbeArgs) -> Result<(String, PipelineConfig)> {
     let (url, mut config) = match &args.config {
         None => (args.url.clone(), PipelineConfig::default()),
         Some(path) => {
-            let server = Config::load_with_env(Some(path))?;
+            let server = super::load_config(Some(path))?;
             let named = server.sources.iter().find(|e| e.source.name.eq_ignore_ascii_case(args.url.trim()));
             let url = named.map_or_else(|| args.url.clone(), |e| e.source.url.clone());
             let pipeline = server.pipeline_for(&url);
