@@ -400,7 +400,7 @@ impl Default for Config {
 }
 
 /// The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port byte for
-/// byte, because mosquitto's own WebSocket listener is far too slow for video (DESIGN.md section 3).
+/// byte, because mosquitto's own WebSocket listener is far too slow for video (docs/design.md, section 4).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {

@@ -1,7 +1,7 @@
 //! The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port, byte
 //! for byte. Browsers speak real MQTT through it (the broker's auth and ACLs apply); it only ever connects
 //! to the configured broker, so it is no open proxy. mosquitto's own WebSocket listener moves about 40 KB/s
-//! (DESIGN.md section 3), far too little for video; this bridge adds about a millisecond.
+//! (docs/design.md, section 4), far too little for video; this bridge adds about a millisecond.
 
 use super::health::Health;
 use crate::config::{ConfigError, GatewayConfig};
