@@ -25,6 +25,13 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Two of them are daemons that Debian starts where systemd runs (RTSP on 554/5545, Prometheus on 9090): the
+  # tests start their own on free ports, so the ones installed here are stopped and not started at boot.
+  if [ -d /run/systemd/system ]; then
+    for service in rtsp-server-perl prometheus; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+    done
+  fi
 fi
 
 if ! command -v npm >/dev/null; then

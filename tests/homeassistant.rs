@@ -17,7 +17,8 @@ use support::page::{rand_suffix, Message, Page, Server};
 use support::RtspServer;
 
 /// The configuration variables of Home Assistant's MQTT camera (home-assistant.io, integrations/camera.mqtt),
-/// plus `origin`, which MQTT discovery documents for every component.
+/// plus `origin`, which MQTT discovery documents for every component, and `default_entity_id`, which replaced
+/// `object_id` in Home Assistant 2025.10 (`object_id` stops working in 2026.4, so it must not be used).
 const CAMERA_KEYS: [&str; 18] = [
     "availability",
     "availability_mode",
@@ -33,7 +34,7 @@ const CAMERA_KEYS: [&str; 18] = [
     "json_attributes_template",
     "json_attributes_topic",
     "name",
-    "object_id",
+    "default_entity_id",
     "topic",
     "unique_id",
     "origin",
@@ -124,6 +125,7 @@ fn named_sources_become_cameras_with_live_snapshots_and_go_offline_with_the_serv
         assert!(v["availability_topic"].is_null(), "availability and availability_topic must not both be set");
         assert_eq!(v["topic"], format!("{base}/{id}/snapshot"), "{v}");
         assert_eq!(v["unique_id"], format!("{node}_{id}"));
+        assert_eq!(v["default_entity_id"], format!("camera.{}_{id}", node.replace('-', "_")));
         assert_eq!(v["availability"][0]["topic"], format!("{base}/availability"));
         assert_eq!(v["availability"][0]["payload_not_available"], "offline");
         assert!(v["device"]["identifiers"].as_array().is_some_and(|i| !i.is_empty()), "a device needs identifiers");

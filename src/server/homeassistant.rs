@@ -143,7 +143,8 @@ impl Layout {
         json!({
             "name": source.name,
             "unique_id": format!("{}_{source_id}", self.node_id),
-            "object_id": format!("{}_{source_id}", self.node_id),
+            // `object_id` did this until Home Assistant 2025.10 deprecated it (it stops working in 2026.4).
+            "default_entity_id": format!("camera.{}", entity_slug(&format!("{}_{source_id}", self.node_id))),
             "topic": self.image_topic(source_id),
             "availability": [{
                 "topic": self.availability_topic(),
@@ -161,6 +162,11 @@ impl Layout {
             "origin": { "name": "mqtt-video", "sw_version": version },
         })
     }
+}
+
+/// An entity id's object part: lower-case letters, digits and `_`.
+fn entity_slug(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
 /// Runs the session until the process ends; logs and retries on broker errors.
@@ -342,6 +348,7 @@ mod tests {
         let source = NamedSource::new("Front door", "rtsp://u:secret@cam/1", "");
         let d = layout.discovery("front_door", &source, "mqtt-video");
         assert_eq!(d["unique_id"], "mqtt-video-host_1_front_door");
+        assert_eq!(d["default_entity_id"], "camera.mqtt_video_host_1_front_door");
         assert_eq!(d["availability"][0]["payload_not_available"], OFFLINE);
         assert!(!d.to_string().contains("secret"), "{d}");
     }
