@@ -9,7 +9,7 @@
 // statuses on `<reply_topic>/status`, stop (and the same stop as the MQTT last will). One MQTT connection per
 // Player, because a connection has one last will and the will must name the reply topic being played.
 //
-// Live edge (shared/DESIGN.md, "Browser"): start every play at a keyframe (fragments are dropped until one whose
+// Live edge (docs/design.md, "Browser"): start every play at a keyframe (fragments are dropped until one whose
 // video starts with a sync sample), then hold the playhead a small target behind `buffered.end` by nudging
 // `playbackRate`, jump when far behind or when the playhead sits in a gap, trim old buffer.
 

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The page's MQTT.js from npm with its lock file; the build embeds the page and the bundle in the binary.
 (cd client && npm ci --silent --no-audit --no-fund)
 cargo build --release --quiet
 
@@ -31,7 +32,6 @@ client_id = "mqtt-video-demo"
 
 [gateway]
 listen = "$http"
-client_dir = "$(pwd)/client"
 TOML
 MQTT_VIDEO_LOG="${MQTT_VIDEO_LOG:-info}" ./target/release/mqtt-video serve --config "$run_dir/demo.toml" & pids+=($!)
 

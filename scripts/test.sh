@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# MQTT.js from npm with its lock file: build.rs embeds it with the page in the binary.
+(cd client && npm ci --silent --no-audit --no-fund)
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test
-(cd client && npm ci --silent --no-audit --no-fund)
 (cd tests/e2e && npm ci --silent --no-audit --no-fund)
 cargo build --quiet
 (cd tests/e2e && node --test)

@@ -5,6 +5,8 @@ use crate::ingest::{IngestEndpoint, RawIngest};
 use crate::media::config::PipelineConfig;
 use crate::policy::{AllowList, NamedSource, Policy, PolicyError};
 use crate::protocol::{self, RequestLimits};
+use crate::server::homeassistant::HomeAssistantConfig;
+use crate::server::snapshots::SnapshotConfig;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -380,6 +382,10 @@ pub struct Config {
     pub allow: AllowList,
     /// Push ingest endpoints, each offered as `ingest://NAME` while a publisher is connected.
     pub ingest: Vec<IngestEndpoint>,
+    /// JPEG snapshots of the named sources (`GET /snapshot/<id>.jpg`, Home Assistant).
+    pub snapshots: SnapshotConfig,
+    /// Home Assistant cameras by MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
 }
 
 impl Default for Config {
@@ -396,12 +402,14 @@ impl Default for Config {
             sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
             allow: AllowList::default(),
             ingest: Vec::new(),
+            snapshots: SnapshotConfig::default(),
+            homeassistant: HomeAssistantConfig::default(),
         }
     }
 }
 
 /// The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port byte for
-/// byte, because mosquitto's own WebSocket listener is far too slow for video (DESIGN.md section 3).
+/// byte, because mosquitto's own WebSocket listener is far too slow for video (docs/design.md, section 4).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -409,8 +417,8 @@ pub struct GatewayConfig {
     pub enabled: bool,
     /// Address and port to listen on.
     pub listen: String,
-    /// Folder served at `/` (the page).
-    pub client_dir: PathBuf,
+    /// A folder to serve at `/` instead of the page built into the binary (for a customised page).
+    pub client_dir: Option<PathBuf>,
     /// Path of the MQTT WebSocket endpoint.
     pub path: String,
     /// Most WebSocket connections at once; more are refused with 503.
@@ -436,7 +444,7 @@ impl Default for GatewayConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
-            client_dir: PathBuf::from("client"),
+            client_dir: None,
             path: "/mqtt".into(),
             max_connections: 256,
             max_message_bytes: 64 * 1024,
@@ -510,6 +518,8 @@ struct RawConfig {
     sources: Option<Vec<RawSource>>,
     allow: AllowList,
     ingest: Vec<RawIngest>,
+    snapshots: SnapshotConfig,
+    homeassistant: HomeAssistantConfig,
 }
 
 /// One `[[sources]]` entry as written.
@@ -665,6 +675,8 @@ impl Config {
         self.topics.validate()?;
         self.limits.validate()?;
         self.retry.validate()?;
+        self.snapshots.validate()?;
+        self.homeassistant.validate(self.cluster.enabled)?;
         self.policy().map_err(|error| ConfigError::Policy { key: policy_key(&error), error })?;
         Ok(())
     }
@@ -692,6 +704,8 @@ impl RawConfig {
             sources,
             allow: self.allow,
             ingest,
+            snapshots: self.snapshots,
+            homeassistant: self.homeassistant,
         })
     }
 }

@@ -4,6 +4,8 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 /// Live video over MQTT: in-process FFmpeg to fragmented MP4 for browsers.
@@ -29,11 +31,27 @@ enum Command {
     Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
-fn main() -> Result<()> {
+/// Errors end here: the message and its causes on stderr, never a backtrace (even with `RUST_BACKTRACE` set,
+/// which developers often have: an unreachable camera is not a bug in this program), and exit status 1.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", cli::report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    // One TLS stack: rustls with ring (which rumqttc's webpki needs anyway), chosen here for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     mqtt_video::media::init_process();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald, `docker logs` and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let args = Args::parse();
     mqtt_video::media::set_ffmpeg_log_level(&args.ffmpeg_log)?;

@@ -49,7 +49,7 @@ fn serves_the_page_and_bridges_mqtt_over_websocket() {
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "<!doctype html><title>marker-page</title>").unwrap();
     let config = server_config(broker.port, &[&prefix], "")
-        .replace(concat!(env!("CARGO_MANIFEST_DIR"), "/client"), site.to_str().unwrap());
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\nclient_dir = {site:?}"));
     let server = Server::start(&config);
     let addr = server.gateway_addr();
 

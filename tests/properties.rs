@@ -1,10 +1,12 @@
 //! Property tests (proptest) of the pure parsers that face the network: control-message decoding and the
-//! topic rules, the fMP4 box splitter, the bench's media check and the rate limiter (the RTMP server side
-//! has tests/rtmp.rs). Bounded: 256 cases per property by default (PROPTEST_CASES raises it for a longer
-//! fuzzing run).
+//! topic rules, the fMP4 box splitter, the bench's media check, the keyframe extraction behind snapshots and
+//! the rate limiter (the RTMP server side has tests/rtmp.rs). Bounded: 256 cases per property by default
+//! (PROPTEST_CASES raises it for a longer fuzzing run).
 
 use mqtt_video::bench::measure::MediaCheck;
 use mqtt_video::media::fmp4::{Segment, Splitter};
+use mqtt_video::media::keyframe::annex_b_keyframe;
+use mqtt_video::media::snapshot::jpeg_size;
 use mqtt_video::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 use mqtt_video::server::ratelimit::{RateLimiter, Verdict};
 use proptest::prelude::*;
@@ -114,6 +116,19 @@ proptest! {
             let _ = split.push(chunk);
             let _ = check.push(chunk, 0);
         }
+    }
+
+    #[test]
+    fn keyframe_extraction_and_jpeg_sizes_survive_garbage(
+        moov in prop::collection::vec(any::<u8>(), 0..400),
+        moof in prop::collection::vec(any::<u8>(), 0..400),
+        mdat in prop::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let init = [make_box(b"ftyp", b"isom"), make_box(b"moov", &moov)].concat();
+        let fragment = [make_box(b"moof", &moof), make_box(b"mdat", &mdat)].concat();
+        let _ = annex_b_keyframe(&init, &fragment);
+        let _ = annex_b_keyframe(&moov, &moof);
+        let _ = jpeg_size(&[&[0xff, 0xd8][..], &mdat].concat());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mqtt_video::media::config::{Backpressure, Pacing};
+use mqtt_video::media::config::{Backpressure, Pacing, RtspTransport};
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
+use mqtt_video::policy::redact;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,11 +12,20 @@ use std::time::{Duration, Instant};
 /// Arguments of `probe`.
 #[derive(Args)]
 pub struct ProbeArgs {
-    /// Source URL: rtsp://, http(s)://, a file path, or builtin://testsrc.
+    /// Source URL: rtsp://, http(s)://, a file path, or builtin://testsrc; with --config, also the name of one
+    /// of its [[sources]].
     url: String,
-    /// Copy, transcode, or decide per track.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
-    mode: Mode,
+    /// A server config file: probe with its pipeline settings for this source (the source's own, else the
+    /// global [pipeline]); the options below override them.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Copy, transcode, or decide per track [default: auto, or the config's].
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// RTSP transport: tcp, udp, or auto (TCP, then UDP when the camera refuses TCP) [default: auto, or the
+    /// config's].
+    #[arg(long, value_enum)]
+    rtsp_transport: Option<RtspTransport>,
     /// Seconds of media to process (the whole file when it is shorter).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -28,9 +38,9 @@ pub struct ProbeArgs {
     /// Read files at their native rate, as a live viewer would get them.
     #[arg(long)]
     realtime: bool,
-    /// Least fragment duration in milliseconds (0: one fragment per video frame).
-    #[arg(long, default_value_t = 0)]
-    fragment_ms: u32,
+    /// Least fragment duration in milliseconds (0: one fragment per video frame) [default: 0, or the config's].
+    #[arg(long)]
+    fragment_ms: Option<u32>,
     /// Media time libavformat may analyse to identify the streams, in milliseconds.
     #[arg(long)]
     analyze_ms: Option<u32>,
@@ -76,20 +86,45 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// Runs the probe and prints its report.
-pub fn run(args: ProbeArgs) -> Result<()> {
-    let mut config = PipelineConfig { mode: args.mode, backpressure: Backpressure::Block, ..Default::default() };
+/// The URL to open and the pipeline settings: a config's for that source (a name of its `[[sources]]` stands
+/// for its URL), else the defaults; then the command line's options over them.
+fn settings(args: &ProbeArgs) -> Result<(String, PipelineConfig)> {
+    let (url, mut config) = match &args.config {
+        None => (args.url.clone(), PipelineConfig::default()),
+        Some(path) => {
+            let server = super::load_config(Some(path))?;
+            let named = server.sources.iter().find(|e| e.source.name.eq_ignore_ascii_case(args.url.trim()));
+            let url = named.map_or_else(|| args.url.clone(), |e| e.source.url.clone());
+            let pipeline = server.pipeline_for(&url);
+            (url, pipeline)
+        }
+    };
+    config.backpressure = Backpressure::Block;
     config.source.pacing = if args.realtime { Pacing::Realtime } else { Pacing::Unpaced };
-    config.fragment.duration_ms = args.fragment_ms;
+    if let Some(mode) = args.mode {
+        config.mode = mode;
+    }
+    if let Some(transport) = args.rtsp_transport {
+        config.source.rtsp_transport = transport;
+    }
+    if let Some(ms) = args.fragment_ms {
+        config.fragment.duration_ms = ms;
+    }
     if let Some(ms) = args.analyze_ms {
         config.source.analyze_duration_ms = ms;
     }
+    Ok((url, config))
+}
+
+/// Runs the probe and prints its report.
+pub fn run(args: ProbeArgs) -> Result<()> {
+    let (url, config) = settings(&args)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
 
     let started = Instant::now();
-    let pipeline = Pipeline::start(&args.url, config)?;
+    let pipeline = Pipeline::start(&url, config)?;
     let (mut source, mut output, mut init_len) = (None, None, 0);
     let (mut t_source, mut t_init, mut t_first) = (None, None, None);
     let (mut sizes, mut durations, mut keyframes) = (Vec::new(), Vec::new(), 0);
@@ -143,7 +178,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     pipeline.join();
     let (Some(source), Some(output)) = (source, output) else { bail!("the pipeline produced no init segment") };
     let report = Report {
-        url: args.url,
+        // Reports end up in tickets and chats: never with the camera's password.
+        url: redact(&url),
         source,
         output,
         init_segment_bytes: init_len,

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::Args;
-use mqtt_video::config::Config;
 use std::path::PathBuf;
 
 /// Arguments of `serve`. A few settings can also come from the environment (`MQTT_VIDEO_BROKER_HOST`, ...;
@@ -19,7 +18,7 @@ pub struct ServeArgs {
 
 /// Runs the server.
 pub fn run(args: ServeArgs) -> Result<()> {
-    let mut config = Config::load_with_env(args.config.as_deref())?;
+    let mut config = super::load_config(args.config.as_deref())?;
     if let Some(broker) = &args.broker {
         (config.broker.host, config.broker.port) = super::parse_broker(broker)?;
     }

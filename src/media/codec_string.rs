@@ -138,20 +138,36 @@ fn sample_entry_fields(kind: &[u8]) -> Option<usize> {
     }
 }
 
-/// The codec string of one sample entry box (`avc1`, `mp4a`, ...), header included.
-pub fn from_sample_entry(entry: &[u8]) -> Result<String, CodecStringError> {
+/// A sample entry's type and its child boxes (after the fields of its kind).
+fn sample_entry_children(entry: &[u8]) -> Result<(fmp4::BoxHeader, &[u8]), CodecStringError> {
     let header = fmp4::parse_box_header(entry)?.ok_or_else(|| Fmp4Error::Truncated("stsd".into()))?;
-    let kind = header.kind;
-    let unknown = || CodecStringError::UnknownSampleEntry(header.kind_str());
-    let skip = sample_entry_fields(&kind).ok_or_else(unknown)?;
+    let skip =
+        sample_entry_fields(&header.kind).ok_or_else(|| CodecStringError::UnknownSampleEntry(header.kind_str()))?;
     let body = entry
         .get(header.header_len..)
         .and_then(|b| b.get(skip..))
         .ok_or_else(|| Fmp4Error::Truncated(header.kind_str()))?;
+    Ok((header, body))
+}
+
+/// The `avcC` payload (AVCDecoderConfigurationRecord) of an `avc1`/`avc3` sample entry box.
+pub fn avcc_of(entry: &[u8]) -> Result<&[u8], CodecStringError> {
+    match sample_entry_children(entry)? {
+        (header, body) if &header.kind == b"avc1" || &header.kind == b"avc3" => {
+            fmp4::find_box(body, b"avcC")?.ok_or(CodecStringError::BadAvcC)
+        }
+        (header, _) => Err(CodecStringError::UnknownSampleEntry(header.kind_str())),
+    }
+}
+
+/// The codec string of one sample entry box (`avc1`, `mp4a`, ...), header included.
+pub fn from_sample_entry(entry: &[u8]) -> Result<String, CodecStringError> {
+    let (header, body) = sample_entry_children(entry)?;
+    let kind = header.kind;
+    let unknown = || CodecStringError::UnknownSampleEntry(header.kind_str());
     match &kind {
         b"avc1" | b"avc3" => {
-            let avcc = fmp4::find_box(body, b"avcC")?.ok_or(CodecStringError::BadAvcC)?;
-            let name = from_avcc(avcc)?;
+            let name = from_avcc(avcc_of(entry)?)?;
             Ok(name.replacen("avc1", std::str::from_utf8(&kind).unwrap_or("avc1"), 1))
         }
         b"mp4a" => {

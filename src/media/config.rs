@@ -30,11 +30,13 @@ pub enum Pacing {
 }
 
 /// RTSP lower transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RtspTransport {
-    /// Interleaved in the RTSP TCP connection: works through NAT and firewalls, no packet loss.
+    /// TCP, and UDP when the camera refuses TCP (some serve RTP over UDP only).
     #[default]
+    Auto,
+    /// Interleaved in the RTSP TCP connection: works through NAT and firewalls, no packet loss.
     Tcp,
     /// RTP over UDP.
     Udp,
@@ -82,7 +84,7 @@ impl Default for SourceConfig {
         Self {
             connect_timeout_ms: 5000,
             stall_timeout_ms: 5000,
-            rtsp_transport: RtspTransport::Tcp,
+            rtsp_transport: RtspTransport::Auto,
             probe_size: 500_000,
             analyze_duration_ms: 100,
             pacing: Pacing::Auto,

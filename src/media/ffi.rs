@@ -217,3 +217,10 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// Sets the quality (lambda) a frame asks of an encoder with a fixed quantiser (`Flags::QSCALE`): the MJPEG
+/// encoder takes the frame's, as the ffmpeg CLI's `-q:v` sets it.
+pub fn set_frame_quality(frame: &mut ffmpeg::frame::Video, lambda: i32) {
+    // SAFETY: the frame is exclusively borrowed and owns a valid AVFrame; quality is a plain integer field.
+    unsafe { (*frame.as_mut_ptr()).quality = lambda };
+}

@@ -295,6 +295,13 @@ pub struct TrackRun {
     pub duration: u64,
     /// Whether the first sample is a sync sample (keyframe).
     pub starts_with_sync: bool,
+    /// Where the first sample's data starts, from the first `trun`'s `data_offset`: bytes from the start of
+    /// the `moof` when `base_is_moof` (FFmpeg's `default_base_moof`).
+    pub data_offset: Option<i32>,
+    /// `tfhd` has `default-base-is-moof` and no explicit base offset.
+    pub base_is_moof: bool,
+    /// Size of the first sample in bytes, if the `trun` or `tfhd` gives it.
+    pub first_sample_size: Option<u32>,
 }
 
 const SAMPLE_IS_NON_SYNC: u32 = 0x0001_0000;
@@ -323,7 +330,10 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
     let trex = tracks.iter().find(|t| t.track_id == track_id);
     let mut default_duration = trex.map_or(0, |t| t.default_duration);
     let mut default_flags = trex.map_or(0, |t| t.default_flags);
-    if flags & 0x01 != 0 {
+    let explicit_base = flags & 0x01 != 0;
+    let base_is_moof = flags & 0x02_0000 != 0 && !explicit_base;
+    let mut default_size = None;
+    if explicit_base {
         r.skip(8)?; // base_data_offset
     }
     if flags & 0x02 != 0 {
@@ -333,7 +343,7 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
         default_duration = r.u32()?;
     }
     if flags & 0x10 != 0 {
-        r.skip(4)?; // default_sample_size
+        default_size = Some(r.u32()?);
     }
     if flags & 0x20 != 0 {
         default_flags = r.u32()?;
@@ -353,7 +363,16 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
         None => 0,
     };
 
-    let mut run = TrackRun { track_id, base_decode_time, sample_count: 0, duration: 0, starts_with_sync: false };
+    let mut run = TrackRun {
+        track_id,
+        base_decode_time,
+        sample_count: 0,
+        duration: 0,
+        starts_with_sync: false,
+        data_offset: None,
+        base_is_moof,
+        first_sample_size: None,
+    };
     let mut first = true;
     for item in boxes(traf) {
         let (header, trun) = item?;
@@ -363,21 +382,19 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
         let mut r = Reader::new(trun, "trun");
         let flags = r.u32()? & 0x00ff_ffff;
         let count = r.u32()?;
-        if flags & 0x001 != 0 {
-            r.skip(4)?; // data_offset
-        }
+        let data_offset = if flags & 0x001 != 0 { Some(r.u32()? as i32) } else { None };
         let first_sample_flags = if flags & 0x004 != 0 { Some(r.u32()?) } else { None };
         for i in 0..count {
             let duration = if flags & 0x100 != 0 { r.u32()? } else { default_duration };
-            if flags & 0x200 != 0 {
-                r.skip(4)?; // size
-            }
+            let size = if flags & 0x200 != 0 { Some(r.u32()?) } else { default_size };
             let sample_flags = if flags & 0x400 != 0 { r.u32()? } else { default_flags };
             if flags & 0x800 != 0 {
                 r.skip(4)?; // composition time offset
             }
             if first && i == 0 {
                 run.starts_with_sync = is_sync(first_sample_flags.unwrap_or(sample_flags));
+                run.data_offset = data_offset;
+                run.first_sample_size = size;
             }
             run.duration += u64::from(duration);
         }

@@ -3,6 +3,7 @@
 use super::config::{RtspTransport, SourceConfig};
 use super::error::MediaError;
 use super::ffi;
+use super::rtsp_transport;
 use ffmpeg::format::context::Input;
 use ffmpeg::Dictionary;
 use ffmpeg_next as ffmpeg;
@@ -290,19 +291,50 @@ pub fn open(url: &str, config: &SourceConfig, stop: Arc<AtomicBool>) -> Result<S
     watchdog.touch();
     let input = match kind {
         SourceKind::Builtin(pattern) => open_builtin(pattern, &watchdog)?,
+        SourceKind::Rtsp => open_rtsp(url, config, &watchdog)?,
         _ => {
             let target = match kind {
                 SourceKind::File => url.strip_prefix("file://").unwrap_or(url),
                 _ => url,
             };
-            let wd = Arc::clone(&watchdog);
-            ffi::open_input(target, None, options(kind, config), move || wd.should_interrupt())
+            open_with(target, options(kind, config), &watchdog)
                 .map_err(|e| watchdog.classify_error(e, "opening the source"))?
         }
     };
     watchdog.set_limit(config.stall_timeout());
     let has_duration = input.duration() > 0;
     Ok(Source { input, kind, watchdog, has_duration })
+}
+
+fn open_with(target: &str, options: Dictionary<'static>, watchdog: &Arc<Watchdog>) -> Result<Input, ffmpeg::Error> {
+    let wd = Arc::clone(watchdog);
+    ffi::open_input(target, None, options, move || wd.should_interrupt())
+}
+
+/// RTSP over each transport the setting allows, in order, until one opens (see `rtsp_transport.rs`).
+fn open_rtsp(url: &str, config: &SourceConfig, watchdog: &Arc<Watchdog>) -> Result<Input, MediaError> {
+    let mut failures = Vec::new();
+    for &transport in rtsp_transport::attempts(config.rtsp_transport) {
+        watchdog.touch();
+        let mut d = options(SourceKind::Rtsp, config);
+        d.set("rtsp_transport", transport.ffmpeg_name());
+        if transport == RtspTransport::Tcp {
+            // Packets over TCP arrive in order; a reorder queue would only hold frames back.
+            d.set("reorder_queue_size", "0");
+        }
+        match open_with(url, d, watchdog) {
+            Ok(input) => return Ok(input),
+            Err(e) => {
+                let refused = rtsp_transport::refused(&e);
+                failures.push((transport, refused, watchdog.classify_error(e, "opening the source")));
+                if !refused {
+                    break;
+                }
+                tracing::info!(transport = transport.ffmpeg_name(), error = %e, "the camera refused the RTSP transport");
+            }
+        }
+    }
+    Err(rtsp_transport::explain(config.rtsp_transport, failures))
 }
 
 fn open_builtin(pattern: TestPattern, watchdog: &Arc<Watchdog>) -> Result<Input, MediaError> {
@@ -350,15 +382,9 @@ fn options(kind: SourceKind, config: &SourceConfig) -> Dictionary<'static> {
         d.set("listen", "1");
     }
     match kind {
+        // The transport is set per attempt (`open_rtsp`).
         SourceKind::Rtsp => {
-            let transport = match config.rtsp_transport {
-                RtspTransport::Tcp => "tcp",
-                RtspTransport::Udp => "udp",
-            };
-            d.set("rtsp_transport", transport);
             d.set("timeout", &timeout_us);
-            // Packets over TCP arrive in order; a reorder queue would only hold frames back.
-            d.set("reorder_queue_size", "0");
         }
         SourceKind::Http | SourceKind::Rtmp => {
             d.set("rw_timeout", &timeout_us);

@@ -1,7 +1,7 @@
 //! The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port, byte
 //! for byte. Browsers speak real MQTT through it (the broker's auth and ACLs apply); it only ever connects
 //! to the configured broker, so it is no open proxy. mosquitto's own WebSocket listener moves about 40 KB/s
-//! (DESIGN.md section 3), far too little for video; this bridge adds about a millisecond.
+//! (docs/design.md, section 4), far too little for video; this bridge adds about a millisecond.
 
 mod addresses;
 mod bridge;
@@ -24,7 +24,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
-use tower_http::services::ServeDir;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +31,9 @@ pub enum GatewayError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The page folder configured cannot be served.
+    #[error(transparent)]
+    Page(#[from] super::assets::AssetsError),
     /// The listen address could not be bound.
     #[error("gateway: cannot listen on {addr}: {error}")]
     Bind {
@@ -58,13 +60,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds the listen address now, so that a taken port fails the server's start, not a later task.
+    /// `routes` are served beside the bridge and the page (`/metrics`, `/snapshot/...`).
     pub async fn bind(
         config: &GatewayConfig,
         broker_host: &str,
         broker_port: u16,
         health: Arc<Health>,
+        routes: Router,
     ) -> Result<Self, GatewayError> {
         let addr = config.listen_addr()?;
+        let page = super::assets::page_router(config.client_dir.as_deref())?;
         let listener =
             TcpListener::bind(addr).await.map_err(|error| GatewayError::Bind { addr: config.listen.clone(), error })?;
         let bridge = Arc::new(Bridge {
@@ -80,7 +85,8 @@ impl Gateway {
             .route(&config.path, get(upgrade))
             .with_state(bridge)
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
-            .fallback_service(ServeDir::new(&config.client_dir).append_index_html_on_directories(true));
+            .merge(routes)
+            .merge(page);
         Ok(Self {
             listener,
             router,

@@ -1,12 +1,16 @@
 //! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
+pub mod assets;
 pub mod cluster;
 pub mod gateway;
 pub mod health;
+pub mod homeassistant;
 pub mod ingest;
+pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
+pub mod snapshots;
 pub mod stats;
 pub mod stream;
 pub mod supervise;
@@ -92,6 +96,9 @@ pub struct Hub {
     closing: std::sync::atomic::AtomicBool,
 }
 
+/// The hub, for gateway routes bound before it exists (`/metrics`); set once it does.
+pub(crate) type LateHub = Arc<std::sync::OnceLock<Arc<Hub>>>;
+
 /// Locks a mutex whose data stays usable after a panic elsewhere (plain state, no invariants spanning a lock).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -107,10 +114,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
     let mut tasks = supervise::Tasks::default();
+    let late_hub = LateHub::default();
+    let snapshots = Arc::new(snapshots::Snapshots::new(config.snapshots.jpeg()));
     if config.gateway.enabled {
-        let gateway =
-            gateway::Gateway::bind(&config.gateway, &config.broker.host, config.broker.port, Arc::clone(&health))
-                .await?;
+        let mut routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
+        if config.snapshots.http {
+            routes = routes.merge(snapshots::router(Arc::clone(&late_hub), Arc::clone(&snapshots)));
+        }
+        let (host, port) = (&config.broker.host, config.broker.port);
+        let gateway = gateway::Gateway::bind(&config.gateway, host, port, Arc::clone(&health), routes).await?;
         if let Ok(addr) = gateway.local_addr() {
             tracing::info!(
                 "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
@@ -148,6 +160,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         closing: Default::default(),
         config,
     });
+    let _ = late_hub.set(Arc::clone(&hub));
+    if hub.config.homeassistant.enabled {
+        tasks.spawn("Home Assistant", homeassistant::run(Arc::clone(&hub), Arc::clone(&snapshots)));
+    }
     for (endpoint, listener) in endpoints {
         match listener {
             Some(listener) => tasks.spawn("ingest listener", ingest::serve(Arc::clone(&hub), endpoint, listener)),
@@ -386,13 +402,14 @@ impl Hub {
         self.policy.check(url).map(|a| a.url).map_err(|e| e.to_string())
     }
 
-    /// The stream for an allowed URL: running or started now for `requester`. A pushed source only while a
-    /// publisher sends, or for a play, also while its viewers wait for the publisher to come back.
-    fn stream_of(
+    /// The stream for an allowed URL: running or started now for `requester` (`None`: for the server itself,
+    /// a snapshot). A pushed source only while a publisher sends, or for a play, also while its viewers wait
+    /// for the publisher to come back.
+    pub(crate) fn stream_of(
         self: &Arc<Self>,
         url: &str,
         kind: RequestKind,
-        requester: &str,
+        requester: Option<&str>,
     ) -> Result<Arc<Stream>, (ErrorCode, String)> {
         if crate::ingest::name_of(url).is_some() {
             let running = lock(&self.streams).get(url).filter(|s| s.is_alive()).cloned();
@@ -421,10 +438,10 @@ impl Hub {
     }
 
     /// Finds the running stream for an allowed URL or starts it for `requester`.
-    fn stream_for(self: &Arc<Self>, url: &str, requester: &str) -> Result<Arc<Stream>, String> {
+    fn stream_for(self: &Arc<Self>, url: &str, requester: Option<&str>) -> Result<Arc<Stream>, String> {
         let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
         let capacity = self.config.limits.viewer_queue_fragments;
-        self.start_stream(url, Some(requester), || Stream::new(url.to_string(), config, client, qos, capacity))
+        self.start_stream(url, requester, || Stream::new(url.to_string(), config, client, qos, capacity))
     }
 
     /// The running stream for `url`, or a new one from `make`, within the stream limits: in all, and of the
@@ -506,7 +523,7 @@ impl Hub {
             Ok(url) => url,
             Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, m).await,
         };
-        let stream = match self.stream_of(&url, kind, ratelimit::requester(&request.reply_topic)) {
+        let stream = match self.stream_of(&url, kind, Some(ratelimit::requester(&request.reply_topic))) {
             Ok(s) => s,
             Err((code, m)) => return self.answer_error(kind, &request.reply_topic, code, m).await,
         };
@@ -566,7 +583,7 @@ impl Hub {
             let message = format!("{requester} already plays {theirs} streams, the most one page may; stop one first");
             return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
         }
-        let stream = match self.stream_of(&url, kind, requester) {
+        let stream = match self.stream_of(&url, kind, Some(requester)) {
             Ok(s) => s,
             Err((code, m)) => return self.answer_error(kind, &topic, code, m).await,
         };

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 /// Clock ticks per second of /proc/self/stat times (USER_HZ, 100 on every Linux we run on).
-const TICKS_PER_SEC: f64 = 100.0;
+pub const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU use of a process since the previous sample.
 #[derive(Debug)]

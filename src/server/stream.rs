@@ -346,6 +346,12 @@ impl Stream {
             .collect()
     }
 
+    /// The init segment and the fragment that starts the current GOP (a keyframe), once there are both.
+    pub fn keyframe(&self) -> Option<(Bytes, Bytes)> {
+        let state = self.state();
+        Some((state.init.as_ref()?.0.clone(), state.gop.first()?.clone()))
+    }
+
     /// Numbers for the stats message.
     pub fn stats(&self, shown_url: String) -> StreamStats {
         let state = self.state();

@@ -193,14 +193,16 @@ export async function startRtspSource(extraArgs = [], port = 0) {
   return { url, proc };
 }
 
-/** mqtt-video serve with a generated config. Resolves once it is connected to the broker. */
-export async function startServer(configText) {
-  const file = path.join(scratch(), `serve-${Date.now()}.toml`);
+/**
+ * mqtt-video serve with a generated config. Resolves once it is connected to the broker. `bin` and `cwd`
+ * (default: the built binary, run in the checkout) let a test run a copy of the binary somewhere else.
+ */
+export async function startServer(configText, { bin = serverBinary(), cwd = REPO, configDir = scratch() } = {}) {
+  const file = path.join(configDir, `serve-${Date.now()}.toml`);
   writeFileSync(file, configText);
-  const bin = serverBinary();
   if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`cargo build\` first`);
   const proc = startProcess("mqtt-video", bin, ["serve", "--config", file], {
-    cwd: REPO,
+    cwd,
     env: { ...process.env, NO_COLOR: "1" },
   });
   await waitFor("mqtt-video serve to connect to the broker", () => {

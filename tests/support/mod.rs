@@ -6,6 +6,7 @@ pub mod broker;
 pub mod page;
 pub mod rtmp;
 pub mod udp;
+pub mod udp_camera;
 
 use mqtt_video::media::config::{Backpressure, Pacing};
 use mqtt_video::media::{Fragment, InitSegment, MediaError, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
@@ -271,6 +272,12 @@ impl Drop for RtspServer {
 /// Resident memory of this process in KiB (the figure the server's stats report).
 pub fn rss_kib() -> u64 {
     mqtt_video::server::stats::memory_and_threads().0.expect("VmRSS in /proc/self/status")
+}
+
+/// CPU seconds the calling thread has used (user + system, 10 ms resolution).
+pub fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    mqtt_video::server::stats::parse_cpu_ticks(&stat).expect("utime and stime") as f64 / 100.0
 }
 
 /// Threads of this process.

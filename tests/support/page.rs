@@ -297,13 +297,13 @@ impl Drop for Server {
     }
 }
 
-/// A server config for tests: the broker on `port`, the given allow prefixes, short linger.
+/// A server config for tests: the broker on `port`, the given allow prefixes, the gateway on a free port
+/// serving the page built into the binary.
 pub fn server_config(port: u16, prefixes: &[&str], extra: &str) -> String {
     let prefixes = prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
     format!(
-        "[broker]\nport = {port}\nclient_id = \"mqtt-video-test-{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n\n[gateway]\nlisten = \"127.0.0.1:0\"\nclient_dir = {:?}\n\n[stats]\ninterval_secs = 1\n\n[allow]\nprefixes = [{prefixes}]\n\n{extra}\n",
+        "[broker]\nport = {port}\nclient_id = \"mqtt-video-test-{}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n\n[gateway]\nlisten = \"127.0.0.1:0\"\n\n[stats]\ninterval_secs = 1\n\n[allow]\nprefixes = [{prefixes}]\n\n{extra}\n",
         rand_suffix(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/client")
     )
 }
 
