@@ -170,14 +170,51 @@ pub struct DescribeRequest {
     pub reply_topic: String,
 }
 
-/// `{"url": ..., "reply_topic": ...}` on `<prefix>/play`.
+/// `{"url": ..., "reply_topic": ..., "version": 2}` on `<prefix>/play`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlayRequest {
     /// The source URL, trimmed of surrounding whitespace.
     pub url: String,
-    /// Where the media goes; statuses go to `<reply_topic>/status`.
+    /// Where the media goes (all of it in v1, the join burst in v2); statuses go to `<reply_topic>/status`.
     pub reply_topic: String,
+    /// 2: the stream's media once for everyone on its own topics, after a join burst on the reply topic;
+    /// absent or 1: every fragment on the reply topic, as the seed protocol did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+impl PlayRequest {
+    /// Whether the play asks for delivery on the stream's topics (protocol v2).
+    pub fn shared(&self) -> bool {
+        self.version == Some(2)
+    }
+}
+
+/// A stream's own topics (protocol v2), under `<prefix>/live/<id>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamTopics {
+    /// The stream's id: the slug of a named source's name (stable, for broker ACLs), else an opaque one.
+    pub id: String,
+    /// Init segment, retained: the current one, for anyone who subscribes.
+    pub init: String,
+    /// Fragments (and, in band, a new init segment when it changes), not retained.
+    pub media: String,
+    /// The stream's state as a status message, retained.
+    pub state: String,
+}
+
+impl StreamTopics {
+    /// The topics of stream `id` under `prefix`.
+    pub fn new(prefix: &str, id: &str) -> Self {
+        let base = format!("{prefix}/live/{id}");
+        Self {
+            id: id.to_string(),
+            init: format!("{base}/init"),
+            media: format!("{base}/media"),
+            state: format!("{base}/state"),
+        }
+    }
 }
 
 /// `{"reply_topic": ...}` on `<prefix>/stop` (also the page's last will).
@@ -273,6 +310,9 @@ pub fn parse_request(kind: RequestKind, payload: &[u8], limits: &RequestLimits) 
         }
         RequestKind::Play => {
             let r: PlayRequest = parse_object(kind, payload)?;
+            if r.version.is_some_and(|v| v != 1 && v != 2) {
+                return Err(ProtocolError::BadRequest("version must be 1 or 2".into()));
+            }
             Request::Play(PlayRequest { url: checked_url(&r.url)?, ..r })
         }
         RequestKind::Stop => Request::Stop(parse_object(kind, payload)?),
@@ -472,12 +512,14 @@ pub struct DescribeReply {
     /// as fields of the reply itself.
     #[serde(flatten)]
     pub info: OutputInfo,
+    /// The stream's own topics, for a v2 play (a page subscribes to the media topic before it plays).
+    pub stream: StreamTopics,
 }
 
 impl DescribeReply {
     /// The reply for a URL from the facts of its running pipeline.
-    pub fn new(url: &str, info: &OutputInfo) -> Self {
-        DescribeReply { url: url.to_string(), info: info.clone() }
+    pub fn new(url: &str, info: &OutputInfo, stream: &StreamTopics) -> Self {
+        DescribeReply { url: url.to_string(), info: info.clone(), stream: stream.clone() }
     }
 }
 
@@ -504,6 +546,9 @@ pub enum Status {
         /// The exact MIME type with codecs of the media that follows.
         #[serde(rename = "mimeCodec")]
         mime_codec: String,
+        /// For a v2 play: the stream's topics, where its media goes after the join burst.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<StreamTopics>,
     },
     /// The source is being opened; nothing to show yet.
     Buffering {
@@ -586,7 +631,12 @@ mod tests {
     #[test]
     fn valid_requests() {
         let r = parse(RequestKind::Play, &play("rtsp://cam/1", "video_abc123")).unwrap();
-        assert_eq!(r, Request::Play(PlayRequest { url: "rtsp://cam/1".into(), reply_topic: "video_abc123".into() }));
+        let v1 = PlayRequest { url: "rtsp://cam/1".into(), reply_topic: "video_abc123".into(), version: None };
+        assert_eq!(r, Request::Play(v1));
+        let v2 = parse(RequestKind::Play, r#"{"url":"rtsp://cam/1","reply_topic":"video_abc123","version":2}"#);
+        assert!(matches!(v2, Ok(Request::Play(p)) if p.shared()));
+        let v3 = parse(RequestKind::Play, r#"{"url":"rtsp://cam/1","reply_topic":"video_abc123","version":3}"#);
+        assert!(matches!(v3, Err(ProtocolError::BadRequest(m)) if m.contains("version")));
         assert_eq!(r.kind(), RequestKind::Play);
         assert_eq!(r.url(), Some("rtsp://cam/1"));
 
@@ -849,7 +899,8 @@ mod tests {
 
     #[test]
     fn describe_reply_shape() {
-        let reply = DescribeReply::new("rtsp://cam/1", &output_info(Some(TrackMode::Transcode)));
+        let topics = StreamTopics::new("video", "front-door");
+        let reply = DescribeReply::new("rtsp://cam/1", &output_info(Some(TrackMode::Transcode)), &topics);
         assert_eq!(
             as_value(&reply),
             json!({
@@ -860,10 +911,16 @@ mod tests {
                 "fps": 30.0,
                 "has_audio": true,
                 "video": "copy",
-                "audio": "transcode"
+                "audio": "transcode",
+                "stream": {
+                    "id": "front-door",
+                    "init": "video/live/front-door/init",
+                    "media": "video/live/front-door/media",
+                    "state": "video/live/front-door/state"
+                }
             })
         );
-        let silent = as_value(&DescribeReply::new("builtin://testsrc-silent", &output_info(None)));
+        let silent = as_value(&DescribeReply::new("builtin://testsrc-silent", &output_info(None), &topics));
         assert_eq!(silent["audio"], Value::Null);
         assert_eq!(silent["has_audio"], false);
     }
@@ -872,7 +929,7 @@ mod tests {
     fn status_shapes() {
         let cases = [
             (
-                Status::Playing { mime_codec: "video/mp4; codecs=\"avc1.42E01E\"".into() },
+                Status::Playing { mime_codec: "video/mp4; codecs=\"avc1.42E01E\"".into(), stream: None },
                 json!({ "state": "playing", "mimeCodec": "video/mp4; codecs=\"avc1.42E01E\"" }),
             ),
             (

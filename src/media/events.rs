@@ -90,7 +90,7 @@ pub struct InitSegment {
 pub struct Fragment {
     /// The bytes.
     pub bytes: Bytes,
-    /// Counts fragments from 0 in this pipeline run.
+    /// Its number (also its `mfhd` sequence number): from 1, on across the stream's restarts.
     pub sequence: u64,
     /// Whether its video starts with a keyframe: a viewer can start here.
     pub keyframe: bool,

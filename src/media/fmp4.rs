@@ -406,6 +406,52 @@ fn parse_traf(traf: &[u8], tracks: &[TrackInfo]) -> Result<TrackRun, Fmp4Error> 
     Ok(run)
 }
 
+/// Track id of the video in this server's fragments (the muxer writes video first).
+pub const VIDEO_TRACK_ID: u32 = 1;
+
+/// Whether a fragment of this server's (`prft` optional, then `moof`+`mdat`) starts with a video keyframe:
+/// its video run's first sample is a sync sample. Reads only the `moof`; false for anything else.
+pub fn starts_with_keyframe(fragment: &[u8]) -> bool {
+    let Ok(Some(moof)) = find_box(fragment, b"moof") else { return false };
+    // The muxer writes every sample's flags (tfhd defaults, trun first-sample flags): no trex needed.
+    parse_moof(moof, &[])
+        .is_ok_and(|runs| runs.iter().any(|r| r.track_id == VIDEO_TRACK_ID && r.sample_count > 0 && r.starts_with_sync))
+}
+
+/// Sets the `mfhd` sequence number of a fragment's `moof` (the muxer counts from 1 in each run; the stream
+/// counts on across restarts, so that a page can see a gap). False when there is no `mfhd` to set.
+pub fn set_sequence_number(fragment: &mut [u8], sequence: u32) -> bool {
+    let mut at = 0usize;
+    while let Ok(Some(header)) = parse_box_header(&fragment[at..]) {
+        if &header.kind == b"moof" {
+            let body = at + header.header_len;
+            // mfhd, the moof's first child: header, version and flags, then the 32-bit sequence number.
+            let Ok(Some(mfhd)) = parse_box_header(&fragment[body..]) else { return false };
+            let field = body + mfhd.header_len + 4;
+            return match fragment.get_mut(field..field + 4) {
+                Some(bytes) if &mfhd.kind == b"mfhd" && mfhd.total_len >= 16 => {
+                    bytes.copy_from_slice(&sequence.to_be_bytes());
+                    true
+                }
+                _ => false,
+            };
+        }
+        at = match usize::try_from(header.total_len).ok().and_then(|n| at.checked_add(n)) {
+            Some(next) if next < fragment.len() => next,
+            _ => return false,
+        };
+    }
+    false
+}
+
+/// The `mfhd` sequence number of a fragment, if it has one.
+pub fn sequence_number(fragment: &[u8]) -> Option<u32> {
+    let moof = find_box(fragment, b"moof").ok()??;
+    let mfhd = find_box(moof, b"mfhd").ok()??;
+    let bytes = mfhd.get(4..8)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 

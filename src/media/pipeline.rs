@@ -36,12 +36,18 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts a worker thread for `url`. A URL with a forbidden protocol fails here, before any I/O.
     pub fn start(url: &str, config: PipelineConfig) -> Result<Self, MediaError> {
-        Self::start_at(url, config, 0)
+        Self::start_at(url, config, 0, 1)
     }
 
-    /// Like [`Pipeline::start`], with output media time starting at `offset_us` instead of 0: a restarted
-    /// source continues the timeline its viewers already play.
-    pub fn start_at(url: &str, config: PipelineConfig, offset_us: i64) -> Result<Self, MediaError> {
+    /// Like [`Pipeline::start`], with output media time starting at `offset_us` instead of 0 and fragments
+    /// numbered from `first_sequence` (in their `mfhd`): a restarted source continues the timeline and the
+    /// numbering its viewers already play.
+    pub fn start_at(
+        url: &str,
+        config: PipelineConfig,
+        offset_us: i64,
+        first_sequence: u64,
+    ) -> Result<Self, MediaError> {
         source::classify_for(url, &config.source)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, rx) = bounded(config.channel_capacity.max(4));
@@ -68,7 +74,7 @@ impl Pipeline {
             .spawn(move || {
                 let span = tracing::info_span!("pipeline", url = %shown);
                 let _enter = span.enter();
-                let result = run(&url, &config, offset_us, &mut emitter);
+                let result = run(&url, &config, (offset_us, first_sequence), &mut emitter);
                 match &result {
                     Ok(()) => tracing::info!("source finished"),
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
@@ -265,7 +271,9 @@ struct Session<'a> {
     sequence: u64,
 }
 
-fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> Result<(), MediaError> {
+/// Runs the pipeline; `start` is where the output timeline (µs) and the fragment numbering begin.
+fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) -> Result<(), MediaError> {
+    let (offset_us, first_sequence) = start;
     let mut source = source::open(url, &config.source, Arc::clone(&em.stop))?;
     let paced = match config.source.pacing {
         Pacing::Realtime => true,
@@ -286,6 +294,7 @@ fn run(url: &str, config: &PipelineConfig, offset_us: i64, em: &mut Emitter) -> 
         "source opened"
     );
     let mut session = Session::new(&source, &info, config)?;
+    session.sequence = first_sequence;
     session.timeline.offset_us = offset_us.max(0);
     session.timeline.end_us = offset_us.max(0);
     em.control(PipelineEvent::Source(info))?;
@@ -825,6 +834,9 @@ impl<'a> Session<'a> {
                     } else {
                         produced
                     };
+                    let mut bytes = bytes;
+                    // Numbered on across restarts (the muxer counts from 1 in each run): a page sees a gap.
+                    fmp4::set_sequence_number(&mut bytes, self.sequence as u32);
                     let bytes = match (self.config.fragment.producer_reference_time, video, run) {
                         (true, Some(v), Some(r)) => {
                             let mut with_prft = fmp4::prft_box(v.track_id, source_wallclock_us, r.base_decode_time);

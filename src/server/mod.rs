@@ -92,6 +92,10 @@ pub struct Hub {
     members: Option<Mutex<cluster::Members>>,
     /// Push ingest endpoints.
     ingest: Vec<Arc<ingest::Endpoint>>,
+    /// The streams' ids, which name their topics.
+    ids: stream::ids::StreamIds,
+    /// Fragments the gateway shed for browsers that could not keep up.
+    gateway_shed: Arc<AtomicU64>,
     /// Set when shutting down: nothing new starts.
     closing: std::sync::atomic::AtomicBool,
 }
@@ -114,6 +118,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let options = mqtt::options(&config.broker, &client_id, &topics, cluster_on)?;
     let health = Arc::new(health::Health::default());
     let mut tasks = supervise::Tasks::default();
+    let gateway_shed = Arc::new(AtomicU64::new(0));
     let late_hub = LateHub::default();
     let snapshots = Arc::new(snapshots::Snapshots::new(config.snapshots.jpeg()));
     if config.gateway.enabled {
@@ -122,7 +127,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             routes = routes.merge(snapshots::router(Arc::clone(&late_hub), Arc::clone(&snapshots)));
         }
         let (host, port) = (&config.broker.host, config.broker.port);
-        let gateway = gateway::Gateway::bind(&config.gateway, host, port, Arc::clone(&health), routes).await?;
+        let gateway = gateway::Gateway::bind(
+            &config.gateway,
+            host,
+            port,
+            Arc::clone(&health),
+            routes,
+            &config.topics.prefix,
+            Arc::clone(&gateway_shed),
+        )
+        .await?;
         if let Ok(addr) = gateway.local_addr() {
             tracing::info!(
                 "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
@@ -157,6 +171,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Instant::now(),
         )),
         ingest: endpoints.iter().map(|(e, _)| Arc::clone(e)).collect(),
+        ids: stream::ids::StreamIds::new(&config.named_sources(), &config.ingest),
+        gateway_shed,
         closing: Default::default(),
         config,
     });
@@ -433,7 +449,7 @@ impl Hub {
         let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
         let source_url = endpoint.internal_url();
         self.start_stream(&url, None, || {
-            Stream::new(url.clone(), config, client, qos, capacity).pushed(source_url, srt)
+            Stream::new(url.clone(), self.stream_topics(&url), config, client, qos, capacity).pushed(source_url, srt)
         })
     }
 
@@ -441,7 +457,13 @@ impl Hub {
     fn stream_for(self: &Arc<Self>, url: &str, requester: Option<&str>) -> Result<Arc<Stream>, String> {
         let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
         let capacity = self.config.limits.viewer_queue_fragments;
-        self.start_stream(url, requester, || Stream::new(url.to_string(), config, client, qos, capacity))
+        let topics = self.stream_topics(url);
+        self.start_stream(url, requester, || Stream::new(url.to_string(), topics, config, client, qos, capacity))
+    }
+
+    /// The topics of the stream of an allowed URL (protocol v2).
+    fn stream_topics(&self, url: &str) -> crate::protocol::StreamTopics {
+        crate::protocol::StreamTopics::new(self.topics.prefix(), &self.ids.id_of(url))
     }
 
     /// The running stream for `url`, or a new one from `make`, within the stream limits: in all, and of the
@@ -547,7 +569,7 @@ impl Hub {
         match outcome {
             Ok(Ok(info)) => {
                 stream.touch();
-                let reply = DescribeReply::new(&request.url, &info);
+                let reply = DescribeReply::new(&request.url, &info, &stream.topics());
                 self.publish_json(request.reply_topic, &reply, false).await;
             }
             Ok(Err((code, message))) => self.answer_error(kind, &request.reply_topic, code, message).await,
@@ -561,6 +583,7 @@ impl Hub {
     async fn play(self: Arc<Self>, request: PlayRequest) {
         self.requests.play.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Play;
+        let shared = request.shared();
         let topic = request.reply_topic;
         let url = match self.allow(&request.url) {
             Ok(url) => url,
@@ -603,7 +626,8 @@ impl Hub {
             }
             _ => {}
         }
-        if !stream.add_viewer(&topic, self.config.limits.max_viewers_per_stream) {
+        let delivery = if shared { stream::core::Delivery::Shared } else { stream::core::Delivery::Direct };
+        if !stream.add_viewer(&topic, delivery, self.config.limits.max_viewers_per_stream) {
             lock(&self.viewers).remove(&topic);
             let message =
                 format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
@@ -645,8 +669,7 @@ impl Hub {
         let linger = self.config.limits.linger();
         for stream in streams {
             if let Some(timeout) = self.config.limits.viewer_timeout() {
-                for topic in stream.expired_viewers(timeout) {
-                    stream.remove_viewer(&topic, Some(EndReason::ViewerTimeout));
+                for topic in stream.expire_viewers(timeout) {
                     lock(&self.viewers).remove(&topic);
                     tracing::info!(reply_topic = %topic, "viewer timed out");
                 }
@@ -680,7 +703,13 @@ impl Hub {
             "streams": streams,
             "viewers": streams.iter().map(|s| s.viewers).sum::<usize>(),
             "requests": &self.requests,
-            "process": { "cpu_percent": cpu, "rss_kib": rss_kib, "threads": threads },
+            "process": {
+                "cpu_percent": cpu,
+                "rss_kib": rss_kib,
+                "threads": threads,
+                "bytes_written": stats::bytes_written(None),
+            },
+            "gateway": { "shed_fragments": self.gateway_shed.load(Ordering::Relaxed) },
             "ingest": self.ingest.iter().map(|e| e.stats()).collect::<Vec<_>>(),
         })
     }

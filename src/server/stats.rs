@@ -77,6 +77,14 @@ fn memory_and_threads_at(path: &str) -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("Threads:"))
 }
 
+/// Bytes a process has passed to `write`-like calls (sockets included), from /proc/PID/io; `None` for
+/// this process when `pid` is `None`.
+pub fn bytes_written(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/io".to_string(), |p| format!("/proc/{p}/io"));
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,3 +99,4 @@ mod tests {
         assert!(rss.unwrap() > 0 && threads.unwrap() >= 1);
     }
 }
+

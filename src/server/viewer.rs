@@ -73,6 +73,13 @@ impl Queue {
         self.waiting_for_keyframe = gop.is_empty();
     }
 
+    /// Takes fragments from here on without waiting for a keyframe: for the stream's own topic, whose
+    /// viewers got the GOP so far in their join burst.
+    pub fn take_from_here(&mut self) {
+        self.waiting_for_keyframe = false;
+        self.lagging = false;
+    }
+
     /// Queues a status message; never dropped.
     pub fn push_status(&mut self, json: String) {
         if !self.closed {

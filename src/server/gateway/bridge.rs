@@ -1,19 +1,31 @@
-//! One browser's WebSocket bridged to its own TCP connection to the broker, byte for byte, until either side
-//! closes, the browser stays silent past its deadline (see [`super::liveness`]), or it sends something other
-//! than MQTT.
+//! One browser's WebSocket bridged to its own TCP connection to the broker until either side closes, the
+//! browser stays silent past its deadline (see [`super::liveness`]), or it sends something other than MQTT.
+//! Browser to broker, bytes go as they come. Broker to browser, whole MQTT packets wait in the connection's
+//! [`Shedder`], which sheds the stream topics' media for a browser whose link cannot carry it.
 
 use super::addresses::Slot;
 use super::liveness::{Liveness, Silence};
+use super::mqtt_frames::{read_publish, Framer, Packet};
+use super::shedding::{Kind, Limits, Shedder};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Bytes read from the broker per WebSocket message at most; MQTT over WebSocket need not align packets.
+/// Bytes read from the broker at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// Largest packet from the broker: a keyframe of a 4K stream is a few MB.
+const MAX_DOWN_PACKET: usize = 64 << 20;
+/// A browser whose oldest queued packet waited this long loses the media of the stream topics up to a
+/// keyframe that finds its queue short again: it stays within about a second of live on any link.
+const LIMITS: Limits =
+    Limits { shed_after: Duration::from_millis(400), resume_under: Duration::from_millis(150), max_bytes: 32 << 20 };
 /// Time allowed to reach the broker for a new browser connection.
 const BROKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,6 +40,27 @@ pub struct BridgeConfig {
     pub max_idle: Duration,
     /// Largest message (and CONNECT) a browser may send.
     pub max_message_bytes: usize,
+    /// `<prefix>/live/`: the stream topics, whose media may be shed.
+    pub live_prefix: String,
+    /// Fragments shed for browsers that could not keep up, all connections together.
+    pub shed: Arc<AtomicU64>,
+}
+
+impl BridgeConfig {
+    /// What a packet from the broker is to the browser: media of a stream topic (QoS 0, not an init
+    /// segment) may be shed; everything else must arrive.
+    fn kind(&self, packet: &Packet, level: u8) -> Kind {
+        match read_publish(packet, level) {
+            Some((topic, 0, payload))
+                if topic.starts_with(&self.live_prefix)
+                    && topic.ends_with("/media")
+                    && payload.get(4..8) != Some(b"ftyp") =>
+            {
+                Kind::Media { keyframe: crate::media::fmp4::starts_with_keyframe(payload) }
+            }
+            _ => Kind::Keep,
+        }
+    }
 }
 
 /// Copies bytes both ways until either side closes or the browser misses its deadline; `slot` (its
@@ -45,6 +78,11 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
     let (mut to_browser, mut from_browser) = ws.split();
     let mut liveness =
         Liveness::new(Instant::now().into_std(), config.connect_timeout, config.max_idle, config.max_message_bytes);
+    // Shared by the three halves below, which run in this one task (the lock is never held across a wait).
+    let level = AtomicU8::new(4);
+    let queue = Mutex::new(Shedder::new(LIMITS));
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let (more, broker_done) = (Notify::new(), AtomicBool::new(false));
     let upstream = async {
         loop {
             let deadline = Instant::from_std(liveness.deadline());
@@ -67,6 +105,7 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
                         tracing::debug!(error = %e, "gateway: closing a browser connection that is not MQTT");
                         break;
                     }
+                    level.store(liveness.level(), Ordering::Relaxed);
                     if to_broker.write_all(&bytes).await.is_err() {
                         break;
                     }
@@ -78,23 +117,56 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
         }
         let _ = to_broker.shutdown().await;
     };
-    let downstream = async {
+    let from_broker_side = async {
+        let mut framer = Framer::new(MAX_DOWN_PACKET);
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut packets = Vec::new();
         loop {
-            match from_broker.read(&mut buf).await {
+            let n = match from_broker.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_browser.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                Ok(n) => n,
+            };
+            if framer.push(&buf[..n], &mut packets).is_err() {
+                break;
+            }
+            let now = Instant::now().into_std();
+            let mut q = lock();
+            let shed_before = q.shed;
+            for p in packets.drain(..) {
+                let kind = config.kind(&p, level.load(Ordering::Relaxed));
+                if let Err(e) = q.push(kind, Bytes::from(p.bytes), now) {
+                    tracing::debug!(error = %e, "gateway: closing a browser connection that reads nothing");
+                    return;
+                }
+            }
+            config.shed.fetch_add(q.shed - shed_before, Ordering::Relaxed);
+            drop(q);
+            more.notify_one();
+        }
+        broker_done.store(true, Ordering::Relaxed);
+        more.notify_one();
+        // The browser side sends what is left, then the close.
+        std::future::pending::<()>().await;
+    };
+    let to_browser_side = async {
+        loop {
+            let next = lock().pop();
+            match next {
+                Some(packet) => {
+                    if to_browser.send(Message::Binary(packet)).await.is_err() {
                         return;
                     }
                 }
+                None if broker_done.load(Ordering::Relaxed) => break,
+                None => more.notified().await,
             }
         }
         let _ = to_browser.send(Message::Close(None)).await;
     };
     tokio::select! {
         () = upstream => {}
-        () = downstream => {}
+        () = from_broker_side => {}
+        () = to_browser_side => {}
     }
     drop((slot, permit));
 }

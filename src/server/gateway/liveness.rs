@@ -55,6 +55,11 @@ impl Liveness {
         }
     }
 
+    /// The protocol level the browser's CONNECT asked for (4 until it has sent one).
+    pub fn level(&self) -> u8 {
+        self.connect.map_or(4, |c| c.level)
+    }
+
     /// When to close if nothing more comes.
     pub fn deadline(&self) -> Instant {
         self.deadline

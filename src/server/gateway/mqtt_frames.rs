@@ -102,6 +102,41 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     Ok(None)
 }
 
+/// Packet type of PUBLISH.
+pub const PUBLISH: u8 = 3;
+
+/// What the gateway needs of a PUBLISH the broker sends: its topic, QoS and payload. `level` is the
+/// protocol level of the connection (5 adds properties before the payload). `None` when it is not a
+/// PUBLISH or does not read as one (it is then passed on as it is).
+pub fn read_publish(packet: &Packet, level: u8) -> Option<(&str, u8, &[u8])> {
+    if packet.packet_type != PUBLISH {
+        return None;
+    }
+    let qos = (packet.flags >> 1) & 0x03;
+    let body = packet.body();
+    let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let topic = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
+    let mut at = 2 + len + if qos > 0 { 2 } else { 0 };
+    if level == 5 {
+        // Properties: a variable-length integer, then that many bytes.
+        let (mut props, mut shift) = (0usize, 0);
+        loop {
+            let b = *body.get(at)?;
+            at += 1;
+            props |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                return None;
+            }
+        }
+        at = at.checked_add(props)?;
+    }
+    Some((topic, qos, body.get(at..)?))
+}
+
 /// What a CONNECT asks for, as far as the gateway cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connect {
@@ -183,5 +218,27 @@ mod tests {
         let other =
             Packet { packet_type: 1, flags: 0, bytes: b"\x10\x0a\x00\x04HTTP\x04\x02\x00\x14".to_vec(), body_at: 2 };
         assert!(matches!(read_connect(&other), Err(FrameError::BadConnect(_))));
+    }
+
+    #[test]
+    fn publishes_give_their_topic_qos_and_payload() {
+        let publish = |flags: u8, body: &[u8]| Packet {
+            packet_type: 3,
+            flags,
+            bytes: [&[0x30 | flags, body.len() as u8][..], body].concat(),
+            body_at: 2,
+        };
+        // QoS 0, MQTT 3.1.1.
+        let p = publish(0, b"\x00\x03a/bpayload");
+        assert_eq!(read_publish(&p, 4), Some(("a/b", 0, &b"payload"[..])));
+        // QoS 1: a packet id before the payload.
+        let p = publish(2, b"\x00\x03a/b\x00\x07payload");
+        assert_eq!(read_publish(&p, 4), Some(("a/b", 1, &b"payload"[..])));
+        // MQTT 5: properties (here 3 bytes) before the payload.
+        let p = publish(0, b"\x00\x03a/b\x03\x01\x00\x00payload");
+        assert_eq!(read_publish(&p, 5), Some(("a/b", 0, &b"payload"[..])));
+        assert_eq!(read_publish(&publish(0, b"\x00\x09a/b"), 4), None, "cut short");
+        let suback = Packet { packet_type: 9, flags: 0, bytes: vec![0x90, 3, 0, 1, 0], body_at: 2 };
+        assert_eq!(read_publish(&suback, 4), None);
     }
 }

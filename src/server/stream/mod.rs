@@ -1,12 +1,17 @@
-//! One live stream: a pipeline for one source, shared by all its viewers. Keeps the init segment and the
-//! fragments since the last keyframe (so joiners start at once, at a keyframe), fans fragments out, and
-//! restarts the source with backoff when it drops, keeping viewers and their media timeline.
+//! One live stream: a pipeline for one source, shared by all its viewers. Its state and what it publishes
+//! are decided by the pure [`core::StreamCore`]; this shell runs the pipeline, restarts the source with
+//! backoff when it drops (keeping viewers and their media timeline), and carries the core's effects out:
+//! each viewer's queue and publisher on its reply topic, and one publisher for the stream's own topics.
+
+pub mod core;
+pub mod ids;
 
 use super::viewer::Viewer;
 use crate::config::RetryConfig;
 use crate::media::{MediaError, OutputInfo, Pipeline, PipelineConfig, PipelineEvent};
-use crate::protocol::{EndReason, ErrorCode, Status};
+use crate::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use bytes::Bytes;
+use core::{Delivery, Effect, Full, StreamCore, Topic};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +19,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-/// Fragments kept for late joiners at most; a source without keyframes must not grow the cache forever.
-const MAX_GOP_FRAGMENTS: usize = 1200;
 /// Latency samples kept for the stats percentiles.
 const LATENCY_SAMPLES: usize = 300;
 
@@ -57,17 +60,18 @@ pub struct Counters {
     pub pipeline_drops: AtomicU64,
     /// Damaged source packets of finished pipeline runs (the running one counts in its stats).
     pub damaged: AtomicU64,
+    /// Media bytes published: to each direct viewer, and once to the stream topic for all shared ones.
+    pub published_bytes: AtomicU64,
 }
 
-struct State {
-    init: Option<(Bytes, OutputInfo)>,
-    gop: Vec<Bytes>,
-    viewers: HashMap<String, (Viewer, bool)>,
-    idle_since: Option<Instant>,
-    media_end_us: i64,
-    ended_at: Option<Instant>,
+/// The viewers' queues and publishers, and what they leave behind.
+struct Queues {
+    viewers: HashMap<String, Viewer>,
+    /// The stream's own media topic, with the same GOP-aware queue as a viewer.
+    shared: Option<Viewer>,
+    /// Drops of viewers that are gone.
+    drops_gone: u64,
     latencies_ms: VecDeque<f64>,
-    viewer_drops_gone: u64,
 }
 
 /// A pushed source's publisher, as the stream sees it.
@@ -94,7 +98,8 @@ pub struct Stream {
     client: AsyncClient,
     qos: QoS,
     viewer_capacity: usize,
-    state: Mutex<State>,
+    core: Mutex<StreamCore>,
+    queues: Mutex<Queues>,
     phase: watch::Sender<Phase>,
     stopping: AtomicBool,
     stop_notify: Notify,
@@ -115,8 +120,10 @@ pub struct StreamStats {
     pub state: &'static str,
     /// Output facts, once known.
     pub output: Option<OutputInfo>,
-    /// Viewers attached.
+    /// Viewers attached, both kinds.
     pub viewers: usize,
+    /// Of them, viewers on the stream's own topics (protocol v2).
+    pub shared_viewers: usize,
     /// Fragments dropped for slow viewers plus fragments the pipeline dropped.
     pub dropped: u64,
     /// Damaged source packets: concealed by the decoder (transcode), or kept back, never sent (copy: the
@@ -124,6 +131,8 @@ pub struct StreamStats {
     pub damaged: u64,
     /// Fragments so far.
     pub fragments: u64,
+    /// Media bytes published so far: once per direct viewer, once for all shared ones.
+    pub published_bytes: u64,
     /// Source restarts.
     pub restarts: u64,
     /// Source arrival to hand-off for publishing, p50, in ms.
@@ -141,8 +150,15 @@ fn json(status: &Status) -> String {
 }
 
 impl Stream {
-    /// A stream that is not running yet; call [`Stream::run`].
-    pub fn new(url: String, config: PipelineConfig, client: AsyncClient, qos: QoS, viewer_capacity: usize) -> Self {
+    /// A stream that is not running yet, whose shared media goes to `topics`; call [`Stream::run`].
+    pub fn new(
+        url: String,
+        topics: StreamTopics,
+        config: PipelineConfig,
+        client: AsyncClient,
+        qos: QoS,
+        viewer_capacity: usize,
+    ) -> Self {
         Self {
             source_url: url.clone(),
             publisher: None,
@@ -152,15 +168,12 @@ impl Stream {
             client,
             qos,
             viewer_capacity,
-            state: Mutex::new(State {
-                init: None,
-                gop: Vec::new(),
+            core: Mutex::new(StreamCore::new(topics, Instant::now())),
+            queues: Mutex::new(Queues {
                 viewers: HashMap::new(),
-                idle_since: Some(Instant::now()),
-                media_end_us: 0,
-                ended_at: None,
+                shared: None,
+                drops_gone: 0,
                 latencies_ms: VecDeque::new(),
-                viewer_drops_gone: 0,
             }),
             phase: watch::channel(Phase::Starting).0,
             stopping: AtomicBool::new(false),
@@ -189,12 +202,17 @@ impl Stream {
         self.started_by.as_deref()
     }
 
+    /// The stream's own topics (protocol v2).
+    pub fn topics(&self) -> StreamTopics {
+        self.core().topics().clone()
+    }
+
     /// A publisher connected to this pushed source: the stream (re)starts its pipeline and does not linger out.
     pub fn publisher_arrived(&self) {
         if let Some(p) = &self.publisher {
             p.present.store(true, Ordering::SeqCst);
             p.arrived.notify_one();
-            self.state().idle_since = None;
+            self.core().pin();
         }
     }
 
@@ -202,10 +220,7 @@ impl Stream {
     pub fn publisher_left(&self) {
         if let Some(p) = &self.publisher {
             p.present.store(false, Ordering::SeqCst);
-            let mut state = self.state();
-            if state.viewers.is_empty() {
-                state.idle_since = Some(Instant::now());
-            }
+            self.core().touch(Instant::now());
         }
     }
 
@@ -223,8 +238,12 @@ impl Stream {
         self.publisher.as_ref().is_some_and(|p| p.present.load(Ordering::SeqCst))
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn core(&self) -> MutexGuard<'_, StreamCore> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Watches the phase (describe waits for `Ready` or `Failed`).
@@ -251,115 +270,87 @@ impl Stream {
 
     /// Keeps the stream from lingering out for another linger period (a describe is usually followed by play).
     pub fn touch(&self) {
-        let mut state = self.state();
-        if state.viewers.is_empty() {
-            state.idle_since = Some(Instant::now());
-        }
+        self.core().touch(Instant::now());
     }
 
     /// Viewers attached now.
     pub fn viewer_count(&self) -> usize {
-        self.state().viewers.len()
+        self.core().viewer_count()
     }
 
     /// How long it has had no viewer, if it has none.
     pub fn idle_for(&self) -> Option<Duration> {
-        self.state().idle_since.map(|t| t.elapsed())
+        self.core().idle_for(Instant::now())
     }
 
     /// Attaches (or re-attaches) a viewer: it gets the init segment and the current GOP at once if the stream
     /// is playing, else as soon as it is. Returns false when the stream is full.
-    pub fn add_viewer(&self, reply_topic: &str, max_viewers: usize) -> bool {
-        let mut state = self.state();
-        if let Some((old, _)) = state.viewers.remove(reply_topic) {
-            old.discard();
-        }
-        if state.viewers.len() >= max_viewers {
-            return false;
-        }
-        let viewer = Viewer::new(reply_topic.to_string(), self.viewer_capacity);
-        viewer.spawn_publisher(self.client.clone(), self.qos);
-        let started = match &state.init {
-            Some((init, info)) => {
-                let mut queue = viewer.queue();
-                queue.push_status(json(&Status::Playing { mime_codec: info.mime_codec.clone() }));
-                queue.push_start(init.clone(), &state.gop);
+    pub fn add_viewer(&self, reply_topic: &str, delivery: Delivery, max_viewers: usize) -> bool {
+        let mut core = self.core();
+        match core.join(reply_topic, delivery, max_viewers, Instant::now()) {
+            Ok(effects) => {
+                self.apply(&core, effects);
                 true
             }
-            None => {
-                // Tell the page something is happening while the source opens (up to the connect timeout).
-                viewer.queue().push_status(json(&Status::Buffering { attempt: 1, retry_in_ms: 0 }));
-                false
-            }
-        };
-        viewer.wake();
-        state.viewers.insert(reply_topic.to_string(), (viewer, started));
-        state.idle_since = None;
-        true
+            Err(Full) => false,
+        }
     }
 
     /// Whether a viewer with this reply topic is attached.
     pub fn has_viewer(&self, reply_topic: &str) -> bool {
-        self.state().viewers.contains_key(reply_topic)
+        self.core().has_viewer(reply_topic)
     }
 
     /// Ends every viewer with `shutdown` and stops.
     pub fn shutdown(&self) {
-        self.end_viewers(&Status::Ended { reason: EndReason::Shutdown });
+        self.end_viewers(Status::Ended { reason: EndReason::Shutdown });
         self.stop();
     }
 
-    /// Renews a viewer's timeout.
+    /// Renews a viewer's lease.
     pub fn renew_viewer(&self, reply_topic: &str) {
-        if let Some((viewer, _)) = self.state().viewers.get_mut(reply_topic) {
-            viewer.last_seen = Instant::now();
-        }
+        self.core().renew(reply_topic, Instant::now());
     }
 
-    /// Detaches a viewer, telling it why (or, with `None`, silently: its topic lives on elsewhere); false
-    /// when it was not attached.
-    pub fn remove_viewer(&self, reply_topic: &str, reason: Option<EndReason>) -> bool {
-        let mut state = self.state();
-        let Some((viewer, _)) = state.viewers.remove(reply_topic) else { return false };
-        state.viewer_drops_gone += viewer.queue().dropped;
-        match reason {
-            Some(reason) => {
-                viewer.queue().push_status(json(&Status::Ended { reason }));
-                viewer.close();
-            }
-            None => viewer.discard(),
-        }
-        if state.viewers.is_empty() {
-            state.idle_since = Some(Instant::now());
-        }
-        true
+    /// Detaches a viewer, telling it why (or, with `None`, silently: its topic lives on elsewhere).
+    pub fn remove_viewer(&self, reply_topic: &str, reason: Option<EndReason>) {
+        let mut core = self.core();
+        let effects = core.leave(reply_topic, reason, Instant::now());
+        self.apply(&core, effects);
     }
 
-    /// Viewers that have not renewed their play within `timeout`.
-    pub fn expired_viewers(&self, timeout: Duration) -> Vec<String> {
-        let state = self.state();
-        state
-            .viewers
-            .values()
-            .filter(|(v, _)| v.last_seen.elapsed() > timeout)
-            .map(|(v, _)| v.reply_topic.clone())
-            .collect()
+    /// Ends the viewers that have not renewed their play within `timeout`; returns their reply topics.
+    pub fn expire_viewers(&self, timeout: Duration) -> Vec<String> {
+        let mut core = self.core();
+        let (expired, effects) = core.expire(timeout, Instant::now());
+        self.apply(&core, effects);
+        expired
     }
 
     /// The init segment and the fragment that starts the current GOP (a keyframe), once there are both.
     pub fn keyframe(&self) -> Option<(Bytes, Bytes)> {
-        let state = self.state();
-        Some((state.init.as_ref()?.0.clone(), state.gop.first()?.clone()))
+        self.core().keyframe()
     }
 
     /// Numbers for the stats message.
     pub fn stats(&self, shown_url: String) -> StreamStats {
-        let state = self.state();
-        let mut sorted: Vec<f64> = state.latencies_ms.iter().copied().collect();
+        let (output, viewers, shared_viewers) = {
+            let core = self.core();
+            (core.output().cloned(), core.viewer_count(), core.shared_count())
+        };
+        let (dropped_by_viewers, mut sorted) = {
+            let q = self.queues();
+            let live: u64 = q.viewers.values().chain(q.shared.iter()).map(|v| v.queue().dropped).sum();
+            (live + q.drops_gone, q.latencies_ms.iter().copied().collect::<Vec<f64>>())
+        };
         sorted.sort_by(f64::total_cmp);
         let phase = self.phase.borrow().clone();
-        let viewer_drops: u64 =
-            state.viewers.values().map(|(v, _)| v.queue().dropped).sum::<u64>() + state.viewer_drops_gone;
+        let running_damaged = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| s.damaged.load(Ordering::Relaxed));
         StreamStats {
             url: shown_url,
             state: match phase {
@@ -369,60 +360,118 @@ impl Stream {
                 Phase::Failed { .. } => "failed",
                 Phase::Ended => "ended",
             },
-            output: state.init.as_ref().map(|(_, info)| info.clone()),
-            viewers: state.viewers.len(),
-            dropped: viewer_drops + self.counters.pipeline_drops.load(Ordering::Relaxed),
-            damaged: self.counters.damaged.load(Ordering::Relaxed)
-                + self
-                    .running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .map_or(0, |s| s.damaged.load(Ordering::Relaxed)),
+            output,
+            viewers,
+            shared_viewers,
+            dropped: dropped_by_viewers + self.counters.pipeline_drops.load(Ordering::Relaxed),
+            damaged: self.counters.damaged.load(Ordering::Relaxed) + running_damaged,
             fragments: self.counters.fragments.load(Ordering::Relaxed),
+            published_bytes: self.counters.published_bytes.load(Ordering::Relaxed),
             restarts: self.counters.restarts.load(Ordering::Relaxed),
             latency_p50_ms: percentile(&sorted, 0.5),
             latency_p95_ms: percentile(&sorted, 0.95),
         }
     }
 
-    /// Sends a status to every viewer.
-    fn broadcast(&self, status: &Status) {
-        let text = json(status);
-        for (viewer, _) in self.state().viewers.values() {
-            viewer.queue().push_status(text.clone());
-            viewer.wake();
+    /// Carries out what the core decided, while its lock is held (so that effects keep their order).
+    fn apply(&self, core: &StreamCore, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let mut q = self.queues();
+        for effect in effects {
+            self.carry_out(core, &mut q, effect);
+        }
+    }
+
+    fn carry_out(&self, core: &StreamCore, q: &mut Queues, effect: Effect) {
+        let published = |n: usize| self.counters.published_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        match effect {
+            Effect::Open { viewer } => {
+                let v = Viewer::new(viewer.clone(), self.viewer_capacity);
+                v.spawn_publisher(self.client.clone(), self.qos);
+                q.viewers.insert(viewer, v);
+            }
+            Effect::Status { viewer, status } => {
+                if let Some(v) = q.viewers.get(&viewer) {
+                    v.queue().push_status(json(&status));
+                    v.wake();
+                }
+            }
+            Effect::Start { viewer, init, gop } => {
+                if let Some(v) = q.viewers.get(&viewer) {
+                    published(init.len() + gop.iter().map(Bytes::len).sum::<usize>());
+                    v.queue().push_start(init, &gop);
+                    v.wake();
+                }
+            }
+            Effect::Fragment { viewer, bytes, keyframe } => {
+                if let Some(v) = q.viewers.get(&viewer) {
+                    published(bytes.len());
+                    v.queue().push_fragment(bytes, keyframe);
+                    v.wake();
+                }
+            }
+            Effect::ResetMedia { viewer } => {
+                if let Some(v) = q.viewers.get(&viewer) {
+                    v.queue().reset_media();
+                }
+            }
+            Effect::Close { viewer } => {
+                if let Some(v) = q.viewers.remove(&viewer) {
+                    q.drops_gone += v.queue().dropped;
+                    v.close();
+                }
+            }
+            Effect::Discard { viewer } => {
+                if let Some(v) = q.viewers.remove(&viewer) {
+                    q.drops_gone += v.queue().dropped;
+                    v.discard();
+                }
+            }
+            Effect::Publish { topic: Topic::Media, payload, .. } => {
+                // One queue for the stream's media topic, dropping whole GOPs like a viewer's when it lags.
+                let shared = q.shared.get_or_insert_with(|| {
+                    let v = Viewer::new(core.topics().media.clone(), self.viewer_capacity);
+                    v.queue().take_from_here();
+                    v.spawn_publisher(self.client.clone(), self.qos);
+                    v
+                });
+                published(payload.len());
+                if payload.get(4..8) == Some(b"ftyp") {
+                    // A new init segment in band: never dropped, and only a keyframe may follow it.
+                    shared.queue().push_start(payload, &[]);
+                } else {
+                    let keyframe = crate::media::fmp4::starts_with_keyframe(&payload);
+                    shared.queue().push_fragment(payload, keyframe);
+                }
+                shared.wake();
+            }
+            Effect::Publish { topic, payload, retain } => {
+                let name = match topic {
+                    Topic::Init => &core.topics().init,
+                    _ => &core.topics().state,
+                };
+                // Rare and small (a change of init or state): straight to the client, in order.
+                if let Err(e) = self.client.try_publish(name.as_str(), QoS::AtLeastOnce, retain, payload) {
+                    tracing::warn!(error = %e, topic = %name, "could not queue a stream topic");
+                }
+            }
         }
     }
 
     /// Ends every viewer with a final status.
-    fn end_viewers(&self, status: &Status) {
-        let text = json(status);
-        let mut state = self.state();
-        for (_, (viewer, _)) in state.viewers.drain() {
-            viewer.queue().push_status(text.clone());
-            viewer.close();
-        }
-        state.idle_since = Some(Instant::now());
+    fn end_viewers(&self, status: Status) {
+        let mut core = self.core();
+        let effects = core.on_end(status, Instant::now());
+        self.apply(&core, effects);
     }
 
     fn on_init(&self, bytes: Bytes, info: OutputInfo) {
-        let mut state = self.state();
-        let changed = state.init.as_ref().is_none_or(|(old, _)| *old != bytes);
-        state.gop.clear();
-        let playing = json(&Status::Playing { mime_codec: info.mime_codec.clone() });
-        for (viewer, started) in state.viewers.values_mut() {
-            // Same init after a restart: the viewer's decoder is still set up, only media continues.
-            if changed || !*started {
-                let mut queue = viewer.queue();
-                queue.push_status(playing.clone());
-                queue.push_start(bytes.clone(), &[]);
-                *started = true;
-            }
-            viewer.wake();
-        }
-        state.init = Some((bytes, info.clone()));
-        drop(state);
+        let mut core = self.core();
+        let effects = core.on_init(bytes, info.clone());
+        self.apply(&core, effects);
+        drop(core);
         self.phase.send_replace(Phase::Ready(info));
     }
 
@@ -431,29 +480,25 @@ impl Stream {
         c.fragments.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(fragment.bytes.len() as u64, Ordering::Relaxed);
         c.frames.fetch_add(u64::from(fragment.video_samples), Ordering::Relaxed);
-        let lag_ms = crate::media::timing::wallclock_us().saturating_sub(fragment.source_wallclock_us) as f64 / 1000.0;
-        let mut state = self.state();
-        state.media_end_us = state.media_end_us.max(fragment.media_time_us + fragment.duration_us);
-        if state.latencies_ms.len() == LATENCY_SAMPLES {
-            state.latencies_ms.pop_front();
-        }
         if fragment.video_samples > 0 {
-            state.latencies_ms.push_back(lag_ms);
-        }
-        if fragment.keyframe {
-            state.gop.clear();
-        }
-        if (!state.gop.is_empty() || fragment.keyframe) && state.gop.len() < MAX_GOP_FRAGMENTS {
-            state.gop.push(fragment.bytes.clone());
-        } else if state.gop.len() >= MAX_GOP_FRAGMENTS {
-            state.gop.clear();
-        }
-        for (viewer, started) in state.viewers.values() {
-            if *started {
-                viewer.queue().push_fragment(fragment.bytes.clone(), fragment.keyframe);
-                viewer.wake();
+            let lag_ms =
+                crate::media::timing::wallclock_us().saturating_sub(fragment.source_wallclock_us) as f64 / 1000.0;
+            let mut q = self.queues();
+            if q.latencies_ms.len() == LATENCY_SAMPLES {
+                q.latencies_ms.pop_front();
             }
+            q.latencies_ms.push_back(lag_ms);
         }
+        let mut core = self.core();
+        let effects = core.on_fragment(&fragment);
+        self.apply(&core, effects);
+    }
+
+    /// The source is gone for now: viewers keep their session and are told `status`.
+    fn on_source_lost(&self, status: Status) {
+        let mut core = self.core();
+        let effects = core.on_source_lost(status, Instant::now());
+        self.apply(&core, effects);
     }
 
     /// The stream's task panicked: its viewers get an error, and it counts as failed.
@@ -464,7 +509,7 @@ impl Stream {
 
     fn fail(&self, code: ErrorCode, message: String) {
         tracing::warn!(url = %crate::policy::redact(&self.url), code = code.as_str(), %message, "stream failed");
-        self.end_viewers(&Status::error(code, message.clone()));
+        self.end_viewers(Status::error(code, message.clone()));
         self.phase.send_replace(Phase::Failed { code, message });
     }
 
@@ -478,19 +523,19 @@ impl Stream {
                     tokio::select! {
                         _ = publisher.arrived.notified() => {}
                         _ = self.stopped() => {
-                            self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
+                            self.end_viewers(Status::Ended { reason: EndReason::Stopped });
                             break 'run;
                         }
                     }
                 }
             }
-            let offset = {
-                let state = self.state();
-                // Continue the viewers' timeline, leaving the outage as a gap they can skip.
-                state.media_end_us + state.ended_at.map_or(0, |t| t.elapsed().as_micros() as i64)
+            // Continue the viewers' timeline, leaving the outage as a gap they can skip, and the sequence numbers.
+            let (offset, sequence) = {
+                let core = self.core();
+                (core.restart_offset_us(Instant::now()), core.next_sequence())
             };
             let started = Instant::now();
-            let pipeline = match Pipeline::start_at(&self.source_url, self.config.clone(), offset) {
+            let pipeline = match Pipeline::start_at(&self.source_url, self.config.clone(), offset, sequence) {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
             };
@@ -541,11 +586,10 @@ impl Stream {
             let done = stats.snapshot();
             self.counters.pipeline_drops.fetch_add(done.fragments_dropped, Ordering::Relaxed);
             self.counters.damaged.fetch_add(done.damaged, Ordering::Relaxed);
-            self.state().ended_at = Some(Instant::now());
 
             match end {
                 None | Some(Err(MediaError::Stopped)) => {
-                    self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
+                    self.end_viewers(Status::Ended { reason: EndReason::Stopped });
                     break;
                 }
                 // A pushed source's end is its publisher leaving, or sending what we cannot use: either way
@@ -558,11 +602,7 @@ impl Stream {
                     tracing::info!(url = %self.url, reason = %why, "pushed source waiting for a publisher");
                     attempt += 1;
                     self.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    for (viewer, _) in self.state().viewers.values() {
-                        viewer.queue().reset_media();
-                    }
-                    self.state().gop.clear();
-                    self.broadcast(&Status::Waiting { message: format!("{why}; waiting for it to come back") });
+                    self.on_source_lost(Status::Waiting { message: format!("{why}; waiting for it to come back") });
                     self.phase.send_replace(Phase::Reconnecting { attempt });
                     // A listener that fails at once (its port taken, say) must not spin.
                     if started.elapsed() < Duration::from_secs(1) {
@@ -573,7 +613,7 @@ impl Stream {
                     }
                 }
                 Some(Ok(())) => {
-                    self.end_viewers(&Status::Ended { reason: EndReason::SourceEnded });
+                    self.end_viewers(Status::Ended { reason: EndReason::SourceEnded });
                     break;
                 }
                 Some(Err(e)) if e.is_transient() && ever_ready => {
@@ -585,16 +625,12 @@ impl Stream {
                     let wait = retry.backoff(attempt);
                     tracing::info!(url = %crate::policy::redact(&self.url), attempt, error = %e, "source dropped, retrying in {wait:?}");
                     self.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    for (viewer, _) in self.state().viewers.values() {
-                        viewer.queue().reset_media();
-                    }
-                    self.state().gop.clear();
-                    self.broadcast(&Status::Reconnecting { attempt, retry_in_ms: wait.as_millis() as u64 });
+                    self.on_source_lost(Status::Reconnecting { attempt, retry_in_ms: wait.as_millis() as u64 });
                     self.phase.send_replace(Phase::Reconnecting { attempt });
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.stopped() => {
-                            self.end_viewers(&Status::Ended { reason: EndReason::Stopped });
+                            self.end_viewers(Status::Ended { reason: EndReason::Stopped });
                             break;
                         }
                     }

@@ -1,0 +1,173 @@
+//! Protocol v2: a stream's media is published once, to its own topics, and the broker fans it out. A
+//! joiner still starts at once at a keyframe (the join burst on its reply topic), then takes the stream
+//! topic with no gap and no duplicate (the `mfhd` sequence numbers run on); brokers bridged to the one the
+//! server uses carry viewers without the server writing more.
+
+mod support;
+
+use mqtt_video::media::fmp4;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::broker::Broker;
+use support::page::{rand_suffix, server_config, Page, Server};
+
+/// What a v2 viewer got: the join burst and the stream topic's fragments, in sequence order.
+#[derive(Default)]
+struct Shared {
+    init: Option<Vec<u8>>,
+    /// Fragments by sequence number, with how often each came (a duplicate counts twice).
+    fragments: BTreeMap<u32, (Vec<u8>, usize)>,
+    states: Vec<String>,
+    /// Bytes that came on the reply topic (the burst) and on the stream topic.
+    burst_bytes: usize,
+    stream_bytes: usize,
+}
+
+impl Shared {
+    fn take(&mut self, reply: &str, media: &str, m: &support::page::Message) {
+        let from_burst = m.topic == reply;
+        if m.topic == format!("{reply}/status") {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            self.states.push(v["state"].as_str().unwrap_or("?").into());
+            return;
+        }
+        if !from_burst && m.topic != media {
+            return;
+        }
+        if from_burst {
+            self.burst_bytes += m.payload.len();
+        } else {
+            self.stream_bytes += m.payload.len();
+        }
+        // Each message is an init segment or one fragment, on either topic.
+        if m.payload.get(4..8) == Some(b"ftyp") {
+            self.init = Some(m.payload.to_vec());
+        } else {
+            let seq = fmp4::sequence_number(&m.payload).expect("an mfhd");
+            if std::env::var("FANOUT_DEBUG").is_ok() {
+                eprintln!(
+                    "{} {seq} key={}",
+                    if from_burst { "burst" } else { "stream" },
+                    fmp4::starts_with_keyframe(&m.payload)
+                );
+            }
+            self.fragments.entry(seq).or_insert((m.payload.to_vec(), 0)).1 += 1;
+        }
+    }
+
+    /// From the first keyframe on: the fragments in order, and the sequence numbers missing among them.
+    fn played(&self) -> (Vec<u8>, Vec<u32>) {
+        let mut bytes = self.init.clone().expect("an init segment");
+        let mut missing = Vec::new();
+        let first = self.fragments.iter().find(|(_, (f, _))| fmp4::starts_with_keyframe(f)).map(|(s, _)| *s);
+        let mut expect = first.expect("a keyframe");
+        for (&seq, (f, _)) in self.fragments.range(expect..) {
+            missing.extend(expect..seq);
+            bytes.extend_from_slice(f);
+            expect = seq + 1;
+        }
+        (bytes, missing)
+    }
+}
+
+/// Describes `url`, subscribes to its stream topic, plays it with `"version": 2`; returns the topics.
+fn play_v2(page: &Page, url: &str, reply: &str) -> Value {
+    let described = page.describe(url, &format!("{reply}-info"));
+    let topics = described["stream"].clone();
+    assert!(topics["media"].is_string(), "{described}");
+    page.subscribe(topics["media"].as_str().unwrap());
+    page.subscribe(&format!("{reply}/#"));
+    page.subscribe(reply);
+    page.publish("video/play", &json!({"url": url, "reply_topic": reply, "version": 2}));
+    topics
+}
+
+fn watch(page: &Page, shared: &mut Shared, reply: &str, media: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match page.inbox.recv_timeout(left) {
+            Ok(m) => shared.take(reply, media, &m),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Media bytes the server published for a stream, from its stats.
+fn published(page: &Page, url: &str) -> u64 {
+    let stats = page.stats_where(|v| v["streams"].as_array().is_some_and(|s| s.iter().any(|s| s["url"] == url)));
+    stats["streams"].as_array().unwrap().iter().find(|s| s["url"] == url).unwrap()["published_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn v2_viewers_start_at_a_keyframe_and_take_the_stream_topic_with_no_gap_and_no_duplicate() {
+    let broker = Broker::start();
+    let server = Server::start(&server_config(broker.port, &[], ""));
+    let url = "builtin://testsrc";
+    let first = Page::connect(broker.port, &format!("first-{}", rand_suffix()), None);
+    let reply = format!("pages/{}/m", rand_suffix());
+    let topics = play_v2(&first, url, &reply);
+    assert_eq!(topics["id"], "test-pattern", "a named source's id is the slug of its name: {topics}");
+    let media = topics["media"].as_str().unwrap().to_string();
+    let mut a = Shared::default();
+    watch(&first, &mut a, &reply, &media, 3);
+    // A second viewer joins mid-GOP.
+    std::thread::sleep(Duration::from_millis(450));
+    let second = Page::connect(broker.port, &format!("second-{}", rand_suffix()), None);
+    let reply_b = format!("pages/{}/m", rand_suffix());
+    play_v2(&second, url, &reply_b);
+    let mut b = Shared::default();
+    watch(&second, &mut b, &reply_b, &media, 3);
+    for (who, shared, reply) in [("first", &a, &reply), ("second", &b, &reply_b)] {
+        assert!(shared.states.iter().any(|s| s == "playing"), "{who}: {:?}", shared.states);
+        let (bytes, missing) = shared.played();
+        assert!(missing.is_empty(), "{who}: sequence numbers missing: {missing:?}");
+        assert!(shared.fragments.len() > 60, "{who}: {} fragments", shared.fragments.len());
+        assert!(shared.stream_bytes > shared.burst_bytes, "{who}: most media came on the stream topic");
+        support::assert_bytes_decode(&bytes, &format!("fanout-{who}.mp4"));
+        eprintln!(
+            "{who} ({reply}): {} fragments, burst {} B, stream topic {} B, {} duplicates across the hand-over",
+            shared.fragments.len(),
+            shared.burst_bytes,
+            shared.stream_bytes,
+            shared.fragments.values().filter(|(_, n)| *n > 1).count()
+        );
+    }
+    // The burst brought the GOP so far to the second viewer: it starts at a keyframe before its play.
+    assert!(b.burst_bytes > 20_000, "the join burst: {} B", b.burst_bytes);
+    drop(server);
+}
+
+#[test]
+fn the_server_writes_a_streams_media_once_whatever_the_number_of_v2_viewers() {
+    let broker = Broker::start();
+    let server = Server::start(&server_config(broker.port, &[], ""));
+    let url = "builtin://testsrc";
+    let pages: Vec<Page> =
+        (0..10).map(|i| Page::connect(broker.port, &format!("p{i}-{}", rand_suffix()), None)).collect();
+    play_v2(&pages[0], url, &format!("pages/{}/m", rand_suffix()));
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = |secs: u64| {
+        let before = published(&pages[0], url);
+        std::thread::sleep(Duration::from_secs(secs));
+        (published(&pages[0], url) - before) as f64 / secs as f64
+    };
+    let one = rate(3);
+    for page in &pages[1..] {
+        play_v2(page, url, &format!("pages/{}/m", rand_suffix()));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let ten = rate(3);
+    eprintln!("published media: 1 v2 viewer {:.0} B/s, 10 v2 viewers {:.0} B/s ({:.2} x)", one, ten, ten / one);
+    assert!(ten < one * 1.3, "10 viewers cost {:.2} x one", ten / one);
+    // The same ten as v1 viewers: ten copies.
+    for (i, page) in pages.iter().enumerate() {
+        let topic = format!("pages/{}/v1-{i}", rand_suffix());
+        page.play(url, &topic);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let v1 = rate(3);
+    eprintln!("and with 10 v1 viewers besides: {:.0} B/s ({:.1} x)", v1, v1 / one);
+    assert!(v1 > one * 8.0, "v1 viewers each get their own copy");
+    drop(server);
+}
