@@ -139,6 +139,30 @@ fn the_acl_confines_pages_and_the_server_checks_reply_topics() {
 }
 
 #[test]
+fn pages_read_the_stream_topics_and_only_the_server_writes_them() {
+    let broker = docker_broker();
+    let _server = Server::start(&server_config(broker.port, PASSWORD));
+    let page = Page::connect(broker.port, "page_bob", None);
+    let described = page.describe("builtin://testsrc", "pages/page_bob/info");
+    let media = described["stream"]["media"].as_str().expect("stream topics").to_string();
+    page.subscribe(&media);
+    page.subscribe("pages/page_bob/#");
+    page.publish("video/play", &json!({"url": "builtin://testsrc", "reply_topic": "pages/page_bob/m", "version": 2}));
+    // Another page forges a fragment on the stream topic and a retained init: the broker drops both.
+    let evil = Page::connect(broker.port, "page_eve", None);
+    evil.publish_raw(&media, b"EVIL".to_vec());
+    let init = described["stream"]["init"].as_str().unwrap();
+    evil.client.publish(init, rumqttc::QoS::AtLeastOnce, true, b"EVIL".to_vec()).unwrap();
+    let got = page.collect(&media, Duration::from_secs(2));
+    assert!(got.media.len() > 20, "bob plays from the stream topic ({} messages)", got.media.len());
+    assert!(got.media.iter().all(|m| &m.payload[..] != b"EVIL"), "a forged fragment reached bob");
+    let retained = Page::connect(broker.port, "page_late", None);
+    retained.subscribe(init);
+    let current = retained.next_on(init, Duration::from_secs(3)).expect("the retained init segment");
+    assert_eq!(current.payload.get(4..8), Some(&b"ftyp"[..]), "the retained init is the server's");
+}
+
+#[test]
 fn a_wrong_server_password_is_refused_by_the_broker() {
     let broker = docker_broker();
     let dir = support::work_dir();

@@ -171,3 +171,88 @@ fn the_server_writes_a_streams_media_once_whatever_the_number_of_v2_viewers() {
     assert!(v1 > one * 8.0, "v1 viewers each get their own copy");
     drop(server);
 }
+
+/// A mosquitto bridged to `core` as an edge: requests go up, replies, sources and stream topics come down.
+fn edge_broker(core: u16) -> Broker {
+    // Each bridge needs its own client id at the core, or the two edges take turns throwing each other out.
+    Broker::start_with(&format!(
+        "connection core\naddress 127.0.0.1:{core}\nremote_clientid edge-{}\ncleansession true\n\
+         bridge_protocol_version mqttv311\n\
+         topic video/describe out 0\ntopic video/play out 0\ntopic video/stop out 0\n\
+         topic video/sources in 0\ntopic video/stats in 0\ntopic video/live/# in 0\ntopic pages/# in 0\n",
+        rand_suffix()
+    ))
+}
+
+/// Bytes the server process wrote (all of it, to the broker above all), from its stats.
+fn written(page: &Page) -> u64 {
+    page.stats_where(|v| v["process"]["bytes_written"].is_u64())["process"]["bytes_written"].as_u64().unwrap()
+}
+
+#[test]
+fn edge_brokers_bridged_to_the_servers_broker_carry_the_viewers() {
+    let core = Broker::start();
+    let edges = [edge_broker(core.port), edge_broker(core.port)];
+    let server = Server::start(&server_config(core.port, &[], ""));
+    let url = "builtin://testsrc";
+    let observer = Page::connect(core.port, &format!("observer-{}", rand_suffix()), None);
+    // One viewer on an edge first, for the cost of one.
+    let viewers: Vec<(Page, String)> = (0..6)
+        .map(|i| {
+            let edge = &edges[i % 2];
+            (
+                Page::connect(edge.port, &format!("edge{i}-{}", rand_suffix()), None),
+                format!("pages/{}/m", rand_suffix()),
+            )
+        })
+        .collect();
+    let topics = {
+        let (page, reply) = &viewers[0];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The bridge may take a moment to subscribe at the core.
+        loop {
+            let d = page.describe(url, &format!("{reply}-info"));
+            if d["stream"].is_object() || Instant::now() > deadline {
+                break d["stream"].clone();
+            }
+        }
+    };
+    let media = topics["media"].as_str().expect("stream topics through the bridge").to_string();
+    play_v2(&viewers[0].0, url, &viewers[0].1);
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = |secs: u64| {
+        let before = written(&observer);
+        std::thread::sleep(Duration::from_secs(secs));
+        (written(&observer) - before) as f64 / secs as f64
+    };
+    let one = rate(3);
+    for (page, reply) in &viewers[1..] {
+        play_v2(page, url, reply);
+    }
+    let mut watched: Vec<Shared> = (0..viewers.len()).map(|_| Shared::default()).collect();
+    let started = Instant::now();
+    let before = written(&observer);
+    while started.elapsed() < Duration::from_secs(4) {
+        for ((page, reply), shared) in viewers.iter().zip(watched.iter_mut()) {
+            while let Ok(m) = page.inbox.try_recv() {
+                shared.take(reply, &media, &m);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let six = (written(&observer) - before) as f64 / started.elapsed().as_secs_f64();
+    for (i, shared) in watched.iter().enumerate() {
+        let (bytes, missing) = shared.played();
+        assert!(missing.is_empty(), "viewer {i} on edge {}: missing {missing:?}", i % 2);
+        assert!(shared.fragments.len() > 60, "viewer {i}: {} fragments", shared.fragments.len());
+        support::assert_bytes_decode(&bytes, &format!("edge-viewer-{i}.mp4"));
+    }
+    eprintln!(
+        "server wrote {:.0} B/s with one viewer, {:.0} B/s with six on two edge brokers ({:.2} x)",
+        one,
+        six,
+        six / one
+    );
+    assert!(six < one * 1.3, "six viewers on the edges cost the server {:.2} x one", six / one);
+    drop(server);
+}

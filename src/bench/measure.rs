@@ -168,6 +168,48 @@ impl MediaCheck {
     }
 }
 
+/// Fragments held back waiting for a missing one before it is given up.
+const MAX_OUT_OF_ORDER: usize = 30;
+
+/// A v2 viewer's media in sequence order, from its join burst (reply topic) and the stream topic, which
+/// overlap and may interleave: duplicates are dropped, fragments that come early wait for the ones before
+/// them (until `MAX_OUT_OF_ORDER` wait: the missing one is then taken for lost). Pure.
+#[derive(Debug, Default)]
+pub struct SequenceMerge {
+    next: Option<u32>,
+    waiting: std::collections::BTreeMap<u32, bytes::Bytes>,
+    /// Fragments that came twice (on both topics across the hand-over).
+    pub duplicates: u64,
+}
+
+impl SequenceMerge {
+    /// Takes one message; returns the messages that are now next, in order. Init segments pass at once.
+    pub fn push(&mut self, payload: bytes::Bytes) -> Vec<bytes::Bytes> {
+        let Some(seq) = fmp4::sequence_number(&payload) else { return vec![payload] };
+        let next = *self.next.get_or_insert(seq);
+        if seq < next || self.waiting.contains_key(&seq) {
+            self.duplicates += 1;
+            return Vec::new();
+        }
+        self.waiting.insert(seq, payload);
+        let mut out = Vec::new();
+        let mut next = next;
+        loop {
+            if let Some(p) = self.waiting.remove(&next) {
+                out.push(p);
+                next += 1;
+            } else if self.waiting.len() > MAX_OUT_OF_ORDER {
+                // The missing fragment is not coming: go on from the first that is here.
+                next = *self.waiting.keys().next().unwrap_or(&next);
+            } else {
+                break;
+            }
+        }
+        self.next = Some(next);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +232,33 @@ mod tests {
         assert!(check.push(b"", 0).is_err());
         assert!(check.push(&[0, 0, 0, 9, b'm', b'o', b'o', b'f', 1], 0).is_ok()); // before init: ignored
         assert!(check.push(&[0, 0, 0, 200, b'f', b't', b'y', b'p'], 0).is_err());
+    }
+
+    fn fragment(seq: u32) -> bytes::Bytes {
+        // A moof with an mfhd, enough for the sequence number.
+        let mut b = vec![0, 0, 0, 24, b'm', b'o', b'o', b'f', 0, 0, 0, 16, b'm', b'f', b'h', b'd', 0, 0, 0, 0];
+        b.extend_from_slice(&seq.to_be_bytes());
+        bytes::Bytes::from(b)
+    }
+
+    #[test]
+    fn the_burst_and_the_stream_topic_merge_in_order_without_duplicates() {
+        let mut m = SequenceMerge::default();
+        let seqs = |v: Vec<bytes::Bytes>| v.iter().filter_map(|p| fmp4::sequence_number(p)).collect::<Vec<_>>();
+        assert_eq!(m.push(bytes::Bytes::from_static(b"\0\0\0\x08ftyp")).len(), 1, "init passes");
+        assert_eq!(seqs(m.push(fragment(10))), [10]);
+        // The stream topic overtakes the end of the burst.
+        assert_eq!(seqs(m.push(fragment(13))), Vec::<u32>::new());
+        assert_eq!(seqs(m.push(fragment(11))), [11]);
+        assert_eq!(seqs(m.push(fragment(12))), [12, 13]);
+        assert_eq!(seqs(m.push(fragment(12))), Vec::<u32>::new(), "a duplicate");
+        assert_eq!(m.duplicates, 1);
+        // 14 is lost: after enough waiting, on from 15.
+        let mut got = Vec::new();
+        for s in 15..(15 + MAX_OUT_OF_ORDER as u32 + 1) {
+            got.extend(seqs(m.push(fragment(s))));
+        }
+        assert_eq!(got.first(), Some(&15));
+        assert_eq!(got.len(), MAX_OUT_OF_ORDER + 1);
     }
 }

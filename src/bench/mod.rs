@@ -79,6 +79,8 @@ pub struct BenchOptions {
     pub server_pid: Option<u32>,
     /// How long to wait for a server, a describe reply or the first media.
     pub answer_timeout: Duration,
+    /// Protocol the viewers speak: 2 (shared stream topics) or 1 (a copy per viewer).
+    pub protocol: u8,
 }
 
 /// A snapshot for a progress line.
@@ -119,6 +121,9 @@ pub fn run(options: &BenchOptions, on_progress: impl Fn(&ProgressView)) -> Resul
     }
     if !(options.seconds.is_finite() && options.seconds > 0.0) {
         return Err(BenchError::Options("--seconds must be a positive number".into()));
+    }
+    if !matches!(options.protocol, 1 | 2) {
+        return Err(BenchError::Options("--protocol must be 1 or 2".into()));
     }
     let spawned = if options.spawn {
         let settings = spawn::ServerSettings {
@@ -176,6 +181,7 @@ async fn run_async(
         receive_for,
         answer_timeout: options.answer_timeout,
         epoch,
+        protocol: options.protocol,
     };
     let view = |phase: &'static str| ProgressView {
         phase,
@@ -347,12 +353,21 @@ struct ServerSampler {
     cpu_percent: Option<f64>,
     rss: Vec<u64>,
     threads_max: Option<u64>,
+    written: Vec<(Instant, u64)>,
     active: bool,
 }
 
 impl ServerSampler {
     fn new(pid: Option<u32>) -> Self {
-        Self { pid, cpu: None, cpu_percent: None, rss: Vec::new(), threads_max: None, active: false }
+        Self {
+            pid,
+            cpu: None,
+            cpu_percent: None,
+            rss: Vec::new(),
+            threads_max: None,
+            written: Vec::new(),
+            active: false,
+        }
     }
 
     fn start(&mut self) {
@@ -368,6 +383,9 @@ impl ServerSampler {
         let (rss, threads) = crate::server::stats::memory_and_threads_of(pid);
         self.rss.extend(rss);
         self.threads_max = self.threads_max.max(threads);
+        if let Some(bytes) = crate::server::stats::bytes_written(Some(pid)) {
+            self.written.push((Instant::now(), bytes));
+        }
     }
 
     fn stop(&mut self) {
@@ -389,6 +407,9 @@ impl ServerSampler {
                 rss_kib_end: self.rss.last().copied(),
                 rss_kib_max: self.rss.iter().max().copied(),
                 threads_max: self.threads_max,
+                written_kbps: self.written.first().zip(self.written.last()).and_then(|((t0, b0), (t1, b1))| {
+                    kbps(b1.saturating_sub(*b0), t1.duration_since(*t0).as_secs_f64())
+                }),
             };
         }
         let process = |k: &'static str| stats.iter().filter_map(move |s| s["process"][k].as_f64());
@@ -401,6 +422,35 @@ impl ServerSampler {
             rss_kib_end: rss.last().copied(),
             rss_kib_max: rss.iter().max().copied(),
             threads_max: process("threads").map(|v| v as u64).max(),
+            written_kbps: written_from_stats(stats),
         }
+    }
+}
+
+fn kbps(bytes: u64, seconds: f64) -> Option<f64> {
+    (seconds > 0.5).then(|| bytes as f64 * 8.0 / 1000.0 / seconds)
+}
+
+/// The upload rate between the first and the last stats message of the window (`uptime_secs` is whole seconds).
+fn written_from_stats(stats: &[serde_json::Value]) -> Option<f64> {
+    let point = |s: &serde_json::Value| Some((s["uptime_secs"].as_f64()?, s["process"]["bytes_written"].as_u64()?));
+    let points: Vec<(f64, u64)> = stats.iter().filter_map(point).collect();
+    let ((t0, b0), (t1, b1)) = points.first().zip(points.last())?;
+    kbps(b1.saturating_sub(*b0), t1 - t0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn upload_rate_from_the_stats_topic() {
+        let at = |secs: u64, bytes: u64| json!({"uptime_secs": secs, "process": {"bytes_written": bytes}});
+        // 1 MB over 4 s is 2000 kbit/s; a message without the counter is skipped.
+        let stats = [at(10, 1_000_000), json!({"uptime_secs": 12}), at(14, 2_000_000)];
+        assert_eq!(written_from_stats(&stats), Some(2000.0));
+        assert_eq!(written_from_stats(&stats[..1]), None, "one message is no rate");
+        assert_eq!(written_from_stats(&[]), None);
     }
 }

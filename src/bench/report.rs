@@ -85,6 +85,9 @@ pub struct ServerFigures {
     pub rss_kib_max: Option<u64>,
     /// Most threads seen.
     pub threads_max: Option<u64>,
+    /// Bytes the server wrote per second (all sockets: its upload), kbit/s.
+    #[serde(default)]
+    pub written_kbps: Option<f64>,
 }
 
 /// The original design on the same source: the ffmpeg CLI spawned, fMP4 on a pipe.
@@ -216,6 +219,7 @@ impl Report {
                 ),
             ),
             ("server threads, max".into(), opt(self.server.threads_max)),
+            ("server upload (kbit/s)".into(), ms(self.server.written_kbps)),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in &rows {
@@ -274,7 +278,7 @@ mod tests {
             gaps: 0,
             missing_ms: 0.0,
             out_of_order: 0,
-            server: ServerFigures { cpu_percent: Some(10.0), ..Default::default() },
+            server: ServerFigures { cpu_percent: Some(10.0), written_kbps: Some(1234.5), ..Default::default() },
             ffmpeg: Some(FfmpegFigures {
                 first_fragment_ms: Some(1150.0),
                 cpu_percent: Some(12.5),
@@ -295,6 +299,7 @@ mod tests {
         assert!(t.contains("230.0 /    1150.0 = 0.20"), "{t}");
         assert!(t.contains("10.0 /      12.5 = 0.80"), "{t}");
         assert!(t.contains("viewer 1: no init segment"), "{t}");
+        assert!(t.contains("server upload (kbit/s)             1234.5"), "{t}");
     }
 
     #[test]

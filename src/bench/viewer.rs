@@ -1,7 +1,7 @@
 //! One benchmark viewer: its own MQTT connection, as a page has; describe, play, receive until a deadline,
 //! stop. Every timestamp is taken when rumqttc hands the packet over.
 
-use super::measure::{MediaCheck, Received, Summary};
+use super::measure::{MediaCheck, Received, SequenceMerge, Summary};
 use super::report::ViewerReport;
 use crate::media::timing::wallclock_us;
 use crate::protocol::status_topic;
@@ -33,8 +33,10 @@ pub struct ViewerPlan {
     pub url: String,
     /// Unique per run; the viewer's topics are `<base>/v<index>/...`.
     pub base: String,
-    /// Describe before playing (a page does; the first viewer plays at once to time a cold start).
+    /// Describe before playing (a page does; in v1 the first viewer plays at once to time a cold start).
     pub describe: bool,
+    /// The protocol: 2 (the stream topic after a join burst, the default) or 1 (all on the reply topic).
+    pub protocol: u8,
     /// How long to receive media after the first fragment.
     pub receive_for: Duration,
     /// Give up waiting for the describe reply, the init segment or the first fragment after this long.
@@ -104,6 +106,9 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let mut described = None;
     let mut timeline = Vec::new();
     let mut check = MediaCheck::default();
+    let mut merge = SequenceMerge::default();
+    // v2: the stream's media topic, from the describe reply (a v2 viewer always describes first).
+    let mut stream_topic: Option<String> = None;
     let mut phase = Phase::Connecting;
     let started = Instant::now();
     let mut waiting_since = started;
@@ -117,14 +122,14 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
         client.try_publish(topic, QoS::AtMostOnce, false, payload.into_bytes()).map_err(|e| e.to_string())
     };
     let play = |client: &AsyncClient| {
-        publish(
-            client,
-            &format!("{}/play", plan.prefix),
-            serde_json::json!({ "url": plan.url, "reply_topic": media_topic }).to_string(),
-        )
+        let mut request = serde_json::json!({ "url": plan.url, "reply_topic": media_topic });
+        if plan.protocol == 2 {
+            request["version"] = 2.into();
+        }
+        publish(client, &format!("{}/play", plan.prefix), request.to_string())
     };
 
-    while phase != Phase::Done {
+    'receive: while phase != Phase::Done {
         let now = Instant::now();
         // Deadlines.
         match phase {
@@ -174,10 +179,11 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                     break;
                 }
             }
-            Packet::SubAck(_) => {
+            // Only the first: the v2 stream topic's SUBACK comes later, and must not ask again.
+            Packet::SubAck(_) if phase == Phase::Connecting => {
                 asked_at = Instant::now();
                 waiting_since = asked_at;
-                let sent = if plan.describe {
+                let sent = if plan.describe || plan.protocol == 2 {
                     phase = Phase::Describing;
                     publish(
                         &client,
@@ -208,6 +214,22 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                     break;
                 }
                 report.describe_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                if plan.protocol == 2 {
+                    let Some(topic) = reply["stream"]["media"].as_str().map(str::to_string) else {
+                        fail(
+                            &mut report,
+                            "the describe reply names no stream topic: is the server older than v2? (--protocol 1)"
+                                .into(),
+                        );
+                        break;
+                    };
+                    // Subscribed before the play goes out: the broker takes them in order.
+                    if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtMostOnce) {
+                        fail(&mut report, format!("subscribe: {e}"));
+                        break;
+                    }
+                    stream_topic = Some(topic);
+                }
                 described = Some(reply);
                 asked_at = Instant::now();
                 waiting_since = asked_at;
@@ -234,34 +256,37 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                     _ => {}
                 }
             }
-            Packet::Publish(p) if p.topic == media_topic => {
+            Packet::Publish(p) if p.topic == media_topic || Some(&p.topic) == stream_topic.as_ref() => {
                 let at = Instant::now();
                 let received_us = wallclock_us();
-                match check.push(&p.payload, received_us) {
-                    Ok(Received::Init) => {
-                        if init_at.is_none() {
-                            init_at = Some(at);
-                            report.init_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                let ready = if plan.protocol == 2 { merge.push(p.payload) } else { vec![p.payload] };
+                for payload in ready {
+                    match check.push(&payload, received_us) {
+                        Ok(Received::Init) => {
+                            if init_at.is_none() {
+                                init_at = Some(at);
+                                report.init_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                            }
                         }
-                    }
-                    Ok(Received::BeforeInit) => report.before_init += 1,
-                    Ok(Received::Fragment { latency_ms, .. }) => {
-                        if first_at.is_none() {
-                            first_at = Some(at);
-                            report.first_fragment_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
-                            progress.playing.fetch_add(1, Ordering::Relaxed);
+                        Ok(Received::BeforeInit) => report.before_init += 1,
+                        Ok(Received::Fragment { latency_ms, .. }) => {
+                            if first_at.is_none() {
+                                first_at = Some(at);
+                                report.first_fragment_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
+                                progress.playing.fetch_add(1, Ordering::Relaxed);
+                            }
+                            progress.fragments.fetch_add(1, Ordering::Relaxed);
+                            bytes_live += payload.len() as u64;
+                            let live = init_at.is_some_and(|t| at - t >= JOIN_BURST);
+                            if let (true, Some(l)) = (live, latency_ms) {
+                                timeline.push(((at - plan.epoch).as_secs_f64(), l));
+                                progress.last_latency_us.store((l.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+                            }
                         }
-                        progress.fragments.fetch_add(1, Ordering::Relaxed);
-                        bytes_live += p.payload.len() as u64;
-                        let live = init_at.is_some_and(|t| at - t >= JOIN_BURST);
-                        if let (true, Some(l)) = (live, latency_ms) {
-                            timeline.push(((at - plan.epoch).as_secs_f64(), l));
-                            progress.last_latency_us.store((l.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+                        Err(e) => {
+                            fail(&mut report, format!("media: {e}"));
+                            break 'receive;
                         }
-                    }
-                    Err(e) => {
-                        fail(&mut report, format!("media: {e}"));
-                        break;
                     }
                 }
             }

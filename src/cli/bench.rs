@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Write an SVG of latency over time and its distribution here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Protocol of the viewers: 2 reads the shared stream topics (broker fan-out), 1 a copy per viewer.
+    #[arg(long, default_value_t = 2)]
+    protocol: u8,
 }
 
 /// Runs the bench; fails (exit status 1) when the run could not start or any viewer had an error.
@@ -73,6 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ffmpeg_fragment_ms: args.ffmpeg_fragment_ms,
         server_pid: args.server_pid,
         answer_timeout: Duration::from_secs_f64(args.timeout),
+        protocol: args.protocol,
     };
     let tty = std::io::stderr().is_terminal();
     let last_line = Mutex::new(Instant::now() - Duration::from_secs(60));

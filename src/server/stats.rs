@@ -99,4 +99,3 @@ mod tests {
         assert!(rss.unwrap() > 0 && threads.unwrap() >= 1);
     }
 }
-
