@@ -172,30 +172,44 @@ impl MediaCheck {
 const MAX_OUT_OF_ORDER: usize = 30;
 
 /// A v2 viewer's media in sequence order, from its join burst (reply topic) and the stream topic, which
-/// overlap and may interleave: duplicates are dropped, fragments that come early wait for the ones before
-/// them (until `MAX_OUT_OF_ORDER` wait: the missing one is then taken for lost). Pure.
+/// overlap and may interleave: it starts at the first keyframe (the burst's; stream-topic fragments that
+/// overtake it wait), drops duplicates, and holds early fragments for the ones before them (until
+/// `MAX_OUT_OF_ORDER` wait: the missing one is then taken for lost). Pure.
 #[derive(Debug, Default)]
 pub struct SequenceMerge {
     next: Option<u32>,
-    waiting: std::collections::BTreeMap<u32, bytes::Bytes>,
+    waiting: std::collections::BTreeMap<u32, (bytes::Bytes, bool)>,
     /// Fragments that came twice (on both topics across the hand-over).
     pub duplicates: u64,
 }
 
 impl SequenceMerge {
-    /// Takes one message; returns the messages that are now next, in order. Init segments pass at once.
-    pub fn push(&mut self, payload: bytes::Bytes) -> Vec<bytes::Bytes> {
+    /// Takes one message (`keyframe`: it starts with one); returns the messages that are now next, in order.
+    /// Init segments pass at once.
+    pub fn push(&mut self, payload: bytes::Bytes, keyframe: bool) -> Vec<bytes::Bytes> {
         let Some(seq) = fmp4::sequence_number(&payload) else { return vec![payload] };
-        let next = *self.next.get_or_insert(seq);
-        if seq < next || self.waiting.contains_key(&seq) {
+        if self.next.is_some_and(|next| seq < next) || self.waiting.contains_key(&seq) {
             self.duplicates += 1;
             return Vec::new();
         }
-        self.waiting.insert(seq, payload);
+        self.waiting.insert(seq, (payload, keyframe));
+        let mut next = match self.next {
+            Some(next) => next,
+            None => {
+                // Not started: the lowest keyframe here starts it, or the lowest of all after a long wait.
+                let first_key = self.waiting.iter().find(|(_, (_, key))| *key).map(|(s, _)| *s);
+                let start = match first_key {
+                    Some(key) => key,
+                    None if self.waiting.len() > MAX_OUT_OF_ORDER => *self.waiting.keys().next().unwrap_or(&seq),
+                    None => return Vec::new(),
+                };
+                self.waiting.retain(|s, _| *s >= start);
+                start
+            }
+        };
         let mut out = Vec::new();
-        let mut next = next;
         loop {
-            if let Some(p) = self.waiting.remove(&next) {
+            if let Some((p, _)) = self.waiting.remove(&next) {
                 out.push(p);
                 next += 1;
             } else if self.waiting.len() > MAX_OUT_OF_ORDER {
@@ -245,18 +259,21 @@ mod tests {
     fn the_burst_and_the_stream_topic_merge_in_order_without_duplicates() {
         let mut m = SequenceMerge::default();
         let seqs = |v: Vec<bytes::Bytes>| v.iter().filter_map(|p| fmp4::sequence_number(p)).collect::<Vec<_>>();
-        assert_eq!(m.push(bytes::Bytes::from_static(b"\0\0\0\x08ftyp")).len(), 1, "init passes");
-        assert_eq!(seqs(m.push(fragment(10))), [10]);
-        // The stream topic overtakes the end of the burst.
-        assert_eq!(seqs(m.push(fragment(13))), Vec::<u32>::new());
-        assert_eq!(seqs(m.push(fragment(11))), [11]);
-        assert_eq!(seqs(m.push(fragment(12))), [12, 13]);
-        assert_eq!(seqs(m.push(fragment(12))), Vec::<u32>::new(), "a duplicate");
-        assert_eq!(m.duplicates, 1);
+        let none = Vec::<u32>::new();
+        assert_eq!(m.push(bytes::Bytes::from_static(b"\0\0\0\x08ftyp"), false).len(), 1, "init passes");
+        // The stream topic's live fragments overtake the burst's keyframe: they wait for it.
+        assert_eq!(seqs(m.push(fragment(12), false)), none);
+        assert_eq!(seqs(m.push(fragment(10), true)), [10]);
+        // And its end.
+        assert_eq!(seqs(m.push(fragment(13), false)), none);
+        assert_eq!(seqs(m.push(fragment(11), false)), [11, 12, 13]);
+        assert_eq!(seqs(m.push(fragment(12), false)), none, "a duplicate");
+        assert_eq!(seqs(m.push(fragment(9), false)), none, "from before the start");
+        assert_eq!(m.duplicates, 2);
         // 14 is lost: after enough waiting, on from 15.
         let mut got = Vec::new();
         for s in 15..(15 + MAX_OUT_OF_ORDER as u32 + 1) {
-            got.extend(seqs(m.push(fragment(s))));
+            got.extend(seqs(m.push(fragment(s), false)));
         }
         assert_eq!(got.first(), Some(&15));
         assert_eq!(got.len(), MAX_OUT_OF_ORDER + 1);

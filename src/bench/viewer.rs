@@ -3,6 +3,7 @@
 
 use super::measure::{MediaCheck, Received, SequenceMerge, Summary};
 use super::report::ViewerReport;
+use crate::media::fmp4;
 use crate::media::timing::wallclock_us;
 use crate::protocol::status_topic;
 use crate::server::mqtt::MAX_PACKET_BYTES;
@@ -259,7 +260,12 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
             Packet::Publish(p) if p.topic == media_topic || Some(&p.topic) == stream_topic.as_ref() => {
                 let at = Instant::now();
                 let received_us = wallclock_us();
-                let ready = if plan.protocol == 2 { merge.push(p.payload) } else { vec![p.payload] };
+                let ready = if plan.protocol == 2 {
+                    let key = fmp4::starts_with_keyframe(&p.payload);
+                    merge.push(p.payload, key)
+                } else {
+                    vec![p.payload]
+                };
                 for payload in ready {
                     match check.push(&payload, received_us) {
                         Ok(Received::Init) => {
