@@ -101,7 +101,13 @@ fn a_scrape_passes_promtool_and_carries_the_real_figures() {
         assert!(frames >= 30.0, "{source}: {frames} frames in ~3 s");
         assert!(get(&format!("mqtt_video_stream_bytes_total{{source=\"{source}\"}}")) > 10_000.0, "{source}");
         assert!(get(&format!("mqtt_video_stream_fragments_total{{source=\"{source}\"}}")) >= frames, "{source}");
+        assert_eq!(get(&format!("mqtt_video_stream_shared_viewers{{source=\"{source}\"}}")), 0.0, "{source}");
     }
+    // v1 viewers get a copy each; nobody watches desk.
+    let published = |source: &str| get(&format!("mqtt_video_stream_published_bytes_total{{source=\"{source}\"}}"));
+    assert!(published("Front door") > 10_000.0 && published("Test pattern") > 10_000.0);
+    assert_eq!(published("desk"), 0.0);
+    assert_eq!(get("mqtt_video_gateway_shed_fragments_total"), 0.0);
     let p50 = get("mqtt_video_stream_latency_p50_seconds{source=\"Front door\"}");
     let p95 = get("mqtt_video_stream_latency_p95_seconds{source=\"Front door\"}");
     assert!(p50 > 0.0 && p50 <= p95 && p95 < 1.0, "latency p50 {p50} s, p95 {p95} s");

@@ -138,6 +138,13 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         "Viewers of the stream",
         gauges.into_iter().map(|(l, v)| (l, v as f64)).collect(),
     )?;
+    let shared = per(&|st, _| st.shared_viewers as u64);
+    gauge(
+        e,
+        "mqtt_video_stream_shared_viewers",
+        "Viewers of the stream reading its stream topics (protocol 2, fanned out by the broker)",
+        shared.into_iter().map(|(l, v)| (l, v as f64)).collect(),
+    )?;
     let states = rows.iter().flat_map(|(l, st, _)| {
         STREAM_STATES.iter().map(move |state| {
             let mut labels = l.clone();
@@ -159,6 +166,12 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         "mqtt_video_stream_bytes",
         "Bytes of fragments the stream's pipeline produced",
         per(&|_, s| s.counters.bytes.load(relaxed)),
+    )?;
+    counter(
+        e,
+        "mqtt_video_stream_published_bytes",
+        "Bytes the server published for the stream: once per fragment for shared viewers, once per direct viewer",
+        per(&|st, _| st.published_bytes),
     )?;
     counter(
         e,
@@ -197,6 +210,13 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         "mqtt_video_requests_rate_limited",
         "Requests refused or dropped by the rate limits",
         vec![(vec![], r.rate_limited.load(relaxed))],
+    )?;
+
+    counter(
+        e,
+        "mqtt_video_gateway_shed_fragments",
+        "Stream-topic fragments the WebSocket gateway shed for browsers that could not keep up",
+        vec![(vec![], hub.gateway_shed.load(relaxed))],
     )?;
 
     let endpoints: Vec<_> = hub.ingest.iter().map(|i| i.stats()).collect();

@@ -95,7 +95,7 @@ pub struct Hub {
     /// The streams' ids, which name their topics.
     ids: stream::ids::StreamIds,
     /// Fragments the gateway shed for browsers that could not keep up.
-    gateway_shed: Arc<AtomicU64>,
+    pub(crate) gateway_shed: Arc<AtomicU64>,
     /// Set when shutting down: nothing new starts.
     closing: std::sync::atomic::AtomicBool,
 }
