@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use thiserror::Error;
 
-/// The protocol version this module speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this server speaks; it answers version 1 requests too.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The control prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "video";
 /// The request size limit when none is configured, in bytes.

@@ -218,6 +218,10 @@ impl StreamCore {
             (Some(status), Some((init, _))) => {
                 out.push(Effect::Status { viewer: topic.to_string(), status });
                 out.push(Effect::Start { viewer: topic.to_string(), init: init.clone(), gop: self.gop.clone() });
+                // Joined while the source is away: it is told so, as the viewers already there were.
+                if let (Some(_), Some(state)) = (self.lost_at, &self.state) {
+                    out.push(Effect::Status { viewer: topic.to_string(), status: state.clone() });
+                }
                 true
             }
             _ => {
@@ -557,6 +561,50 @@ mod tests {
             ["publish State  retained", "publish Init  retained"],
             "the retained ones emptied"
         );
+    }
+
+    #[test]
+    fn a_joiner_after_a_drop_gets_the_init_and_no_gop_and_starts_at_the_next_keyframe() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        for s in 1..=5 {
+            c.on_fragment(&frag(s, s == 1));
+        }
+        c.on_source_lost(Status::Reconnecting { attempt: 1, retry_in_ms: 500 }, t0);
+        let joined = c.join("pages/s/m", Delivery::Shared, 10, t0).unwrap();
+        assert_eq!(
+            short(&joined),
+            [
+                "open pages/s/m",
+                "status pages/s/m playing",
+                "start pages/s/m 0",
+                "status pages/s/m reconnecting",
+                "publish Init init retained",
+                "publish State reconnecting retained"
+            ],
+            "the GOP went with the source"
+        );
+        // The source is back with the same init: a P-frame is not cached for anyone, the next keyframe is.
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        assert_eq!(short(&c.on_fragment(&frag(6, false))), ["publish Media f6"]);
+        c.on_fragment(&frag(7, true));
+        let late = c.join("pages/t/m", Delivery::Direct, 10, t0).unwrap();
+        assert_eq!(short(&late), ["open pages/t/m", "status pages/t/m playing", "start pages/t/m 1"]);
+    }
+
+    #[test]
+    fn a_viewer_that_plays_again_moves_without_a_stale_fragment() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        c.on_fragment(&frag(1, true));
+        c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap();
+        // The same reply topic joins again (after a move between streams): what was queued is dropped first.
+        let again = c.join("pages/a/m", Delivery::Shared, 10, t0).unwrap();
+        assert_eq!(short(&again)[..2], ["discard pages/a/m", "open pages/a/m"]);
+        assert_eq!((c.viewer_count(), c.shared_count()), (1, 1));
+        assert_eq!(short(&c.leave("pages/a/m", None, t0)), ["discard pages/a/m"], "a silent leave");
     }
 
     #[test]

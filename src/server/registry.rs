@@ -1,0 +1,166 @@
+//! The streams a hub runs: which URL may run, finding or starting its stream within the limits, and the
+//! sweep that ends idle streams and timed-out viewers.
+
+use super::stream::{Phase, Stream};
+use super::{ingest, lock, supervise, Hub, SWEEP_EVERY};
+use crate::ingest::IngestEndpoint;
+use crate::policy::redact;
+use crate::protocol::{ErrorCode, RequestKind};
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Hub {
+    /// Which stream a requested URL names: an allowed URL as the policy maps it, or an ingest endpoint's.
+    pub(super) fn allow(&self, url: &str) -> Result<String, String> {
+        if let Some(name) = crate::ingest::name_of(url) {
+            return self
+                .config
+                .ingest_endpoint(url)
+                .map(IngestEndpoint::url)
+                .ok_or_else(|| format!("URL ingest://{name} is not allowed: no ingest endpoint has that name"));
+        }
+        self.policy.check(url).map(|a| a.url).map_err(|e| e.to_string())
+    }
+
+    /// The stream for an allowed URL: running or started now for `requester` (`None`: for the server itself,
+    /// a snapshot). A pushed source only while a publisher sends, or for a play, also while its viewers wait
+    /// for the publisher to come back.
+    pub(crate) fn stream_of(
+        self: &Arc<Self>,
+        url: &str,
+        kind: RequestKind,
+        requester: Option<&str>,
+    ) -> Result<Arc<Stream>, (ErrorCode, String)> {
+        if crate::ingest::name_of(url).is_some() {
+            let running = lock(&self.streams).get(url).filter(|s| s.is_alive()).cloned();
+            let usable = |s: &Arc<Stream>| s.has_publisher() || (kind == RequestKind::Play && s.viewer_count() > 0);
+            return running
+                .filter(usable)
+                .ok_or_else(|| (ErrorCode::SourceUnreachable, format!("nobody is publishing to {url}")));
+        }
+        self.stream_for(url, requester).map_err(|m| (ErrorCode::Overloaded, m))
+    }
+
+    /// The stream of a pushed source, started for its publisher if it is not running.
+    pub(crate) fn ingest_stream(self: &Arc<Self>, endpoint: &ingest::Endpoint) -> Result<Arc<Stream>, String> {
+        let url = endpoint.url();
+        let mut config = self.config.pipeline_for(&url);
+        config.source.listen = true;
+        let srt = endpoint.config.protocol == crate::ingest::IngestProtocol::Srt;
+        if srt {
+            config.source.passphrase = endpoint.config.key.clone().map(crate::media::config::Secret);
+        }
+        let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
+        let source_url = endpoint.internal_url();
+        self.start_stream(&url, None, || {
+            Stream::new(url.clone(), self.stream_topics(&url), config, client, qos, capacity).pushed(source_url, srt)
+        })
+    }
+
+    /// Finds the running stream for an allowed URL or starts it for `requester`.
+    pub(super) fn stream_for(self: &Arc<Self>, url: &str, requester: Option<&str>) -> Result<Arc<Stream>, String> {
+        let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
+        let capacity = self.config.limits.viewer_queue_fragments;
+        let topics = self.stream_topics(url);
+        self.start_stream(url, requester, || Stream::new(url.to_string(), topics, config, client, qos, capacity))
+    }
+
+    /// The topics of the stream of an allowed URL (protocol v2).
+    pub(super) fn stream_topics(&self, url: &str) -> crate::protocol::StreamTopics {
+        crate::protocol::StreamTopics::new(self.topics.prefix(), &self.ids.id_of(url))
+    }
+
+    /// The running stream for `url`, or a new one from `make`, within the stream limits: in all, and of the
+    /// streams `starter` started that still run. The stream's task is watched: if it panics, its viewers get
+    /// an error and the registry forgets it, so the next play starts afresh.
+    pub(super) fn start_stream(
+        self: &Arc<Self>,
+        url: &str,
+        starter: Option<&str>,
+        make: impl FnOnce() -> Stream,
+    ) -> Result<Arc<Stream>, String> {
+        let limits = &self.config.limits;
+        let mut streams = lock(&self.streams);
+        if let Some(s) = streams.get(url).filter(|s| s.is_alive()) {
+            return Ok(Arc::clone(s));
+        }
+        let running = streams.values().filter(|s| s.is_alive()).count();
+        if running >= limits.max_streams {
+            return Err(format!("the server already runs its maximum of {running} streams"));
+        }
+        if let Some(who) = starter {
+            let theirs = streams.values().filter(|s| s.is_alive() && s.starter() == Some(who)).count();
+            if theirs >= limits.max_streams_per_requester {
+                return Err(format!(
+                    "{who} already started {theirs} streams that still run, the most one page may; wait for them \
+                     to stop ({} s after their last viewer)",
+                    limits.linger_secs
+                ));
+            }
+        }
+        let stream = Arc::new(make().started_by(starter));
+        streams.insert(url.to_string(), Arc::clone(&stream));
+        drop(streams);
+        self.announce();
+        tracing::info!(url = %redact(url), "stream started");
+        let (hub, retry) = (Arc::clone(self), self.config.retry.clone());
+        let task_stream = Arc::clone(&stream);
+        let task = tokio::spawn(async move { task_stream.run(retry).await });
+        let watched = Arc::clone(&stream);
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                let why = supervise::panic_message(e);
+                tracing::error!(url = %redact(&watched.url), why, "a stream's task panicked; its viewers are told, and the next play starts it afresh");
+                watched.crashed();
+            }
+            hub.forget(&watched);
+        });
+        Ok(stream)
+    }
+
+    /// Drops a finished stream from the registry, with its viewers.
+    pub(super) fn forget(&self, stream: &Arc<Stream>) {
+        // A new stream for the same URL may already have taken over, with viewers of its own.
+        let replaced = {
+            let mut streams = lock(&self.streams);
+            if streams.get(&stream.url).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+                streams.remove(&stream.url);
+            }
+            streams.contains_key(&stream.url)
+        };
+        if !replaced {
+            lock(&self.viewers).retain(|_, url| *url != stream.url);
+        }
+        self.announce();
+        tracing::info!(url = %redact(&stream.url), "stream stopped");
+    }
+
+    pub(super) async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// Stops streams nobody watched for the linger time and ends viewers that did not renew in time.
+    pub(super) fn sweep(&self) {
+        lock(&self.rate).forget_idle(Instant::now());
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        let linger = self.config.limits.linger();
+        for stream in streams {
+            if let Some(timeout) = self.config.limits.viewer_timeout() {
+                for topic in stream.expire_viewers(timeout) {
+                    lock(&self.viewers).remove(&topic);
+                    tracing::info!(reply_topic = %topic, "viewer timed out");
+                }
+            }
+            // A stream still opening its source has describes waiting on it; it fails by its own timeout.
+            let starting = matches!(*stream.phase().borrow(), Phase::Starting);
+            let unwatched = stream.viewer_count() == 0 && !stream.is_pinned();
+            if !starting && unwatched && stream.idle_for().is_some_and(|idle| idle >= linger) {
+                stream.stop();
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The control requests: describe, play and stop, from parsing and rate limits to the stream's answer.
+
+use super::stream::{self, Phase};
+use super::{lock, ratelimit, Hub};
+use crate::policy::redact;
+use crate::protocol::{
+    parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
+    PlayRequest, ProtocolError, Request, RequestKind, Status, StopRequest,
+};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Hub {
+    /// Answers a request that went wrong: describe on its reply topic, play on its status topic.
+    pub(super) async fn answer_error(&self, kind: RequestKind, reply_topic: &str, code: ErrorCode, message: String) {
+        self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(kind = kind.as_str(), reply_topic, code = code.as_str(), %message, "request refused");
+        match kind {
+            RequestKind::Describe => {
+                self.publish_json(reply_topic.to_string(), &ErrorReply::new(code, message), false).await;
+            }
+            RequestKind::Play => {
+                self.publish_json(status_topic(reply_topic), &Status::error(code, message), false).await;
+            }
+            RequestKind::Stop => {}
+        }
+    }
+
+    pub(super) async fn handle(self: Arc<Self>, kind: RequestKind, payload: Bytes) {
+        let parsed = parse_request(kind, &payload, &self.limits);
+        // Where an answer would go, read once: the request's reply topic, or for a request that failed its
+        // checks the valid reply topic its payload names, if any.
+        let reply_topic = match &parsed {
+            Ok(r) => Some(r.reply_topic().to_string()),
+            Err(_) => reply_topic_hint(&payload, &self.limits),
+        };
+        if !self.is_mine(kind, &payload, &parsed, reply_topic.as_deref()) {
+            return;
+        }
+        if !self.within_rate(kind, reply_topic.as_deref()).await {
+            return;
+        }
+        let request = match parsed {
+            Ok(r) => r,
+            Err(e) => return self.refuse(kind, reply_topic.as_deref(), e).await,
+        };
+        match request {
+            Request::Describe(d) => self.describe(d).await,
+            Request::Play(p) => self.play(p).await,
+            Request::Stop(s) => self.stop(s),
+        }
+    }
+
+    /// Applies the rate limits; false when the request must go no further (it was refused or dropped).
+    /// Stops count toward the total only: dropping one would leave a viewer playing to nobody.
+    pub(super) async fn within_rate(&self, kind: RequestKind, reply_topic: Option<&str>) -> bool {
+        let key = reply_topic.filter(|_| kind != RequestKind::Stop);
+        let verdict = lock(&self.rate).check(key, Instant::now());
+        match (verdict, key) {
+            (ratelimit::Verdict::Allow, _) => true,
+            (ratelimit::Verdict::RefuseOnce, Some(topic)) => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "more than {} requests a minute from {}; wait before asking again",
+                    self.config.limits.requests_per_minute,
+                    ratelimit::requester(topic)
+                );
+                self.answer_error(kind, topic, ErrorCode::RateLimited, message).await;
+                false
+            }
+            _ => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(kind = kind.as_str(), "request dropped by the rate limits");
+                false
+            }
+        }
+    }
+
+    pub(super) async fn refuse(&self, kind: RequestKind, reply_topic: Option<&str>, error: ProtocolError) {
+        match reply_topic {
+            Some(topic) => self.answer_error(kind, topic, error.code(), error.to_string()).await,
+            None => {
+                // No valid reply topic: there is nowhere safe to answer.
+                self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(kind = kind.as_str(), code = error.code().as_str(), %error, "request refused, no reply topic to answer on");
+            }
+        }
+    }
+
+    pub(super) async fn describe(self: Arc<Self>, request: DescribeRequest) {
+        self.requests.describe.fetch_add(1, Ordering::Relaxed);
+        let kind = RequestKind::Describe;
+        // A JSON reply on a viewer's media topic (or inside it) would corrupt that viewer's stream.
+        let taken = lock(&self.viewers).contains_key(&request.reply_topic);
+        if taken || self.nesting_conflict(&request.reply_topic).is_some() {
+            self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(reply_topic = %request.reply_topic, "describe refused, not answered: its reply topic belongs to a viewer");
+            return;
+        }
+        let url = match self.allow(&request.url) {
+            Ok(url) => url,
+            Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, m).await,
+        };
+        let stream = match self.stream_of(&url, kind, Some(ratelimit::requester(&request.reply_topic))) {
+            Ok(s) => s,
+            Err((code, m)) => return self.answer_error(kind, &request.reply_topic, code, m).await,
+        };
+        stream.touch();
+        let limit = self.config.pipeline_for(&url).source.connect_timeout() + Duration::from_secs(5);
+        let mut phase = stream.phase();
+        let outcome = tokio::time::timeout(limit, async {
+            loop {
+                match phase.borrow_and_update().clone() {
+                    Phase::Ready(info) => return Ok(info),
+                    Phase::Failed { code, message } => return Err((code, message)),
+                    Phase::Ended => return Err((ErrorCode::SourceEnded, "the stream ended".to_string())),
+                    Phase::Starting | Phase::Reconnecting { .. } => {}
+                }
+                if phase.changed().await.is_err() {
+                    return Err((ErrorCode::InternalError, "the stream vanished".to_string()));
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(info)) => {
+                stream.touch();
+                let reply = DescribeReply::new(&request.url, &info, &stream.topics());
+                self.publish_json(request.reply_topic, &reply, false).await;
+            }
+            Ok(Err((code, message))) => self.answer_error(kind, &request.reply_topic, code, message).await,
+            Err(_) => {
+                let message = format!("no picture from the source within {} s", limit.as_secs());
+                self.answer_error(kind, &request.reply_topic, ErrorCode::SourceTimeout, message).await;
+            }
+        }
+    }
+
+    pub(super) async fn play(self: Arc<Self>, request: PlayRequest) {
+        self.requests.play.fetch_add(1, Ordering::Relaxed);
+        let kind = RequestKind::Play;
+        let shared = request.shared();
+        let topic = request.reply_topic;
+        let url = match self.allow(&request.url) {
+            Ok(url) => url,
+            Err(m) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, m).await,
+        };
+        if let Some(message) = self.nesting_conflict(&topic) {
+            // Its status topic lies inside another viewer's subscription: refuse without answering there.
+            self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(kind = kind.as_str(), reply_topic = %topic, %message, "request refused, not answered");
+            return;
+        }
+        let requester = ratelimit::requester(&topic);
+        // A new viewer (not a renewal) must fit in its requester's share.
+        let (known, theirs) = {
+            let viewers = lock(&self.viewers);
+            (viewers.contains_key(&topic), viewers.keys().filter(|t| ratelimit::requester(t) == requester).count())
+        };
+        let most = self.config.limits.max_viewers_per_requester;
+        if !known && theirs >= most {
+            let message = format!("{requester} already plays {theirs} streams, the most one page may; stop one first");
+            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
+        }
+        let stream = match self.stream_of(&url, kind, Some(requester)) {
+            Ok(s) => s,
+            Err((code, m)) => return self.answer_error(kind, &topic, code, m).await,
+        };
+        let previous = lock(&self.viewers).insert(topic.clone(), url.clone());
+        match previous {
+            // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
+            Some(old) if old == url && stream.has_viewer(&topic) => {
+                stream.renew_viewer(&topic);
+                return;
+            }
+            Some(old) if old != url => {
+                // The topic moves to the new stream: the old delivery ends silently, or its last fragments
+                // and an `ended` could land after the new init segment.
+                if let Some(old_stream) = lock(&self.streams).get(&old) {
+                    old_stream.remove_viewer(&topic, None);
+                }
+            }
+            _ => {}
+        }
+        let delivery = if shared { stream::core::Delivery::Shared } else { stream::core::Delivery::Direct };
+        if !stream.add_viewer(&topic, delivery, self.config.limits.max_viewers_per_stream) {
+            lock(&self.viewers).remove(&topic);
+            let message =
+                format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
+            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
+        }
+        tracing::info!(url = %redact(&url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
+    }
+
+    /// A reply topic nested in another viewer's (or the other way round) would receive that viewer's media too.
+    pub(super) fn nesting_conflict(&self, topic: &str) -> Option<String> {
+        let viewers = lock(&self.viewers);
+        viewers.keys().find(|other| {
+            *other != topic && (topic.starts_with(&format!("{other}/")) || other.starts_with(&format!("{topic}/")))
+        })?;
+        Some("the reply topic is nested in another viewer's reply topic (or contains one)".to_string())
+    }
+
+    pub(super) fn stop(&self, request: StopRequest) {
+        self.requests.stop.fetch_add(1, Ordering::Relaxed);
+        let Some(url) = lock(&self.viewers).remove(&request.reply_topic) else { return };
+        if let Some(stream) = lock(&self.streams).get(&url) {
+            stream.remove_viewer(&request.reply_topic, Some(EndReason::Stopped));
+            tracing::info!(reply_topic = %request.reply_topic, viewers = stream.viewer_count(), "viewer left");
+        }
+    }
+}
