@@ -5,12 +5,15 @@
 
 mod support;
 
+use mqtt_video::bench::measure::{MediaCheck, Received, SequenceMerge};
 use mqtt_video::media::fmp4;
+use mqtt_video::media::timing::wallclock_us;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::broker::Broker;
 use support::page::{rand_suffix, server_config, Page, Server};
+use support::throttle::Throttle;
 
 /// What a v2 viewer got: the join burst and the stream topic's fragments, in sequence order.
 #[derive(Default)]
@@ -254,5 +257,159 @@ fn edge_brokers_bridged_to_the_servers_broker_carry_the_viewers() {
         six / one
     );
     assert!(six < one * 1.3, "six viewers on the edges cost the server {:.2} x one", six / one);
+    drop(server);
+}
+
+/// A v2 viewer's media as a page takes it: merged by sequence number, with the lag of every fragment.
+#[derive(Default)]
+struct Live {
+    merge: SequenceMerge,
+    check: MediaCheck,
+    /// When each fragment came, and its lag behind the source (`prft`), ms.
+    lags: Vec<(Instant, f64)>,
+    last_sequence: Option<u32>,
+    /// Jumps in the sequence that land on a keyframe (whole GOPs shed), and jumps that do not (a broken GOP).
+    gaps_at_keyframes: usize,
+    broken: usize,
+    bytes: u64,
+}
+
+impl Live {
+    fn take(&mut self, reply: &str, media: &str, m: &support::page::Message) {
+        if m.topic != reply && m.topic != media {
+            return;
+        }
+        let received_us = wallclock_us() - m.at.elapsed().as_micros() as u64;
+        let key = fmp4::starts_with_keyframe(&m.payload);
+        for payload in self.merge.push(m.payload.clone(), key) {
+            if let Some(seq) = fmp4::sequence_number(&payload) {
+                match self.last_sequence {
+                    Some(last) if seq != last + 1 && fmp4::starts_with_keyframe(&payload) => {
+                        self.gaps_at_keyframes += 1
+                    }
+                    Some(last) if seq != last + 1 => self.broken += 1,
+                    _ => {}
+                }
+                self.last_sequence = Some(seq);
+                self.bytes += payload.len() as u64;
+            }
+            if let Ok(Received::Fragment { latency_ms: Some(lag), .. }) = self.check.push(&payload, received_us) {
+                self.lags.push((m.at, lag));
+            }
+        }
+    }
+
+    /// The lags of the fragments that came in `[from, to)`.
+    fn lags_between(&self, from: Instant, to: Instant) -> Vec<f64> {
+        self.lags.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, l)| *l).collect()
+    }
+}
+
+/// Both pages' messages until `until`.
+fn watch_live(viewers: &mut [(&Page, &str, &mut Live)], media: &str, until: Instant) {
+    while Instant::now() < until {
+        for (page, reply, live) in viewers.iter_mut() {
+            while let Ok(m) = page.inbox.try_recv() {
+                live.take(reply, media, &m);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
+}
+
+#[test]
+fn a_slow_browser_loses_whole_gops_stays_live_and_recovers_while_the_others_notice_nothing() {
+    let broker = Broker::start();
+    // 35 s of watching without renewing.
+    let server = Server::start(&server_config(broker.port, &[], "[limits]\nviewer_timeout_secs = 0\n"));
+    let gateway: std::net::SocketAddr = server.gateway_addr().parse().expect("the gateway's address");
+    let link = Throttle::start(gateway);
+    let url = "builtin://testsrc";
+    let observer = Page::connect(broker.port, &format!("observer-{}", rand_suffix()), None);
+    let topics = observer.describe(url, &format!("pages/{}/info", rand_suffix()))["stream"].clone();
+    let media = topics["media"].as_str().expect("stream topics").to_string();
+
+    // Both pages are browsers behind the gateway; the slow one's link is the throttle.
+    let fast_page =
+        Page::connect_ws(&format!("ws://{gateway}/mqtt"), gateway.port(), &format!("fast-{}", rand_suffix()));
+    let slow_page =
+        Page::connect_ws(&format!("ws://{}/mqtt", link.addr), link.addr.port(), &format!("slow-{}", rand_suffix()));
+    let (fast_reply, slow_reply) = (format!("pages/{}/m", rand_suffix()), format!("pages/{}/m", rand_suffix()));
+    for (page, reply) in [(&fast_page, &fast_reply), (&slow_page, &slow_reply)] {
+        page.subscribe(&media);
+        page.subscribe(&format!("{reply}/#"));
+        page.publish("video/play", &json!({"url": url, "reply_topic": reply, "version": 2}));
+    }
+    let (mut fast, mut slow) = (Live::default(), Live::default());
+
+    // The stream's bitrate on an open link; then a link of 1/1.6 of it for 20 s; then open again for 10 s.
+    let first_deadline = Instant::now() + Duration::from_secs(15);
+    while slow.lags.is_empty() && fast.lags.is_empty() && Instant::now() < first_deadline {
+        let soon = Instant::now() + Duration::from_millis(100);
+        watch_live(&mut [(&fast_page, &fast_reply, &mut fast), (&slow_page, &slow_reply, &mut slow)], &media, soon);
+    }
+    let measured_from = Instant::now();
+    let bytes_before = slow.bytes;
+    let open_until = measured_from + Duration::from_secs(4);
+    watch_live(&mut [(&fast_page, &fast_reply, &mut fast), (&slow_page, &slow_reply, &mut slow)], &media, open_until);
+    let open_fragments = slow.lags_between(measured_from, open_until).len();
+    assert!(open_fragments > 60, "the slow page plays on an open link: {open_fragments} fragments in 4 s");
+    let bitrate = (slow.bytes - bytes_before) as f64 * 8.0 / 4.0;
+    let limit = (bitrate / 1.6) as u64;
+    link.set_rate(limit);
+    let throttled = Instant::now();
+    let recovered = throttled + Duration::from_secs(20);
+    watch_live(&mut [(&fast_page, &fast_reply, &mut fast), (&slow_page, &slow_reply, &mut slow)], &media, recovered);
+    link.set_rate(0);
+    let end = recovered + Duration::from_secs(10);
+    watch_live(&mut [(&fast_page, &fast_reply, &mut fast), (&slow_page, &slow_reply, &mut slow)], &media, end);
+
+    let secs = |s: u64| Duration::from_secs(s);
+    if std::env::var("FANOUT_DEBUG").is_ok() {
+        for (name, live) in [("fast", &fast), ("slow", &slow)] {
+            let buckets: Vec<String> = (0..35)
+                .map(|i| {
+                    let from = measured_from + secs(i);
+                    let l = live.lags_between(from, from + secs(1));
+                    format!("{:.0}/{}", max(&l), l.len())
+                })
+                .collect();
+            eprintln!("{name} per second from the open link on (max lag/fragments): {}", buckets.join(" "));
+        }
+    }
+    let slow_late = slow.lags_between(throttled + secs(10), recovered);
+    let slow_shown = slow.lags_between(throttled, recovered).len();
+    let slow_after = slow.lags_between(recovered + secs(8), end);
+    let fast_open = fast.lags_between(measured_from, open_until);
+    let fast_throttled = fast.lags_between(throttled, recovered);
+    let shed = observer.stats_where(|v| v["gateway"]["shed_fragments"].as_u64() > Some(0))["gateway"]["shed_fragments"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!(
+        "stream {:.0} kbit/s, link {:.0} kbit/s for 20 s: slow page lag max {:.0} ms after the first 10 s, \
+         {slow_shown} fragments shown, {} GOP jumps, {} broken; 8-10 s after recovery max {:.0} ms; \
+         fast page p95 {:.0} ms open, {:.0} ms meanwhile, {} gaps; {shed} fragments shed",
+        bitrate / 1000.0,
+        limit as f64 / 1000.0,
+        max(&slow_late),
+        slow.gaps_at_keyframes,
+        slow.broken,
+        max(&slow_after),
+        support::percentile(fast_open.clone(), 0.95),
+        support::percentile(fast_throttled.clone(), 0.95),
+        fast.gaps_at_keyframes + fast.broken,
+    );
+    assert!(max(&slow_late) < 1500.0, "the slow page fell {:.0} ms behind", max(&slow_late));
+    assert!(slow_shown > 100, "frames still shown while throttled: {slow_shown}");
+    assert!(slow.gaps_at_keyframes > 0 && shed > 0, "nothing was shed: the link was not slow enough");
+    assert_eq!(slow.broken, 0, "a jump that does not land on a keyframe: a broken GOP");
+    assert!(!slow_after.is_empty() && max(&slow_after) < 300.0, "after recovery: {:.0} ms", max(&slow_after));
+    assert_eq!(fast.gaps_at_keyframes + fast.broken, 0, "the fast page lost media");
+    let (open_p95, meanwhile_p95) = (support::percentile(fast_open, 0.95), support::percentile(fast_throttled, 0.95));
+    assert!(meanwhile_p95 < open_p95 + 100.0, "the fast page's p95 went from {open_p95:.0} to {meanwhile_p95:.0} ms");
     drop(server);
 }

@@ -173,8 +173,9 @@ const MAX_OUT_OF_ORDER: usize = 30;
 
 /// A v2 viewer's media in sequence order, from its join burst (reply topic) and the stream topic, which
 /// overlap and may interleave: it starts at the first keyframe (the burst's; stream-topic fragments that
-/// overtake it wait), drops duplicates, and holds early fragments for the ones before them (until
-/// `MAX_OUT_OF_ORDER` wait: the missing one is then taken for lost). Pure.
+/// overtake it wait), drops duplicates, and holds early fragments for the ones before them, except that it
+/// goes on at once from a keyframe (the gateway sheds up to one) and gives up on a missing fragment after
+/// `MAX_OUT_OF_ORDER` later ones. Pure.
 #[derive(Debug, Default)]
 pub struct SequenceMerge {
     next: Option<u32>,
@@ -212,6 +213,9 @@ impl SequenceMerge {
             if let Some((p, _)) = self.waiting.remove(&next) {
                 out.push(p);
                 next += 1;
+            } else if let Some((&key, _)) = self.waiting.iter().next().filter(|(_, (_, key))| *key) {
+                // A keyframe is waiting: what is missing before it was shed (or is the old GOP's tail).
+                next = key;
             } else if self.waiting.len() > MAX_OUT_OF_ORDER {
                 // The missing fragment is not coming: go on from the first that is here.
                 next = *self.waiting.keys().next().unwrap_or(&next);
@@ -270,12 +274,15 @@ mod tests {
         assert_eq!(seqs(m.push(fragment(12), false)), none, "a duplicate");
         assert_eq!(seqs(m.push(fragment(9), false)), none, "from before the start");
         assert_eq!(m.duplicates, 2);
-        // 14 is lost: after enough waiting, on from 15.
+        // 14 and 15 were shed up to the keyframe 16: on from it at once.
+        assert_eq!(seqs(m.push(fragment(16), true)), [16]);
+        assert_eq!(seqs(m.push(fragment(17), false)), [17]);
+        // 18 is lost: after enough waiting, on from 19.
         let mut got = Vec::new();
-        for s in 15..(15 + MAX_OUT_OF_ORDER as u32 + 1) {
+        for s in 19..(19 + MAX_OUT_OF_ORDER as u32 + 1) {
             got.extend(seqs(m.push(fragment(s), false)));
         }
-        assert_eq!(got.first(), Some(&15));
+        assert_eq!(got.first(), Some(&19));
         assert_eq!(got.len(), MAX_OUT_OF_ORDER + 1);
     }
 }

@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-/// Socket send buffer per browser connection (the kernel doubles it): about 0.25 s of a 2 Mbit/s link.
-const SEND_BUFFER: usize = 32 * 1024;
+/// Unsent bytes the kernel may hold for a browser (TCP_NOTSENT_LOWAT): about 60 ms of a 2 Mbit/s link.
+const UNSENT_LIMIT: u32 = 16 * 1024;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +126,12 @@ impl Gateway {
                 tracing::debug!(%peer, "gateway: connection refused, its address has its fill of connections");
                 continue;
             };
-            // Each WebSocket frame is a piece of live media: Nagle would hold small ones back. A small send
-            // buffer keeps a slow browser's backlog in the gateway's queue, where it is seen and shed, rather
-            // than in the kernel, where a few MB would hide seconds of delay.
+            // Each WebSocket frame is a piece of live media: Nagle would hold small ones back. Little unsent
+            // data in the kernel keeps a slow browser's backlog in the gateway's queue, where it is seen and
+            // shed, rather than in a send buffer of a few MB that would hide seconds of delay; unlike a small
+            // SO_SNDBUF it leaves room for what is in flight, so a distant browser is not held to sndbuf / RTT.
             let _ = tcp.set_nodelay(true);
-            let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(UNSENT_LIMIT);
             let router = self.router.clone();
             let timeout = self.request_timeout;
             tokio::spawn(async move {

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod page;
 pub mod rtmp;
+pub mod throttle;
 pub mod udp;
 pub mod udp_camera;
 
