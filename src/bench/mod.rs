@@ -169,6 +169,8 @@ async fn run_async(
 
     let progress = Arc::new(Progress::default());
     let epoch = Instant::now();
+    // The server's bytes over the whole run, join bursts included (the sampler's window starts once all joined).
+    let written_at_start = server_pid.and_then(|pid| crate::server::stats::bytes_written(Some(pid)));
     let receive_for = Duration::from_secs_f64(options.seconds);
     let plan = |index: usize| ViewerPlan {
         index,
@@ -246,7 +248,11 @@ async fn run_async(
         }
     }
     let window = all_joined_at.zip(first_finish_at);
-    let server = sampler.figures(&monitor.stats_between(window));
+    let mut server = sampler.figures(&monitor.stats_between(window));
+    let written_at_end = server_pid.and_then(|pid| crate::server::stats::bytes_written(Some(pid)));
+    server.written_run_kbps = written_at_start
+        .zip(written_at_end)
+        .and_then(|(a, b)| kbps(b.saturating_sub(a), epoch.elapsed().as_secs_f64()));
 
     let mut ffmpeg = None;
     let mut ffmpeg_timeline = Vec::new();
@@ -410,6 +416,7 @@ impl ServerSampler {
                 written_kbps: self.written.first().zip(self.written.last()).and_then(|((t0, b0), (t1, b1))| {
                     kbps(b1.saturating_sub(*b0), t1.duration_since(*t0).as_secs_f64())
                 }),
+                written_run_kbps: None,
             };
         }
         let process = |k: &'static str| stats.iter().filter_map(move |s| s["process"][k].as_f64());
@@ -423,6 +430,7 @@ impl ServerSampler {
             rss_kib_max: rss.iter().max().copied(),
             threads_max: process("threads").map(|v| v as u64).max(),
             written_kbps: written_from_stats(stats),
+            written_run_kbps: None,
         }
     }
 }

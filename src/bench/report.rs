@@ -85,9 +85,12 @@ pub struct ServerFigures {
     pub rss_kib_max: Option<u64>,
     /// Most threads seen.
     pub threads_max: Option<u64>,
-    /// Bytes the server wrote per second (all sockets: its upload), kbit/s.
+    /// Bytes the server wrote per second (all sockets: its upload) while every viewer received, kbit/s.
     #[serde(default)]
     pub written_kbps: Option<f64>,
+    /// The same over the whole run, the viewers' join bursts included (a local server only).
+    #[serde(default)]
+    pub written_run_kbps: Option<f64>,
 }
 
 /// The original design on the same source: the ffmpeg CLI spawned, fMP4 on a pipe.
@@ -220,6 +223,7 @@ impl Report {
             ),
             ("server threads, max".into(), opt(self.server.threads_max)),
             ("server upload (kbit/s)".into(), ms(self.server.written_kbps)),
+            ("server upload, whole run (kbit/s)".into(), ms(self.server.written_run_kbps)),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in &rows {
