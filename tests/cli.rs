@@ -35,11 +35,16 @@ fn an_error_prints_its_message_and_causes_without_a_backtrace() {
 #[test]
 fn probe_takes_a_servers_settings_and_its_source_names() {
     let conf = support::work_dir().join("probe-config.toml");
+    let clip = support::h264_aac_mp4();
     std::fs::write(
         &conf,
-        "[pipeline]\nmode = \"auto\"\n\n[[sources]]\nname = \"Desk\"\nurl = \"builtin://testsrc-silent\"\n\
-         pipeline = { mode = \"transcode\", video = { max_height = 180 } }\n\n[[sources]]\nname = \"Door\"\n\
-         url = \"rtsp://viewer:s3cret-pw@127.0.0.1:1/stream1\"\n",
+        format!(
+            "[pipeline]\nmode = \"auto\"\n\n[[sources]]\nname = \"Desk\"\nurl = \"builtin://testsrc-silent\"\n\
+             pipeline = {{ mode = \"transcode\", video = {{ max_height = 180 }} }}\n\n[[sources]]\nname = \"Door\"\n\
+             url = \"rtsp://viewer:s3cret-pw@127.0.0.1:1/stream1\"\n\n[[sources]]\nname = \"Clip\"\nurl = {:?}\n\
+             pipeline = {{ mode = \"transcode\" }}\n",
+            clip.display().to_string()
+        ),
     )
     .unwrap();
     let conf = conf.display().to_string();
@@ -51,11 +56,15 @@ fn probe_takes_a_servers_settings_and_its_source_names() {
     assert_eq!((report["output"]["width"].as_u64(), report["output"]["height"].as_u64()), (Some(320), Some(180)));
     assert_eq!(report["source"]["video"], "transcode", "the source's own pipeline settings: {report}");
 
-    // The command line wins over the config.
-    let out = mqtt_video(&["probe", "Desk", "--config", &conf, "--seconds", "1", "--mode", "copy"]);
+    // The command line wins over the config: the clip's own settings say transcode, --mode says copy.
+    let out = mqtt_video(&["probe", "Clip", "--config", &conf, "--seconds", "1", "--mode", "copy", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "copy mode cannot copy raw video: {stderr}");
-    assert!(stderr.contains("error: unsupported source"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["source"]["video"], "copy", "{report}");
+    // The built-in patterns are raw video: encoded whatever the mode.
+    let out = mqtt_video(&["probe", "Desk", "--config", &conf, "--seconds", "1", "--mode", "copy", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A source with a password: the error names the transport, never the password.
     let out = mqtt_video(&["probe", "Door", "--config", &conf, "--seconds", "1"]);

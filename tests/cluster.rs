@@ -65,7 +65,7 @@ fn two_instances_handle_each_request_once() {
             page.publish("video/play", &json!({"url": url, "reply_topic": format!("{base}/p{i}-{j}")}));
         }
     }
-    let got = drain(&page, 6.0);
+    let got = drain(&page, 8.0);
 
     let replies: Vec<_> = got.iter().filter(|(t, _)| t.contains("/d")).collect();
     assert_eq!(replies.len(), describes, "every describe answered: {:?}", got.keys().collect::<Vec<_>>());
@@ -94,7 +94,8 @@ fn two_instances_handle_each_request_once() {
                 }
             }
             assert_eq!(inits, 1, "{topic}: one init segment, from one instance");
-            assert!(check.fragments > 60, "{topic}: {} fragments", check.fragments);
+            // At least two seconds of video: a cold start on a loaded machine can take a few seconds.
+            assert!(check.fragments > 50, "{topic}: {} fragments", check.fragments);
             assert_eq!((check.out_of_order, check.gaps), (0, 0), "{topic}: a second sender would reorder");
         }
     }

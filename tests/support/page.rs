@@ -148,6 +148,11 @@ impl Page {
         self.publish("video/stop", &serde_json::json!({"reply_topic": reply_topic}));
     }
 
+    /// Whether media arrives on `reply_topic` within `timeout` (a cold source on a busy machine takes a while).
+    pub fn media_within(&self, reply_topic: &str, timeout: Duration) -> bool {
+        self.next_on(reply_topic, timeout).is_some()
+    }
+
     /// Collects media and status for `reply_topic` for `duration`.
     pub fn collect(&self, reply_topic: &str, duration: Duration) -> Received {
         let status_topic = format!("{reply_topic}/status");

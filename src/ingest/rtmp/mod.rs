@@ -354,15 +354,8 @@ impl PublishSession {
         match name {
             "releaseStream" | "FCPublish" => {
                 let command = if name == "FCPublish" { "FCPublish" } else { "releaseStream" };
+                // Answered, and nothing more: publishing starts only with a verified publish.
                 self.check_name(command, values.get(3))?;
-                if command == "FCPublish" {
-                    let mut body = Vec::new();
-                    amf0::put_string(&mut body, "onFCPublish");
-                    amf0::put_number(&mut body, 0.0);
-                    amf0::put_null(&mut body);
-                    amf0::put_object(&mut body, &[("code", Value::String("NetStream.Publish.Start".into()))]);
-                    self.send(&mut out.reply, COMMAND_CSID, AMF0_COMMAND, 0, body);
-                }
                 self.result(&mut out.reply, txn, None);
                 Ok(())
             }
