@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The broker fan-out figures of docs/BENCHMARKS.md: `mqtt-video bench --spawn` on the live GStreamer RTSP test
-# source at 1280x720@30, 3.3 Mbit/s, copy mode, with protocol 2 viewers (1, 100, 500; VIEWERS to change) and,
+# source at 1280x720@30, 3.3 Mbit/s (noise: the ball pattern would compress to 0.5 Mbit/s), copy mode, with protocol 2 viewers (1, 100, 500; VIEWERS to change) and,
 # for reference, protocol 1 viewers (1 and 100). Each row prints the server's upload (bytes written per second,
 # from /proc) and its ratio to the same protocol's 1-viewer row, measured in the same run. The JSON and text of
 # every row land in $OUT (target/bench-fanout); SECONDS_PER_ROW (default 15) sets how long each viewer receives.
@@ -16,7 +16,7 @@ bin=target/release/mqtt-video
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-/usr/bin/python3 tests/support/rtsp_server.py --port 8656 --width 1280 --height 720 --bitrate 3300 >"$out/rtsp.log" 2>&1 &
+/usr/bin/python3 tests/support/rtsp_server.py --port 8656 --width 1280 --height 720 --bitrate 3300 --pattern snow >"$out/rtsp.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q READY "$out/rtsp.log" && break; sleep 0.1; done
 grep -q READY "$out/rtsp.log" || { echo "the RTSP test source did not start:" >&2; cat "$out/rtsp.log" >&2; exit 1; }

@@ -6,7 +6,7 @@ Serves one shared live stream (H.264 + optional AAC) on 127.0.0.1 and prints
 
 Run with /usr/bin/python3 (the system interpreter is the one that has `gi`):
     /usr/bin/python3 tests/support/rtsp_server.py --port 8554 [--path /live]
-        [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--no-audio]
+        [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--pattern ball] [--no-audio]
 --port 0 picks a free port; the READY line then carries the real one.
 """
 import argparse
@@ -31,7 +31,7 @@ def build_launch(args):
         print("rtsp_server: clockoverlay unavailable, serving without it", file=sys.stderr)
 
     video = (
-        "videotestsrc is-live=true pattern=ball "
+        f"videotestsrc is-live=true pattern={args.pattern} "
         f"! video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1 "
         f"{overlay}"
         # Single-threaded, non-sliced encoding: with sliced threads a client
@@ -78,6 +78,9 @@ def main():
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--gop", type=int, default=30, help="keyframe interval in frames")
     p.add_argument("--bitrate", type=int, default=1500, help="video bitrate in kbit/s")
+    # The ball compresses to a few hundred kbit/s whatever the bitrate; `snow` (noise) fills it, as a busy
+    # camera picture does.
+    p.add_argument("--pattern", default="ball", help="videotestsrc pattern (ball, snow, smpte, ...)")
     p.add_argument("--no-audio", action="store_true")
     args = p.parse_args()
     if not args.path.startswith("/"):
