@@ -22,6 +22,13 @@ export function boxType(bytes, offset = 0) {
   return String.fromCharCode(bytes[offset + 4], bytes[offset + 5], bytes[offset + 6], bytes[offset + 7]);
 }
 
+/** Whether two byte arrays hold the same bytes. */
+export function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 function view(bytes) {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
@@ -349,4 +356,25 @@ export function parseFragment(bytes, init) {
     });
   }
   return { sequence, trafs };
+}
+
+/**
+ * One binary message of a reply topic (docs/PROTOCOL.md, "Media on the reply topic"): {kind: "init"} for an
+ * init segment, else {kind: "fragment", prft, moof, fragment} with the parsed prft (or null), the bytes from
+ * the moof on (what MSE is given), and parseFragment of them (offsets into `moof`). Throws when the message
+ * is neither.
+ */
+export function parseMessage(bytes, init) {
+  const type = boxType(bytes);
+  if (type === "ftyp") return { kind: "init" };
+  let prft = null;
+  let moof = bytes;
+  if (type === "prft") {
+    prft = parsePrft(bytes);
+    if (!prft) throw new Error("malformed prft");
+    moof = bytes.subarray(prft.size); // strip it: not every MSE accepts a top-level prft
+  }
+  if (boxType(moof) !== "moof") throw new Error(`unexpected box "${boxType(moof)}"`);
+  const fragment = parseFragment(moof, init);
+  return { kind: "fragment", prft, moof, fragment };
 }
