@@ -7,7 +7,7 @@
 //
 // The Player ties three parts together and owns the states and figures: the MQTT session and control
 // protocol (session.js, protocol.js: describe -> play on a fresh reply topic, statuses, stop and last will,
-// retries, reconnects), and a renderer that plays the media messages: MediaSource (mse-sink.js,
+// retries, renewals, reconnects), and a renderer that plays the media messages: MediaSource (mse-sink.js,
 // with the live-edge controller of live-edge.js).
 
 import { LIVE_EDGE_DEFAULTS } from "./live-edge.js";
@@ -183,6 +183,7 @@ export class Player extends EventTarget {
       stalls: sink.stalls,
       skippedToKeyframe: sink.skippedToKeyframe,
       reconnects: this.session.reconnects,
+      renewals: this.session.renewals,
       errors: this.errors.slice(),
     };
   }

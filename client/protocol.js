@@ -65,12 +65,15 @@ export const REQUEST_DEFAULTS = Object.freeze({
   describeTimeoutMs: 15000,
   /** Play again (a renewal for a server that still has us) after this long with no media and no status. */
   mediaTimeoutMs: 6000,
+  /** Renew the play (send it again) this often while it plays, well within the server's
+   * `limits.viewer_timeout_secs` (a viewer that does not renew is dropped). */
+  renewMs: 10000,
 });
 
 /**
  * The requests of one play on one reply topic. Requests are QoS 0 and the server may not be subscribed yet
  * (right after a broker restart both sides reconnect at once), so describe and play are repeated until
- * answered; both are safe to repeat.
+ * answered; both are safe to repeat, and a repeated play renews the viewer (PROTOCOL.md, "Viewer timeout").
  *
  * Every method takes `now` (ms) and returns the actions to take: {send: "describe" | "play", why} or
  * {fail: {code, message}}.
@@ -86,6 +89,7 @@ export class PlayRequests {
     this.playSentAt = null;
     this.answered = false;
     this.lastMessageAt = now;
+    this.renewals = 0;
     this.done = false; // failed or ended: nothing more is sent
   }
 
@@ -159,6 +163,11 @@ export class PlayRequests {
       // instance of a pool takes over on a new play). For a server that still has us, a play only renews.
       this.playSentAt = now;
       return [{ send: "play", why: `nothing received for ${o.mediaTimeoutMs / 1000} s` }];
+    }
+    if (o.renewMs > 0 && now - this.playSentAt >= o.renewMs) {
+      this.playSentAt = now;
+      this.renewals++;
+      return [{ send: "play", why: "renew" }];
     }
     return [];
   }

@@ -1,6 +1,6 @@
 // One player's MQTT session: the connection to the broker (MQTT.js over WebSocket) with a last will that stops
-// its play, reconnects with backoff, the reply topics of each play, and the requests of protocol.js sent and
-// repeated. It hands what arrives to its hooks and knows nothing about how media is played.
+// its play, reconnects with backoff, the reply topics of each play, and the requests of protocol.js sent,
+// repeated and renewed. It hands what arrives to its hooks and knows nothing about how media is played.
 //
 // One connection per player: a connection has one last will, and it must name that player's reply topic.
 // Each play on a connection that already played gets a fresh connection, hence a fresh reply topic and will.
@@ -41,6 +41,7 @@ export class Session {
     this.connected = false;
     this.everConnected = false;
     this.reconnects = 0; // connections lost while playing
+    this.renewals = 0; // plays renewed, over every connection of this play
     this._conn = null; // {client, topics, used, connected, subscribed, described, requests}
     this._attempt = 0;
     this._reconnectTimer = null;
@@ -60,6 +61,7 @@ export class Session {
     if (this.url) this._sendStop();
     this.url = url;
     this.reconnects = 0;
+    this.renewals = 0;
     const conn = this._conn;
     if (conn && !conn.used) {
       // An unused connection: its reply topic and last will are fresh. Play now, or once it is subscribed.
@@ -69,7 +71,7 @@ export class Session {
     }
   }
 
-  /** The Player accepted the describe reply: send the play (repeated until answered). */
+  /** The Player accepted the describe reply: send the play (repeated until answered, then renewed). */
   acceptDescribe() {
     const conn = this._conn;
     if (conn?.requests) this._apply(conn, conn.requests.play(performance.now()));
@@ -116,7 +118,8 @@ export class Session {
         if (a.why !== "start") this.hooks.event("retry", `describe (${a.why})`);
         this._publish(this.topics.describe, describeRequest(this.url, conn.topics.info));
       } else if (a.send === "play") {
-        if (a.why !== "start") this.hooks.event("retry", `play (${a.why})`);
+        if (a.why === "renew") this.renewals++;
+        else if (a.why !== "start") this.hooks.event("retry", `play (${a.why})`);
         this._publish(this.topics.play, playRequest(this.url, conn.topics.media));
       }
     }

@@ -60,6 +60,10 @@ function configText({ mqttPort, httpPort, rtspPrefix, mode }) {
     "[allow]",
     `prefixes = [${JSON.stringify(rtspPrefix)}]`,
     "",
+    // The default from issue 13 on: long runs go on only by the page's renewals of its play.
+    "[limits]",
+    "viewer_timeout_secs = 30",
+    "",
     "[pipeline]",
     `mode = "${mode}"`,
     "",

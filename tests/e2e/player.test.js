@@ -40,6 +40,8 @@ const USE_GATEWAY = (process.env.E2E_GATEWAY ?? "1") === "1";
 /** Live latency every sample must stay under (ms). */
 const MAX_LATENCY_MS = USE_GATEWAY ? 1000 : 2000;
 const PLAY_SECONDS = 10;
+/** The server's `limits.viewer_timeout_secs` in this test. */
+const VIEWER_TIMEOUT_SECS = 15;
 
 const fx = {}; // the fixture: ports, processes, browser, page
 const figures = []; // printed at the end
@@ -100,6 +102,9 @@ before(async () => {
     "",
     "[limits]",
     "linger_secs = 2",
+    // Viewers that do not renew their play are dropped (issue 13 makes 30 s the default): the first player
+    // plays longer than this, on the page's own renewals (renewMs, every 10 s).
+    `viewer_timeout_secs = ${VIEWER_TIMEOUT_SECS}`,
     "",
     "[retry]",
     "initial_backoff_ms = 200",
@@ -266,6 +271,21 @@ test("a late player on the same source plays at once", { timeout: 30_000 }, () =
     await fx.page.evaluate(() => window.mqttVideo.players[1].card.querySelector(".remove").click());
     assert.equal(await fx.page.evaluate(() => window.mqttVideo.players.length), 1);
     assert.deepEqual(pageErrors(), []);
+  }),
+);
+
+test("the page renews its play: the first player outlives the server's viewer timeout", { timeout: 30_000 }, () =>
+  withLogs(async () => {
+    const started = await stats(0);
+    // firstFrameAtMs is on the page's clock: compare it with the page's performance.now()
+    const pageNow = () => fx.page.evaluate(() => performance.now());
+    while ((await pageNow()) - started.firstFrameAtMs < (VIEWER_TIMEOUT_SECS + 2) * 1000) await sleep(500);
+    const s = await stats(0);
+    assert.equal(s.state, "playing", `still playing after ${VIEWER_TIMEOUT_SECS + 2} s`);
+    assert.equal(s.replyTopic, started.replyTopic, "the same play (no new play was needed)");
+    assert.ok(s.renewals >= 1, `${s.renewals} renewals`);
+    assert.doesNotMatch(fx.server.log(), /viewer timed out/, "the server dropped no viewer");
+    note(`renewals: the first player played ${((await pageNow()) - started.firstFrameAtMs) / 1000 | 0} s with a ${VIEWER_TIMEOUT_SECS} s viewer timeout, ${s.renewals} renewals`);
   }),
 );
 

@@ -1,5 +1,5 @@
 // Table tests of the page's control protocol (client/protocol.js): topics, messages, and when describe and
-// play are sent and repeated.
+// play are sent, repeated and renewed.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -99,16 +99,41 @@ test("a describe the server may have missed goes again when it is back", () => {
   ]);
 });
 
-test("a playing viewer plays again after a silence", () => {
-  // No message for mediaTimeoutMs: play again (the pool's other server takes over).
-  run({ mediaTimeoutMs: 6000 }, [
+test("a playing viewer renews its play every renewMs, and plays again after a silence", () => {
+  const r = run({ renewMs: 10000 }, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [300, "message", []],
+    [5000, "message", []],
+    [10100, "tick", []],
+    [10200, "message", []],
+    [10200, "tick", ["play renew"]],
+    [15000, "message", []],
+    [20199, "tick", []],
+    [20200, "tick", ["play renew"]],
+  ]);
+  assert.equal(r.renewals, 2);
+  // No message for mediaTimeoutMs: play again (the pool's other server takes over); renewals go on after it.
+  run({ renewMs: 10000, mediaTimeoutMs: 6000 }, [
     [0, "start", ["describe start"]],
     [100, "described", []],
     [200, "play", ["play start"]],
     [300, "message", []],
     [6400, "tick", ["play nothing received for 6 s"]],
     [6500, "message", []],
-    [12000, "tick", []],
+    [12000, "message", []],
+    [16300, "tick", []],
+    [16400, "tick", ["play renew"]],
+  ]);
+  // renewMs 0: no renewals (a server with viewer_timeout_secs = 0)
+  run({ renewMs: 0 }, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [300, "message", []],
+    [50_000, "message", []],
+    [50_000, "tick", []],
   ]);
 });
 
