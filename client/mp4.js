@@ -265,24 +265,21 @@ export function parseFragment(bytes, init) {
     const trackId = dv.getUint32(tfhd.body + 4);
     const trex = init?.tracks.get(trackId)?.trex;
     let p = tfhd.body + 8;
+    /** The next 32-bit field of a box when `present`, else `fallback`. */
+    const field = (present, fallback) => {
+      if (!present) return fallback;
+      p += 4;
+      return dv.getUint32(p - 4);
+    };
     let base = tfhdFlags & 0x020000 ? moof.start : dataEnd; // default-base-is-moof
     if (tfhdFlags & 0x000001) {
       base = Number(dv.getBigUint64(p)); // base_data_offset: from the start of these bytes
       p += 8;
     }
-    if (tfhdFlags & 0x000002) p += 4; // sample_description_index
-    let defaultDuration = trex?.defaultSampleDuration ?? 0;
-    let defaultSize = trex?.defaultSampleSize ?? 0;
-    let defaultFlags = trex?.defaultSampleFlags ?? 0;
-    if (tfhdFlags & 0x000008) {
-      defaultDuration = dv.getUint32(p);
-      p += 4;
-    }
-    if (tfhdFlags & 0x000010) {
-      defaultSize = dv.getUint32(p);
-      p += 4;
-    }
-    if (tfhdFlags & 0x000020) defaultFlags = dv.getUint32(p);
+    field(tfhdFlags & 0x000002); // sample_description_index
+    const defaultDuration = field(tfhdFlags & 0x000008, trex?.defaultSampleDuration ?? 0);
+    const defaultSize = field(tfhdFlags & 0x000010, trex?.defaultSampleSize ?? 0);
+    const defaultFlags = field(tfhdFlags & 0x000020, trex?.defaultSampleFlags ?? 0);
 
     let baseMediaDecodeTime = null;
     const tfdt = child(bytes, traf, "tfdt");
@@ -298,41 +295,19 @@ export function parseFragment(bytes, init) {
       const version = bytes[trun.body];
       const flags = dv.getUint32(trun.body) & 0xffffff;
       const count = dv.getUint32(trun.body + 4);
-      let q = trun.body + 8;
-      if (flags & 0x000001) {
-        offset = base + dv.getInt32(q); // data_offset
-        q += 4;
-      }
-      let firstFlags = null;
-      if (flags & 0x000004) {
-        firstFlags = dv.getUint32(q); // first_sample_flags
-        q += 4;
-      }
+      p = trun.body + 8;
+      if (flags & 0x000001) offset = base + (field(true) | 0); // data_offset, signed
+      const firstFlags = field(flags & 0x000004, null); // first_sample_flags
       const perSample = ((flags >> 8) & 1) + ((flags >> 9) & 1) + ((flags >> 10) & 1) + ((flags >> 11) & 1);
-      if (q + count * perSample * 4 > trun.end) break; // a count the box cannot hold
+      if (p + count * perSample * 4 > trun.end) break; // a count the box cannot hold
       for (let i = 0; i < count; i++) {
-        let duration = defaultDuration;
-        let size = defaultSize;
-        let sampleFlags = i === 0 && firstFlags !== null ? firstFlags : defaultFlags;
-        let compositionOffset = 0;
-        if (flags & 0x000100) {
-          duration = dv.getUint32(q);
-          q += 4;
-        }
-        if (flags & 0x000200) {
-          size = dv.getUint32(q);
-          q += 4;
-        }
-        if (flags & 0x000400) {
-          const own = dv.getUint32(q);
-          q += 4;
-          // first_sample_flags overrides the first sample's own flags
-          if (!(i === 0 && firstFlags !== null)) sampleFlags = own;
-        }
-        if (flags & 0x000800) {
-          compositionOffset = version === 0 ? dv.getUint32(q) : dv.getInt32(q);
-          q += 4;
-        }
+        const duration = field(flags & 0x000100, defaultDuration);
+        const size = field(flags & 0x000200, defaultSize);
+        const own = field(flags & 0x000400, defaultFlags);
+        // first_sample_flags overrides the first sample's own flags
+        const sampleFlags = i === 0 && firstFlags !== null ? firstFlags : own;
+        const cto = field(flags & 0x000800, 0);
+        const compositionOffset = version === 0 ? cto : cto | 0; // version 1: signed
         samples.push({
           offset,
           size,

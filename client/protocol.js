@@ -131,31 +131,28 @@ export class PlayRequests {
     this.done = true;
   }
 
+  /** An unanswered `kind` request: repeated every `every` ms, given up describeTimeoutMs after `firstAt`. */
+  _repeat(kind, firstAt, every, failure, now) {
+    if (now - firstAt > this.options.describeTimeoutMs) {
+      this.done = true;
+      return [{ fail: { code: "timeout", message: failure } }];
+    }
+    if (now - this[`${kind}SentAt`] > every) {
+      this[`${kind}SentAt`] = now;
+      return [{ send: kind, why: "retry" }];
+    }
+    return [];
+  }
+
   tick(now) {
     if (this.done) return [];
     const o = this.options;
     if (this.describedAt === null) {
-      if (now - this.describeFirstAt > o.describeTimeoutMs) {
-        this.done = true;
-        return [{ fail: { code: "timeout", message: "no answer from the server (is mqtt-video serve running on this broker?)" } }];
-      }
-      if (now - this.describeSentAt > o.describeRetryMs) {
-        this.describeSentAt = now;
-        return [{ send: "describe", why: "retry" }];
-      }
-      return [];
+      return this._repeat("describe", this.describeFirstAt, o.describeRetryMs, "no answer from the server (is mqtt-video serve running on this broker?)", now);
     }
     if (this.playSentAt === null) return []; // the Player has not accepted the describe (yet)
     if (!this.answered) {
-      if (now - this.playFirstAt > o.describeTimeoutMs) {
-        this.done = true;
-        return [{ fail: { code: "timeout", message: "the server accepted the source but sent nothing for the play request" } }];
-      }
-      if (now - this.playSentAt > o.playRetryMs) {
-        this.playSentAt = now;
-        return [{ send: "play", why: "retry" }];
-      }
-      return [];
+      return this._repeat("play", this.playFirstAt, o.playRetryMs, "the server accepted the source but sent nothing for the play request", now);
     }
     const silentFor = now - this.lastMessageAt;
     if (silentFor > o.mediaTimeoutMs && now - this.playSentAt > o.mediaTimeoutMs) {
