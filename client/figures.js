@@ -34,6 +34,11 @@ export class Samples {
     return { p50: percentile(sorted, 50), p95: percentile(sorted, 95), n: sorted.length };
   }
 
+  /** The p-th percentile of the values kept, or null. */
+  percentile(p) {
+    return percentile(this.values.slice().sort((a, b) => a - b), p);
+  }
+
   /** The values added after the first `mark` ever added (oldest first, those still kept) and the next mark. */
   since(mark = 0) {
     const first = this.count - this.values.length;

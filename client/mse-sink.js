@@ -298,6 +298,11 @@ export class MseSink {
     return meta.mediaTime;
   }
 
+  /** The audio-to-picture offset: MediaSource keeps its tracks in sync itself and does not tell (null). */
+  avOffsetAt() {
+    return null;
+  }
+
   /** The media time (s) on screen now. */
   currentTime() {
     return this.video.currentTime;

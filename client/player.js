@@ -5,19 +5,33 @@
 //   player.stats();   // {state, currentTime, latencyMs, decodedFrames, ...}
 //   player.stop();
 //
-// The Player ties three parts together and owns the states and figures: the MQTT session and control
+// The Player ties two parts together and owns the states and figures: the MQTT session and control
 // protocol (session.js, protocol.js: describe -> play on a fresh reply topic, statuses, stop and last will,
-// retries, renewals, reconnects), and a renderer that plays the media messages: MediaSource (mse-sink.js,
-// with the live-edge controller of live-edge.js).
+// retries, renewals, reconnects), and a renderer that plays the media messages: WebCodecs
+// (webcodecs-sink.js: decoders, frames shown as soon as they are decoded, audio through a jitter buffer) or
+// MediaSource (mse-sink.js, with the live-edge controller of live-edge.js). Both get the same fMP4 messages,
+// and their latency is measured the same way: the frame's expected display time minus the source's wall
+// clock for it (timeline.js).
 
+import { FEED_DEFAULTS } from "./feed.js";
+import { round, Samples } from "./figures.js";
+import { JITTER_DEFAULTS } from "./jitter.js";
 import { LIVE_EDGE_DEFAULTS } from "./live-edge.js";
 import { MseSink, mseSupports } from "./mse-sink.js";
-import { round, Samples } from "./figures.js";
 import { describeOutcome, REQUEST_DEFAULTS } from "./protocol.js";
 import { Session } from "./session.js";
+import { webCodecsSupports, WebCodecsSink } from "./webcodecs-sink.js";
+
+/** The renderers: `auto` is WebCodecs where the browser can decode the stream with it, else MediaSource. */
+export const RENDERERS = ["auto", "webcodecs", "mse"];
 
 /** Every option of a Player, with its default. */
 export const DEFAULTS = Object.freeze({
+  /** One of RENDERERS. */
+  renderer: "auto",
+  /** How WebCodecs frames reach the <video>: "auto" (a MediaStreamTrackGenerator where there is one, else a
+   * canvas), or "canvas". */
+  videoOutput: "auto",
   /** MQTT-over-WebSocket URL; null: ws(s)://<page host>/mqtt (the mqtt-video gateway). */
   broker: null,
   /** Control topic prefix (`topics.prefix` of the server). */
@@ -37,11 +51,14 @@ export const DEFAULTS = Object.freeze({
   preservesPitch: false,
   ...REQUEST_DEFAULTS,
   ...LIVE_EDGE_DEFAULTS,
+  ...FEED_DEFAULTS,
+  ...JITTER_DEFAULTS,
 });
 
 /** The states a Player can be in, for people and for tests. */
 export const STATES = ["idle", "connecting", "buffering", "playing", "reconnecting", "error", "stopped"];
 
+const SINKS = { mse: MseSink, webcodecs: WebCodecsSink };
 const MAX_ERRORS = 20;
 const MAX_EVENTS = 50;
 const LATENCY_SAMPLES = 600;
@@ -63,6 +80,7 @@ export class Player extends EventTarget {
     this.video = video;
     this.options = { ...DEFAULTS };
     for (const [k, v] of Object.entries(options)) if (v !== undefined) this.options[k] = v;
+    if (!RENDERERS.includes(this.options.renderer)) throw new TypeError(`renderer must be one of ${RENDERERS.join(", ")}`);
     this.broker = this.options.broker || defaultBrokerUrl();
     if (this.options.muted) video.muted = true;
     video.playsInline = true;
@@ -77,13 +95,11 @@ export class Player extends EventTarget {
     this.events = [];
     this._serverReconnecting = false;
     this._destroyed = false;
+    this._playId = 0; // which play an answer that arrives after an await belongs to
     this._resetPlayFigures();
 
-    const sinkHooks = {
-      event: (kind, detail) => this._event(kind, detail),
-      error: (code, message) => this._fail(code, message),
-    };
-    this.media = new MseSink(video, this.options, sinkHooks);
+    this._sinks = {}; // made when first used, kept for later plays
+    this.media = this._sink(this.options.renderer === "webcodecs" ? "webcodecs" : "mse");
     this.session = new Session({ ...this.options, broker: this.broker }, {
       connection: (c) => this._onConnection(c),
       sources: (list) => {
@@ -101,6 +117,51 @@ export class Player extends EventTarget {
     this._watchFrames();
   }
 
+  /** The renderer `kind` ("mse" or "webcodecs"). */
+  _sink(kind) {
+    this._sinks[kind] ??= new SINKS[kind](this.video, this.options, {
+      event: (k, detail) => this._event(k, detail),
+      error: (code, message) => this._fail(code, message),
+      unsupported: (message) => this._onUnsupported(kind, message),
+    });
+    return this._sinks[kind];
+  }
+
+  /** Plays the stream with renderer `kind` from now on. */
+  _use(kind) {
+    if (this.media.kind === kind) return;
+    this.media.close();
+    this.media = this._sink(kind);
+  }
+
+  /**
+   * The renderer for `mime`: WebCodecs or MediaSource as the `renderer` option says, `auto` preferring
+   * WebCodecs. Resolves to null when the asked one (or, for auto, either) cannot play it.
+   */
+  async _chooseRenderer(mime) {
+    const want = this.options.renderer;
+    if (want === "mse") return mseSupports(mime) ? "mse" : null;
+    const webcodecs = await webCodecsSupports(mime);
+    if (want === "webcodecs") return webcodecs ? "webcodecs" : null;
+    return webcodecs ? "webcodecs" : mseSupports(mime) ? "mse" : null;
+  }
+
+  /** The WebCodecs renderer met something its decoders refuse: MediaSource takes over (auto), or an error. */
+  _onUnsupported(kind, message) {
+    if (kind !== "webcodecs" || this.media.kind !== "webcodecs" || !this.url) return;
+    const mime = this.media.mime;
+    if (this.options.renderer !== "auto" || !mseSupports(mime)) {
+      this._fail("unsupported_codec", `WebCodecs cannot play this stream: ${message}`);
+      return;
+    }
+    this._event("renderer", `WebCodecs cannot play this stream (${message}); using MediaSource`);
+    const init = this.media.init;
+    const hasAudio = this.media.hasAudio;
+    this._use("mse");
+    this.media.start(mime, hasAudio);
+    if (init) this.media.push(init);
+  }
+
   /** Whether the MQTT connection is up. */
   get connected() {
     return this.session.connected;
@@ -113,10 +174,12 @@ export class Player extends EventTarget {
     url = String(url ?? "").trim();
     if (!url || this._destroyed) return;
     this.url = url;
+    this._playId++;
     this.describeReply = null;
     this._serverReconnecting = false;
     this._resetPlayFigures();
     this.media.close();
+    if (this.options.renderer !== "mse") WebCodecsSink.prepare();
     this._setState("connecting", `connecting to ${url}`);
     this.session.play(url);
   }
@@ -135,7 +198,7 @@ export class Player extends EventTarget {
     this.stop();
     this._destroyed = true;
     clearInterval(this._tick);
-    this.media.destroy();
+    for (const sink of Object.values(this._sinks)) sink.destroy();
     this.session.destroy();
   }
 
@@ -148,8 +211,11 @@ export class Player extends EventTarget {
     const span = this._bytes.length ? Math.max(1000, now - this._bytes[0].at) : BITRATE_WINDOW_MS;
     const bytes = this._bytes.reduce((n, e) => n + e.n, 0);
     const latency = this._latencies.summary();
+    const av = this._avOffsets.summary();
+    const lastAv = this._avOffsets.values.at(-1);
     const sink = this.media.snapshot();
     return {
+      ...sink,
       state: this.state,
       message: this.message,
       url: this.url,
@@ -164,6 +230,11 @@ export class Player extends EventTarget {
       latencyP50Ms: round(latency.p50, 1),
       latencyP95Ms: round(latency.p95, 1),
       latencySamples: latency.n,
+      // audio heard minus picture shown (ms; positive: the sound is ahead), per rendered frame; WebCodecs only
+      avOffsetMs: lastAv === undefined ? null : round(lastAv, 1),
+      avOffsetP50Ms: round(av.p50, 1),
+      avOffsetP5Ms: round(this._avOffsets.percentile(5), 1),
+      avOffsetP95Ms: round(av.p95, 1),
       targetLatencyMs: round(sink.targetLatencyMs, 0),
       firstFrameMs: round(this._firstFrameMs, 1), // from play() to the first frame shown
       firstFrameAtMs: this._firstFrameMs === null ? null : round(this._playStartedAt + this._firstFrameMs, 1),
@@ -182,6 +253,8 @@ export class Player extends EventTarget {
       jumps: sink.jumps,
       stalls: sink.stalls,
       skippedToKeyframe: sink.skippedToKeyframe,
+      decodeP50Ms: round(sink.decodeP50Ms ?? null, 1),
+      decodeP95Ms: round(sink.decodeP95Ms ?? null, 1),
       reconnects: this.session.reconnects,
       renewals: this.session.renewals,
       errors: this.errors.slice(),
@@ -209,6 +282,12 @@ export class Player extends EventTarget {
     return { latencies: values, mark: next };
   }
 
+  /** The audio-to-picture offsets (ms) of the frames rendered after the first `mark`, as latenciesSince. */
+  avOffsetsSince(mark = 0) {
+    const { values, mark: next } = this._avOffsets.since(mark);
+    return { offsets: values, mark: next };
+  }
+
   // ----- the session's news -------------------------------------------------------------------------
 
   _onConnection({ connected, everConnected, delayMs }) {
@@ -224,7 +303,7 @@ export class Player extends EventTarget {
     if (this.state !== "reconnecting") this._setState("connecting", `asking the server for ${this.url}`);
   }
 
-  _onDescribe(json) {
+  async _onDescribe(json) {
     if (!this.url || this.state === "error") return;
     const { reply, error } = describeOutcome(json);
     if (error) {
@@ -232,12 +311,18 @@ export class Player extends EventTarget {
       return;
     }
     const mime = reply.mimeCodec;
-    if (!mseSupports(mime)) {
-      this._fail("unsupported_codec", `This browser cannot play ${mime} (MediaSource.isTypeSupported is false).`);
+    const playId = this._playId;
+    // A describe again (a reconnect) keeps the renderer this play has.
+    const kind = this.media.mime ? this.media.kind : await this._chooseRenderer(mime);
+    if (playId !== this._playId || !this.url || this.state === "error") return; // played or stopped meanwhile
+    if (!kind) {
+      const how = { auto: "with WebCodecs or MediaSource", webcodecs: "with WebCodecs", mse: "with MediaSource" }[this.options.renderer];
+      this._fail("unsupported_codec", `This browser cannot play ${mime} ${how}.`);
       return;
     }
     const first = this.describeReply === null;
     this.describeReply = reply;
+    if (kind !== this.media.kind) this._use(kind);
     if (first && !this.media.mime) this.media.start(mime, !!reply.has_audio);
     else if (mime !== this.media.mime) this.media.changeMime(mime);
     this._setState(this.state === "reconnecting" ? "reconnecting" : "buffering", "waiting for media");
@@ -251,7 +336,8 @@ export class Player extends EventTarget {
       case "playing":
         this._serverReconnecting = false;
         if (status.mimeCodec && status.mimeCodec !== this.media.mime) {
-          if (!mseSupports(status.mimeCodec)) {
+          // WebCodecs finds out from the init segment that follows (unsupported() falls back).
+          if (this.media.kind === "mse" && !mseSupports(status.mimeCodec)) {
             this._fail("unsupported_codec", `The source changed to ${status.mimeCodec}, which this browser cannot play.`);
             return;
           }
@@ -329,6 +415,8 @@ export class Player extends EventTarget {
         if (this._firstFrameMs === null && t > 0) this._firstFrameMs = performance.now() - this._playStartedAt;
         const wall = t === null ? null : this.media.wallClockAt(t);
         if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
+        const av = t === null ? null : this.media.avOffsetAt(meta.expectedDisplayTime, t);
+        if (av !== null) this._avOffsets.add(av);
       }
       v.requestVideoFrameCallback(onFrame);
     };
@@ -339,6 +427,7 @@ export class Player extends EventTarget {
     this._playStartedAt = performance.now();
     this._firstFrameMs = null;
     this._latencies = new Samples(LATENCY_SAMPLES);
+    this._avOffsets = new Samples(LATENCY_SAMPLES);
     this._bytes = [];
     this._receivedBytes = 0;
     this.errors = [];
