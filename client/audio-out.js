@@ -136,20 +136,27 @@ export class AudioOut {
     this.node?.port.postMessage({ type: "flush" });
   }
 
+  /** The context time (s) heard at performance time `perfMs`: the output device's latency included. */
+  _heardContextTime(perfMs) {
+    const out = this.ctx.getOutputTimestamp?.();
+    if (out && out.performanceTime > 0) return out.contextTime + (perfMs - out.performanceTime) / 1000;
+    return this.ctx.currentTime - (this.ctx.outputLatency || 0) - this.ctx.baseLatency + (perfMs - performance.now()) / 1000;
+  }
+
   /** The media time (s) heard at performance time `perfMs`, or null when no audio plays. */
   heardAt(perfMs) {
     const r = this.report;
     if (!r || r.mediaTime === null || !this.running()) return null;
-    // The context time being heard at perfMs: the output device's latency included.
-    const out = this.ctx.getOutputTimestamp?.();
-    const contextNow =
-      out && out.performanceTime > 0
-        ? out.contextTime + (perfMs - out.performanceTime) / 1000
-        : this.ctx.currentTime - (this.ctx.outputLatency || 0) - this.ctx.baseLatency + (perfMs - performance.now()) / 1000;
-    return r.mediaTime + (contextNow - r.contextTime) * r.rate;
+    return r.mediaTime + (this._heardContextTime(perfMs) - r.contextTime) * r.rate;
   }
 
-  /** {bufferMs, marginMs, underruns, rate, droppedMs, outputLatencyMs} of the output, or null before it plays. */
+  /** The picture shows media time `media` (s) at performance time `perfMs`: the worklet keeps up with it. */
+  picture(media, perfMs) {
+    if (this.running()) this.node.port.postMessage({ type: "picture", media, at: this._heardContextTime(perfMs) * 1000 });
+  }
+
+  /** {bufferMs, marginMs, underruns, syncDrops, rate, droppedMs, outputLatencyMs} of the output, or null before
+   * it plays. */
   snapshot() {
     const r = this.report;
     if (!r) return null;
@@ -157,6 +164,7 @@ export class AudioOut {
       bufferMs: r.level * 1000,
       marginMs: r.margin * 1000,
       underruns: r.underruns,
+      syncDrops: r.syncDrops,
       rate: r.rate,
       droppedMs: r.droppedSeconds * 1000,
       outputLatencyMs: ((this.ctx.outputLatency || 0) + this.ctx.baseLatency) * 1000,

@@ -11,6 +11,8 @@
 // buffered: the trough of the sawtooth is then still at the margin. An underrun
 // raises the margin by `underrunStepMs` (the arrivals are burstier than assumed), once per burst of them; it
 // decays back while the output stays fed. The level never grows: the live edge is where the audio plays.
+// And lip sync: told which media time the picture shows when, it drops audio that would be heard more than
+// `maxAudioLagMs` behind the picture (ITU-R BT.1359 puts the limit of detectability at 125 ms).
 
 /** Every setting of the jitter buffer, with its default. */
 export const JITTER_DEFAULTS = Object.freeze({
@@ -40,6 +42,8 @@ export const JITTER_DEFAULTS = Object.freeze({
   maxSilenceMs: 500,
   /** Seconds of audio the buffer can hold (more is dropped, oldest first). */
   capacitySeconds: 4,
+  /** Audio that would be heard more than this far behind the picture is dropped. */
+  maxAudioLagMs: 100,
 });
 
 export class JitterBuffer {
@@ -59,6 +63,7 @@ export class JitterBuffer {
     this.ring = Array.from({ length: channels }, () => new Float32Array(this.capacity));
     this.margin = this.options.marginMs / 1000;
     this.underruns = 0;
+    this.syncDrops = 0; // drops to keep up with the picture
     this.droppedSeconds = 0;
     this.flush();
   }
@@ -78,6 +83,15 @@ export class JitterBuffer {
     this.lastPushAt = null;
     this.lastDecayAt = null;
     this.lastUnderrunAt = -Infinity;
+    this.pictureRef = null; // {media, at}: see picture()
+  }
+
+  /**
+   * The picture shows media time `media` (s) when the output plays what it reads at `at` (ms, the pull clock):
+   * the reference for lip sync (the picture then moves on in real time).
+   */
+  picture(media, at) {
+    this.pictureRef = { media, at };
   }
 
   /**
@@ -200,6 +214,7 @@ export class JitterBuffer {
       const change = err * o.rateGain + this.integral * o.rateIntegralGain;
       this.rate = 1 + Math.max(-o.maxRateChange, Math.min(o.maxRateChange, change));
     }
+    dropped += this._lipSync(now, frames);
     const step = this.rate * this.ratio;
     for (let i = 0; i < frames; i++) {
       const idx = Math.floor(this.readPos);
@@ -224,6 +239,23 @@ export class JitterBuffer {
       this.readPos += step;
     }
     return { played: true, underrun: false, dropped };
+  }
+
+  /** Drops audio that would be heard more than maxAudioLagMs behind the picture; returns seconds dropped. */
+  _lipSync(now, frames) {
+    const ref = this.pictureRef;
+    const media = this.mediaTime();
+    if (!ref || media === null || Math.abs(now - ref.at) > 2000) return 0; // no picture lately: no reference
+    const lag = ref.media + (now - ref.at) / 1000 - media;
+    const max = this.options.maxAudioLagMs / 1000;
+    if (lag <= max) return 0;
+    // Down to half the limit, keeping a block to play.
+    const keep = (frames * this.ratio) / this.sampleRate;
+    const drop = Math.min(lag - max / 2, this.level() - keep);
+    if (drop <= 0) return 0;
+    this._drop(Math.floor(drop * this.sampleRate));
+    this.syncDrops++;
+    return drop;
   }
 
   _decay(now) {

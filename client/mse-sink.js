@@ -298,8 +298,8 @@ export class MseSink {
     return meta.mediaTime;
   }
 
-  /** The audio-to-picture offset: MediaSource keeps its tracks in sync itself and does not tell (null). */
-  avOffsetAt() {
+  /** A frame was displayed: MediaSource keeps its tracks in sync itself and does not tell the offset (null). */
+  frameShown() {
     return null;
   }
 

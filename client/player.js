@@ -415,7 +415,7 @@ export class Player extends EventTarget {
         if (this._firstFrameMs === null && t > 0) this._firstFrameMs = performance.now() - this._playStartedAt;
         const wall = t === null ? null : this.media.wallClockAt(t);
         if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
-        const av = t === null ? null : this.media.avOffsetAt(meta.expectedDisplayTime, t);
+        const av = t === null ? null : this.media.frameShown(meta.expectedDisplayTime, t);
         if (av !== null) this._avOffsets.add(av);
       }
       v.requestVideoFrameCallback(onFrame);

@@ -453,9 +453,14 @@ export class WebCodecsSink {
     return { decoded: this.counters.decoded, dropped: this.counters.dropped + this.counters.late };
   }
 
-  /** The audio heard at performance time `displayAt` minus the picture shown then (media time `t`), in ms:
-   * positive when the sound is ahead of the picture. Null without audio playing. */
-  avOffsetAt(displayAt, t) {
+  /**
+   * The frame of media time `t` is displayed at performance time `displayAt`: the audio keeps up with it (it
+   * is never heard more than maxAudioLagMs behind the picture). Returns the audio heard then minus the picture,
+   * in ms: positive when the sound is ahead; null without audio playing.
+   */
+  frameShown(displayAt, t) {
+    if (!this.hasAudio) return null;
+    this.audio.picture(t, displayAt);
     const heard = this.audio.heardAt(displayAt);
     return heard === null ? null : (heard - t) * 1000;
   }
@@ -478,6 +483,7 @@ export class WebCodecsSink {
       audioOutputLatencyMs: audio?.outputLatencyMs ?? null,
       lateFrames: this.counters.late,
       lateAudio: this.counters.lateAudio,
+      audioSyncDrops: audio?.syncDrops ?? 0,
     };
   }
 }

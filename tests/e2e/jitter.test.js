@@ -12,9 +12,11 @@ const BLOCK = 128;
 /**
  * Runs a buffer for `seconds` of output time. The source's clock runs `drift` faster than the output's;
  * fragments leave every 1/fps s (source time) and arrive `delay(t)` ms later; `burst` s of audio arrive at
- * once at the start (a joiner's GOP). Returns the buffer and what the output saw.
+ * once at the start (a joiner's GOP). With `pictureMs`, each fragment's frame is shown that long after it
+ * arrives (JitterBuffer.picture). Returns the buffer and what the output saw, and the audio's lag behind the
+ * picture over the last 5 s.
  */
-function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 0, delay = () => 0, burst = 0, options = {} }) {
+function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 0, delay = () => 0, burst = 0, pictureMs = null, options = {} }) {
   const jb = new JitterBuffer(inRate, 2, outRate, options);
   const out = [new Float32Array(BLOCK), new Float32Array(BLOCK)];
   const levels = [];
@@ -38,6 +40,7 @@ function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 
     // Fragments leave the source at its clock (faster by `drift`) and arrive `delay` ms later.
     while ((nextFragment / fps) * 1000 / (1 + drift) + delay(nextFragment / fps) <= now + burst * 1000) {
       send((nextFragment + 1) / fps, now);
+      if (pictureMs !== null) jb.picture(nextFragment / fps, now + pictureMs);
       nextFragment++;
     }
     while (arrivals.length && arrivals[0].at <= now) {
@@ -49,10 +52,14 @@ function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 
     if (!r.played) silentBlocks++;
     if (media !== null && lastMedia !== null && media < lastMedia) backwards++;
     if (media !== null) lastMedia = media;
-    levels.push({ now, level: jb.level() });
+    const ref = jb.pictureRef;
+    const lag = ref && media !== null ? (ref.media + (now - ref.at) / 1000 - media) * 1000 : null;
+    levels.push({ now, level: jb.level(), lag });
   }
-  const tail = levels.filter((l) => l.now > (seconds - 5) * 1000).map((l) => l.level * 1000);
-  return { jb, silentBlocks, backwards, tailMin: Math.min(...tail), tailMax: Math.max(...tail) };
+  const tail = levels.filter((l) => l.now > (seconds - 5) * 1000);
+  const tailLevels = tail.map((l) => l.level * 1000);
+  const lags = tail.map((l) => l.lag).filter((l) => l !== null);
+  return { jb, silentBlocks, backwards, tailMin: Math.min(...tailLevels), tailMax: Math.max(...tailLevels), maxLag: Math.max(...lags) };
 }
 
 test("steady arrivals: no underrun, the trough held near the margin, the media time only goes forward", () => {
@@ -104,6 +111,19 @@ test("another output rate is resampled: 48 kHz in, 44.1 kHz out", () => {
   const { jb, tailMax } = simulate({ seconds: 20, outRate: 44100 });
   assert.equal(jb.underruns, 0);
   assert.ok(tailMax < 80, `peak ${tailMax.toFixed(1)} ms`);
+});
+
+test("lip sync: audio is never heard more than maxAudioLagMs behind the picture", () => {
+  // A margin of 200 ms (after many underruns), the picture shown 30 ms after its fragment arrives.
+  const lagging = simulate({ seconds: 10, pictureMs: 30, options: { marginMs: 200, maxAudioLagMs: 1e9 } });
+  assert.ok(lagging.maxLag > 150, `without the limit the sound is ${lagging.maxLag.toFixed(0)} ms behind`);
+  const held = simulate({ seconds: 10, pictureMs: 30, options: { marginMs: 200 } });
+  assert.ok(held.maxLag <= 100 + 3, `with it ${held.maxLag.toFixed(0)} ms behind at most`);
+  assert.ok(held.jb.syncDrops > 0);
+  // With the usual margin the sound stays within the limit by itself: nothing is dropped for sync.
+  const usual = simulate({ seconds: 10, pictureMs: 30 });
+  assert.equal(usual.jb.syncDrops, 0);
+  assert.ok(usual.maxLag < 100, `${usual.maxLag.toFixed(0)} ms`);
 });
 
 test("gaps in the media times are filled with silence, overlaps cut, a new timeline marked", () => {
