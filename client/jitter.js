@@ -12,7 +12,9 @@
 // raises the margin by `underrunStepMs` (the arrivals are burstier than assumed), once per burst of them; it
 // decays back while the output stays fed. The level never grows: the live edge is where the audio plays.
 // And lip sync: told which media time the picture shows when, it drops audio that would be heard more than
-// `maxAudioLagMs` behind the picture (ITU-R BT.1359 puts the limit of detectability at 125 ms).
+// `maxAudioLagMs` behind the picture (ITU-R BT.1359 puts the limit of detectability at 125 ms), as far as it
+// holds more than its margin and headroom need: a clean sound comes first, so a margin grown by underruns
+// may leave the sound further behind (the offset is measured and shown).
 
 /** Every setting of the jitter buffer, with its default. */
 export const JITTER_DEFAULTS = Object.freeze({
@@ -241,7 +243,10 @@ export class JitterBuffer {
     return { played: true, underrun: false, dropped };
   }
 
-  /** Drops audio that would be heard more than maxAudioLagMs behind the picture; returns seconds dropped. */
+  /**
+   * Drops what is buffered beyond the margin and headroom when the audio would be heard more than
+   * maxAudioLagMs behind the picture; returns seconds dropped.
+   */
   _lipSync(now, frames) {
     const ref = this.pictureRef;
     const media = this.mediaTime();
@@ -249,9 +254,9 @@ export class JitterBuffer {
     const lag = ref.media + (now - ref.at) / 1000 - media;
     const max = this.options.maxAudioLagMs / 1000;
     if (lag <= max) return 0;
-    // Down to half the limit, keeping a block to play.
-    const keep = (frames * this.ratio) / this.sampleRate;
-    const drop = Math.min(lag - max / 2, this.level() - keep);
+    // Down to half the limit, but never below what the buffer needs to ride out the gaps between arrivals.
+    const needed = this.margin + this.headroom() + (frames * this.ratio) / this.sampleRate;
+    const drop = Math.min(lag - max / 2, this.level() - needed);
     if (drop <= 0) return 0;
     this._drop(Math.floor(drop * this.sampleRate));
     this.syncDrops++;
