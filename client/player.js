@@ -398,7 +398,8 @@ export class Player extends EventTarget {
     if (!this.describeReply) return; // still connecting
     const now = performance.now();
     if (this.media.advancing(now)) {
-      if (this._firstFrameMs === null) this._firstFrameMs = now - this._playStartedAt;
+      // (With requestVideoFrameCallback the first frame's own presentation time is taken instead.)
+      if (this._firstFrameMs === null && !this._framesWatched) this._firstFrameMs = now - this._playStartedAt;
       if (this.state !== "playing") this._setState("playing", "playing");
     } else if (this.state === "playing" || this.state === "reconnecting" || this.state === "connecting") {
       this._setState("buffering", this.video.paused && this.media.currentTime() > 0 ? "paused" : "waiting for media");
@@ -407,12 +408,13 @@ export class Player extends EventTarget {
 
   _watchFrames() {
     const v = this.video;
-    if (typeof v.requestVideoFrameCallback !== "function") return;
+    this._framesWatched = typeof v.requestVideoFrameCallback === "function";
+    if (!this._framesWatched) return;
     const onFrame = (now, meta) => {
       if (this._destroyed) return;
       if (this.url && this.state !== "error") {
         const t = this.media.shownMediaTime(meta, now);
-        if (this._firstFrameMs === null && t > 0) this._firstFrameMs = performance.now() - this._playStartedAt;
+        if (this._firstFrameMs === null && t > 0) this._firstFrameMs = Math.max(0, meta.presentationTime - this._playStartedAt);
         const wall = t === null ? null : this.media.wallClockAt(t);
         if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
         const av = t === null ? null : this.media.frameShown(meta.expectedDisplayTime, t);

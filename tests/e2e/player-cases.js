@@ -274,7 +274,7 @@ export function playerTests(renderer) {
   test("autoplay: the RTSP source plays live for 10 s with sub-second latency", { timeout: 60_000 }, () =>
     withLogs(async () => {
       await fx.page.goto(pageUrl(fx.rtsp.url));
-      const first = await waitState(0, "playing", 15_000);
+      const first = await waitState(0, "playing", 15_000, (s) => s.firstFrameMs !== null);
       assert.equal(first.url, fx.rtsp.url);
       assert.equal(first.renderer, renderer, "the renderer asked for in the URL");
       note(`autoplay (cold source): first frame ${first.firstFrameMs} ms after play(), ${first.firstFrameAtMs} ms after navigation start`);
@@ -354,7 +354,7 @@ export function playerTests(renderer) {
         [fx.rtsp.url, renderer],
       );
       assert.equal(index, 1);
-      const s1 = await waitState(1, "playing", 10_000);
+      const s1 = await waitState(1, "playing", 10_000, (s) => s.firstFrameMs !== null);
       await sleep(3000);
       const s2 = await stats(1);
       assert.equal(s2.state, "playing");
@@ -601,7 +601,7 @@ export function playerTests(renderer) {
         ([url, renderer]) => window.mqttVideo.players.indexOf(window.mqttVideo.addPlayer({ url, autoplay: true, muted: true, renderer })),
         ["ingest://e2e", renderer],
       );
-      const first = await waitState(index, "playing", 15_000);
+      const first = await waitState(index, "playing", 15_000, (s) => s.firstFrameMs !== null);
       await sleep(3000);
       const playing = await stats(index);
       assert.equal(playing.state, "playing");
