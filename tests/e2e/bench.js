@@ -106,7 +106,7 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort) {
       waitFor(`${name} (${renderer}): player ${i}'s first frame`, async () => {
         const s = await stats(i);
         if (s?.state === "error") throw new Error(JSON.stringify(s.errors));
-        return s?.state === "playing" ? s : false;
+        return s?.state === "playing" && s.firstFrameMs !== null ? s : false;
       }, { timeoutMs: 20_000, everyMs: 20 });
     const first = await playing(0);
     if (first.renderer !== renderer) throw new Error(`asked for ${renderer}, the page plays with ${first.renderer}`);
@@ -192,11 +192,20 @@ async function main() {
   await broker.start();
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
   const results = [];
+  const failures = [];
   try {
     for (let round = 0; round < Number(opts.rounds); round++) {
       for (const name of names) {
         for (const renderer of renderers) {
-          const r = await runCase(browser, name, CASES[name], renderer, mqttPort);
+          let r;
+          try {
+            r = await runCase(browser, name, CASES[name], renderer, mqttPort);
+          } catch (e) {
+            // One failed run (the server's, the source's) is reported; the others still run.
+            console.log(`${name.padEnd(16)} ${renderer.padEnd(9)} FAILED: ${e.message.split("\n")[0]}`);
+            failures.push({ case: name, renderer, error: e.message });
+            continue;
+          }
           results.push(r);
           const av = r.avOffset.n ? ` | audio-picture p5 ${fmt(r.avOffset.p5)} p50 ${fmt(r.avOffset.p50)} p95 ${fmt(r.avOffset.p95)} ms` : "";
           console.log(
@@ -222,9 +231,9 @@ async function main() {
         `${fmt(r.max)} | ${av} | ${r.stalls} | ${r.jumps} |`,
     );
   }
-  if (opts.json) writeFileSync(opts.json, JSON.stringify(results, null, 2));
-  if (results.some((r) => r.errors.length)) {
-    console.error("errors:", results.filter((r) => r.errors.length).map((r) => [r.case, r.errors]));
+  if (opts.json) writeFileSync(opts.json, JSON.stringify({ results, failures }, null, 2));
+  if (failures.length || results.some((r) => r.errors.length)) {
+    console.error("errors:", results.filter((r) => r.errors.length).map((r) => [r.case, r.renderer, r.errors]), failures);
     process.exitCode = 1;
   }
 }
