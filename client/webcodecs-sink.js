@@ -99,6 +99,7 @@ export class WebCodecsSink {
     this.gate = new VideoGate();
     this.lateness = new Lateness();
     this.pending = new Map(); // frame timestamp (µs) -> {at, late}
+    this.audioNext = null; // the timestamp (µs) the next audio chunk should have
     this.shown = []; // [{media, at}] of the frames shown lately (for the canvas output)
     this.lastShown = null;
     this.lastLate = false;
@@ -365,11 +366,20 @@ export class WebCodecsSink {
       return;
     }
     for (const s of traf.samples) {
+      const timestamp = Math.round(((s.decodeTime + s.compositionOffset) / timescale) * 1e6);
+      // Chromium's AudioDecoder dates its output by counting samples from the first chunk after a configure,
+      // whatever the chunks' own timestamps: after a gap (audio dropped here, a source restart) the sound
+      // would be dated seconds off. A new decoder after every gap dates it right again.
+      if (this.audioNext !== null && Math.abs(timestamp - this.audioNext) > 1000 && this.audioDecoder) {
+        this.audioDecoder.close();
+        this.audioDecoder = null;
+      }
+      this.audioNext = timestamp + Math.round((s.duration / timescale) * 1e6);
       try {
         this._audioDecoder().decode(
           new EncodedAudioChunk({
             type: "key",
-            timestamp: Math.round(((s.decodeTime + s.compositionOffset) / timescale) * 1e6),
+            timestamp,
             duration: Math.round((s.duration / timescale) * 1e6),
             data: bytes.subarray(s.offset, s.offset + s.size),
           }),
