@@ -6,11 +6,13 @@
 //
 // Options: --seconds N (per case, default 30), --cases copy-audio,copy-video,transcode-audio,transcode-video
 // (default all four), --renderer mse,webcodecs (default both: each case is run with each, one after the other),
-// --rounds N (default 1), --json FILE. Each run starts its own source and server, so every first frame is cold;
-// after the window a second player joins the running stream (the late joiner's first frame). Latency is
-// measured per rendered frame (requestVideoFrameCallback: expected display time minus the source's wall clock
-// of that frame, from the fragment's prft box), over the whole window after the first frame; so is, with
-// WebCodecs, the audio-to-picture offset (the media time heard minus the one shown; positive: sound ahead).
+// --rounds N (default 1), --json FILE. Each run starts its own server, so every first frame is cold (the
+// renderers of a case share one RTSP source, whose sender clock the latency is measured against, and take
+// turns going first); after the window a second player joins the running stream (the late joiner's first
+// frame). Latency is measured per rendered frame (requestVideoFrameCallback: expected display time minus the
+// source's wall clock of that frame, from the fragment's prft box), over the whole window after the first
+// frame; so is, with WebCodecs, the audio-to-picture offset (the media time heard minus the one shown;
+// positive: sound ahead).
 // With --seconds 120 or more it also prints one line per minute, to show whether latency drifts.
 
 import { writeFileSync } from "node:fs";
@@ -91,8 +93,7 @@ function offsetSummary(values) {
 
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(0));
 
-async function runCase(browser, name, { mode, audio }, renderer, mqttPort) {
-  const rtsp = await startRtspSource(audio ? [] : ["--no-audio"]);
+async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp) {
   const rtspPrefix = /^rtsp:\/\/[^/]+\//.exec(rtsp.url)[0];
   const httpPort = await freePort();
   const server = await startServer(configText({ mqttPort, httpPort, rtspPrefix, mode }));
@@ -176,8 +177,7 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort) {
     };
   } finally {
     await page.close();
-    server.kill();
-    rtsp.proc.kill();
+    await server.kill();
   }
 }
 
@@ -196,10 +196,12 @@ async function main() {
   try {
     for (let round = 0; round < Number(opts.rounds); round++) {
       for (const name of names) {
-        for (const renderer of renderers) {
+        const rtsp = await startRtspSource(CASES[name].audio ? [] : ["--no-audio"]);
+        const order = round % 2 ? [...renderers].reverse() : renderers;
+        for (const renderer of order) {
           let r;
           try {
-            r = await runCase(browser, name, CASES[name], renderer, mqttPort);
+            r = await runCase(browser, name, CASES[name], renderer, mqttPort, rtsp);
           } catch (e) {
             // One failed run (the server's, the source's) is reported; the others still run.
             console.log(`${name.padEnd(16)} ${renderer.padEnd(9)} FAILED: ${e.message.split("\n")[0]}`);
@@ -214,6 +216,7 @@ async function main() {
               `target ${r.targetMs} ms, stalls ${r.stalls}, jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length}`,
           );
         }
+        await rtsp.proc.kill();
       }
     }
   } finally {
