@@ -45,7 +45,6 @@ export class MseSink {
     this.rebuildTimer = null;
     this.removePending = false;
     this.lastMediaTime = null; // video start time of the last fragment queued, seconds
-    this.arrivalLatencyMs = null;
     this.counters = newCounters();
     this.frameBase = { decoded: 0, dropped: 0 }; // frame counters of earlier MediaSources
     this.onStallEvent = () => this._onStall();
@@ -261,8 +260,7 @@ export class MseSink {
     if (mediaTime !== null) this.lastMediaTime = mediaTime;
     const point = msg.prft && prftPoint(msg.prft, this.initInfo);
     if (point) {
-      this.timeline.add(point.media, point.wall);
-      this.arrivalLatencyMs = Date.now() - point.wall; // network and server only: the rest is the page's
+      this.timeline.add(point.media, point.wall, Date.now());
     }
     if (this.queue.length >= MAX_QUEUE) {
       this.reset(`${this.queue.length} segments waiting for the SourceBuffer`);

@@ -241,7 +241,11 @@ export class Player extends EventTarget {
       decodedFrames: q.decoded,
       droppedFrames: q.dropped,
       bufferSeconds: round(sink.bufferSeconds, 3),
-      arrivalLatencyMs: round(this.media.arrivalLatencyMs ?? null, 1),
+      // Where the latency goes: arrival is the server's and the network's part (fragment arrival minus its
+      // source wall clock); display, the browser's (a frame's expected display time minus its presentation).
+      arrivalLatencyMs: round(this.media.timeline.arrivals.values.at(-1) ?? null, 1),
+      arrivalP50Ms: round(this.media.timeline.arrivals.summary().p50, 1),
+      displayDelayP50Ms: round(this._displayDelays.summary().p50, 1),
       queuedSegments: sink.queuedSegments,
       width: v.videoWidth || this.describeReply?.width || 0,
       height: v.videoHeight || this.describeReply?.height || 0,
@@ -417,6 +421,7 @@ export class Player extends EventTarget {
         if (this._firstFrameMs === null && t > 0) this._firstFrameMs = Math.max(0, meta.presentationTime - this._playStartedAt);
         const wall = t === null ? null : this.media.wallClockAt(t);
         if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
+        this._displayDelays.add(meta.expectedDisplayTime - meta.presentationTime);
         const av = t === null ? null : this.media.frameShown(meta.expectedDisplayTime, t);
         if (av !== null) this._avOffsets.add(av);
       }
@@ -430,6 +435,7 @@ export class Player extends EventTarget {
     this._firstFrameMs = null;
     this._latencies = new Samples(LATENCY_SAMPLES);
     this._avOffsets = new Samples(LATENCY_SAMPLES);
+    this._displayDelays = new Samples(LATENCY_SAMPLES);
     this._bytes = [];
     this._receivedBytes = 0;
     this.errors = [];

@@ -1,5 +1,8 @@
 // The source wall clock of media time, from the fragments' `prft` boxes (docs/PROTOCOL.md, "The prft box"):
-// pure, shared by both renderers, so that their latency figures are computed the same way.
+// pure, shared by both renderers, so that their latency figures are computed the same way. It also keeps
+// how long after its source wall clock each fragment arrived (the server's and the network's part).
+
+import { Samples } from "./figures.js";
 
 /** prft points kept; older ones go first (at 30 fragments/s, 4000 are over two minutes). */
 const MAX_POINTS = 4000;
@@ -7,14 +10,20 @@ const MAX_POINTS = 4000;
 export class Timeline {
   constructor() {
     this.points = []; // [{media: seconds, wall: ms since epoch}], ascending media time
+    this.arrivals = new Samples(600); // arrival minus source wall clock, ms, per fragment
   }
 
   clear() {
     this.points = [];
+    this.arrivals = new Samples(600);
   }
 
-  /** Adds a prft point: media time `media` (s) was captured at wall clock `wall` (ms since the epoch). */
-  add(media, wall) {
+  /**
+   * Adds a prft point: media time `media` (s) was captured at wall clock `wall` (ms since the epoch), and
+   * its fragment arrived at wall clock `arrived`.
+   */
+  add(media, wall, arrived) {
+    this.arrivals.add(arrived - wall);
     const tl = this.points;
     if (tl.length && media < tl[tl.length - 1].media) tl.length = 0; // the stream's timeline restarted
     tl.push({ media, wall });

@@ -103,7 +103,6 @@ export class WebCodecsSink {
     this.shown = []; // [{media, at}] of the frames shown lately (for the canvas output)
     this.lastShown = null;
     this.lastLate = false;
-    this.arrivalLatencyMs = null;
     this.decodeMs = new Samples(300);
     this.counters = { decoded: 0, dropped: 0, late: 0, resets: 0, catchUps: 0, skippedToKeyframe: 0, droppedBeforeInit: 0, lateAudio: 0 };
     this.timeline.clear();
@@ -305,8 +304,7 @@ export class WebCodecsSink {
     }
     const point = msg.prft && prftPoint(msg.prft, this.initInfo);
     if (point) {
-      this.timeline.add(point.media, point.wall);
-      this.arrivalLatencyMs = Date.now() - point.wall;
+      this.timeline.add(point.media, point.wall, Date.now());
     }
     const now = performance.now();
     const tracks = msg.fragment.trafs

@@ -165,6 +165,8 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp)
       minutes,
       avOffset: offsetSummary(offsets),
       decodeP50Ms: last.decodeP50Ms,
+      arrivalP50Ms: last.arrivalP50Ms,
+      displayDelayP50Ms: last.displayDelayP50Ms,
       decodedFrames: last.decodedFrames,
       droppedFrames: last.droppedFrames,
       stalls: last.stalls,
@@ -213,7 +215,8 @@ async function main() {
           console.log(
             `${name.padEnd(16)} ${renderer.padEnd(9)} first frame ${fmt(r.firstFrameMs).padStart(5)} ms, joiner ${fmt(r.joinFirstFrameMs)} ms | ` +
               `latency p50 ${fmt(r.p50)} p95 ${fmt(r.p95)} p99 ${fmt(r.p99)} max ${fmt(r.max)} ms over ${r.frames} frames${av} | ` +
-              `target ${r.targetMs} ms, stalls ${r.stalls}, jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length}`,
+              `target ${r.targetMs} ms, stalls ${r.stalls}, jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length} | ` +
+              `p50 of the last 20 s: arrival ${fmt(r.arrivalP50Ms)}, decode ${r.decodeP50Ms ?? "-"}, display ${fmt(r.displayDelayP50Ms)} ms`,
           );
         }
         await rtsp.proc.kill();

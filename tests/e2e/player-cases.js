@@ -313,6 +313,10 @@ export function playerTests(renderer) {
           `${last.latencySamples} frames): p50 ${last.latencyP50Ms} ms, p95 ${last.latencyP95Ms} ms`,
       );
       note(
+        `where it goes (p50): the fragment arrives ${last.arrivalP50Ms} ms after its source wall clock, decoding ` +
+          `${last.decodeP50Ms ?? "(inside MediaSource)"} ms, the browser's display ${last.displayDelayP50Ms} ms after presentation`,
+      );
+      note(
         `after ${PLAY_SECONDS} s: ${last.width}x${last.height} ${last.mimeCodec}, ${last.bitrateKbps} kbit/s, ` +
           `${last.decodedFrames} decoded / ${last.droppedFrames} dropped frames, buffer ${last.bufferSeconds} s, ` +
           `resets ${last.resets}, jumps ${last.jumps}, target ${last.targetLatencyMs} ms`,
