@@ -124,7 +124,7 @@ const hex2 = (n) => n.toString(16).toUpperCase().padStart(2, "0");
  * and channels (from the AudioSpecificConfig when it says, else from the entry). Other formats: {format,
  * codec: null, description: null}.
  */
-export function sampleEntry(bytes, stsd) {
+function sampleEntry(bytes, stsd) {
   // stsd: version/flags, entry_count, then the entries.
   const entry = boxes(bytes, stsd.body + 8, stsd.end)[0];
   if (!entry) return null;

@@ -9,7 +9,7 @@ import { prftPoint, Timeline } from "./timeline.js";
 const MAX_QUEUE = 600; // media messages waiting for the SourceBuffer before the pipeline is reset
 
 /** The MediaSource constructor of this browser (ManagedMediaSource where there is one), or null. */
-export function mediaSourceClass() {
+function mediaSourceClass() {
   return globalThis.ManagedMediaSource || globalThis.MediaSource || null;
 }
 

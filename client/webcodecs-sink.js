@@ -16,7 +16,7 @@ import { boxType, parseInit, parseMessage, sameBytes } from "./mp4.js";
 import { prftPoint, Timeline } from "./timeline.js";
 
 /** The codecs of a MIME type's `codecs` parameter: `video/mp4; codecs="avc1.42C01E, mp4a.40.2"` -> both. */
-export function mimeCodecs(mime) {
+function mimeCodecs(mime) {
   const m = /codecs\s*=\s*"?([^";]*)"?/i.exec(mime ?? "");
   return m ? m[1].split(",").map((c) => c.trim()).filter(Boolean) : [];
 }

@@ -108,6 +108,25 @@ function damageFragment(damage, topic, payload) {
   return payload;
 }
 
+/**
+ * Two screenshots of a <video> 400 ms apart: the first is not blank and the two differ (the picture moves).
+ * Keeps the first in `file` when given. Returns {width, height, luma} of the first.
+ */
+async function assertPictureMoves(video, file = null) {
+  const shotA = await video.screenshot();
+  await sleep(400);
+  const shotB = await video.screenshot();
+  if (file) writeFileSync(file, shotA);
+  const a = decodePng(shotA);
+  const b = decodePng(shotB);
+  const luma = lumaStats(a);
+  assert.ok(luma.std > 20, `the video screenshot looks blank: luma mean ${luma.mean.toFixed(1)}, std ${luma.std.toFixed(1)}`);
+  let diff = 0;
+  for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i] - b.pixels[i]);
+  assert.ok(diff / a.pixels.length > 0.05, "two screenshots 400 ms apart differ (the picture moves)");
+  return { width: a.width, height: a.height, luma };
+}
+
 /** Records the display time of every frame the page's first <video> presents (window.__shown). */
 function recordFrames(page) {
   return page.evaluate(() => {
@@ -333,20 +352,9 @@ export function playerTests(renderer) {
       }
 
       // The picture: a screenshot of the video element is not blank, and it moves.
-      const video = fx.page.locator("video").first();
-      const shotA = await video.screenshot();
-      await sleep(400);
-      const shotB = await video.screenshot();
       const file = path.join(scratch(), "video.png");
-      writeFileSync(file, shotA);
-      const a = decodePng(shotA);
-      const b = decodePng(shotB);
-      const luma = lumaStats(a);
-      assert.ok(luma.std > 20, `the video screenshot looks blank: luma mean ${luma.mean.toFixed(1)}, std ${luma.std.toFixed(1)}`);
-      let diff = 0;
-      for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i] - b.pixels[i]);
-      assert.ok(diff / a.pixels.length > 0.05, "two screenshots 400 ms apart differ (the picture moves)");
-      note(`video screenshot: ${a.width}x${a.height}, luma mean ${luma.mean.toFixed(0)}, std ${luma.std.toFixed(0)}` +
+      const shot = await assertPictureMoves(fx.page.locator("video").first(), file);
+      note(`video screenshot: ${shot.width}x${shot.height}, luma mean ${shot.luma.mean.toFixed(0)}, std ${shot.luma.std.toFixed(0)}` +
         (process.env.E2E_KEEP ? ` (${file})` : ""));
     }),
   );
@@ -503,14 +511,7 @@ export function playerTests(renderer) {
         assert.equal(c2.state, "playing");
         assert.ok(c2.decodedFrames - c1.decodedFrames >= 60, "the canvas player decodes frames");
         assert.ok(c2.latencyP50Ms !== null && c2.latencyP50Ms < MAX_LATENCY_MS, `canvas latency p50 ${c2.latencyP50Ms} ms`);
-        const video = fx.page.locator("video").nth(indices[1]);
-        const a = decodePng(await video.screenshot());
-        await sleep(400);
-        const b = decodePng(await video.screenshot());
-        assert.ok(lumaStats(a).std > 20, "the canvas output is not blank");
-        let diff = 0;
-        for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i] - b.pixels[i]);
-        assert.ok(diff / a.pixels.length > 0.05, "the canvas output moves");
+        await assertPictureMoves(fx.page.locator("video").nth(indices[1]));
         note(`canvas output: latency p50 ${c2.latencyP50Ms} ms, p95 ${c2.latencyP95Ms} ms; auto picked ${auto.renderer}`);
         for (const i of indices.reverse()) await fx.page.evaluate((i) => window.mqttVideo.players[i].card.querySelector(".remove").click(), i);
         assert.deepEqual(pageErrors(), []);
