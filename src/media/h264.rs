@@ -113,8 +113,12 @@ pub fn parse_sps(nal: &[u8]) -> Result<Sps, SpsError> {
         if chroma_format_idc == 3 {
             r.bit()?; // separate_colour_plane_flag
         }
-        bit_depth = r.ue()? + 8;
-        r.ue()?; // bit_depth_chroma_minus8
+        // H.264 7.4.2.1.1: both bit depths are 8 to 14; a larger value would overflow the sum below.
+        let luma_minus8 = r.ue()?;
+        if luma_minus8 > 6 || r.ue()? > 6 {
+            return Err(SpsError::OutOfRange("bit_depth_minus8"));
+        }
+        bit_depth = luma_minus8 + 8;
         r.bit()?; // qpprime_y_zero_transform_bypass_flag
         if r.bit()? == 1 {
             // Scaling lists: only their length matters here.
@@ -246,6 +250,11 @@ mod tests {
         assert_eq!(
             parse_sps(&[0x67, 0x42, 0, 0x1e, 0, 0, 0, 0, 0, 0x80]),
             Err(SpsError::OutOfRange("exp-Golomb code"))
+        );
+        // High profile with a luma bit depth of 2^32 - 2 (found by the media_headers fuzz target: it overflowed).
+        assert_eq!(
+            parse_sps(&[0x67, 0x64, 0, 0x1f, 0xa0, 0, 0, 0, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(SpsError::OutOfRange("bit_depth_minus8"))
         );
         for n in 0..200u32 {
             let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
