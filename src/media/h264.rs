@@ -256,6 +256,12 @@ mod tests {
             parse_sps(&[0x67, 0x64, 0, 0x1f, 0xa0, 0, 0, 0, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(SpsError::OutOfRange("bit_depth_minus8"))
         );
+        // The fuzzer's input for the same overflow, High 4:2:2.
+        let mut nal = vec![0x67, 0x7a, 0x00, 0x67, 0x64, 0, 0, 0, 0];
+        nal.extend([0xff; 56]);
+        nal.extend([0; 9]);
+        nal.push(0xf9);
+        assert!(parse_sps(&nal).is_err());
         for n in 0..200u32 {
             let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
             let mut nal = vec![0x67];
