@@ -5,8 +5,9 @@
 //   window.mqttVideo.addPlayer({ url: "builtin://testsrc", autoplay: true })
 //
 // URL options: ?url=SOURCE&autoplay=1&muted=1&broker=ws://host:port/mqtt&target=MS&players=N&prefix=video
+//              &renderer=auto|webcodecs|mse
 
-import { defaultBrokerUrl, Player } from "./player.js";
+import { defaultBrokerUrl, Player, RENDERERS } from "./player.js";
 
 const params = new URLSearchParams(location.search);
 const flag = (name) => ["1", "true", "yes", "on"].includes((params.get(name) ?? "").toLowerCase());
@@ -20,6 +21,7 @@ const pageOptions = {
   prefix: params.get("prefix") || undefined,
   targetLatency: number("target") === undefined ? undefined : number("target") / 1000,
   muted: flag("muted"),
+  renderer: RENDERERS.includes(params.get("renderer")) ? params.get("renderer") : undefined,
 };
 
 const registry = {
@@ -59,7 +61,8 @@ function updateServerPill(sources) {
 }
 
 /**
- * Adds a player card. Options: url, autoplay, muted, broker, prefix, targetLatency (s) and any Player option.
+ * Adds a player card. Options: url, autoplay, muted, broker, prefix, targetLatency (s), renderer and any Player
+ * option.
  * Returns the Player.
  */
 function addPlayer(options = {}) {
@@ -147,6 +150,8 @@ function addPlayer(options = {}) {
     text(stat.rate, s.state === "playing" ? `${s.playbackRate.toFixed(3)}×` : "–");
     text(stat.received, s.receivedBytes ? `${(s.receivedBytes / 1e6).toFixed(1)} MB` : "–");
     text(stat.resets, `${s.stalls} / ${s.jumps} / ${s.resets}`);
+    text(stat.renderer, s.renderer === "webcodecs" ? "WebCodecs" : "MediaSource");
+    text(stat.avOffset, s.avOffsetP50Ms === null ? "–" : `${s.avOffsetP50Ms.toFixed(0)} ms (p5 ${s.avOffsetP5Ms.toFixed(0)}, p95 ${s.avOffsetP95Ms.toFixed(0)})`);
   };
   player.addEventListener("state", render);
   const timer = setInterval(render, 250);

@@ -113,8 +113,12 @@ pub fn parse_sps(nal: &[u8]) -> Result<Sps, SpsError> {
         if chroma_format_idc == 3 {
             r.bit()?; // separate_colour_plane_flag
         }
-        bit_depth = r.ue()? + 8;
-        r.ue()?; // bit_depth_chroma_minus8
+        // H.264 7.4.2.1.1: both bit depths are 8 to 14; a larger value would overflow the sum below.
+        let luma_minus8 = r.ue()?;
+        if luma_minus8 > 6 || r.ue()? > 6 {
+            return Err(SpsError::OutOfRange("bit_depth_minus8"));
+        }
+        bit_depth = luma_minus8 + 8;
         r.bit()?; // qpprime_y_zero_transform_bypass_flag
         if r.bit()? == 1 {
             // Scaling lists: only their length matters here.
@@ -247,6 +251,17 @@ mod tests {
             parse_sps(&[0x67, 0x42, 0, 0x1e, 0, 0, 0, 0, 0, 0x80]),
             Err(SpsError::OutOfRange("exp-Golomb code"))
         );
+        // High profile with a luma bit depth of 2^32 - 2 (found by the media_headers fuzz target: it overflowed).
+        assert_eq!(
+            parse_sps(&[0x67, 0x64, 0, 0x1f, 0xa0, 0, 0, 0, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(SpsError::OutOfRange("bit_depth_minus8"))
+        );
+        // The fuzzer's input for the same overflow, High 4:2:2.
+        let mut nal = vec![0x67, 0x7a, 0x00, 0x67, 0x64, 0, 0, 0, 0];
+        nal.extend([0xff; 56]);
+        nal.extend([0; 9]);
+        nal.push(0xf9);
+        assert!(parse_sps(&nal).is_err());
         for n in 0..200u32 {
             let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
             let mut nal = vec![0x67];

@@ -1,13 +1,19 @@
 // Browser benchmark: capture-to-screen latency and cold time to first frame, in headless Chromium, through the
-// real stack (mosquitto + GStreamer RTSP 640x360@30 + `mqtt-video serve` with its gateway + client/).
+// real stack (mosquitto + GStreamer RTSP 640x360@30 + `mqtt-video serve` with its gateway + client/), for each
+// of the page's renderers in the same run.
 //
 //   cargo build --release && cd tests/e2e && npm ci && MQTT_VIDEO_BIN=../../target/release/mqtt-video node bench.js
 //
 // Options: --seconds N (per case, default 30), --cases copy-audio,copy-video,transcode-audio,transcode-video
-// (default all four), --rounds N (default 1), --json FILE. Each case starts its own source and server, so every
-// first frame is cold. Latency is measured per rendered frame (requestVideoFrameCallback: expected display time
-// minus the source's wall clock of that frame, from the fragment's prft box), over the whole window after the first
-// frame. With --seconds 3600 it also prints one line per minute, to show whether latency grows.
+// (default all four), --renderer mse,webcodecs (default both: each case is run with each, one after the other),
+// --rounds N (default 1), --json FILE. Each run starts its own server, so every first frame is cold (the
+// renderers of a case share one RTSP source, whose sender clock the latency is measured against, and take
+// turns going first); after the window a second player joins the running stream (the late joiner's first
+// frame). Latency is measured per rendered frame (requestVideoFrameCallback: expected display time minus the
+// source's wall clock of that frame, from the fragment's prft box), over the whole window after the first
+// frame; so is, with WebCodecs, the audio-to-picture offset (the media time heard minus the one shown;
+// positive: sound ahead).
+// With --seconds 120 or more it also prints one line per minute, to show whether latency drifts.
 
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -39,6 +45,7 @@ const { values: opts } = parseArgs({
     seconds: { type: "string", default: "30" },
     cases: { type: "string", default: Object.keys(CASES).join(",") },
     rounds: { type: "string", default: "1" },
+    renderer: { type: "string", default: "mse,webcodecs" },
     json: { type: "string" },
     trace: { type: "boolean", default: false },
   },
@@ -60,6 +67,10 @@ function configText({ mqttPort, httpPort, rtspPrefix, mode }) {
     "[allow]",
     `prefixes = [${JSON.stringify(rtspPrefix)}]`,
     "",
+    // The default from issue 13 on: long runs go on only by the page's renewals of its play.
+    "[limits]",
+    "viewer_timeout_secs = 30",
+    "",
     "[pipeline]",
     `mode = "${mode}"`,
     "",
@@ -76,10 +87,13 @@ function summary(values) {
   };
 }
 
+function offsetSummary(values) {
+  return { n: values.length, p5: percentile(values, 5), p50: percentile(values, 50), p95: percentile(values, 95) };
+}
+
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(0));
 
-async function runCase(browser, name, { mode, audio }, mqttPort) {
-  const rtsp = await startRtspSource(audio ? [] : ["--no-audio"]);
+async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp) {
   const rtspPrefix = /^rtsp:\/\/[^/]+\//.exec(rtsp.url)[0];
   const httpPort = await freePort();
   const server = await startServer(configText({ mqttPort, httpPort, rtspPrefix, mode }));
@@ -87,15 +101,20 @@ async function runCase(browser, name, { mode, audio }, mqttPort) {
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   try {
-    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(rtsp.url)}&autoplay=1&muted=1`);
-    const stats = () => page.evaluate(() => window.mqttVideo.players[0]?.stats() ?? null);
-    const first = await waitFor(`${name}: the first frame`, async () => {
-      const s = await stats();
-      if (s?.state === "error") throw new Error(JSON.stringify(s.errors));
-      return s?.state === "playing" ? s : false;
-    }, { timeoutMs: 20_000, everyMs: 20 });
+    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(rtsp.url)}&autoplay=1&muted=1&renderer=${renderer}`);
+    const stats = (i = 0) => page.evaluate((i) => window.mqttVideo.players[i]?.stats() ?? null, i);
+    const playing = (i) =>
+      waitFor(`${name} (${renderer}): player ${i}'s first frame`, async () => {
+        const s = await stats(i);
+        if (s?.state === "error") throw new Error(JSON.stringify(s.errors));
+        return s?.state === "playing" && s.firstFrameMs !== null ? s : false;
+      }, { timeoutMs: 20_000, everyMs: 20 });
+    const first = await playing(0);
+    if (first.renderer !== renderer) throw new Error(`asked for ${renderer}, the page plays with ${first.renderer}`);
 
     const latencies = [];
+    const offsets = [];
+    let avMark = 0;
     const minutes = [];
     let minute = [];
     let mark = 0;
@@ -107,31 +126,47 @@ async function runCase(browser, name, { mode, audio }, mqttPort) {
       mark = got.mark;
       latencies.push(...got.latencies);
       minute.push(...got.latencies);
+      const av = await page.evaluate((m) => window.mqttVideo.players[0].avOffsetsSince(m), avMark);
+      avMark = av.mark;
+      offsets.push(...av.offsets);
       if (opts.trace && (Date.now() - startedAt) % 10_000 < POLL_MS) {
         const s = await stats();
         console.log(
           `  t=${((Date.now() - startedAt) / 1000).toFixed(0)}s latency ${s.latencyMs} arrival ${s.arrivalLatencyMs} ` +
             `buffer ${s.bufferSeconds} rate ${s.playbackRate} target ${s.targetLatencyMs} stalls ${s.stalls} ` +
-            `jumps ${s.jumps} queued ${s.queuedSegments} dropped ${s.droppedFrames} decoded ${s.decodedFrames}`,
+            `jumps ${s.jumps} queued ${s.queuedSegments} dropped ${s.droppedFrames} decoded ${s.decodedFrames} ` +
+            `decode p50 ${s.decodeP50Ms} av ${s.avOffsetMs}`,
         );
       }
       if (Date.now() - minuteAt >= MINUTE_MS) {
         const m = { minute: minutes.length + 1, ...summary(minute) };
         minutes.push(m);
-        if (SECONDS >= 120) console.log(`  ${name} minute ${m.minute}: p50 ${fmt(m.p50)} p95 ${fmt(m.p95)} max ${fmt(m.max)} ms (${m.frames} frames)`);
+        if (SECONDS >= 120) console.log(`  ${name} ${renderer} minute ${m.minute}: p50 ${fmt(m.p50)} p95 ${fmt(m.p95)} max ${fmt(m.max)} ms (${m.frames} frames)`);
         minute = [];
         minuteAt = Date.now();
       }
     }
     const last = await stats();
+    // A second player joins the running stream: its first frame is a late joiner's.
+    await page.evaluate(
+      ([url, renderer]) => window.mqttVideo.addPlayer({ url, autoplay: true, muted: true, renderer }),
+      [rtsp.url, renderer],
+    );
+    const joiner = await playing(1);
     return {
       case: name,
+      renderer,
       mode,
       audio,
       firstFrameMs: first.firstFrameMs,
+      joinFirstFrameMs: joiner.firstFrameMs,
       seconds: SECONDS,
       ...summary(latencies),
       minutes,
+      avOffset: offsetSummary(offsets),
+      decodeP50Ms: last.decodeP50Ms,
+      arrivalP50Ms: last.arrivalP50Ms,
+      displayDelayP50Ms: last.displayDelayP50Ms,
       decodedFrames: last.decodedFrames,
       droppedFrames: last.droppedFrames,
       stalls: last.stalls,
@@ -144,30 +179,47 @@ async function runCase(browser, name, { mode, audio }, mqttPort) {
     };
   } finally {
     await page.close();
-    server.kill();
-    rtsp.proc.kill();
+    await server.kill();
   }
 }
 
 async function main() {
   const names = opts.cases.split(",").map((s) => s.trim());
   for (const n of names) if (!CASES[n]) throw new Error(`unknown case ${n}: one of ${Object.keys(CASES).join(", ")}`);
-  console.log(`server binary: ${serverBinary()}; ${SECONDS} s per case`);
+  const renderers = opts.renderer.split(",").map((s) => s.trim());
+  for (const r of renderers) if (!["mse", "webcodecs"].includes(r)) throw new Error(`unknown renderer ${r}: mse or webcodecs`);
+  console.log(`server binary: ${serverBinary()}; ${SECONDS} s per case and renderer`);
   const mqttPort = await freePort();
   const broker = new Mosquitto({ port: mqttPort });
   await broker.start();
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
   const results = [];
+  const failures = [];
   try {
     for (let round = 0; round < Number(opts.rounds); round++) {
       for (const name of names) {
-        const r = await runCase(browser, name, CASES[name], mqttPort);
-        results.push(r);
-        console.log(
-          `${name.padEnd(16)} first frame ${fmt(r.firstFrameMs).padStart(5)} ms | latency p50 ${fmt(r.p50)} p95 ${fmt(r.p95)} ` +
-            `p99 ${fmt(r.p99)} max ${fmt(r.max)} ms over ${r.frames} frames | target ${r.targetMs} ms, stalls ${r.stalls}, ` +
-            `jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length}`,
-        );
+        const rtsp = await startRtspSource(CASES[name].audio ? [] : ["--no-audio"]);
+        const order = round % 2 ? [...renderers].reverse() : renderers;
+        for (const renderer of order) {
+          let r;
+          try {
+            r = await runCase(browser, name, CASES[name], renderer, mqttPort, rtsp);
+          } catch (e) {
+            // One failed run (the server's, the source's) is reported; the others still run.
+            console.log(`${name.padEnd(16)} ${renderer.padEnd(9)} FAILED: ${e.message.split("\n")[0]}`);
+            failures.push({ case: name, renderer, error: e.message });
+            continue;
+          }
+          results.push(r);
+          const av = r.avOffset.n ? ` | audio-picture p5 ${fmt(r.avOffset.p5)} p50 ${fmt(r.avOffset.p50)} p95 ${fmt(r.avOffset.p95)} ms` : "";
+          console.log(
+            `${name.padEnd(16)} ${renderer.padEnd(9)} first frame ${fmt(r.firstFrameMs).padStart(5)} ms, joiner ${fmt(r.joinFirstFrameMs)} ms | ` +
+              `latency p50 ${fmt(r.p50)} p95 ${fmt(r.p95)} p99 ${fmt(r.p99)} max ${fmt(r.max)} ms over ${r.frames} frames${av} | ` +
+              `target ${r.targetMs} ms, stalls ${r.stalls}, jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length} | ` +
+              `p50 of the last 20 s: arrival ${fmt(r.arrivalP50Ms)}, decode ${r.decodeP50Ms ?? "-"}, display ${fmt(r.displayDelayP50Ms)} ms`,
+          );
+        }
+        await rtsp.proc.kill();
       }
     }
   } finally {
@@ -176,14 +228,18 @@ async function main() {
     await stopAll();
   }
   console.log(`\nchromium ${chromiumPath()}, ${SECONDS} s per case; latency = expected display time - source wall clock (ms)`);
-  console.log("| case | first frame (ms) | p50 | p95 | p99 | max | stalls | jumps |");
-  console.log("|---|---|---|---|---|---|---|---|");
+  console.log("| case | renderer | first frame (ms) | joiner's first frame | p50 | p95 | p99 | max | audio-picture p5 / p50 / p95 | stalls | jumps |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of results) {
-    console.log(`| ${r.case} | ${fmt(r.firstFrameMs)} | ${fmt(r.p50)} | ${fmt(r.p95)} | ${fmt(r.p99)} | ${fmt(r.max)} | ${r.stalls} | ${r.jumps} |`);
+    const av = r.avOffset.n ? `${fmt(r.avOffset.p5)} / ${fmt(r.avOffset.p50)} / ${fmt(r.avOffset.p95)}` : "-";
+    console.log(
+      `| ${r.case} | ${r.renderer} | ${fmt(r.firstFrameMs)} | ${fmt(r.joinFirstFrameMs)} | ${fmt(r.p50)} | ${fmt(r.p95)} | ${fmt(r.p99)} | ` +
+        `${fmt(r.max)} | ${av} | ${r.stalls} | ${r.jumps} |`,
+    );
   }
-  if (opts.json) writeFileSync(opts.json, JSON.stringify(results, null, 2));
-  if (results.some((r) => r.errors.length)) {
-    console.error("errors:", results.filter((r) => r.errors.length).map((r) => [r.case, r.errors]));
+  if (opts.json) writeFileSync(opts.json, JSON.stringify({ results, failures }, null, 2));
+  if (failures.length || results.some((r) => r.errors.length)) {
+    console.error("errors:", results.filter((r) => r.errors.length).map((r) => [r.case, r.renderer, r.errors]), failures);
     process.exitCode = 1;
   }
 }

@@ -7,7 +7,15 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { boxes, boxType, NTP_UNIX_OFFSET_SECS, parseFragment, parseInit, parsePrft } from "../../client/mp4.js";
+import {
+  audioSpecificConfig,
+  boxes,
+  boxType,
+  NTP_UNIX_OFFSET_SECS,
+  parseFragment,
+  parseInit,
+  parsePrft,
+} from "../../client/mp4.js";
 import { REPO, serverBinary } from "./support.js";
 
 // ----- tiny box builders ----------------------------------------------------------------------------------
@@ -33,15 +41,36 @@ function bytes(...parts) {
 const NON_SYNC = 0x00010000;
 const SYNC = 0x02000000; // sample_depends_on = 2 (an I-frame), sync
 
+const fourcc = (s) => [...s].map((c) => c.charCodeAt(0));
+const u16 = (n) => [(n >> 8) & 255, n & 255];
+// avcC: version 1, High profile (0x64), compatibility 0, level 3.0 (0x1E), then lengths and one SPS/PPS.
+const AVCC = [1, 0x64, 0x00, 0x1e, 0xff, 0xe1, ...u16(4), 0x67, 0x64, 0x00, 0x1e, 1, ...u16(2), 0x68, 0xee];
+// AudioSpecificConfig: AAC LC (2), 48 kHz (index 3), 2 channels: 00010 0011 0010 000 = 0x11 0x90.
+const ASC = [0x11, 0x90];
+
+function avc1(width, height) {
+  return box("avc1", new Array(6).fill(0), u16(1), new Array(16).fill(0), u16(width), u16(height), new Array(50).fill(0), box("avcC", AVCC));
+}
+function mp4a(channels, rate) {
+  // esds: ES_Descriptor (tag 3) > DecoderConfigDescriptor (tag 4) > DecoderSpecificInfo (tag 5); sizes in the
+  // 4-byte form for the outer one, as some muxers write them.
+  const dsi = [0x05, ASC.length, ...ASC];
+  const dcd = [0x04, 13 + dsi.length, 0x40, 0x15, 0, 0, 0, ...u32(0), ...u32(0), ...dsi];
+  const es = [0x03, 0x80, 0x80, 0x80, 3 + dcd.length, ...u16(1), 0, ...dcd];
+  return box("mp4a", new Array(6).fill(0), u16(1), new Array(8).fill(0), u16(channels), u16(16), u32(0), u32(rate * 65536), fullbox("esds", 0, 0, es));
+}
+
 function trak(id, handler, timescale, tkhdVersion = 0) {
   const times = tkhdVersion === 1 ? [...u64(0), ...u64(0)] : [...u32(0), ...u32(0)];
+  const entry = handler === "vide" ? avc1(640, 360) : mp4a(1, 44100);
   return box(
     "trak",
     fullbox("tkhd", tkhdVersion, 3, times, u32(id), u32(0), u32(0)),
     box(
       "mdia",
       fullbox("mdhd", 0, 0, u32(0), u32(0), u32(timescale), u32(0), u32(0)),
-      fullbox("hdlr", 0, 0, u32(0), [...handler].map((c) => c.charCodeAt(0)), u32(0), u32(0), u32(0), [0]),
+      fullbox("hdlr", 0, 0, u32(0), fourcc(handler), u32(0), u32(0), u32(0), [0]),
+      box("minf", box("stbl", fullbox("stsd", 0, 0, u32(1), entry))),
     ),
   );
 }
@@ -93,6 +122,61 @@ test("parseInit finds tracks, handlers, timescales and trex defaults", () => {
   assert.equal(info.tracks.get(2).handler, "soun");
   assert.equal(info.tracks.get(1).trex.defaultSampleFlags, NON_SYNC);
   assert.equal(parseInit(bytes(box("ftyp", u32(0)))), null);
+});
+
+test("parseInit reads the sample entries a WebCodecs decoder is configured with", () => {
+  const info = parseInit(init());
+  const video = info.tracks.get(1).entry;
+  assert.equal(video.format, "avc1");
+  assert.equal(video.codec, "avc1.64001E");
+  assert.deepEqual([...video.description], AVCC);
+  assert.deepEqual([video.width, video.height], [640, 360]);
+  const audio = info.tracks.get(2).entry;
+  assert.equal(audio.codec, "mp4a.40.2");
+  assert.deepEqual([...audio.description], ASC);
+  // the AudioSpecificConfig wins over the sample entry's own (often placeholder) rate and channel count
+  assert.deepEqual([audio.sampleRate, audio.channels], [48000, 2]);
+});
+
+test("audioSpecificConfig reads escaped object types and explicit rates", () => {
+  assert.deepEqual(audioSpecificConfig(Uint8Array.from(ASC)), { objectType: 2, sampleRate: 48000, channels: 2 });
+  // HE-AAC v2 written as object type 29: 11101 0110 (24 kHz) 0001
+  assert.deepEqual(audioSpecificConfig(Uint8Array.from([0xeb, 0x08])), { objectType: 29, sampleRate: 24000, channels: 1 });
+  // escape (31) + 6 bits: 32 + 10 = 42; index 15: a 24-bit rate (16000), then 2 channels
+  const bits = "11111" + "001010" + "1111" + (16000).toString(2).padStart(24, "0") + "0010";
+  const packed = Uint8Array.from(bits.padEnd(48, "0").match(/.{8}/g).map((b) => parseInt(b, 2)));
+  assert.deepEqual(audioSpecificConfig(packed), { objectType: 42, sampleRate: 16000, channels: 2 });
+  assert.equal(audioSpecificConfig(Uint8Array.from([0xf8])), null);
+});
+
+test("parseFragment lists every sample: offsets from the moof, durations, sizes, flags, composition offsets", () => {
+  const info = parseInit(init());
+  // default-base-is-moof, a data_offset, per-sample duration/size/flags and signed (version 1) offsets
+  const samples = [
+    { duration: 3000, size: 4, flags: SYNC, cto: 3000 },
+    { duration: 3000, size: 2, flags: NON_SYNC, cto: -3000 },
+  ];
+  const trun = (dataOffset) =>
+    fullbox("trun", 1, 0xf01, u32(samples.length), u32(dataOffset), ...samples.map((x) => [...u32(x.duration), ...u32(x.size), ...u32(x.flags), ...u32(x.cto >>> 0)]));
+  const trafBox = (off) => box("traf", fullbox("tfhd", 0, 0x020000, u32(1)), fullbox("tfdt", 1, 0, u64(90000)), trun(off));
+  const moofLen = box("moof", fullbox("mfhd", 0, 0, u32(7)), trafBox(0)).length;
+  const frag = bytes(box("moof", fullbox("mfhd", 0, 0, u32(7)), trafBox(moofLen + 8)), box("mdat", [1, 2, 3, 4, 5, 6]));
+  const { sequence, trafs } = parseFragment(frag, info);
+  assert.equal(sequence, 7);
+  assert.deepEqual(
+    trafs[0].samples.map((x) => [x.offset, x.size, x.duration, x.sync, x.decodeTime, x.compositionOffset]),
+    [
+      [moofLen + 8, 4, 3000, true, 90000, 3000],
+      [moofLen + 12, 2, 3000, false, 93000, -3000],
+    ],
+  );
+  assert.deepEqual([...frag.subarray(trafs[0].samples[1].offset, trafs[0].samples[1].offset + 2)], [5, 6]);
+  // first_sample_flags applies to the first sample only; tfhd defaults to the others
+  const f2 = fragment(traf(1, { trunFlags: 0x104, first: SYNC, tfhdFlags: 0x20, tfhdDefault: NON_SYNC, samples: [{}, {}] }));
+  assert.deepEqual(parseFragment(f2, info).trafs[0].samples.map((x) => x.sync), [true, false]);
+  // a sample count the trun cannot hold is not believed
+  const lying = bytes(box("moof", box("traf", fullbox("tfhd", 0, 0, u32(1)), fullbox("trun", 0, 0x300, u32(1000000), u32(1)))));
+  assert.equal(parseFragment(lying, info).trafs[0].sampleCount, 0);
 });
 
 test("parsePrft reads the NTP wall clock and the media time", () => {
@@ -174,6 +258,11 @@ test("real fMP4 from `mqtt-video probe --out`: prft, tracks and keyframes", { ti
     assert.ok(info.audioTrackId !== null, "an audio track (testsrc beeps)");
     const timescale = info.tracks.get(info.videoTrackId).timescale;
     assert.ok(timescale > 0);
+    const mime = /mime\s+(.*)/.exec(run.stdout)[1];
+    const entries = [info.videoTrackId, info.audioTrackId].map((id) => info.tracks.get(id).entry);
+    assert.equal(mime, `video/mp4; codecs="${entries[0].codec}, ${entries[1].codec}"`, "the codecs the server announces");
+    assert.equal(entries[0].description[0], 1, "an avcC version 1");
+    assert.deepEqual([entries[1].sampleRate, entries[0].width], [48000, 640]);
 
     let syncCount = 0;
     let fragments = 0;
@@ -195,6 +284,20 @@ test("real fMP4 from `mqtt-video probe --out`: prft, tracks and keyframes", { ti
       assert.ok(video.baseMediaDecodeTime > lastMedia, "media time grows");
       lastMedia = video.baseMediaDecodeTime;
       fragments++;
+      // Each video sample is a run of length-prefixed NAL units that ends exactly at the sample's end, and a
+      // sync sample holds an IDR slice (NAL type 5).
+      for (const sample of video.samples) {
+        assert.ok(sample.offset >= 0 && sample.offset + sample.size <= frag.length, `${f}: a sample inside the fragment`);
+        const types = [];
+        let pos = sample.offset;
+        while (pos < sample.offset + sample.size) {
+          const len = new DataView(frag.buffer, frag.byteOffset + pos).getUint32(0);
+          types.push(frag[pos + 4] & 0x1f);
+          pos += 4 + len;
+        }
+        assert.equal(pos, sample.offset + sample.size, `${f}: NAL lengths add up to the sample size`);
+        assert.equal(types.includes(5), sample.sync, `${f}: NAL types ${types} for a ${sample.sync ? "sync" : "non-sync"} sample`);
+      }
       if (video.firstSampleSync) syncCount++;
     }
     assert.ok(fragments >= 50, `${fragments} video fragments`);

@@ -9,6 +9,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { percentile as percentileOfSorted } from "../../client/figures.js";
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const CLIENT_DIR = path.join(REPO, "client");
@@ -259,9 +260,7 @@ export async function stopAll() {
   workDir = null;
 }
 
-/** p-th percentile (nearest rank) of numbers. */
+/** p-th percentile (nearest rank) of numbers in any order (non-finite ones left out). */
 export function percentile(values, p) {
-  const s = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
-  if (!s.length) return null;
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+  return percentileOfSorted(values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b), p);
 }

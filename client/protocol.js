@@ -1,0 +1,171 @@
+// The control protocol the page speaks, v1 (docs/PROTOCOL.md), as pure code: the topics of a player, the
+// request messages, reading the server's JSON, and when to send (or repeat) describe and play. No MQTT and no
+// clock: session.js does the I/O, tests/e2e/protocol.test.js drives the scheduler with tables.
+
+/** The protocol version this page speaks (docs/PROTOCOL.md). */
+export const PROTOCOL_VERSION = 1;
+
+/** The server's request topics under `prefix` (`topics.prefix`). */
+export function controlTopics(prefix) {
+  return { describe: `${prefix}/describe`, play: `${prefix}/play`, stop: `${prefix}/stop`, sources: `${prefix}/sources` };
+}
+
+/**
+ * A player's own topics for MQTT client id `clientId`: `<replyPrefix>/<clientId>/info` for describe replies,
+ * `.../media` for the play (statuses on `.../media/status`), and the one subscription covering them. Under
+ * `<replyPrefix>/<client id>/` a broker ACL can give each page its own topics (`pattern readwrite pages/%c/#`,
+ * docker/mosquitto.acl) and the server can insist on the prefix.
+ */
+export function replyTopics(replyPrefix, clientId) {
+  const base = `${replyPrefix}/${clientId}`;
+  return { base, info: `${base}/info`, media: `${base}/media`, status: `${base}/media/status`, subscription: `${base}/#` };
+}
+
+export const describeRequest = (url, replyTopic) => ({ url, reply_topic: replyTopic });
+export const playRequest = (url, replyTopic) => ({ url, reply_topic: replyTopic });
+export const stopRequest = (replyTopic) => ({ reply_topic: replyTopic });
+
+/** A JSON payload (bytes) as a value, or null when it is not JSON. */
+export function parseJson(payload) {
+  try {
+    return JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return null;
+  }
+}
+
+/** The retained `<prefix>/sources` payload as a list of {name, url, description}; [] when no server serves. */
+export function parseSources(payload) {
+  if (!payload.length) return [];
+  const msg = parseJson(payload);
+  if (!msg || !Array.isArray(msg.sources)) return [];
+  return msg.sources.filter((s) => s && typeof s.url === "string");
+}
+
+/**
+ * A describe reply as {reply} (the stream's facts: mimeCodec, width, height, has_audio, ...) or {error: {code,
+ * message}}: the server's own error, or one of ours for a reply that is not what PROTOCOL.md says.
+ */
+export function describeOutcome(reply) {
+  if (!reply || typeof reply !== "object") return { error: { code: "bad_reply", message: "the server's describe reply is not JSON" } };
+  if (reply.error) {
+    return { error: { code: reply.error.code ?? "error", message: reply.error.message ?? JSON.stringify(reply.error) } };
+  }
+  if (typeof reply.mimeCodec !== "string") return { error: { code: "bad_reply", message: "the server's describe reply has no mimeCodec" } };
+  return { reply };
+}
+
+/** When requests are sent and repeated (the Player's options of the same names). */
+export const REQUEST_DEFAULTS = Object.freeze({
+  /** Repeat an unanswered describe after this long, ms. */
+  describeRetryMs: 2000,
+  /** Repeat an unanswered play after this long, ms. */
+  playRetryMs: 3000,
+  /** Give up on a describe (or a first play) unanswered for this long, ms. */
+  describeTimeoutMs: 15000,
+  /** Play again (a renewal for a server that still has us) after this long with no media and no status. */
+  mediaTimeoutMs: 6000,
+  /** Renew the play (send it again) this often while it plays, well within the server's
+   * `limits.viewer_timeout_secs` (a viewer that does not renew is dropped). */
+  renewMs: 10000,
+});
+
+/**
+ * The requests of one play on one reply topic. Requests are QoS 0 and the server may not be subscribed yet
+ * (right after a broker restart both sides reconnect at once), so describe and play are repeated until
+ * answered; both are safe to repeat, and a repeated play renews the viewer (PROTOCOL.md, "Viewer timeout").
+ *
+ * Every method takes `now` (ms) and returns the actions to take: {send: "describe" | "play", why} or
+ * {fail: {code, message}}.
+ */
+export class PlayRequests {
+  constructor(options = {}, now = 0) {
+    this.options = { ...REQUEST_DEFAULTS };
+    for (const [k, v] of Object.entries(options)) if (v !== undefined && k in REQUEST_DEFAULTS) this.options[k] = v;
+    this.describedAt = null;
+    this.describeFirstAt = now;
+    this.describeSentAt = now;
+    this.playFirstAt = null;
+    this.playSentAt = null;
+    this.answered = false;
+    this.lastMessageAt = now;
+    this.renewals = 0;
+    this.done = false; // failed or ended: nothing more is sent
+  }
+
+  /** The first describe of the play. */
+  start(now) {
+    this.describeFirstAt = this.describeSentAt = this.lastMessageAt = now;
+    return [{ send: "describe", why: "start" }];
+  }
+
+  /** The describe was answered (the Player decides whether to play). */
+  described(now) {
+    this.describedAt = now;
+    return [];
+  }
+
+  /** The Player accepted the describe reply: the first play. */
+  play(now) {
+    if (this.done) return [];
+    this.playFirstAt = this.playSentAt = now;
+    return [{ send: "play", why: "start" }];
+  }
+
+  /** A status or media message arrived on the play's reply topic. */
+  message(now) {
+    this.answered = true;
+    this.lastMessageAt = now;
+    return [];
+  }
+
+  /** The server republished its source list (it has just (re)subscribed): an unanswered describe goes again. */
+  serverBack(now) {
+    if (this.done || this.describedAt !== null) return [];
+    this.describeSentAt = now;
+    return [{ send: "describe", why: "the server is back" }];
+  }
+
+  /** Nothing more: the play failed or ended. */
+  finish() {
+    this.done = true;
+  }
+
+  /** An unanswered `kind` request: repeated every `every` ms, given up describeTimeoutMs after `firstAt`. */
+  _repeat(kind, firstAt, every, failure, now) {
+    if (now - firstAt > this.options.describeTimeoutMs) {
+      this.done = true;
+      return [{ fail: { code: "timeout", message: failure } }];
+    }
+    if (now - this[`${kind}SentAt`] > every) {
+      this[`${kind}SentAt`] = now;
+      return [{ send: kind, why: "retry" }];
+    }
+    return [];
+  }
+
+  tick(now) {
+    if (this.done) return [];
+    const o = this.options;
+    if (this.describedAt === null) {
+      return this._repeat("describe", this.describeFirstAt, o.describeRetryMs, "no answer from the server (is mqtt-video serve running on this broker?)", now);
+    }
+    if (this.playSentAt === null) return []; // the Player has not accepted the describe (yet)
+    if (!this.answered) {
+      return this._repeat("play", this.playFirstAt, o.playRetryMs, "the server accepted the source but sent nothing for the play request", now);
+    }
+    const silentFor = now - this.lastMessageAt;
+    if (silentFor > o.mediaTimeoutMs && now - this.playSentAt > o.mediaTimeoutMs) {
+      // Nothing at all (no media, no status) for a while: the server that served us may be gone (another
+      // instance of a pool takes over on a new play). For a server that still has us, a play only renews.
+      this.playSentAt = now;
+      return [{ send: "play", why: `nothing received for ${o.mediaTimeoutMs / 1000} s` }];
+    }
+    if (o.renewMs > 0 && now - this.playSentAt >= o.renewMs) {
+      this.playSentAt = now;
+      this.renewals++;
+      return [{ send: "play", why: "renew" }];
+    }
+    return [];
+  }
+}

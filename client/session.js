@@ -1,0 +1,245 @@
+// One player's MQTT session: the connection to the broker (MQTT.js over WebSocket) with a last will that stops
+// its play, reconnects with backoff, the reply topics of each play, and the requests of protocol.js sent,
+// repeated and renewed. It hands what arrives to its hooks and knows nothing about how media is played.
+//
+// One connection per player: a connection has one last will, and it must name that player's reply topic.
+// Each play on a connection that already played gets a fresh connection, hence a fresh reply topic and will.
+
+import mqtt from "./node_modules/mqtt/dist/mqtt.esm.js";
+import {
+  controlTopics,
+  describeRequest,
+  parseJson,
+  parseSources,
+  playRequest,
+  PlayRequests,
+  replyTopics,
+  stopRequest,
+} from "./protocol.js";
+
+/** Reply topics of dead connections remembered to stop once connected again. */
+const MAX_STALE = 8;
+
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class Session {
+  /**
+   * @param {object} options {broker, prefix, replyPrefix, keepalive, reconnectMinMs, reconnectMaxMs} and the
+   *   request timings of protocol.js (REQUEST_DEFAULTS)
+   * @param {object} hooks {connection({connected, everConnected, delayMs}), sources(list), newPlay(),
+   *   described(reply), status(status), media(payload), event(kind, detail), fail(code, message)}
+   */
+  constructor(options, hooks) {
+    this.options = options;
+    this.hooks = hooks;
+    this.topics = controlTopics(options.prefix);
+    this.url = null; // what is being played; null when not playing
+    this.connected = false;
+    this.everConnected = false;
+    this.reconnects = 0; // connections lost while playing
+    this.renewals = 0; // plays renewed, over every connection of this play
+    this._conn = null; // {client, topics, used, connected, subscribed, described, requests}
+    this._attempt = 0;
+    this._reconnectTimer = null;
+    this._staleTopics = []; // reply topics of connections that died: stopped on the next connection
+    this._destroyed = false;
+    this._connect();
+  }
+
+  /** The reply topic of the current play, or null. */
+  get replyTopic() {
+    return this._conn?.used ? this._conn.topics.media : null;
+  }
+
+  /** Plays `url`: describe at once on a fresh connection (the hooks then get described(reply)). */
+  play(url) {
+    if (this._destroyed) return;
+    if (this.url) this._sendStop();
+    this.url = url;
+    this.reconnects = 0;
+    this.renewals = 0;
+    const conn = this._conn;
+    if (conn && !conn.used) {
+      // An unused connection: its reply topic and last will are fresh. Play now, or once it is subscribed.
+      if (conn.subscribed) this._startPlay(conn);
+    } else {
+      this._reconnectNow(); // a fresh connection: a fresh reply topic and a last will naming it
+    }
+  }
+
+  /** The Player accepted the describe reply: send the play (repeated until answered, then renewed). */
+  acceptDescribe() {
+    const conn = this._conn;
+    if (conn?.requests) this._apply(conn, conn.requests.play(performance.now()));
+  }
+
+  /** Stops the current play (the server gets a stop); the connection stays, for the source list. */
+  stop() {
+    if (!this.url) return;
+    this._sendStop();
+    this._finish();
+  }
+
+  /** The play ended or failed: nothing more is sent for it (no stop: the server already ended it). */
+  forget() {
+    this._finish();
+  }
+
+  /** Closes the connection for good. */
+  destroy() {
+    this.stop();
+    this._destroyed = true;
+    clearTimeout(this._reconnectTimer);
+    if (this._conn) this._conn.client.end(false);
+    this._conn = null;
+  }
+
+  /** Repeats and renews requests as protocol.js decides; call it often (every 100 ms). */
+  tick() {
+    const conn = this._conn;
+    if (!this.url || !conn || !conn.connected || !conn.requests) return;
+    this._apply(conn, conn.requests.tick(performance.now()));
+  }
+
+  _finish() {
+    this.url = null;
+    this._conn?.requests?.finish();
+  }
+
+  _apply(conn, actions) {
+    for (const a of actions) {
+      if (a.fail) {
+        this.hooks.fail(a.fail.code, a.fail.message);
+      } else if (a.send === "describe") {
+        if (a.why !== "start") this.hooks.event("retry", `describe (${a.why})`);
+        this._publish(this.topics.describe, describeRequest(this.url, conn.topics.info));
+      } else if (a.send === "play") {
+        if (a.why === "renew") this.renewals++;
+        else if (a.why !== "start") this.hooks.event("retry", `play (${a.why})`);
+        this._publish(this.topics.play, playRequest(this.url, conn.topics.media));
+      }
+    }
+  }
+
+  _connect() {
+    if (this._destroyed) return;
+    const clientId = `page_${randomHex(12)}`;
+    const topics = replyTopics(this.options.replyPrefix, clientId);
+    const conn = { topics, used: false, connected: false, subscribed: false, described: false, requests: null, client: null };
+    conn.client = mqtt.connect(this.options.broker, {
+      clientId,
+      protocolVersion: 4,
+      clean: true,
+      keepalive: this.options.keepalive,
+      reconnectPeriod: 0, // reconnects are ours: each one gets a new reply topic and last will
+      connectTimeout: 5000,
+      will: { topic: this.topics.stop, payload: JSON.stringify(stopRequest(topics.media)), qos: 0, retain: false },
+    });
+    conn.client.on("connect", () => this._onConnect(conn));
+    conn.client.on("message", (topic, payload) => {
+      if (conn === this._conn) this._onMessage(conn, topic, payload);
+    });
+    conn.client.on("close", () => this._onClose(conn));
+    conn.client.on("error", (e) => {
+      if (conn === this._conn) this.hooks.event("mqtt_error", e.message);
+    });
+    this._conn = conn;
+  }
+
+  /** Drops the current connection (cleanly: no last will) and opens a new one at once. */
+  _reconnectNow() {
+    clearTimeout(this._reconnectTimer);
+    const old = this._conn;
+    this._conn = null;
+    if (old) old.client.end(false);
+    this._connect();
+  }
+
+  _onConnect(conn) {
+    if (conn !== this._conn) return;
+    conn.connected = true;
+    this.connected = true;
+    this.everConnected = true;
+    this._attempt = 0;
+    this.hooks.connection({ connected: true, everConnected: true, delayMs: 0 });
+    conn.client.subscribe([this.topics.sources, conn.topics.subscription], { qos: 0 }, (err) => {
+      if (conn !== this._conn) return;
+      if (err) {
+        this.hooks.fail("subscribe_failed", `cannot subscribe: ${err.message}`);
+        return;
+      }
+      conn.subscribed = true;
+      // Sent again when the server's source list arrives (it may not be subscribed yet after a broker restart).
+      for (const topic of this._staleTopics) this._publish(this.topics.stop, stopRequest(topic));
+      if (this.url && !conn.used) this._startPlay(conn);
+    });
+  }
+
+  _onClose(conn) {
+    if (conn !== this._conn) return; // one we replaced on purpose
+    const wasConnected = conn.connected;
+    // The broker publishes our last will (a stop) when it notices the loss, unless the broker itself died;
+    // then the server keeps sending to the old reply topic. Stop it ourselves once connected again.
+    if (conn.used) this._staleTopics.push(conn.topics.media);
+    if (this._staleTopics.length > MAX_STALE) this._staleTopics.shift();
+    conn.connected = false;
+    this.connected = false;
+    this._conn = null;
+    conn.client.end(true);
+    if (this._destroyed) return;
+    if (this.url && wasConnected) this.reconnects++;
+    const delayMs = Math.min(this.options.reconnectMaxMs, this.options.reconnectMinMs * 2 ** this._attempt);
+    this.hooks.connection({ connected: false, everConnected: this.everConnected, delayMs });
+    this._attempt = Math.min(this._attempt + 1, 10);
+    clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = setTimeout(() => this._connect(), delayMs);
+  }
+
+  _publish(topic, message) {
+    const conn = this._conn;
+    if (!conn || !conn.connected) return;
+    conn.client.publish(topic, JSON.stringify(message), { qos: 0, retain: false });
+  }
+
+  _sendStop() {
+    const conn = this._conn;
+    if (conn && conn.used) this._publish(this.topics.stop, stopRequest(conn.topics.media));
+  }
+
+  _startPlay(conn) {
+    conn.used = true;
+    conn.described = false;
+    conn.requests = new PlayRequests(this.options);
+    // Media from the previous connection's play is gone with its reply topic.
+    this.hooks.newPlay();
+    this._apply(conn, conn.requests.start(performance.now()));
+  }
+
+  _onMessage(conn, topic, payload) {
+    const now = performance.now();
+    if (topic === conn.topics.media) {
+      conn.requests?.message(now);
+      if (this.url) this.hooks.media(payload);
+    } else if (topic === conn.topics.status) {
+      conn.requests?.message(now);
+      const status = parseJson(payload);
+      if (this.url && status) this.hooks.status(status);
+    } else if (topic === conn.topics.info) {
+      if (!this.url || !conn.used || conn.described) return;
+      conn.described = true;
+      conn.requests.described(now);
+      this.hooks.described(parseJson(payload));
+    } else if (topic === this.topics.sources) {
+      const list = parseSources(payload);
+      this.hooks.sources(list); // empty: no server serves this broker right now
+      // The server publishes this list right after it (re)subscribed: requests it may have missed go again now.
+      if (!list.length) return;
+      for (const stale of this._staleTopics.splice(0)) this._publish(this.topics.stop, stopRequest(stale));
+      if (this.url && conn.requests) this._apply(conn, conn.requests.serverBack(now));
+    }
+  }
+}

@@ -1,0 +1,235 @@
+// Table tests of the MediaSource player's live-edge controller (client/live-edge.js): views of the <video> and
+// `now` in, actions out.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { bufferAhead, LiveEdge } from "../../client/live-edge.js";
+
+/** A view of a playing <video>: playhead `t`, buffered `ranges`. */
+function view(t, ranges, extra = {}) {
+  return { currentTime: t, paused: false, seeking: false, readyState: 4, ranges, busy: false, removePending: false, ...extra };
+}
+
+/** A controller joined long before `now`, whose playhead has just been seen moving. */
+function settled(options = {}, { hasAudio = true, now = 100_000 } = {}) {
+  const edge = fresh(options, hasAudio);
+  edge.tick(view(50, [[40, 50.12]]), now - 1000);
+  return edge;
+}
+
+/** A controller joined at 0 that has seen nothing yet. */
+function fresh(options = {}, hasAudio = true) {
+  const edge = new LiveEdge(options);
+  edge.hasAudio = hasAudio;
+  edge.attach(0);
+  return edge;
+}
+
+/** A `waiting` event at `now`, with video arriving as usual (`videoAgoMs` before it). */
+function stallAt(edge, v, now, videoAgoMs = 20) {
+  edge.videoArrived(null, now - videoAgoMs);
+  return edge.stall(v, now);
+}
+
+const rateOf = (actions) => actions.find((a) => a.type === "rate")?.rate;
+
+test("the playback rate holds the playhead at the target, within its bounds", () => {
+  // behind the live edge (s) -> rate, for a settled player with audio (target 120 ms)
+  const rows = [
+    [0.12, 1], // on target
+    [0.125, 1], // inside the dead band
+    [0.22, 1.05], // 100 ms behind the target: +5 %
+    [0.52, 1.1], // far behind: capped at catchUpRateRange
+    [0.07, 0.975], // ahead of the target: slower
+    [0.0, 0.95], // capped at rateRange
+  ];
+  for (const [behind, rate] of rows) {
+    const edge = fresh();
+    const now = 100_000;
+    assert.equal(rateOf(edge.tick(view(60 - behind, [[50, 60]]), now)), rate, `${behind} s behind`);
+  }
+  // right after joining, the rate settles faster and may go up to +20 %
+  for (const [behind, rate] of [
+    [0.22, 1.15],
+    [0.37, 1.2],
+  ]) {
+    const edge = fresh();
+    edge.joined(99_000);
+    assert.equal(rateOf(edge.tick(view(60 - behind, [[50, 60]]), 100_000)), rate, `settling, ${behind} s behind`);
+  }
+  // video only: a 60 ms target
+  const edge = fresh({}, false);
+  assert.equal(edge.target(), 0.06);
+  assert.equal(rateOf(edge.tick(view(60 - 0.06, [[50, 60]]), 100_000)), 1);
+  // targetLatency overrides
+  assert.equal(new LiveEdge({ targetLatency: 0.3 }).target(), 0.3);
+});
+
+test("jumps: outside the newest range, far behind, stuck with media ahead, too long behind the target", () => {
+  const seekOf = (actions) => actions.find((a) => a.type === "seek");
+  // a join: the playhead at 0, media far from 0; only once the burst is appended
+  let edge = settled();
+  assert.equal(seekOf(edge.tick(view(0, [[5, 6]], { busy: true }), 100_000)), undefined, "waits while appending");
+  let seek = seekOf(edge.tick(view(0, [[5, 6]]), 100_100));
+  assert.ok(Math.abs(seek.to - 5.88) < 1e-9, `to ${seek.to}`);
+  assert.equal(edge.joinedAt, 100_100, "a jump into a new range is a join: the rate settles afresh");
+  // a gap: the playhead past the end of an old range, a newer range after it
+  edge = settled();
+  seek = seekOf(edge.tick(view(10.5, [[0, 10], [12, 13]]), 100_000));
+  assert.ok(Math.abs(seek.to - 12.88) < 1e-9);
+  // more than maxBehind behind
+  edge = settled();
+  seek = seekOf(edge.tick(view(3, [[0, 4.5]]), 100_000));
+  assert.ok(Math.abs(seek.to - 4.38) < 1e-9);
+  assert.match(seek.why, /1\.50 s behind/);
+  // the playhead stuck for 1.5 s with 0.5 s ahead
+  edge = settled();
+  edge.tick(view(10, [[0, 10.5]]), 100_000);
+  assert.equal(seekOf(edge.tick(view(10, [[0, 10.5]]), 101_400)), undefined, "not yet");
+  assert.match(seekOf(edge.tick(view(10, [[0, 10.5]]), 101_600)).why, /stalled with media ahead/);
+  // 0.38 s past the target, playing: after catchUpAfterMs
+  edge = fresh();
+  assert.equal(seekOf(edge.tick(view(10, [[0, 10.5]]), 100_000)), undefined);
+  assert.equal(seekOf(edge.tick(view(10.5, [[0, 11]]), 100_900)), undefined);
+  assert.ok(seekOf(edge.tick(view(11, [[0, 11.5]]), 101_100)));
+  // ... at once right after a join (the GOP burst was still arriving at the first jump)
+  edge = fresh();
+  edge.joined(99_500);
+  assert.ok(seekOf(edge.tick(view(10, [[0, 10.5]]), 100_000)));
+  assert.equal(edge.jumps, 1);
+});
+
+test("autoplay asks to play once, when there is something to show", () => {
+  const edge = new LiveEdge();
+  edge.attach(0);
+  const paused = (readyState) => view(5, [[5, 6]], { paused: true, readyState });
+  assert.deepEqual(edge.tick(paused(1), 10), []);
+  assert.deepEqual(edge.tick(paused(2), 20).filter((a) => a.type === "play"), [{ type: "play" }]);
+  assert.deepEqual(edge.tick(paused(2), 30).filter((a) => a.type === "play"), []);
+  const manual = new LiveEdge({ autoplay: false });
+  assert.deepEqual(manual.tick(paused(4), 10).filter((a) => a.type === "play"), []);
+});
+
+test("a stall with media buffered raises the target; others do not", () => {
+  // [what, setup(edge) -> now of the stall, the view at the stall, counted]
+  const rows = [
+    ["a stop while playing, 50 ms ahead", () => 100_000, view(50, [[40, 50.05]]), true],
+    ["plain starvation (nothing ahead)", () => 100_000, view(50, [[40, 50.01]]), false],
+    ["paused", () => 100_000, view(50, [[40, 50.05]], { paused: true }), false],
+    ["seeking", () => 100_000, view(50, [[40, 50.05]], { seeking: true }), false],
+    ["right after a join", (e) => (e.joined(99_700), 100_000), view(50, [[40, 50.05]]), false],
+    [
+      "right after a jump",
+      (e) => {
+        e.tick(view(0, [[45, 46]]), 99_800);
+        return 100_000;
+      },
+      view(45.88, [[45, 46]]),
+      false,
+    ],
+    [
+      "a repeat within a second",
+      (e) => {
+        stallAt(e, view(50, [[40, 50.05]]), 99_500);
+        return 100_000;
+      },
+      view(50, [[40, 50.05]]),
+      false,
+    ],
+    // Audio goes on but no video for 300 ms: the server holds back damaged video up to the next keyframe.
+    ["while video is held back", () => 100_000, view(50, [[40, 50.05]]), false, 300],
+  ];
+  for (const [what, setup, v, counted, videoAgoMs = 20] of rows) {
+    const edge = settled();
+    const stallsBefore = edge.stalls;
+    const now = setup(edge);
+    const boostBefore = edge.boost;
+    const result = stallAt(edge, v, now, videoAgoMs);
+    assert.equal(!!result, counted, what);
+    if (counted) {
+      assert.equal(edge.stalls, stallsBefore + 1, what);
+      assert.ok(Math.abs(edge.boost - boostBefore - 0.04) < 1e-9, what);
+      assert.deepEqual([result.before, Math.round(result.after * 1000)], [0.12, 160], what);
+    }
+  }
+  // the target never passes maxTargetLatency
+  const edge = settled();
+  for (let i = 0; i < 20; i++) stallAt(edge, view(50, [[40, 50.05]]), 100_000 + i * 1500);
+  assert.equal(edge.target(), 0.5);
+});
+
+test("a raised target decays back while playback stays smooth", () => {
+  const edge = settled();
+  stallAt(edge, view(50, [[40, 50.05]]), 100_000);
+  assert.ok(Math.abs(edge.target() - 0.16) < 1e-9);
+  edge.tick(view(55, [[50, 55.2]]), 109_000);
+  assert.ok(Math.abs(edge.target() - 0.16) < 1e-9, "not within targetDecayMs of the stall");
+  edge.tick(view(61, [[50, 61.2]]), 110_500);
+  assert.ok(Math.abs(edge.target() - 0.15) < 1e-9, "10 ms less after 10 s");
+  edge.tick(view(62, [[50, 62.2]]), 115_000);
+  assert.ok(Math.abs(edge.target() - 0.15) < 1e-9, "one step per targetDecayMs");
+  for (let now = 121_000; now < 200_000; now += 10_100) edge.tick(view(now / 1000, [[50, now / 1000 + 0.2]]), now);
+  assert.equal(edge.target(), 0.12, "back to the base target, not below");
+});
+
+test("a media failure (decode error) does not leave the target raised", () => {
+  // The stalls that come with a failing decoder raised the target; the rebuild takes them back.
+  let edge = settled();
+  stallAt(edge, view(50, [[40, 50.05]]), 100_000);
+  stallAt(edge, view(51, [[40, 51.05]]), 102_000);
+  assert.ok(Math.abs(edge.target() - 0.2) < 1e-9);
+  edge.failed(103_000);
+  assert.equal(edge.target(), 0.12, "the failure's stalls raise nothing");
+  // After the rebuild: the new MediaSource's first stalls are the failure's aftermath too.
+  edge.attach(103_100);
+  edge.joined(103_100);
+  edge.tick(view(0, [[60, 60.1]]), 104_000); // the jump into the new media
+  edge.tick(view(60.1, [[60, 60.3]]), 105_000);
+  edge.tick(view(60.2, [[60, 60.4]]), 105_600);
+  assert.ok(stallAt(edge, view(60.2, [[60, 60.3]]), 106_000), "counted");
+  assert.equal(edge.target(), 0.12, "but not raising the target");
+  edge.tick(view(61, [[60, 61.2]]), 108_000);
+  edge.tick(view(62, [[60, 62.2]]), 109_000);
+  stallAt(edge, view(62, [[60, 62.1]]), 109_000);
+  assert.ok(Math.abs(edge.target() - 0.16) < 1e-9, "a stall after the failure window counts again");
+
+  // A stall long before the failure was a real one: it stays.
+  edge = settled();
+  stallAt(edge, view(50, [[40, 50.05]]), 100_000);
+  edge.failed(106_000);
+  assert.ok(Math.abs(edge.target() - 0.16) < 1e-9);
+});
+
+test("a hole in the video (held back by the server) is stepped over once the keyframe after it is in", () => {
+  const edge = settled();
+  let now = 100_000;
+  for (let i = 0; i < 30; i++) edge.videoArrived(49 + i / 30, (now += 33));
+  // 1 s of video held back; the next video is the keyframe at 51.
+  edge.videoArrived(51, (now += 1000));
+  assert.deepEqual(edge.gap, { start: 49 + 29 / 30 + 1 / 30, end: 51 });
+  // Audio kept the range going across the hole; the playhead reaches it before the keyframe is buffered.
+  assert.equal(edge.tick(view(50.01, [[40, 50.9]]), (now += 10)).find((a) => a.type === "seek"), undefined);
+  assert.equal(edge.tick(view(50.2, [[40, 51.1]], { busy: true }), (now += 10)).find((a) => a.type === "seek"), undefined, "not during an append");
+  const seek = edge.tick(view(50.2, [[40, 51.1]]), (now += 10)).find((a) => a.type === "seek");
+  assert.ok(seek && seek.to >= 51 && /held-back video/.test(seek.why), JSON.stringify(seek));
+  assert.equal(edge.gap, null, "once");
+  // A steady 30 fps stream, or one whose frames come 0.15 s apart, has no hole.
+  const steady = settled();
+  for (let i = 0; i < 60; i++) steady.videoArrived(i * 0.15, 1000 + i * 150);
+  assert.equal(steady.gap, null);
+});
+
+test("media long played is removed, one range at a time", () => {
+  const removeOf = (actions) => actions.find((a) => a.type === "remove");
+  const edge = settled();
+  assert.deepEqual(removeOf(edge.tick(view(20, [[0, 20.12]]), 100_000)), { type: "remove", start: 0, end: 10 });
+  assert.equal(removeOf(edge.tick(view(21, [[0, 21.12]]), 101_000)), undefined, "not again within 2 s");
+  assert.equal(removeOf(edge.tick(view(23, [[0, 23.12]], { removePending: true }), 103_000)), undefined, "not while one runs");
+  assert.ok(removeOf(edge.tick(view(23.1, [[0, 23.22]]), 103_100)));
+  assert.equal(removeOf(edge.tick(view(30, [[19, 30.12]]), 110_000)), undefined, "only 11 s kept");
+});
+
+test("bufferAhead is measured in the range that holds the playhead", () => {
+  assert.equal(bufferAhead(view(5, [[0, 4], [4.5, 5.25]])), 0.25);
+  assert.equal(bufferAhead(view(4.2, [[0, 4], [4.5, 5]])), 0);
+});

@@ -1,0 +1,149 @@
+// Table tests of the page's control protocol (client/protocol.js): topics, messages, and when describe and
+// play are sent, repeated and renewed.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  controlTopics,
+  describeOutcome,
+  parseSources,
+  PlayRequests,
+  playRequest,
+  replyTopics,
+  stopRequest,
+} from "../../client/protocol.js";
+
+const bytes = (s) => new TextEncoder().encode(s);
+
+test("topics and requests are those of PROTOCOL.md v1", () => {
+  assert.deepEqual(controlTopics("org/site/video"), {
+    describe: "org/site/video/describe",
+    play: "org/site/video/play",
+    stop: "org/site/video/stop",
+    sources: "org/site/video/sources",
+  });
+  const t = replyTopics("pages", "page_ab12");
+  assert.deepEqual(t, {
+    base: "pages/page_ab12",
+    info: "pages/page_ab12/info",
+    media: "pages/page_ab12/media",
+    status: "pages/page_ab12/media/status",
+    subscription: "pages/page_ab12/#",
+  });
+  assert.deepEqual(playRequest("builtin://testsrc", t.media), { url: "builtin://testsrc", reply_topic: t.media });
+  assert.deepEqual(stopRequest(t.media), { reply_topic: t.media });
+});
+
+test("the server's replies are read, and what is not as documented is an error", () => {
+  assert.deepEqual(
+    parseSources(bytes('{"version":1,"sources":[{"name":"A","url":"builtin://testsrc"},{"name":"no url"},null]}')),
+    [{ name: "A", url: "builtin://testsrc" }],
+  );
+  assert.deepEqual(parseSources(new Uint8Array()), [], "an empty retained payload: no server");
+  assert.deepEqual(parseSources(bytes("not json")), []);
+  const reply = { mimeCodec: 'video/mp4; codecs="avc1.42C01E"', width: 640 };
+  assert.deepEqual(describeOutcome(reply), { reply });
+  assert.deepEqual(describeOutcome({ error: { code: "forbidden_url", message: "no" } }), { error: { code: "forbidden_url", message: "no" } });
+  assert.equal(describeOutcome(null).error.code, "bad_reply");
+  assert.equal(describeOutcome({ width: 640 }).error.code, "bad_reply");
+});
+
+/** Runs `steps` ([now, method, expected sends/fails]) against one PlayRequests. */
+function run(options, steps) {
+  const r = new PlayRequests(options);
+  for (const [now, method, expected] of steps) {
+    const actions = r[method](now);
+    const got = actions.map((a) => (a.fail ? `fail ${a.fail.code}` : `${a.send} ${a.why}`));
+    assert.deepEqual(got, expected, `${method} at ${now} ms`);
+  }
+  return r;
+}
+
+test("describe and play are repeated until answered, then given up on", () => {
+  run({}, [
+    [0, "start", ["describe start"]],
+    [1500, "tick", []],
+    [2100, "tick", ["describe retry"]],
+    [2200, "tick", []],
+    [4200, "tick", ["describe retry"]],
+    [4300, "described", []],
+    [5000, "tick", []], // the Player has not accepted yet: nothing
+    [5100, "play", ["play start"]],
+    [8000, "tick", []],
+    [8200, "tick", ["play retry"]],
+    [8300, "message", []],
+    [11300, "tick", []], // answered: no more retries
+  ]);
+  run({}, [
+    [0, "start", ["describe start"]],
+    [14000, "tick", ["describe retry"]],
+    [15100, "tick", ["fail timeout"]],
+    [17000, "tick", []],
+  ]);
+  run({}, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [15300, "tick", ["fail timeout"]],
+  ]);
+});
+
+test("a describe the server may have missed goes again when it is back", () => {
+  run({}, [
+    [0, "start", ["describe start"]],
+    [500, "serverBack", ["describe the server is back"]],
+    [2000, "tick", []], // the retry timer restarted
+    [2600, "tick", ["describe retry"]],
+    [2700, "described", []],
+    [2800, "serverBack", []], // answered: not again
+  ]);
+});
+
+test("a playing viewer renews its play every renewMs, and plays again after a silence", () => {
+  const r = run({ renewMs: 10000 }, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [300, "message", []],
+    [5000, "message", []],
+    [10100, "tick", []],
+    [10200, "message", []],
+    [10200, "tick", ["play renew"]],
+    [15000, "message", []],
+    [20199, "tick", []],
+    [20200, "tick", ["play renew"]],
+  ]);
+  assert.equal(r.renewals, 2);
+  // No message for mediaTimeoutMs: play again (the pool's other server takes over); renewals go on after it.
+  run({ renewMs: 10000, mediaTimeoutMs: 6000 }, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [300, "message", []],
+    [6400, "tick", ["play nothing received for 6 s"]],
+    [6500, "message", []],
+    [12000, "message", []],
+    [16300, "tick", []],
+    [16400, "tick", ["play renew"]],
+  ]);
+  // renewMs 0: no renewals (a server with viewer_timeout_secs = 0)
+  run({ renewMs: 0 }, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+    [200, "play", ["play start"]],
+    [300, "message", []],
+    [50_000, "message", []],
+    [50_000, "tick", []],
+  ]);
+});
+
+test("nothing is sent once the play is finished", () => {
+  const r = run({}, [
+    [0, "start", ["describe start"]],
+    [100, "described", []],
+  ]);
+  r.finish();
+  assert.deepEqual(r.play(200), []);
+  assert.deepEqual(r.tick(60_000), []);
+  assert.deepEqual(r.serverBack(60_000), []);
+});
