@@ -5,7 +5,7 @@
 //   window.mqttVideo.addPlayer({ url: "builtin://testsrc", autoplay: true })
 //
 // URL options: ?url=SOURCE&autoplay=1&muted=1&broker=ws://host:port/mqtt&target=MS&players=N&prefix=video
-//              &renderer=auto|webcodecs|mse
+//              &renderer=auto|webcodecs|mse&protocol=1|2
 
 import { defaultBrokerUrl, Player, RENDERERS } from "./player.js";
 
@@ -22,6 +22,7 @@ const pageOptions = {
   targetLatency: number("target") === undefined ? undefined : number("target") / 1000,
   muted: flag("muted"),
   renderer: RENDERERS.includes(params.get("renderer")) ? params.get("renderer") : undefined,
+  protocol: [1, 2].includes(number("protocol")) ? number("protocol") : undefined,
 };
 
 const registry = {
@@ -151,6 +152,7 @@ function addPlayer(options = {}) {
     text(stat.received, s.receivedBytes ? `${(s.receivedBytes / 1e6).toFixed(1)} MB` : "–");
     text(stat.resets, `${s.stalls} / ${s.jumps} / ${s.resets}`);
     text(stat.renderer, s.renderer === "webcodecs" ? "WebCodecs" : "MediaSource");
+    text(stat.delivery, s.protocol === 2 ? `stream topic, ${s.skippedFragments} skipped` : "reply topic");
     text(stat.avOffset, s.avOffsetP50Ms === null ? "–" : `${s.avOffsetP50Ms.toFixed(0)} ms (p5 ${s.avOffsetP5Ms.toFixed(0)}, p95 ${s.avOffsetP95Ms.toFixed(0)})`);
   };
   player.addEventListener("state", render);

@@ -38,6 +38,10 @@ export const DEFAULTS = Object.freeze({
   prefix: "video",
   /** Reply topics are `<replyPrefix>/<client id>/...` (`topics.reply_prefix` of the server, without the `/`). */
   replyPrefix: "pages",
+  /** The newest protocol version to speak: 2 takes the stream's media from its own topic, which the broker
+   * fans out, where the server names one (docs/PROTOCOL.md, "Shared delivery"); 1 has every fragment sent to
+   * this page's reply topic. */
+  protocol: 2,
   /** MQTT keep-alive, seconds. */
   keepalive: 20,
   /** Reconnect delays after the connection to the broker is lost, ms (doubling from min to max). */
@@ -214,6 +218,7 @@ export class Player extends EventTarget {
     const av = this._avOffsets.summary();
     const lastAv = this._avOffsets.values.at(-1);
     const sink = this.media.snapshot();
+    const delivery = this.session.delivery();
     return {
       ...sink,
       state: this.state,
@@ -259,6 +264,11 @@ export class Player extends EventTarget {
       skippedToKeyframe: sink.skippedToKeyframe,
       decodeP50Ms: round(sink.decodeP50Ms ?? null, 1),
       decodeP95Ms: round(sink.decodeP95Ms ?? null, 1),
+      // protocol 2: media on the stream topic; fragments that came on both topics, and never received ones
+      // stepped over (shed by the gateway for a slow link)
+      protocol: delivery.protocol,
+      duplicateFragments: delivery.duplicates,
+      skippedFragments: delivery.skipped,
       reconnects: this.session.reconnects,
       renewals: this.session.renewals,
       errors: this.errors.slice(),

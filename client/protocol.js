@@ -1,9 +1,10 @@
-// The control protocol the page speaks, v1 (docs/PROTOCOL.md), as pure code: the topics of a player, the
+// The control protocol the page speaks, v2 with v1 for older servers (docs/PROTOCOL.md), as pure code: the topics of a player, the
 // request messages, reading the server's JSON, and when to send (or repeat) describe and play. No MQTT and no
 // clock: session.js does the I/O, tests/e2e/protocol.test.js drives the scheduler with tables.
 
-/** The protocol version this page speaks (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = 1;
+/** The newest protocol version this page speaks (docs/PROTOCOL.md): 2 with a server whose describe reply names
+ * the stream's topics, else 1. */
+export const PROTOCOL_VERSION = 2;
 
 /** The server's request topics under `prefix` (`topics.prefix`). */
 export function controlTopics(prefix) {
@@ -22,7 +23,17 @@ export function replyTopics(replyPrefix, clientId) {
 }
 
 export const describeRequest = (url, replyTopic) => ({ url, reply_topic: replyTopic });
-export const playRequest = (url, replyTopic) => ({ url, reply_topic: replyTopic });
+/** A play; `version` 2 asks for the stream's media on its own topics (after a join burst on the reply topic). */
+export const playRequest = (url, replyTopic, version = 1) => (version === 2 ? { url, reply_topic: replyTopic, version } : { url, reply_topic: replyTopic });
+
+/**
+ * The stream topic a version 2 viewer subscribes to, from a describe reply or a `playing` status (their
+ * `stream` object), or null when the server does not name one (a version 1 server).
+ */
+export function streamMediaTopic(message) {
+  const topic = message?.stream?.media;
+  return typeof topic === "string" && topic.length > 0 && !/[#+]/.test(topic) ? topic : null;
+}
 export const stopRequest = (replyTopic) => ({ reply_topic: replyTopic });
 
 /** A JSON payload (bytes) as a value, or null when it is not JSON. */

@@ -15,7 +15,9 @@ import {
   PlayRequests,
   replyTopics,
   stopRequest,
+  streamMediaTopic,
 } from "./protocol.js";
+import { SequenceMerge } from "./merge.js";
 
 /** Reply topics of dead connections remembered to stop once connected again. */
 const MAX_STALE = 8;
@@ -28,7 +30,7 @@ function randomHex(bytes) {
 
 export class Session {
   /**
-   * @param {object} options {broker, prefix, replyPrefix, keepalive, reconnectMinMs, reconnectMaxMs} and the
+   * @param {object} options {broker, prefix, replyPrefix, protocol, keepalive, reconnectMinMs, reconnectMaxMs} and the
    *   request timings of protocol.js (REQUEST_DEFAULTS)
    * @param {object} hooks {connection({connected, everConnected, delayMs}), sources(list), newPlay(),
    *   described(reply), status(status), media(payload), event(kind, detail), fail(code, message)}
@@ -71,10 +73,42 @@ export class Session {
     }
   }
 
-  /** The Player accepted the describe reply: send the play (repeated until answered, then renewed). */
+  /**
+   * The Player accepted the describe reply: send the play (repeated until answered, then renewed). With a
+   * server that names the stream's topics (protocol version 2) the stream topic is subscribed first: a broker
+   * handles a client's SUBSCRIBE before its later PUBLISH, so no live fragment after the play is missed.
+   */
   acceptDescribe() {
     const conn = this._conn;
-    if (conn?.requests) this._apply(conn, conn.requests.play(performance.now()));
+    if (!conn?.requests) return;
+    const topic = conn.describedStream;
+    if (!topic) {
+      this._apply(conn, conn.requests.play(performance.now()));
+      return;
+    }
+    this._follow(conn, topic);
+    conn.client.subscribe(topic, { qos: 0 }, (err) => {
+      if (conn !== this._conn || !this.url) return;
+      if (err) {
+        this.hooks.fail("subscribe_failed", `cannot subscribe to the stream's topic ${topic}: ${err.message}`);
+        return;
+      }
+      this._apply(conn, conn.requests.play(performance.now()));
+    });
+  }
+
+  /** Version 2: media of `topic` from now on, merged with the join burst by a fresh merge. */
+  _follow(conn, topic) {
+    if (conn.stream && conn.stream !== topic) conn.client.unsubscribe(conn.stream);
+    conn.stream = topic;
+    conn.merge = new SequenceMerge();
+  }
+
+  /** The version 2 merge's figures of the current play: {protocol, duplicates, skipped}. */
+  delivery() {
+    const conn = this._conn;
+    if (!conn?.merge) return { protocol: 1, duplicates: 0, skipped: 0 };
+    return { protocol: 2, duplicates: conn.merge.duplicates, skipped: conn.merge.skipped };
   }
 
   /** Stops the current play (the server gets a stop); the connection stays, for the source list. */
@@ -107,7 +141,11 @@ export class Session {
 
   _finish() {
     this.url = null;
-    this._conn?.requests?.finish();
+    const conn = this._conn;
+    conn?.requests?.finish();
+    // The stream topic carries media for everyone: not ours to receive any more.
+    if (conn?.stream && conn.connected) conn.client.unsubscribe(conn.stream);
+    if (conn) conn.stream = conn.merge = null;
   }
 
   _apply(conn, actions) {
@@ -120,7 +158,7 @@ export class Session {
       } else if (a.send === "play") {
         if (a.why === "renew") this.renewals++;
         else if (a.why !== "start") this.hooks.event("retry", `play (${a.why})`);
-        this._publish(this.topics.play, playRequest(this.url, conn.topics.media));
+        this._publish(this.topics.play, playRequest(this.url, conn.topics.media, conn.stream ? 2 : 1));
       }
     }
   }
@@ -129,7 +167,18 @@ export class Session {
     if (this._destroyed) return;
     const clientId = `page_${randomHex(12)}`;
     const topics = replyTopics(this.options.replyPrefix, clientId);
-    const conn = { topics, used: false, connected: false, subscribed: false, described: false, requests: null, client: null };
+    const conn = {
+      topics,
+      used: false,
+      connected: false,
+      subscribed: false,
+      described: false,
+      describedStream: null, // version 2: the stream topic the describe reply named
+      stream: null, // ... and the one subscribed, with the merge of it and the reply topic
+      merge: null,
+      requests: null,
+      client: null,
+    };
     conn.client = mqtt.connect(this.options.broker, {
       clientId,
       protocolVersion: 4,
@@ -213,6 +262,7 @@ export class Session {
   _startPlay(conn) {
     conn.used = true;
     conn.described = false;
+    conn.describedStream = null;
     conn.requests = new PlayRequests(this.options);
     // Media from the previous connection's play is gone with its reply topic.
     this.hooks.newPlay();
@@ -221,18 +271,30 @@ export class Session {
 
   _onMessage(conn, topic, payload) {
     const now = performance.now();
-    if (topic === conn.topics.media) {
+    if (topic === conn.topics.media || (conn.stream && topic === conn.stream)) {
       conn.requests?.message(now);
-      if (this.url) this.hooks.media(payload);
+      if (!this.url) return;
+      if (!conn.merge) this.hooks.media(payload);
+      else for (const msg of conn.merge.push(payload)) this.hooks.media(msg);
     } else if (topic === conn.topics.status) {
       conn.requests?.message(now);
       const status = parseJson(payload);
-      if (this.url && status) this.hooks.status(status);
+      if (!this.url || !status) return;
+      // Another instance of a pool took the stream over: its topics, and its own sequence numbers.
+      const moved = status.state === "playing" && conn.stream && streamMediaTopic(status);
+      if (moved && moved !== conn.stream) {
+        this.hooks.event("stream_topic", `${conn.stream} -> ${moved}`);
+        this._follow(conn, moved);
+        conn.client.subscribe(moved, { qos: 0 });
+      }
+      this.hooks.status(status);
     } else if (topic === conn.topics.info) {
       if (!this.url || !conn.used || conn.described) return;
       conn.described = true;
       conn.requests.described(now);
-      this.hooks.described(parseJson(payload));
+      const reply = parseJson(payload);
+      conn.describedStream = this.options.protocol >= 2 ? streamMediaTopic(reply) : null;
+      this.hooks.described(reply);
     } else if (topic === this.topics.sources) {
       const list = parseSources(payload);
       this.hooks.sources(list); // empty: no server serves this broker right now

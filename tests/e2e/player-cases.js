@@ -296,6 +296,7 @@ export function playerTests(renderer) {
       const first = await waitState(0, "playing", 15_000, (s) => s.firstFrameMs !== null);
       assert.equal(first.url, fx.rtsp.url);
       assert.equal(first.renderer, renderer, "the renderer asked for in the URL");
+      assert.equal(first.protocol, 2, "media on the stream topic (protocol version 2)");
       note(`autoplay (cold source): first frame ${first.firstFrameMs} ms after play(), ${first.firstFrameAtMs} ms after navigation start`);
 
       // Sample for PLAY_SECONDS.
@@ -373,6 +374,9 @@ export function playerTests(renderer) {
       assert.deepEqual(s2.errors, []);
       assert.ok(s2.currentTime - s1.currentTime > 2.4, `the late player advanced ${s2.currentTime - s1.currentTime} s in 3 s`);
       assert.ok(s2.decodedFrames - s1.decodedFrames >= 60, "the late player decodes frames");
+      // A joiner's burst and the stream topic overlap; the merge drops what came twice, and misses nothing.
+      assert.equal(s2.protocol, 2);
+      assert.equal(s2.skippedFragments, 0, "no fragment lost in the hand-over from the burst to the stream topic");
       assert.notEqual(s2.replyTopic, (await stats(0)).replyTopic, "each player has its own reply topic");
       const p0 = await stats(0);
       assert.equal(p0.state, "playing", "the first player plays on");

@@ -11,11 +11,12 @@ import {
   playRequest,
   replyTopics,
   stopRequest,
+  streamMediaTopic,
 } from "../../client/protocol.js";
 
 const bytes = (s) => new TextEncoder().encode(s);
 
-test("topics and requests are those of PROTOCOL.md v1", () => {
+test("topics and requests are those of PROTOCOL.md", () => {
   assert.deepEqual(controlTopics("org/site/video"), {
     describe: "org/site/video/describe",
     play: "org/site/video/play",
@@ -32,6 +33,22 @@ test("topics and requests are those of PROTOCOL.md v1", () => {
   });
   assert.deepEqual(playRequest("builtin://testsrc", t.media), { url: "builtin://testsrc", reply_topic: t.media });
   assert.deepEqual(stopRequest(t.media), { reply_topic: t.media });
+  assert.deepEqual(playRequest("builtin://testsrc", t.media, 2), { url: "builtin://testsrc", reply_topic: t.media, version: 2 });
+});
+
+test("version 2: the stream topic comes from the describe reply or a playing status, when the server names one", () => {
+  const stream = { id: "front-door", init: "video/live/front-door/init", media: "video/live/front-door/media", state: "video/live/front-door/state" };
+  // [what, message, topic]
+  const rows = [
+    ["a version 2 describe reply", { mimeCodec: "video/mp4", stream }, "video/live/front-door/media"],
+    ["a playing status", { state: "playing", mimeCodec: "video/mp4", stream }, "video/live/front-door/media"],
+    ["a version 1 server names none", { mimeCodec: "video/mp4" }, null],
+    ["not a string", { stream: { media: 7 } }, null],
+    ["empty", { stream: { media: "" } }, null],
+    ["a wildcard is never subscribed", { stream: { media: "video/live/#" } }, null],
+    ["no message", null, null],
+  ];
+  for (const [what, message, topic] of rows) assert.equal(streamMediaTopic(message), topic, what);
 });
 
 test("the server's replies are read, and what is not as documented is an error", () => {

@@ -195,6 +195,28 @@ export async function startRtspSource(extraArgs = [], port = 0) {
 }
 
 /**
+ * A slow link (tests/support/throttle.py): a TCP proxy to `upstreamPort` that paces what comes back.
+ * Returns {port, setRate(bitsPerSecond) (0: no limit; resolves once the proxy has it), proc}.
+ */
+export async function startThrottle(upstreamPort) {
+  const script = path.join(REPO, "tests/support/throttle.py");
+  const proc = startProcess("throttle", "/usr/bin/python3", [script, "--upstream", `127.0.0.1:${upstreamPort}`], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  onCleanup(() => proc.kill());
+  const port = Number(await waitFor("the throttle's READY line", () => /READY (\d+)/.exec(proc.log())?.[1], { timeoutMs: 10_000, everyMs: 50 }));
+  let asked = 0;
+  const setRate = async (bps) => {
+    const rate = Math.round(bps);
+    proc.child.stdin.write(`rate ${rate}\n`);
+    asked++;
+    const seen = () => (proc.log().match(/^RATE \d+$/gm) ?? []).length >= asked;
+    await waitFor(`the throttle to take rate ${rate}`, seen, { timeoutMs: 5000, everyMs: 20 });
+  };
+  return { port, setRate, proc };
+}
+
+/**
  * mqtt-video serve with a generated config. Resolves once it is connected to the broker. `bin` and `cwd`
  * (default: the built binary, run in the checkout) let a test run a copy of the binary somewhere else.
  */
