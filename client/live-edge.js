@@ -148,6 +148,15 @@ export class LiveEdge {
   }
 
   /**
+   * Fragments were lost on the way (the gateway shed them for a link slower than the stream, protocol 2): the
+   * stalls around the loss are the link's, which no larger target would have helped, so they raise nothing,
+   * as a failure's do.
+   */
+  lost(now) {
+    this.failed(now);
+  }
+
+  /**
    * The <video> fired `waiting`. A stop during playback with media ahead means the renderers wanted more than
    * the target leaves: the target grows (returns {ahead, before, after} in seconds), or null when it does not
    * count (not playing, after a seek or join, starvation, a repeat of the same stall, a failure's aftermath).

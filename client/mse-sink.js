@@ -126,6 +126,11 @@ export class MseSink {
     this._rebuild(true);
   }
 
+  /** Fragments before the next one pushed never came (see LiveEdge.lost). */
+  lost() {
+    this.edge.lost(performance.now());
+  }
+
   /** Detaches everything; the pipeline can be started again. */
   close() {
     clearTimeout(this.rebuildTimer);

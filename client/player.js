@@ -114,6 +114,10 @@ export class Player extends EventTarget {
       described: (reply) => this._onDescribe(reply),
       status: (status) => this._onStatus(status),
       media: (payload) => this._onMedia(payload),
+      lost: (n) => {
+        this._event("lost", `${n} fragments never came (shed for a slow link)`);
+        this.media?.lost();
+      },
       event: (kind, detail) => this._event(kind, detail),
       fail: (code, message) => this._fail(code, message),
     });

@@ -33,7 +33,8 @@ export class Session {
    * @param {object} options {broker, prefix, replyPrefix, protocol, keepalive, reconnectMinMs, reconnectMaxMs} and the
    *   request timings of protocol.js (REQUEST_DEFAULTS)
    * @param {object} hooks {connection({connected, everConnected, delayMs}), sources(list), newPlay(),
-   *   described(reply), status(status), media(payload), event(kind, detail), fail(code, message)}
+   *   described(reply), status(status), media(payload), lost(fragments) (never received, before the next
+   *   media), event(kind, detail), fail(code, message)}
    */
   constructor(options, hooks) {
     this.options = options;
@@ -275,7 +276,12 @@ export class Session {
       conn.requests?.message(now);
       if (!this.url) return;
       if (!conn.merge) this.hooks.media(payload);
-      else for (const msg of conn.merge.push(payload)) this.hooks.media(msg);
+      else {
+        const skipped = conn.merge.skipped;
+        const due = conn.merge.push(payload);
+        if (conn.merge.skipped > skipped) this.hooks.lost(conn.merge.skipped - skipped);
+        for (const msg of due) this.hooks.media(msg);
+      }
     } else if (topic === conn.topics.status) {
       conn.requests?.message(now);
       const status = parseJson(payload);

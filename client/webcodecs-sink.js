@@ -428,6 +428,9 @@ export class WebCodecsSink {
   /** Any housekeeping the renderer needs on the Player's timer (none: it is driven by arrivals). */
   tick() {}
 
+  /** Fragments before the next one pushed never came: the feed's gap handling waits for a keyframe. */
+  lost() {}
+
   // ----- figures ----------------------------------------------------------------------------------------
 
   /** The source wall clock (ms since the epoch) of media time `t` (seconds), or null. */

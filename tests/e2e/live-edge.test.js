@@ -219,6 +219,17 @@ test("a hole in the video (held back by the server) is stepped over once the key
   assert.equal(steady.gap, null);
 });
 
+test("stalls around fragments lost on a slow link do not raise the target", () => {
+  const edge = settled();
+  stallAt(edge, view(50, [[40, 50.05]]), 100_000); // the buffer ran dry: the link is slower than the stream
+  edge.lost(100_500); // ... and the gateway shed up to the next keyframe
+  assert.equal(edge.target(), 0.12, "the stall before the loss gives its step back");
+  edge.tick(view(51, [[40, 51.2]]), 101_000);
+  edge.tick(view(52, [[40, 52.2]]), 102_000);
+  assert.ok(stallAt(edge, view(52, [[40, 52.05]]), 103_000), "counted");
+  assert.equal(edge.target(), 0.12, "but raising nothing while the losses go on");
+});
+
 test("media long played is removed, one range at a time", () => {
   const removeOf = (actions) => actions.find((a) => a.type === "remove");
   const edge = settled();

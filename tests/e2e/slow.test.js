@@ -122,11 +122,16 @@ async function slowLink(renderer) {
     fastSkipped: end.fast.skippedFragments,
   };
   console.log(`slow link, ${renderer}: ${JSON.stringify(figure)}`);
+  if (process.env.SLOW_TRACE) {
+    const events = await slow.evaluate(() => window.mqttVideo.players[0].events.slice(-40));
+    for (const e of events) console.log(`slow page event ${e.at} ${e.kind}: ${e.detail}`);
+  }
   return { figure, samples, end, pageErrors, fastEnd: end.fast };
 }
 
 for (const renderer of ["webcodecs", "mse"]) {
-  test(`${renderer}: a page on a link slower than the stream stays live and recovers; the other notices nothing`, { timeout: 120_000 }, async () => {
+  test(`${renderer}: a page on a link slower than the stream stays live and recovers; the other notices nothing`, { timeout: 120_000 }, async (t) => {
+    t.after(stopAll); // the next case gets the machine to itself
     const { figure, end, pageErrors, fastEnd } = await slowLink(renderer);
     const f = JSON.stringify(figure);
     assert.equal(end.slow.protocol, 2, "the stream topic (the gateway sheds only its fragments)");
