@@ -104,6 +104,7 @@ export class LiveEdge {
     this.lastVideoTime = null; // media time of the last video fragment, its usual spacing, and a hole after it
     this.videoInterval = null;
     this.gap = null;
+    this.skipToGap = false;
   }
 
   /**
@@ -154,6 +155,9 @@ export class LiveEdge {
    */
   lost(now) {
     this.failed(now);
+    // What is still buffered before the hole is as old as the backlog that made the gateway shed: go over
+    // the hole as soon as the keyframe after it is in, not once the playhead gets there.
+    this.skipToGap = true;
   }
 
   /**
@@ -217,9 +221,10 @@ export class LiveEdge {
       this.lastProgressAt = now;
     }
     if (this.gap && t >= this.gap.end) this.gap = null;
-    if (this.gap && t >= this.gap.start - 0.25 && end >= this.gap.end && !view.busy) {
+    if (this.gap && (this.skipToGap || t >= this.gap.start - 0.25) && end >= this.gap.end && !view.busy) {
       const over = this.gap;
       this.gap = null;
+      this.skipToGap = false;
       actions.push(this._seek(Math.max(over.end, end - target), `over ${((over.end - over.start) * 1000).toFixed(0)} ms of held-back video`, now));
       return actions;
     }

@@ -230,6 +230,21 @@ test("stalls around fragments lost on a slow link do not raise the target", () =
   assert.equal(edge.target(), 0.12, "but raising nothing while the losses go on");
 });
 
+test("after fragments were lost on a slow link, the hole is stepped over as soon as the keyframe after it is in", () => {
+  const edge = settled({ maxBehind: 5 }); // (not the jump for being far behind)
+  let now = 100_000;
+  for (let i = 0; i < 30; i++) edge.videoArrived(49 + i / 30, (now += 33));
+  edge.lost(now + 500);
+  edge.videoArrived(51, (now += 1000)); // the keyframe after what the gateway shed
+  // The playhead is still 0.6 s before the hole: without the loss it would play that out first.
+  const seek = edge.tick(view(49.4, [[40, 51.1]]), (now += 10)).find((a) => a.type === "seek");
+  assert.ok(seek && seek.to >= 51, JSON.stringify(seek));
+  // A later hole (video held back by the server) waits for the playhead again.
+  for (let i = 1; i < 30; i++) edge.videoArrived(51 + i / 30, (now += 33));
+  edge.videoArrived(53, (now += 1000));
+  assert.equal(edge.tick(view(51.5, [[40, 53.1]]), (now += 10)).find((a) => a.type === "seek"), undefined);
+});
+
 test("media long played is removed, one range at a time", () => {
   const removeOf = (actions) => actions.find((a) => a.type === "remove");
   const edge = settled();
