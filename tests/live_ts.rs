@@ -5,37 +5,15 @@
 mod support;
 
 use mqtt_video::media::config::Mode;
-use mqtt_video::media::{MediaError, Pipeline, PipelineConfig, PipelineEvent};
-use std::time::{Duration, Instant};
+use mqtt_video::media::{MediaError, PipelineConfig};
+use std::time::Duration;
 use support::udp::UdpSource;
 use support::*;
 
 /// Everything a live pipeline gave within `limit` (or `media_secs` of media), with its damaged-drop count.
 fn run_live(url: &str, config: PipelineConfig, media_secs: f64, limit: Duration) -> (Run, u64) {
-    let started = Instant::now();
-    let pipeline = Pipeline::start(url, config).expect("pipeline starts");
-    let stats = std::sync::Arc::clone(pipeline.stats());
-    let mut run = Run { source: None, init: None, fragments: Vec::new(), end: None, time_to_first_fragment: None };
-    while let Some(left) = limit.checked_sub(started.elapsed()) {
-        let Ok(event) = pipeline.events().recv_timeout(left) else { break };
-        match event {
-            PipelineEvent::Source(s) => run.source = Some(s),
-            PipelineEvent::Init(i) => run.init = Some(i),
-            PipelineEvent::Fragment(f) => {
-                run.time_to_first_fragment.get_or_insert_with(|| started.elapsed());
-                run.fragments.push(f);
-                if run.media_secs() >= media_secs {
-                    break;
-                }
-            }
-            PipelineEvent::End(r) => {
-                run.end = Some(r);
-                break;
-            }
-        }
-    }
-    pipeline.join();
-    (run, stats.snapshot().damaged)
+    let (run, stats) = support::collect_with_stats(url, config, media_secs, limit);
+    (run, stats.damaged)
 }
 
 #[test]

@@ -15,6 +15,7 @@ import {
   chromiumPath,
   CLIENT_DIR,
   freePort,
+  gatewayConfig,
   Mosquitto,
   onCleanup,
   percentile,
@@ -90,20 +91,7 @@ async function playLossy(loss, mode, seconds) {
   const broker = new Mosquitto({ port: mqttPort });
   await broker.start();
   onCleanup(() => broker.stop());
-  const config = [
-    "[broker]",
-    `port = ${mqttPort}`,
-    `client_id = "mqtt-video-lossy-${process.pid}-${loss}"`,
-    "[gateway]",
-    `listen = "127.0.0.1:${httpPort}"`,
-    `client_dir = ${JSON.stringify(CLIENT_DIR)}`,
-    "[stats]",
-    "interval_secs = 1",
-    "[pipeline]",
-    `mode = ${JSON.stringify(mode)}`,
-    "[allow]",
-    `urls = [${JSON.stringify(source.url)}]`,
-  ].join("\n");
+  const config = gatewayConfig({ mqttPort, httpPort, name: `lossy-${loss}`, urls: [source.url], mode, extra: ["[stats]", "interval_secs = 1"] });
   const server = await startServer(config);
   onCleanup(() => server.kill());
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });

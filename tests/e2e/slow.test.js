@@ -12,7 +12,7 @@ import { chromium } from "playwright-core";
 import {
   CHROMIUM_ARGS,
   chromiumPath,
-  CLIENT_DIR,
+  gatewayConfig,
   freePort,
   Mosquitto,
   onCleanup,
@@ -41,20 +41,7 @@ async function slowLink(renderer) {
   // Noise at 1.5 Mbit/s, 1 s GOP: the ball pattern compresses to a few hundred kbit/s.
   const rtsp = await startRtspSource(["--pattern", "snow", "--bitrate", "1500"]);
   onCleanup(() => rtsp.proc.kill());
-  const server = await startServer(
-    [
-      "[broker]",
-      `port = ${mqttPort}`,
-      `client_id = "mqtt-video-slow-${process.pid}-${renderer}"`,
-      "[gateway]",
-      `listen = "127.0.0.1:${httpPort}"`,
-      `client_dir = ${JSON.stringify(CLIENT_DIR)}`,
-      "[pipeline]",
-      'mode = "copy"',
-      "[allow]",
-      `urls = [${JSON.stringify(rtsp.url)}]`,
-    ].join("\n"),
-  );
+  const server = await startServer(gatewayConfig({ mqttPort, httpPort, name: `slow-${renderer}`, urls: [rtsp.url], mode: "copy" }));
   onCleanup(() => server.kill());
   const throttle = await startThrottle(httpPort);
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });

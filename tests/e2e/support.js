@@ -195,6 +195,26 @@ export async function startRtspSource(extraArgs = [], port = 0) {
 }
 
 /**
+ * The config of a server whose gateway serves client/ at `httpPort`, on the broker at `mqttPort`, allowing
+ * `urls`, in pipeline mode `mode`; `extra` lines (whole tables) go at the end.
+ */
+export function gatewayConfig({ mqttPort, httpPort, name, urls, mode = "auto", extra = [] }) {
+  return [
+    "[broker]",
+    `port = ${mqttPort}`,
+    `client_id = "mqtt-video-${name}-${process.pid}"`,
+    "[gateway]",
+    `listen = "127.0.0.1:${httpPort}"`,
+    `client_dir = ${JSON.stringify(CLIENT_DIR)}`,
+    "[pipeline]",
+    `mode = ${JSON.stringify(mode)}`,
+    "[allow]",
+    `urls = [${urls.map((u) => JSON.stringify(u)).join(", ")}]`,
+    ...extra,
+  ].join("\n");
+}
+
+/**
  * A slow link (tests/support/throttle.py): a TCP proxy to `upstreamPort` that paces what comes back.
  * Returns {port, setRate(bitsPerSecond) (0: no limit; resolves once the proxy has it), proc}.
  */

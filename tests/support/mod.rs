@@ -133,8 +133,19 @@ impl Run {
 
 /// Runs a pipeline until it ends, `max_media_secs` of media arrived, or `deadline` passed.
 pub fn collect(url: &str, config: PipelineConfig, max_media_secs: f64, deadline: Duration) -> Run {
+    collect_with_stats(url, config, max_media_secs, deadline).0
+}
+
+/// [`collect`], with the pipeline's counters at its end (e.g. the damaged packets it kept back).
+pub fn collect_with_stats(
+    url: &str,
+    config: PipelineConfig,
+    max_media_secs: f64,
+    deadline: Duration,
+) -> (Run, mqtt_video::media::events::StatsSnapshot) {
     let started = Instant::now();
     let pipeline = Pipeline::start(url, config).expect("pipeline starts");
+    let stats = std::sync::Arc::clone(pipeline.stats());
     let mut run = Run { source: None, init: None, fragments: Vec::new(), end: None, time_to_first_fragment: None };
     while let Some(left) = deadline.checked_sub(started.elapsed()) {
         let Ok(event) = pipeline.events().recv_timeout(left) else { break };
@@ -155,7 +166,7 @@ pub fn collect(url: &str, config: PipelineConfig, max_media_secs: f64, deadline:
         }
     }
     pipeline.join();
-    run
+    (run, stats.snapshot())
 }
 
 /// Writes the run's output to a file and asserts that ffmpeg decodes it with no error at all.
