@@ -95,6 +95,8 @@ pub struct MediaCheck {
     pub missing_ms: f64,
     /// Times a track's timeline went backwards (a fragment out of order or repeated).
     pub out_of_order: u64,
+    /// End of the video received so far on the stream's timeline, in seconds.
+    pub video_end_secs: Option<f64>,
 }
 
 impl MediaCheck {
@@ -137,10 +139,12 @@ impl MediaCheck {
                 .iter()
                 .find(|t| t.track_id == run.track_id)
                 .ok_or_else(|| MediaCheckError::Mismatch(format!("unknown track {}", run.track_id)))?;
+            let end = run.base_decode_time + run.duration;
             if track.kind == TrackKind::Video {
                 keyframe = run.starts_with_sync;
+                let secs = end as f64 / f64::from(track.timescale.max(1));
+                self.video_end_secs = Some(self.video_end_secs.map_or(secs, |e| e.max(secs)));
             }
-            let end = run.base_decode_time + run.duration;
             match self.next.iter_mut().find(|(id, _)| *id == run.track_id) {
                 Some((_, expected)) => {
                     if run.base_decode_time > *expected {
@@ -165,6 +169,32 @@ impl MediaCheck {
             self.out_of_order += 1;
         }
         Ok(Received::Fragment { latency_ms, keyframe })
+    }
+}
+
+/// Media time received per wall second, from the first sample to the last: 1.0 keeps up with real time,
+/// 0.66 is slow motion at two thirds of it. Media skipped to stay live counts as received: the stream's
+/// timeline kept up with the wall clock.
+#[derive(Debug, Default, Clone)]
+pub struct Realtime {
+    first: Option<(f64, f64)>,
+    last: Option<(f64, f64)>,
+}
+
+/// Wall time a ratio is measured over at least, in seconds.
+const MIN_REALTIME_SECS: f64 = 1.0;
+
+impl Realtime {
+    /// The video received ends at `media_secs` at wall time `wall_secs` (any origin).
+    pub fn push(&mut self, wall_secs: f64, media_secs: f64) {
+        self.first.get_or_insert((wall_secs, media_secs));
+        self.last = Some((wall_secs, media_secs));
+    }
+
+    /// Media seconds per wall second, once at least a second of wall time is covered.
+    pub fn ratio(&self) -> Option<f64> {
+        let ((w0, m0), (w1, m1)) = (self.first?, self.last?);
+        (w1 - w0 >= MIN_REALTIME_SECS).then(|| (m1 - m0) / (w1 - w0))
     }
 }
 
@@ -242,6 +272,30 @@ mod tests {
         assert_eq!(Summary::of(&[f64::NAN]), None);
         let one = Summary::of(&[7.0]).unwrap();
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
+    }
+
+    /// `(wall s, media s)` samples.
+    type Samples = &'static [(f64, f64)];
+
+    #[test]
+    fn realtime_is_media_per_wall_time() {
+        let ratio = |samples: &[(f64, f64)]| {
+            let mut r = Realtime::default();
+            for &(w, m) in samples {
+                r.push(w, m);
+            }
+            r.ratio().map(|x| (x * 100.0).round() / 100.0)
+        };
+        let table: [(&str, Samples, Option<f64>); 5] = [
+            ("keeping up", &[(10.0, 3.0), (11.0, 4.0), (30.0, 23.0)], Some(1.0)),
+            ("slow motion at two thirds", &[(0.0, 0.0), (15.0, 10.0)], Some(0.67)),
+            ("a skip ahead keeps the timeline on the wall clock", &[(0.0, 0.0), (5.0, 3.5), (6.0, 6.0)], Some(1.0)),
+            ("less than a second: no figure", &[(0.0, 0.0), (0.5, 0.5)], None),
+            ("nothing", &[], None),
+        ];
+        for (what, samples, want) in table {
+            assert_eq!(ratio(samples), want, "{what}");
+        }
     }
 
     #[test]
