@@ -6,7 +6,11 @@ use super::events::PipelineStats;
 use super::lag::LagMeter;
 use super::shedding::{Governor, Verdict};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// For this long after its first video packet a pipeline sheds nothing: opening the encoder and filling the
+/// decoder's threads put any pipeline a few hundred ms behind once, which it then catches up.
+pub const WARM_UP: Duration = Duration::from_secs(2);
 
 /// What to do with one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +34,22 @@ pub struct LoadControl {
     /// lag to measure and nothing is shed.
     realtime: bool,
     skipping: bool,
+    /// When the warm-up ends.
+    warm_until: Option<Instant>,
 }
 
 impl LoadControl {
     /// Load control for a run that transcodes video (`frames`: it may give up frames) or copies it, over an
     /// input that runs in real time (`realtime`) or not.
     pub fn new(frames: bool, realtime: bool) -> Self {
-        Self { meter: LagMeter::default(), governor: Governor::new(frames), waited: false, realtime, skipping: false }
+        Self {
+            meter: LagMeter::default(),
+            governor: Governor::new(frames),
+            waited: false,
+            realtime,
+            skipping: false,
+            warm_until: None,
+        }
     }
 
     /// The pipeline had to wait for its input (the pacer held a packet back, or the source had nothing yet).
@@ -57,8 +70,11 @@ impl LoadControl {
         let verdict = match video {
             Some((media_us, keyframe)) => {
                 let lag = self.meter.observe(media_us, now, std::mem::take(&mut self.waited));
-                let verdict = self.governor.video(lag, media_us, keyframe, now);
                 stats.lag_us.store(lag.max(0) as u64, Ordering::Relaxed);
+                if now < *self.warm_until.get_or_insert(now + WARM_UP) {
+                    return Step::Process;
+                }
+                let verdict = self.governor.video(lag, media_us, keyframe, now);
                 let shed = ((1.0 - self.governor.share()) * 1e6).round().max(0.0) as u64;
                 stats.shed_ppm.store(shed, Ordering::Relaxed);
                 stats.degraded.store(self.governor.degraded(), Ordering::Relaxed);
@@ -119,6 +135,20 @@ mod tests {
             most_shed = most_shed.max(stats.shed_ppm.load(Ordering::Relaxed));
         }
         (steps, stats, most_shed)
+    }
+
+    #[test]
+    fn nothing_is_shed_while_warming_up() {
+        let t0 = Instant::now();
+        let stats = PipelineStats::default();
+        let mut c = LoadControl::new(true, true);
+        // At a quarter of real time, over a second behind at the end: still warming up.
+        for i in 0..45u64 {
+            let now = t0 + Duration::from_millis(i * 40);
+            assert_eq!(c.packet(Some((i as i64 * 10_000, i % 25 == 0)), now, &stats), Step::Process);
+        }
+        assert!(stats.lag_us.load(Ordering::Relaxed) > 1_000_000, "the lag is measured all the same");
+        assert_eq!(stats.shed_ppm.load(Ordering::Relaxed), 0);
     }
 
     #[test]
