@@ -13,7 +13,7 @@ use super::load::{LoadControl, Step};
 use super::mux::{Muxer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
 use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, Pacer};
+use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, LoopClock, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
@@ -336,6 +336,9 @@ fn run(
     // Only an input that runs in real time can fall behind it; an unpaced file is read as fast as it goes.
     let mut load = LoadControl::new(matches!(session.video, VideoStage::Transcode(_)), paced || live);
     let mut pacer = Pacer::default();
+    // One input timeline across the loops of a file: pacing and the lag carry on where the last loop ended,
+    // so that a pipeline behind at the end of a loop is still behind, not forgiven.
+    let mut clock = LoopClock::default();
     let mut loops = 0u64;
     loop {
         if em.stopped() {
@@ -366,7 +369,7 @@ fn run(
                         .seek(0, ..)
                         .map_err(|e| MediaError::Processing(format!("rewinding for the next loop: {e}")))?;
                     session.start_loop();
-                    pacer.reset();
+                    clock.looped();
                     loops += 1;
                     tracing::debug!(loops, "looping the source");
                     continue;
@@ -395,25 +398,19 @@ fn run(
                 arrival = sent;
             }
         }
-        if paced {
-            let stream_tb = match source.input.stream(packet.stream()) {
-                Some(s) => s.time_base(),
-                None => continue,
-            };
-            if let Some(ts) = packet.dts().or(packet.pts()) {
-                let wait = pacer.delay(ts.rescale(stream_tb, MICROS), Instant::now());
-                if !wait.is_zero() {
-                    load.waited();
-                }
-                sleep_unless_stopped(wait, em)?;
+        let Some(stream_tb) = source.input.stream(packet.stream()).map(|s| s.time_base()) else { continue };
+        let ts_us = packet.dts().or(packet.pts()).map(|ts| {
+            let duration_us = packet.duration().max(0).rescale(stream_tb, MICROS);
+            clock.continued(ts.rescale(stream_tb, MICROS), duration_us)
+        });
+        if let (true, Some(ts)) = (paced, ts_us) {
+            let wait = pacer.delay(ts, Instant::now());
+            if !wait.is_zero() {
+                load.waited();
             }
+            sleep_unless_stopped(wait, em)?;
         }
-        let video = (packet.stream() == session.video_index)
-            .then(|| {
-                let tb = source.input.stream(packet.stream())?.time_base();
-                Some((packet.dts().or(packet.pts())?.rescale(tb, MICROS), packet.is_key()))
-            })
-            .flatten();
+        let video = ts_us.filter(|_| packet.stream() == session.video_index).map(|ts| (ts, packet.is_key()));
         match load.packet(video, Instant::now(), &em.stats) {
             Step::Drop => continue,
             Step::Resume => session.resume(),
