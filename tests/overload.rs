@@ -249,3 +249,54 @@ fn a_transcode_too_slow_for_real_time_sheds_frames_keeps_keyframes_on_time_and_s
     assert!(regular * 2 >= spacing.len(), "keyframes not once a second: {spacing:?}");
     support::assert_decodes(&run, "overload_slow_transcode.mp4");
 }
+
+#[test]
+fn a_copy_that_falls_behind_skips_ahead_to_a_keyframe_and_says_it_is_degraded() {
+    use mqtt_video::media::config::Backpressure;
+    use mqtt_video::media::{Pipeline, PipelineEvent};
+    use std::sync::atomic::Ordering;
+    // A consumer that takes 60 ms per fragment of a 25 fps copy, and the pipeline waits for it: a copy at
+    // two thirds of real time, as a starved server would run it.
+    let mut config = PipelineConfig { mode: Mode::Copy, backpressure: Backpressure::Block, ..Default::default() };
+    config.source.looping = true;
+    config.channel_capacity = 4;
+    let pipeline = Pipeline::start(&support::h264_aac_mp4().display().to_string(), config).expect("starts");
+    let started = Instant::now();
+    let mut run =
+        support::Run { source: None, init: None, fragments: Vec::new(), end: None, time_to_first_fragment: None };
+    let mut degraded_seen = false;
+    while started.elapsed() < Duration::from_secs(12) {
+        match pipeline.events().recv_timeout(Duration::from_secs(5)) {
+            Ok(PipelineEvent::Init(i)) => run.init = Some(i),
+            Ok(PipelineEvent::Fragment(f)) => {
+                if f.video_samples > 0 {
+                    std::thread::sleep(Duration::from_millis(60));
+                }
+                run.fragments.push(f);
+            }
+            Ok(PipelineEvent::End(r)) => panic!("ended: {r:?}"),
+            Ok(PipelineEvent::Source(_)) => {}
+            Err(e) => panic!("no event: {e}"),
+        }
+        degraded_seen |= pipeline.stats().degraded.load(Ordering::Relaxed);
+    }
+    let stats = pipeline.stats().snapshot();
+    let (skips, skipped_us) =
+        (pipeline.stats().skips.load(Ordering::Relaxed), pipeline.stats().skipped_us.load(Ordering::Relaxed));
+    let lag_ms = pipeline.stats().lag_us.load(Ordering::Relaxed) / 1000;
+    pipeline.join();
+    let f = &run.fragments;
+    let (a, b) = (&f[0], &f[f.len() - 1]);
+    let media = (b.media_time_us + b.duration_us - a.media_time_us) as f64 / 1e6;
+    let wall = (b.produced_wallclock_us - a.produced_wallclock_us) as f64 / 1e6;
+    println!(
+        "{media:.1} s of media in {wall:.1} s; {skips} skips left out {:.1} s; lag now {lag_ms} ms; {} packets in",
+        skipped_us as f64 / 1e6,
+        stats.packets_in
+    );
+    assert!(skips >= 1 && degraded_seen, "the copy never skipped ahead");
+    assert!(media / wall >= 0.9, "{media:.1} s of media in {wall:.1} s: it fell behind");
+    assert!(lag_ms < 2600, "{lag_ms} ms behind");
+    // Each skip ends at a keyframe, and the output still decodes from end to end.
+    support::assert_decodes(&run, "overload_copy_skips.mp4");
+}
