@@ -71,7 +71,7 @@ fn spawned_server_three_viewers_and_the_ffmpeg_reference() {
     assert_eq!(num(&r, "out_of_order"), 0.0);
     // The built-in pattern keeps up with real time: the slowest viewer's media seconds per wall second.
     let realtime = num(&r, "realtime_ratio");
-    assert!((0.9..1.1).contains(&realtime), "realtime {realtime}");
+    assert!((0.9..1.2).contains(&realtime), "realtime {realtime}");
     assert!(table.contains("realtime, media s per wall s"), "{table}");
     let viewers = r["per_viewer"].as_array().unwrap();
     assert_eq!(viewers.len(), 3);

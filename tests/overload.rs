@@ -6,7 +6,7 @@
 
 mod support;
 
-use mqtt_video::bench::measure::{MediaCheck, Received as Got};
+use mqtt_video::bench::measure::{MediaCheck, Realtime, Received as Got};
 use mqtt_video::media::config::Mode;
 use mqtt_video::media::PipelineConfig;
 use serde_json::Value;
@@ -15,6 +15,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::broker::Broker;
 use support::page::{rand_suffix, server_config, Page, Server};
+
+/// The tests here overload the machine on purpose, one at a time: together they would measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// 10 s of 1280x720 at 25 fps with AAC: a camera-like source that must be transcoded in transcode mode.
 fn clip_720p() -> PathBuf {
@@ -60,13 +67,18 @@ impl Watched {
     }
 
     /// Media seconds received per wall second from 2 s after the first fragment (the join burst comes at
-    /// once) to the last, and the wall seconds that covers.
+    /// once) to the last, as `mqtt-video bench` measures it (the slope over every fragment), and the wall
+    /// seconds that covers.
     fn realtime(&self) -> Option<(f64, f64)> {
         let first = self.timeline.first()?.0;
-        let (t0, m0) = *self.timeline.iter().find(|(at, _)| at.duration_since(first) >= Duration::from_secs(2))?;
-        let (t1, m1) = *self.timeline.last()?;
-        let wall = t1.duration_since(t0).as_secs_f64();
-        (wall > 1.0).then(|| ((m1 - m0) / wall, wall))
+        let live: Vec<_> =
+            self.timeline.iter().filter(|(at, _)| at.duration_since(first) >= Duration::from_secs(2)).collect();
+        let mut r = Realtime::default();
+        for (at, media) in &live {
+            r.push(at.duration_since(first).as_secs_f64(), *media);
+        }
+        let wall = live.last()?.0.duration_since(live.first()?.0).as_secs_f64();
+        Some((r.ratio()?, wall))
     }
 }
 
@@ -123,6 +135,7 @@ fn stream<'a>(stats: &'a Value, url: &str) -> Option<&'a Value> {
 
 #[test]
 fn six_720p_transcodes_at_once_admit_what_keeps_real_time_and_refuse_the_rest() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let urls = sources(6);
     // The default budget: three quarters of the cores.
@@ -181,6 +194,7 @@ fn six_720p_transcodes_at_once_admit_what_keeps_real_time_and_refuse_the_rest() 
 
 #[test]
 fn with_no_budget_overloaded_transcodes_shed_frames_and_skip_but_keep_real_time() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let urls = sources(6);
     let server = Server::start(&transcode_config(broker.port, "[limits]\ncpu_budget_percent = 0\n"));
@@ -221,6 +235,7 @@ fn with_no_budget_overloaded_transcodes_shed_frames_and_skip_but_keep_real_time(
 
 #[test]
 fn a_transcode_too_slow_for_real_time_sheds_frames_keeps_keyframes_on_time_and_still_decodes() {
+    let _serial = one_at_a_time();
     let mut config = PipelineConfig { mode: Mode::Transcode, ..Default::default() };
     config.source.looping = true;
     // x264's slower preset on one thread keeps up with a fraction of a 25 fps 720p source on this machine.
@@ -252,6 +267,7 @@ fn a_transcode_too_slow_for_real_time_sheds_frames_keeps_keyframes_on_time_and_s
 
 #[test]
 fn a_copy_that_falls_behind_skips_ahead_to_a_keyframe_and_says_it_is_degraded() {
+    let _serial = one_at_a_time();
     use mqtt_video::media::config::Backpressure;
     use mqtt_video::media::{Pipeline, PipelineEvent};
     use std::sync::atomic::Ordering;
