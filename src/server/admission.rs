@@ -2,8 +2,9 @@
 //! starts only if the transcodes already running leave room for it, by what they are measured to use.
 //!
 //! Each pipeline's CPU is read from its threads (see `media/threads.rs`), sampled by the [`Ledger`]. A
-//! transcode that sheds frames would need more to encode them all: its need is its cost divided by the share
-//! it encodes. A new stream's need is estimated from the measured ones, per pixel of output per second,
+//! transcode that sheds frames would need more to encode them all, and one that falls behind (a machine busy
+//! with other work gives it less CPU than it needs) more to keep up: its need is its cost divided by the
+//! share it encodes and by its speed (1 minus how fast its lag grew over the window). A new stream's need is estimated from the measured ones, per pixel of output per second,
 //! scaled to its own size and frame rate; a transcode admitted less than [`MEASURE_FOR`] ago counts at
 //! that estimate too. With nothing measured yet (the first transcodes of a burst are just starting), a
 //! request waits for the first measurement, up to [`ADMIT_WAIT`]. Copies cost little (~2 % of a core) and are
@@ -30,6 +31,8 @@ pub struct Transcode {
     pub cost: Option<f64>,
     /// Share of its source's frames it encodes now (1.0: all).
     pub share: f64,
+    /// Media time it got through per wall second over the window, at most 1.0 (keeping up).
+    pub speed: f64,
     /// Output pixels per second (width × height × frame rate).
     pub pixel_rate: f64,
 }
@@ -37,7 +40,7 @@ pub struct Transcode {
 impl Transcode {
     /// What it would use encoding every frame, if measured.
     fn need(&self) -> Option<f64> {
-        Some(self.cost? / self.share.clamp(0.05, 1.0))
+        Some(self.cost? / self.share.clamp(0.05, 1.0) / self.speed.clamp(0.05, 1.0))
     }
 }
 
@@ -91,20 +94,38 @@ struct Entry {
     transcode: bool,
     pixel_rate: f64,
     share: f64,
-    /// `(when, CPU ticks of its threads)`, oldest first, over the last [`WINDOW`].
-    samples: VecDeque<(Instant, u64)>,
+    /// How far it is behind real time now (µs).
+    lag_us: u64,
+    admitted: Instant,
+    /// `(when, CPU ticks of its threads, lag in µs)`, oldest first, over the last [`WINDOW`].
+    samples: VecDeque<(Instant, u64, u64)>,
 }
 
 impl Entry {
     /// Percent of one core over the samples, once they span [`MEASURE_FOR`].
     fn cost(&self) -> Option<f64> {
-        let (&(t0, ticks0), &(t1, ticks1)) = (self.samples.front()?, self.samples.back()?);
+        let (&(t0, ticks0, _), &(t1, ticks1, _)) = (self.samples.front()?, self.samples.back()?);
         let span = t1.saturating_duration_since(t0);
         (span >= MEASURE_FOR).then(|| ticks1.saturating_sub(ticks0) as f64 / TICKS_PER_SEC / span.as_secs_f64() * 100.0)
     }
 
+    /// Media time per wall second over the samples: 1 minus the lag's growth, at most 1. The warm-up is left
+    /// out: opening the encoder puts every new pipeline a few hundred ms behind once.
+    fn speed(&self) -> f64 {
+        let settled = self.admitted + crate::media::load::WARM_UP;
+        let first = self.samples.iter().find(|(at, _, _)| *at >= settled);
+        let (Some(&(t0, _, lag0)), Some(&(t1, _, lag1))) = (first, self.samples.back()) else {
+            return 1.0;
+        };
+        let span = t1.saturating_duration_since(t0).as_micros() as f64;
+        if span <= 0.0 {
+            return 1.0;
+        }
+        (1.0 - (lag1 as f64 - lag0 as f64) / span).min(1.0)
+    }
+
     fn as_transcode(&self) -> Transcode {
-        Transcode { cost: self.cost(), share: self.share, pixel_rate: self.pixel_rate }
+        Transcode { cost: self.cost(), share: self.share, speed: self.speed(), pixel_rate: self.pixel_rate }
     }
 }
 
@@ -124,12 +145,12 @@ impl Ledger {
         for entry in self.entries.values_mut() {
             let Some(&t) = ticks.get(&entry.pipeline) else { continue };
             // A thread that ended took its ticks along: start the window afresh rather than go negative.
-            if entry.samples.back().is_some_and(|&(_, last)| t < last) {
+            if entry.samples.back().is_some_and(|&(_, last, _)| t < last) {
                 entry.samples.clear();
             }
-            entry.samples.push_back((now, t));
+            entry.samples.push_back((now, t, entry.lag_us));
             while entry.samples.len() > 2
-                && entry.samples.get(1).is_some_and(|&(at, _)| now.saturating_duration_since(at) >= WINDOW)
+                && entry.samples.get(1).is_some_and(|&(at, _, _)| now.saturating_duration_since(at) >= WINDOW)
             {
                 entry.samples.pop_front();
             }
@@ -170,15 +191,17 @@ impl Ledger {
                 Decision::Wait => return decision,
             }
         }
-        let samples = VecDeque::from([(now, ticks)]);
-        self.entries.insert(url.to_string(), Entry { pipeline, transcode, pixel_rate, share: 1.0, samples });
+        let samples = VecDeque::from([(now, ticks, 0)]);
+        let entry = Entry { pipeline, transcode, pixel_rate, share: 1.0, lag_us: 0, admitted: now, samples };
+        self.entries.insert(url.to_string(), entry);
         Decision::Admit
     }
 
-    /// The share of its frames the stream's transcode encodes now.
-    pub fn set_share(&mut self, url: &str, share: f64) {
+    /// The share of its frames the stream's transcode encodes now, and its lag behind real time (µs).
+    pub fn set_load(&mut self, url: &str, share: f64, lag_us: u64) {
         if let Some(e) = self.entries.get_mut(url) {
             e.share = share;
+            e.lag_us = lag_us;
         }
     }
 
@@ -216,7 +239,7 @@ mod tests {
     const P360: f64 = 640.0 * 360.0 * 25.0;
 
     fn t(cost: Option<f64>, share: f64, pixel_rate: f64) -> Transcode {
-        Transcode { cost, share, pixel_rate }
+        Transcode { cost, share, speed: 1.0, pixel_rate }
     }
 
     /// What, budget, running, new pixel rate, may wait, decision.
@@ -225,7 +248,16 @@ mod tests {
     #[test]
     fn decisions() {
         let refuse = |d: &Decision| matches!(d, Decision::Refuse(_));
-        let table: [Case; 10] = [
+        let starved = Transcode { speed: 0.25, ..t(Some(20.0), 1.0, P720) };
+        let table: [Case; 11] = [
+            (
+                "a transcode at a quarter of real time on a busy machine needs four times what it gets",
+                150,
+                vec![starved, starved],
+                P720,
+                true,
+                "refuse",
+            ),
             ("nothing runs", 150, vec![], P720, true, "admit"),
             ("no budget set", 0, vec![t(Some(190.0), 1.0, P720)], P720, true, "admit"),
             ("one 720p at 55 %: a second fits in 150", 150, vec![t(Some(55.0), 1.0, P720)], P720, true, "admit"),
@@ -300,6 +332,13 @@ mod tests {
         assert_eq!((l.refused, l.transcodes().0), (1, 2));
         // A restart of an admitted stream is never refused.
         assert_eq!(l.request("b", 5, true, P720, 1, 0, at(1100), true), Decision::Admit);
+        // Once warmed up, 0.5 s further behind over 2 s at 60 % of a core: at 0.75 of real time, it needs 80 %.
+        for (ms, ticks, lag_us) in [(2000, 120, 200_000), (3000, 180, 450_000), (4000, 240, 700_000)] {
+            l.set_load("a", 1.0, lag_us);
+            l.sample(&HashMap::from([(2, ticks)]), at(ms));
+        }
+        let a = l.entries.get("a").map(Entry::as_transcode).expect("a");
+        assert_eq!(a.need().map(f64::round), Some(80.0), "{a:?}");
         // Threads that ended took ticks along: the window starts again instead of going negative.
         l.sample(&HashMap::from([(2, 10)]), at(1500));
         assert_eq!(l.cost_of("a"), None);

@@ -209,7 +209,7 @@ impl Hub {
             let mut ledger = lock(&self.admission);
             ledger.sample(&ticks, now);
             for stream in &streams {
-                ledger.set_share(&stream.url, stream.frame_share());
+                ledger.set_load(&stream.url, stream.frame_share(), stream.lag_us());
             }
         }
         let linger = self.config.limits.linger();

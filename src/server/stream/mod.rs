@@ -234,6 +234,11 @@ impl Stream {
         self.running().map_or(1.0, |s| 1.0 - s.shed_ppm.load(Ordering::Relaxed) as f64 / 1e6)
     }
 
+    /// How far the running pipeline is behind real time, in µs.
+    pub fn lag_us(&self) -> u64 {
+        self.running().map_or(0, |s| s.lag_us.load(Ordering::Relaxed))
+    }
+
     /// Records which requester started the stream.
     pub fn started_by(self, requester: Option<&str>) -> Self {
         Self { started_by: requester.map(str::to_string), ..self }
