@@ -5,7 +5,7 @@
 //! transcode that sheds frames would need more to encode them all, and one that falls behind (a machine busy
 //! with other work gives it less CPU than it needs) more to keep up: its need is its cost divided by the
 //! share it encodes and by its speed (1 minus how fast its lag grew over the window). A new stream's need is estimated from the measured ones, per pixel of output per second,
-//! scaled to its own size and frame rate; a transcode admitted less than [`MEASURE_FOR`] ago counts at
+//! scaled to its own size and frame rate; a transcode admitted less than [`STARTING`] + [`MEASURE_FOR`] (1 s) ago counts at
 //! that estimate too. With nothing measured yet (the first transcodes of a burst are just starting), a
 //! request waits for the first measurement, up to [`ADMIT_WAIT`]. Copies cost little (~2 % of a core) and are
 //! never refused for CPU. The decision is pure ([`decide`]); the ledger holds the samples.
@@ -13,8 +13,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// A pipeline's CPU is known once it has been sampled over this long.
-pub const MEASURE_FOR: Duration = Duration::from_millis(800);
+/// A pipeline's CPU is known once it has been sampled over this long (after [`STARTING`]).
+pub const MEASURE_FOR: Duration = Duration::from_millis(700);
+/// The first moments after admission are left out of the cost: the decoder and encoder are still being
+/// opened, and a cost measured over them came out at two thirds of the steady one (360p).
+pub const STARTING: Duration = Duration::from_millis(300);
 /// The window the CPU of a pipeline is measured over, at most.
 pub const WINDOW: Duration = Duration::from_secs(3);
 /// How long a request waits for a measurement when none is there yet.
@@ -104,7 +107,9 @@ struct Entry {
 impl Entry {
     /// Percent of one core over the samples, once they span [`MEASURE_FOR`].
     fn cost(&self) -> Option<f64> {
-        let (&(t0, ticks0, _), &(t1, ticks1, _)) = (self.samples.front()?, self.samples.back()?);
+        let started = self.admitted + STARTING;
+        let first = self.samples.iter().find(|(at, _, _)| *at >= started)?;
+        let (&(t0, ticks0, _), &(t1, ticks1, _)) = (first, self.samples.back()?);
         let span = t1.saturating_duration_since(t0);
         (span >= MEASURE_FOR).then(|| ticks1.saturating_sub(ticks0) as f64 / TICKS_PER_SEC / span.as_secs_f64() * 100.0)
     }
@@ -322,10 +327,12 @@ mod tests {
         assert_eq!(l.request("a", 2, true, P720, 150, 0, at(0), true), Decision::Admit);
         // The second waits while the first is unmeasured...
         assert_eq!(l.request("b", 3, true, P720, 150, 0, at(100), true), Decision::Wait);
-        // ...which it is after MEASURE_FOR: 60 ticks in 1 s is 60 % of a core.
+        // ...which it is after STARTING and MEASURE_FOR: 42 ticks in 0.7 s is 60 % of a core.
+        l.sample(&HashMap::from([(1, 0), (2, 18)]), at(300));
+        assert_eq!(l.cost_of("a"), None, "not measured yet");
         l.sample(&HashMap::from([(1, 2), (2, 60)]), at(1000));
         assert_eq!(l.cost_of("a").map(f64::round), Some(60.0));
-        assert_eq!(l.cost_of("copy").map(f64::round), Some(2.0));
+        assert_eq!(l.cost_of("copy").map(f64::round), Some(3.0));
         assert_eq!(l.request("b", 3, true, P720, 150, 0, at(1000), true), Decision::Admit);
         // A third does not fit (60 + 60 estimated + 60), and is counted.
         assert!(matches!(l.request("c", 4, true, P720, 150, 0, at(1000), true), Decision::Refuse(_)));
