@@ -244,6 +244,9 @@ pub struct LimitsConfig {
     pub requests_per_minute: u32,
     /// Requests per second from everyone together; above it requests are dropped unanswered. 0: no limit.
     pub requests_per_second: u32,
+    /// CPU the running transcodes may use, in percent of one core (200 is two cores): a new stream that
+    /// needs a transcode beyond it is refused with `overloaded`. 0: no limit. Default: 75 % of the cores.
+    pub cpu_budget_percent: u32,
 }
 
 impl Default for LimitsConfig {
@@ -259,6 +262,7 @@ impl Default for LimitsConfig {
             viewer_queue_fragments: 120,
             requests_per_minute: 120,
             requests_per_second: 200,
+            cpu_budget_percent: crate::server::admission::default_budget_percent(),
         }
     }
 }
@@ -907,6 +911,7 @@ mod tests {
             "key",
             "max_viewers_per_requester",
             "max_streams_per_requester",
+            "cpu_budget_percent",
             "max_connections_per_address",
             "trusted_proxies",
             "request_timeout_secs",

@@ -569,6 +569,14 @@ pub enum Status {
         /// What happened, for people.
         message: String,
     },
+    /// The server cannot keep up with the source: it skipped media to stay live, and may encode fewer
+    /// frames. Media goes on; `playing` follows once it has kept up for a while.
+    Degraded {
+        /// What happened, for people.
+        message: String,
+        /// Media left out so far to stay live, in ms.
+        skipped_ms: u64,
+    },
     /// The play failed for good.
     Error {
         /// One of the [`ErrorCode`] wire names.
@@ -596,6 +604,7 @@ impl Status {
             Self::Buffering { .. } => "buffering",
             Self::Reconnecting { .. } => "reconnecting",
             Self::Waiting { .. } => "waiting",
+            Self::Degraded { .. } => "degraded",
             Self::Error { .. } => "error",
             Self::Ended { .. } => "ended",
         }
@@ -868,6 +877,7 @@ mod tests {
             MediaError::Unsupported("x".into()),
             MediaError::Ended,
             MediaError::Processing("x".into()),
+            MediaError::Overloaded("x".into()),
         ];
         for e in errors {
             assert!(ErrorCode::from_code(e.code()).is_some(), "{}", e.code());
@@ -943,6 +953,10 @@ mod tests {
             (
                 Status::Waiting { message: "the publisher disconnected".into() },
                 json!({ "state": "waiting", "message": "the publisher disconnected" }),
+            ),
+            (
+                Status::Degraded { message: "behind real time".into(), skipped_ms: 1600 },
+                json!({ "state": "degraded", "message": "behind real time", "skipped_ms": 1600 }),
             ),
             (
                 Status::error(ErrorCode::SourceUnreachable, "connection refused"),

@@ -69,9 +69,14 @@ fn spawned_server_three_viewers_and_the_ffmpeg_reference() {
     assert!(num(&r, "fragments") >= 3.0 * 100.0, "{}", r["fragments"]);
     assert_eq!(num(&r, "gaps"), 0.0);
     assert_eq!(num(&r, "out_of_order"), 0.0);
+    // The built-in pattern keeps up with real time: the slowest viewer's media seconds per wall second.
+    let realtime = num(&r, "realtime_ratio");
+    assert!((0.9..1.2).contains(&realtime), "realtime {realtime}");
+    assert!(table.contains("realtime, media s per wall s"), "{table}");
     let viewers = r["per_viewer"].as_array().unwrap();
     assert_eq!(viewers.len(), 3);
     for v in viewers {
+        assert!(num(v, "realtime_ratio") >= realtime, "{v:#}");
         let kbps = num(v, "bitrate_kbps");
         assert!(kbps > 100.0 && kbps < 20_000.0, "{v:#}");
         assert_eq!(v["before_init"], 0);

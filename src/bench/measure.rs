@@ -95,6 +95,8 @@ pub struct MediaCheck {
     pub missing_ms: f64,
     /// Times a track's timeline went backwards (a fragment out of order or repeated).
     pub out_of_order: u64,
+    /// End of the video received so far on the stream's timeline, in seconds.
+    pub video_end_secs: Option<f64>,
 }
 
 impl MediaCheck {
@@ -137,10 +139,12 @@ impl MediaCheck {
                 .iter()
                 .find(|t| t.track_id == run.track_id)
                 .ok_or_else(|| MediaCheckError::Mismatch(format!("unknown track {}", run.track_id)))?;
+            let end = run.base_decode_time + run.duration;
             if track.kind == TrackKind::Video {
                 keyframe = run.starts_with_sync;
+                let secs = end as f64 / f64::from(track.timescale.max(1));
+                self.video_end_secs = Some(self.video_end_secs.map_or(secs, |e| e.max(secs)));
             }
-            let end = run.base_decode_time + run.duration;
             match self.next.iter_mut().find(|(id, _)| *id == run.track_id) {
                 Some((_, expected)) => {
                     if run.base_decode_time > *expected {
@@ -165,6 +169,45 @@ impl MediaCheck {
             self.out_of_order += 1;
         }
         Ok(Received::Fragment { latency_ms, keyframe })
+    }
+}
+
+/// Media time received per wall second: the slope of the media received against the wall clock (a least
+/// squares fit over every sample, so that where a bounded lag happens to be at the first and the last one
+/// does not decide it). 1.0 keeps up with real time, 0.66 is slow motion at two thirds of it. Media skipped
+/// to stay live counts as received: the stream's timeline kept up with the wall clock.
+#[derive(Debug, Default, Clone)]
+pub struct Realtime {
+    /// The first wall time, which the others are taken from (for precision).
+    origin: Option<f64>,
+    n: f64,
+    sum_w: f64,
+    sum_m: f64,
+    sum_ww: f64,
+    sum_wm: f64,
+    span: f64,
+}
+
+/// Wall time a ratio is measured over at least, in seconds.
+const MIN_REALTIME_SECS: f64 = 1.0;
+
+impl Realtime {
+    /// The video received ends at `media_secs` at wall time `wall_secs` (any origin).
+    pub fn push(&mut self, wall_secs: f64, media_secs: f64) {
+        let w = wall_secs - *self.origin.get_or_insert(wall_secs);
+        self.n += 1.0;
+        self.sum_w += w;
+        self.sum_m += media_secs;
+        self.sum_ww += w * w;
+        self.sum_wm += w * media_secs;
+        self.span = self.span.max(w);
+    }
+
+    /// Media seconds per wall second, once at least a second of wall time is covered.
+    pub fn ratio(&self) -> Option<f64> {
+        let denominator = self.n * self.sum_ww - self.sum_w * self.sum_w;
+        (self.span >= MIN_REALTIME_SECS && denominator > 0.0)
+            .then(|| (self.n * self.sum_wm - self.sum_w * self.sum_m) / denominator)
     }
 }
 
@@ -242,6 +285,36 @@ mod tests {
         assert_eq!(Summary::of(&[f64::NAN]), None);
         let one = Summary::of(&[7.0]).unwrap();
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
+    }
+
+    /// `(wall s, media s)` samples.
+    type Samples = &'static [(f64, f64)];
+
+    #[test]
+    fn realtime_is_media_per_wall_time() {
+        let ratio = |samples: &[(f64, f64)]| {
+            let mut r = Realtime::default();
+            for &(w, m) in samples {
+                r.push(w, m);
+            }
+            r.ratio().map(|x| (x * 100.0).round() / 100.0)
+        };
+        let table: [(&str, Samples, Option<f64>); 4] = [
+            ("keeping up", &[(10.0, 3.0), (11.0, 4.0), (30.0, 23.0)], Some(1.0)),
+            ("slow motion at two thirds", &[(0.0, 0.0), (15.0, 10.0)], Some(0.67)),
+            ("less than a second: no figure", &[(0.0, 0.0), (0.5, 0.5)], None),
+            ("nothing", &[], None),
+        ];
+        for (what, samples, want) in table {
+            assert_eq!(ratio(samples), want, "{what}");
+        }
+        // A lag that grows to 1.5 s and is skipped back to 0 every 3 s, sampled 10 times a second for 20 s:
+        // keeping up, wherever the lag is at the ends; slow motion at 0.66 is not.
+        let sawtooth: Vec<(f64, f64)> =
+            (0..200).map(|i| f64::from(i) / 10.0).map(|w| (w, w - (w % 3.0) / 2.0)).collect();
+        assert!(ratio(&sawtooth).is_some_and(|r| (0.98..=1.02).contains(&r)), "{:?}", ratio(&sawtooth));
+        let slow: Vec<(f64, f64)> = (0..200).map(|i| f64::from(i) / 10.0).map(|w| (w, w * 0.66)).collect();
+        assert_eq!(ratio(&slow), Some(0.66));
     }
 
     #[test]

@@ -345,6 +345,7 @@ fn aggregate(
         gaps: per_viewer.iter().map(|v| v.gaps).sum(),
         missing_ms: per_viewer.iter().map(|v| v.missing_ms).sum(),
         out_of_order: per_viewer.iter().map(|v| v.out_of_order).sum(),
+        realtime_ratio: per_viewer.iter().filter_map(|v| v.realtime_ratio).reduce(f64::min),
         server,
         ffmpeg,
         per_viewer,

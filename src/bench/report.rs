@@ -38,6 +38,10 @@ pub struct Report {
     pub missing_ms: f64,
     /// Fragments whose timeline went backwards.
     pub out_of_order: u64,
+    /// Media seconds received per wall second by the slowest viewer, after its join burst: 1.0 keeps up
+    /// with real time.
+    #[serde(default)]
+    pub realtime_ratio: Option<f64>,
     /// Server CPU, memory and threads while the viewers played.
     pub server: ServerFigures,
     /// The ffmpeg CLI reference, with `--compare-ffmpeg`.
@@ -139,6 +143,9 @@ pub struct ViewerReport {
     pub missing_ms: f64,
     /// Timeline went backwards.
     pub out_of_order: u64,
+    /// Media seconds received per wall second after the join burst.
+    #[serde(default)]
+    pub realtime_ratio: Option<f64>,
     /// Statuses received, in order (`playing`, `reconnecting`, ...).
     pub statuses: Vec<String>,
     /// What went wrong for this viewer.
@@ -201,6 +208,13 @@ impl Report {
             ("play to first fragment, warm".into(), dist(&self.warm.first_fragment)),
             ("latency, source to receipt".into(), dist(&self.latency)),
             ("bitrate per viewer (kbit/s)".into(), dist(&self.bitrate_kbps)),
+            (
+                "realtime, media s per wall s".into(),
+                match self.realtime_ratio {
+                    Some(r) => format!("{r:.3} (slowest of {} viewer(s); 1.0 keeps up)", self.per_viewer.len()),
+                    None => "-".into(),
+                },
+            ),
             (
                 "fragments / gaps / out of order".into(),
                 format!(
@@ -282,6 +296,7 @@ mod tests {
             gaps: 0,
             missing_ms: 0.0,
             out_of_order: 0,
+            realtime_ratio: Some(0.987),
             server: ServerFigures { cpu_percent: Some(10.0), written_kbps: Some(1234.5), ..Default::default() },
             ffmpeg: Some(FfmpegFigures {
                 first_fragment_ms: Some(1150.0),
@@ -304,6 +319,7 @@ mod tests {
         assert!(t.contains("10.0 /      12.5 = 0.80"), "{t}");
         assert!(t.contains("viewer 1: no init segment"), "{t}");
         assert!(t.contains("server upload (kbit/s)             1234.5"), "{t}");
+        assert!(t.contains("realtime, media s per wall s       0.987 (slowest of 1 viewer(s)"), "{t}");
     }
 
     #[test]

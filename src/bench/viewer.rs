@@ -1,7 +1,7 @@
 //! One benchmark viewer: its own MQTT connection, as a page has; describe, play, receive until a deadline,
 //! stop. Every timestamp is taken when rumqttc hands the packet over.
 
-use super::measure::{MediaCheck, Received, SequenceMerge, Summary};
+use super::measure::{MediaCheck, Realtime, Received, SequenceMerge, Summary};
 use super::report::ViewerReport;
 use crate::media::fmp4;
 use crate::media::timing::wallclock_us;
@@ -107,6 +107,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let mut described = None;
     let mut timeline = Vec::new();
     let mut check = MediaCheck::default();
+    let mut realtime = Realtime::default();
     let mut merge = SequenceMerge::default();
     // v2: the stream's media topic, from the describe reply (a v2 viewer always describes first).
     let mut stream_topic: Option<String> = None;
@@ -284,6 +285,9 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                             progress.fragments.fetch_add(1, Ordering::Relaxed);
                             bytes_live += payload.len() as u64;
                             let live = init_at.is_some_and(|t| at - t >= JOIN_BURST);
+                            if let (true, Some(end)) = (live, check.video_end_secs) {
+                                realtime.push((at - plan.epoch).as_secs_f64(), end);
+                            }
                             if let (true, Some(l)) = (live, latency_ms) {
                                 timeline.push(((at - plan.epoch).as_secs_f64(), l));
                                 progress.last_latency_us.store((l.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
@@ -326,6 +330,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     report.gaps = check.gaps;
     report.missing_ms = check.missing_ms;
     report.out_of_order = check.out_of_order;
+    report.realtime_ratio = realtime.ratio();
     progress.finished.fetch_add(1, Ordering::Relaxed);
     ViewerResult { report, described, timeline }
 }

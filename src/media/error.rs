@@ -30,6 +30,10 @@ pub enum MediaError {
     /// The pipeline was asked to stop.
     #[error("stopped")]
     Stopped,
+    /// The server cannot take on the work this source needs now (its CPU budget is used); the message says
+    /// why.
+    #[error("{0}")]
+    Overloaded(String),
     /// A decoder, filter, encoder or the muxer failed.
     #[error("media processing failed: {0}")]
     Processing(String),
@@ -52,6 +56,7 @@ impl MediaError {
             Self::Unsupported(_) => "unsupported_source",
             Self::Ended => "source_ended",
             Self::Stopped => "stopped",
+            Self::Overloaded(_) => "overloaded",
             Self::Processing(_) | Self::Fmp4(_) | Self::CodecString(_) => "internal_error",
         }
     }

@@ -4,7 +4,7 @@ use super::error::MediaError;
 use super::plan::{AudioPlan, TrackMode};
 use bytes::Bytes;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One elementary stream of the source.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,6 +137,24 @@ pub struct PipelineStats {
     /// a transcode conceals and a copy keeps back, with (in copy mode) the video after one up to the next
     /// keyframe that decodes cleanly.
     pub damaged: AtomicU64,
+    /// How far the pipeline is behind real time now, in µs (see `lag.rs`); 0 for an input that is not
+    /// read in real time.
+    pub lag_us: AtomicU64,
+    /// Per million of the source's frames left out before the encoder now (a lower frame rate), 0 for all
+    /// encoded.
+    pub shed_ppm: AtomicU64,
+    /// Video frames decoded but left out before the encoder so far.
+    pub frames_shed: AtomicU64,
+    /// Whether shedding frames was not enough lately: the pipeline skipped ahead.
+    pub degraded: AtomicBool,
+    /// Skips ahead that ended, and the media they left out (µs).
+    pub skips: AtomicU64,
+    /// See `skips`.
+    pub skipped_us: AtomicU64,
+    /// Source packets dropped unread while skipping ahead.
+    pub packets_skipped: AtomicU64,
+    /// Which pipeline this is: its number in the process, which also names its threads (see `threads.rs`).
+    pub id: u64,
 }
 
 /// A copy of the counters at one moment.

@@ -12,13 +12,17 @@ pub mod fmp4;
 pub mod h264;
 pub mod keycheck;
 pub mod keyframe;
+pub mod lag;
+pub mod load;
 pub mod mux;
 pub mod pipeline;
 pub mod plan;
 pub mod ready;
 pub mod rtsp_transport;
+pub mod shedding;
 pub mod snapshot;
 pub mod source;
+pub mod threads;
 pub mod timing;
 pub mod video;
 

@@ -9,10 +9,11 @@ use super::events::{Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineSt
 use super::ffi;
 use super::fmp4::{self, Segment, TrackInfo, TrackKind};
 use super::keycheck::KeyframeCheck;
+use super::load::{LoadControl, Step};
 use super::mux::{Muxer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
 use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, Pacer};
+use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, LoopClock, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
@@ -24,6 +25,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const MICROS: Rational = Rational(1, 1_000_000);
+
+/// A read from a live source that blocked at least this long waited for the source: the pipeline was not
+/// behind then.
+const LIVE_WAIT: Duration = Duration::from_millis(5);
+
+/// Asked once a pipeline knows what its source needs (the source's facts, and the pipeline's number, see
+/// `threads.rs`), before any decoding: `Err` says why the server cannot take it on, and the pipeline ends
+/// with [`MediaError::Overloaded`].
+pub type Gate = Arc<dyn Fn(&SourceInfo, u64) -> Result<(), String> + Send + Sync>;
 
 /// A running pipeline. Dropping it stops the worker and waits for it.
 pub struct Pipeline {
@@ -48,11 +58,24 @@ impl Pipeline {
         offset_us: i64,
         first_sequence: u64,
     ) -> Result<Self, MediaError> {
+        Self::start_gated(url, config, (offset_us, first_sequence), None)
+    }
+
+    /// Like [`Pipeline::start_at`] (`start`: the output's media time and first fragment number), asking
+    /// `gate` whether the work the source needs may start.
+    pub fn start_gated(
+        url: &str,
+        config: PipelineConfig,
+        start: (i64, u64),
+        gate: Option<Gate>,
+    ) -> Result<Self, MediaError> {
+        let (offset_us, first_sequence) = start;
         source::classify_for(url, &config.source)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, rx) = bounded(config.channel_capacity.max(4));
         let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(PipelineStats::default());
+        let id = super::threads::next_id();
+        let stats = Arc::new(PipelineStats { id, ..PipelineStats::default() });
         let mut emitter = Emitter {
             tx,
             policy: config.backpressure,
@@ -68,13 +91,14 @@ impl Pipeline {
         } else {
             crate::policy::redact(&url)
         };
-        let name: String = format!("media {shown}").chars().take(40).collect();
+        // Tagged, so that the threads FFmpeg starts from it count as this pipeline's CPU.
+        let name = super::threads::thread_name(id, &shown);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
                 let span = tracing::info_span!("pipeline", url = %shown);
                 let _enter = span.enter();
-                let result = run(&url, &config, (offset_us, first_sequence), &mut emitter);
+                let result = run(&url, &config, (offset_us, first_sequence), gate, &mut emitter);
                 match &result {
                     Ok(()) => tracing::info!("source finished"),
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
@@ -272,7 +296,13 @@ struct Session<'a> {
 }
 
 /// Runs the pipeline; `start` is where the output timeline (µs) and the fragment numbering begin.
-fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) -> Result<(), MediaError> {
+fn run(
+    url: &str,
+    config: &PipelineConfig,
+    start: (i64, u64),
+    gate: Option<Gate>,
+    em: &mut Emitter,
+) -> Result<(), MediaError> {
     let (offset_us, first_sequence) = start;
     let mut source = source::open(url, &config.source, Arc::clone(&em.stop))?;
     let paced = match config.source.pacing {
@@ -287,6 +317,9 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
     // Packets read while the source's own parameters were awaited go first.
     let mut held = super::ready::wait_for_parameters(&mut source, config.source.connect_timeout())?;
     let info = analyse(&source, config, paced)?;
+    if let Some(gate) = gate {
+        gate(&info, em.stats.id).map_err(MediaError::Overloaded)?;
+    }
     tracing::info!(
         format = %info.format,
         video = ?info.video,
@@ -300,7 +333,12 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
     em.control(PipelineEvent::Source(info))?;
 
     let live = source.kind.is_live_protocol();
+    // Only an input that runs in real time can fall behind it; an unpaced file is read as fast as it goes.
+    let mut load = LoadControl::new(matches!(session.video, VideoStage::Transcode(_)), paced || live);
     let mut pacer = Pacer::default();
+    // One input timeline across the loops of a file: pacing and the lag carry on where the last loop ended,
+    // so that a pipeline behind at the end of a loop is still behind, not forgiven.
+    let mut clock = LoopClock::default();
     let mut loops = 0u64;
     loop {
         if em.stopped() {
@@ -312,7 +350,14 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
                 packet = waited;
                 Ok(())
             }
-            None => packet.read(&mut source.input),
+            None => {
+                let asked = Instant::now();
+                let read = packet.read(&mut source.input);
+                if live && asked.elapsed() >= LIVE_WAIT {
+                    load.waited();
+                }
+                read
+            }
         };
         match read {
             Ok(()) => {}
@@ -324,7 +369,7 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
                         .seek(0, ..)
                         .map_err(|e| MediaError::Processing(format!("rewinding for the next loop: {e}")))?;
                     session.start_loop();
-                    pacer.reset();
+                    clock.looped();
                     loops += 1;
                     tracing::debug!(loops, "looping the source");
                     continue;
@@ -332,6 +377,7 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
                 break;
             }
             Err(ffmpeg::Error::Other { errno: ffmpeg::error::EAGAIN }) => {
+                load.waited();
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
@@ -352,16 +398,25 @@ fn run(url: &str, config: &PipelineConfig, start: (i64, u64), em: &mut Emitter) 
                 arrival = sent;
             }
         }
-        if paced {
-            let stream_tb = match source.input.stream(packet.stream()) {
-                Some(s) => s.time_base(),
-                None => continue,
-            };
-            if let Some(ts) = packet.dts().or(packet.pts()) {
-                let wait = pacer.delay(ts.rescale(stream_tb, MICROS), Instant::now());
-                sleep_unless_stopped(wait, em)?;
+        let Some(stream_tb) = source.input.stream(packet.stream()).map(|s| s.time_base()) else { continue };
+        let ts_us = packet.dts().or(packet.pts()).map(|ts| {
+            let duration_us = packet.duration().max(0).rescale(stream_tb, MICROS);
+            clock.continued(ts.rescale(stream_tb, MICROS), duration_us)
+        });
+        if let (true, Some(ts)) = (paced, ts_us) {
+            let wait = pacer.delay(ts, Instant::now());
+            if !wait.is_zero() {
+                load.waited();
             }
+            sleep_unless_stopped(wait, em)?;
         }
+        let video = ts_us.filter(|_| packet.stream() == session.video_index).map(|ts| (ts, packet.is_key()));
+        match load.packet(video, Instant::now(), &em.stats) {
+            Step::Drop => continue,
+            Step::Resume => session.resume(),
+            Step::Process => {}
+        }
+        session.set_share(load.share());
         session.handle(packet, arrival, em)?;
     }
     session.finish(em)?;
@@ -563,6 +618,20 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The pipeline skipped ahead and goes on from this keyframe.
+    fn resume(&mut self) {
+        if let VideoStage::Transcode(t) = &mut self.video {
+            t.resume();
+        }
+    }
+
+    /// The share of the source's frames to encode (a copy passes all it gets).
+    fn set_share(&mut self, share: f64) {
+        if let VideoStage::Transcode(t) = &mut self.video {
+            t.set_share(share);
+        }
+    }
+
     fn handle(&mut self, packet: Packet, arrival: u64, em: &mut Emitter) -> Result<(), MediaError> {
         let index = packet.stream();
         if index == self.video_index {
@@ -631,6 +700,7 @@ impl<'a> Session<'a> {
                 t.send(&packet, arrival)?;
                 let timeline = &mut self.timeline;
                 t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut ready)?;
+                em.stats.frames_shed.store(t.frames_shed(), Ordering::Relaxed);
             }
         }
         if self.muxer.is_none() && !ready.is_empty() {

@@ -28,6 +28,35 @@ impl Pacer {
     }
 }
 
+/// Source timestamps continued across the loops of a file: each loop starts where the previous one ended
+/// (its last packet's end), so that pacing and the lag see one timeline, as a live source would give.
+#[derive(Debug, Default)]
+pub struct LoopClock {
+    shift_us: i64,
+    end_us: Option<i64>,
+    rebase: bool,
+}
+
+impl LoopClock {
+    /// The source was rewound: the next packet continues where the packets so far ended.
+    pub fn looped(&mut self) {
+        self.rebase = true;
+    }
+
+    /// The continued time of a packet at `ts_us` lasting `duration_us`.
+    pub fn continued(&mut self, ts_us: i64, duration_us: i64) -> i64 {
+        if std::mem::take(&mut self.rebase) {
+            if let Some(end) = self.end_us {
+                self.shift_us = end - ts_us;
+            }
+        }
+        let at = ts_us + self.shift_us;
+        let end = at + duration_us.max(0);
+        self.end_us = Some(self.end_us.map_or(end, |e| e.max(end)));
+        at
+    }
+}
+
 /// Remembers when the source packet behind each timestamp arrived, through decoding and encoding stages.
 #[derive(Debug, Default)]
 pub struct ArrivalTracker {
@@ -117,6 +146,23 @@ mod tests {
         assert_eq!(p.delay(4_000_000, t0), Duration::ZERO, "earlier media is never delayed");
         p.reset();
         assert_eq!(p.delay(0, t0 + Duration::from_secs(9)), Duration::ZERO);
+    }
+
+    #[test]
+    fn loops_continue_the_timeline() {
+        let mut c = LoopClock::default();
+        // A 3-frame file at 40 ms, twice; video and audio interleaved.
+        let first: Vec<i64> =
+            [(0, 40), (0, 21), (40, 40), (80, 40), (64, 21)].iter().map(|&(t, d)| c.continued(t, d)).collect();
+        assert_eq!(first, [0, 0, 40, 80, 64]);
+        c.looped();
+        let second: Vec<i64> = [(0, 40), (40, 40), (21, 21)].iter().map(|&(t, d)| c.continued(t, d)).collect();
+        assert_eq!(second, [120, 160, 141], "from the end of the last frame on");
+        // A source with its own offset keeps it until it loops.
+        let mut d = LoopClock::default();
+        assert_eq!(d.continued(5_000_000, 40), 5_000_000);
+        d.looped();
+        assert_eq!(d.continued(4_000_000, 40), 5_000_040);
     }
 
     #[test]

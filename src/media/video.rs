@@ -2,6 +2,7 @@
 
 use super::config::VideoEncoderConfig;
 use super::error::{processing, received, MediaError};
+use super::shedding::Schedule;
 use super::timing::ArrivalTracker;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
@@ -50,6 +51,17 @@ pub struct VideoTranscoder {
     encode_arrivals: ArrivalTracker,
     last_pts: Option<i64>,
     frame_duration: i64,
+    /// The share of the decoded frames to encode (see `shedding.rs`), and which ones.
+    share: f64,
+    frames: Schedule,
+    /// Keyframes by time, whatever the share: one every `key_interval` ticks.
+    keys: Schedule,
+    key_interval: i64,
+    /// The next frame encoded is a keyframe (after a skip ahead).
+    force_key: bool,
+    /// How far apart the frames being encoded now are, in ticks: their duration.
+    spacing: i64,
+    frames_shed: u64,
 }
 
 struct Scaler {
@@ -93,7 +105,34 @@ impl VideoTranscoder {
             encode_arrivals: ArrivalTracker::default(),
             last_pts: None,
             frame_duration,
+            share: 1.0,
+            frames: Schedule::default(),
+            keys: Schedule::default(),
+            key_interval: ((config.keyframe_interval_secs.max(0.0) * f64::from(VIDEO_TIME_BASE.denominator())).round()
+                as i64)
+                .max(frame_duration),
+            force_key: false,
+            spacing: frame_duration,
+            frames_shed: 0,
         })
+    }
+
+    /// Encodes this share (0 < share <= 1) of the decoded frames from now on: a lower frame rate, with
+    /// keyframes as often as ever.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share.clamp(0.01, 1.0);
+    }
+
+    /// Decoded frames left out before the encoder so far.
+    pub fn frames_shed(&self) -> u64 {
+        self.frames_shed
+    }
+
+    /// Starts afresh after the pipeline skipped ahead: what the decoder holds is dropped, and the next frame
+    /// encoded is a keyframe, where viewers can pick up.
+    pub fn resume(&mut self) {
+        self.reset_decoder();
+        self.force_key = true;
     }
 
     /// The opened encoder, once the first frame has been seen (its parameters make the muxer's track).
@@ -152,8 +191,25 @@ impl VideoTranscoder {
                     continue;
                 }
             }
+            // Shedding load: only the frames due on a sparser schedule are encoded.
+            let tolerance = self.frame_duration / 2;
+            self.spacing = self.frame_duration;
+            if self.share < 1.0 {
+                let interval = (self.frame_duration as f64 / self.share).round() as i64;
+                if !self.frames.take(pts, interval, tolerance) {
+                    self.frames_shed += 1;
+                    continue;
+                }
+                self.spacing = interval;
+            }
             self.last_pts = Some(pts);
-            self.encode_frame(&decoded, pts, arrival)?;
+            let keyframe = if std::mem::take(&mut self.force_key) {
+                self.keys.restart_at(pts, self.key_interval);
+                true
+            } else {
+                self.keys.take(pts, self.key_interval, tolerance)
+            };
+            self.encode_frame(&decoded, pts, arrival, keyframe)?;
             self.receive_packets(out)?;
         }
         Ok(())
@@ -168,21 +224,28 @@ impl VideoTranscoder {
         Ok(())
     }
 
-    fn encode_frame(&mut self, decoded: &frame::Video, pts: i64, arrival: u64) -> Result<(), MediaError> {
+    fn encode_frame(
+        &mut self,
+        decoded: &frame::Video,
+        pts: i64,
+        arrival: u64,
+        keyframe: bool,
+    ) -> Result<(), MediaError> {
         let (width, height) =
             output_size(decoded.width(), decoded.height(), self.config.max_width, self.config.max_height);
         if self.encoder.is_none() {
             self.encoder = Some(open_x264(width, height, self.fps, &self.config)?);
         }
         let (out_w, out_h) = self.encoder.as_ref().map_or((width, height), |e| (e.width(), e.height()));
+        let kind = if keyframe { picture::Type::I } else { picture::Type::None };
         let needs_scaling = decoded.width() != out_w || decoded.height() != out_h || decoded.format() != Pixel::YUV420P;
         self.encode_arrivals.push(pts, arrival);
         let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
         if !needs_scaling {
             let mut frame = decoded.clone();
             frame.set_pts(Some(pts));
-            // Else x264 copies the source's I-frame decisions and breaks the fixed GOP.
-            frame.set_kind(picture::Type::None);
+            // Keyframes by time only: else x264 copies the source's I-frame decisions and breaks the fixed GOP.
+            frame.set_kind(kind);
             return encoder.send_frame(&frame).map_err(processing("encoding video"));
         }
         let input = (decoded.width(), decoded.height(), decoded.format());
@@ -197,7 +260,7 @@ impl VideoTranscoder {
         let mut sink = scaler.graph.get("out").ok_or_else(|| MediaError::Processing("scaler output".into()))?;
         let mut scaled = frame::Video::empty();
         while sink.sink().frame(&mut scaled).is_ok() {
-            scaled.set_kind(picture::Type::None);
+            scaled.set_kind(kind);
             encoder.send_frame(&scaled).map_err(processing("encoding video"))?;
         }
         Ok(())
@@ -212,7 +275,7 @@ impl VideoTranscoder {
             }
             let pts = packet.pts().unwrap_or(0);
             let arrival = self.encode_arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
-            packet.set_duration(self.frame_duration);
+            packet.set_duration(self.spacing);
             out.push(EncodedPacket { packet, arrival_us: arrival });
         }
     }
@@ -263,7 +326,9 @@ fn open_x264(
     enc.set_format(Pixel::YUV420P);
     enc.set_time_base(VIDEO_TIME_BASE);
     enc.set_frame_rate(Some(fps));
-    enc.set_gop(gop_frames(config.keyframe_interval_secs, f64::from(fps)));
+    // Keyframes are placed by time (`receive`), whatever share of the frames is encoded; x264's own
+    // interval is only a fallback, long enough never to put one just before ours.
+    enc.set_gop(gop_frames(config.keyframe_interval_secs, f64::from(fps)).saturating_mul(2));
     enc.set_max_b_frames(0);
     // MP4 keeps SPS/PPS in the init segment (avcC), not in the stream.
     enc.set_flags(codec::Flags::GLOBAL_HEADER);

@@ -118,8 +118,17 @@ impl Collector for Figures {
 
 fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
     let streams: Vec<_> = lock(&hub.streams).values().cloned().collect();
-    let rows: Vec<_> =
-        streams.iter().map(|s| (vec![("source", source_label(hub, &s.url))], s.stats(String::new()), s)).collect();
+    let rows: Vec<_> = streams
+        .iter()
+        .map(|s| {
+            let mut st = s.stats(String::new());
+            st.cpu_percent = hub.stream_cpu(&s.url);
+            (vec![("source", source_label(hub, &s.url))], st, s)
+        })
+        .collect();
+    let per_f = |f: &dyn Fn(&StreamStats) -> Option<f64>| -> Vec<(Labels, f64)> {
+        rows.iter().filter_map(|(l, st, _)| Some((l.clone(), f(st)?))).collect()
+    };
     let per = |f: &dyn Fn(&StreamStats, &Stream) -> u64| -> Vec<(Labels, u64)> {
         rows.iter().map(|(l, st, s)| (l.clone(), f(st, s))).collect()
     };
@@ -185,6 +194,45 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         "Times the source was opened again after it dropped",
         per(&|st, _| st.restarts),
     )?;
+    gauge(
+        e,
+        "mqtt_video_stream_lag_seconds",
+        "How far the stream's pipeline is behind real time (0 while it keeps up)",
+        per_f(&|st| Some(st.lag_ms as f64 / 1000.0)),
+    )?;
+    gauge(
+        e,
+        "mqtt_video_stream_frame_share_ratio",
+        "Share of the source's frames the stream encodes now (below 1 while a transcode sheds load)",
+        per_f(&|st| Some(st.frame_share)),
+    )?;
+    gauge(
+        e,
+        "mqtt_video_stream_degraded",
+        "1 while the stream skips media to stay live (its viewers were told degraded)",
+        per_f(&|st| Some(f64::from(u8::from(st.degraded)))),
+    )?;
+    counter(e, "mqtt_video_stream_skips", "Times the stream skipped ahead to real time", per(&|st, _| st.skips))?;
+    let skipped = rows.iter().map(|(l, st, _)| (l.clone(), ConstCounter::new(st.skipped_ms as f64 / 1000.0)));
+    family(
+        e,
+        "mqtt_video_stream_skipped_media_seconds",
+        "Media the stream left out to stay live",
+        MetricType::Counter,
+        skipped,
+    )?;
+    counter(
+        e,
+        "mqtt_video_stream_frames_shed",
+        "Decoded frames left out before the encoder to keep up",
+        per(&|st, _| st.frames_shed),
+    )?;
+    gauge(
+        e,
+        "mqtt_video_stream_cpu_ratio",
+        "CPU the stream's pipeline threads use, in cores (measured over the last seconds)",
+        per_f(&|st| st.cpu_percent.map(|p| p / 100.0)),
+    )?;
     // prometheus-client has no summary type, and promtool refuses a `quantile` label on anything else: the
     // quantiles of each stream's window of recent fragments are gauges of their own.
     let window = "quantile of the last 300 video fragments";
@@ -212,6 +260,27 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         vec![(vec![], r.rate_limited.load(relaxed))],
     )?;
 
+    let (transcodes, used, refused) = hub.admission_figures();
+    let budget = f64::from(hub.config.limits.cpu_budget_percent) / 100.0;
+    gauge(
+        e,
+        "mqtt_video_cpu_budget_ratio",
+        "CPU the running transcodes may use, in cores (limits.cpu_budget_percent; 0: no limit)",
+        vec![(vec![], budget)],
+    )?;
+    gauge(e, "mqtt_video_transcodes", "Running streams whose video is transcoded", vec![(vec![], transcodes as f64)])?;
+    gauge(
+        e,
+        "mqtt_video_transcodes_cpu_ratio",
+        "CPU the running transcodes use, in cores, as measured from their threads",
+        vec![(vec![], used / 100.0)],
+    )?;
+    counter(
+        e,
+        "mqtt_video_transcodes_refused",
+        "Streams refused with overloaded because their transcode would pass the CPU budget",
+        vec![(vec![], refused)],
+    )?;
     counter(
         e,
         "mqtt_video_gateway_shed_fragments",

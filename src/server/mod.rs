@@ -1,6 +1,7 @@
 //! `mqtt-video serve`: the MQTT server. Control requests arrive on `<prefix>/{describe,play,stop}`; each
 //! allowed source runs as one shared [`stream::Stream`]; media goes to every viewer's own reply topic.
 
+pub mod admission;
 pub mod assets;
 pub mod cluster;
 pub mod gateway;
@@ -85,6 +86,8 @@ pub struct Hub {
     requests: RequestCounters,
     started: Instant,
     cpu: Mutex<stats::CpuMeter>,
+    /// The pipelines' measured CPU, for admission against the CPU budget.
+    admission: Mutex<admission::Ledger>,
     rate: Mutex<ratelimit::RateLimiter>,
     /// The instances sharing the requests, with `[cluster] enabled`.
     members: Option<Mutex<cluster::Members>>,
@@ -162,6 +165,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         requests: RequestCounters::default(),
         started: Instant::now(),
         cpu: Mutex::default(),
+        admission: Mutex::default(),
         members: cluster_on.then(|| Mutex::new(cluster::Members::new(&client_id))),
         rate: Mutex::new(ratelimit::RateLimiter::new(
             config.limits.requests_per_minute,
@@ -282,7 +286,8 @@ impl Hub {
 
     /// The stats message: streams, viewers, drops, latency, process CPU and memory.
     pub fn stats(&self) -> serde_json::Value {
-        let streams: Vec<_> = lock(&self.streams).values().map(|s| s.stats(redact(&s.url))).collect();
+        let streams: Vec<_> = self.stream_stats(|s| redact(&s.url));
+        let (transcodes, transcode_cpu, refused) = self.admission_figures();
         let (rss_kib, threads) = stats::memory_and_threads();
         let cpu = lock(&self.cpu).sample();
         serde_json::json!({
@@ -298,8 +303,40 @@ impl Hub {
                 "bytes_written": stats::bytes_written(None),
             },
             "gateway": { "shed_fragments": self.gateway_shed.load(Ordering::Relaxed) },
+            "admission": {
+                "cpu_budget_percent": self.config.limits.cpu_budget_percent,
+                "transcodes": transcodes,
+                "transcodes_cpu_percent": transcode_cpu,
+                "refused": refused,
+            },
             "ingest": self.ingest.iter().map(|e| e.stats()).collect::<Vec<_>>(),
         })
+    }
+
+    /// Every stream's figures, its CPU included; `shown` gives the URL they show.
+    pub(crate) fn stream_stats(&self, shown: impl Fn(&Stream) -> String) -> Vec<stream::StreamStats> {
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        let ledger = lock(&self.admission);
+        streams
+            .iter()
+            .map(|s| {
+                let mut st = s.stats(shown(s));
+                st.cpu_percent = ledger.cost_of(&s.url);
+                st
+            })
+            .collect()
+    }
+
+    /// The CPU the stream of `url` is measured to use, percent of one core.
+    pub(crate) fn stream_cpu(&self, url: &str) -> Option<f64> {
+        lock(&self.admission).cost_of(url)
+    }
+
+    /// The running transcodes, what they use (percent of one core) and how many were refused.
+    pub(crate) fn admission_figures(&self) -> (usize, f64, u64) {
+        let ledger = lock(&self.admission);
+        let (n, used) = ledger.transcodes();
+        (n, used, ledger.refused)
     }
 
     /// Whether the server is shutting down.

@@ -1,13 +1,18 @@
 //! The streams a hub runs: which URL may run, finding or starting its stream within the limits, and the
 //! sweep that ends idle streams and timed-out viewers.
 
+use super::admission::{Decision, ADMIT_WAIT};
 use super::stream::{Phase, Stream};
 use super::{ingest, lock, supervise, Hub, SWEEP_EVERY};
 use crate::ingest::IngestEndpoint;
+use crate::media::config::VideoEncoderConfig;
+use crate::media::pipeline::Gate;
+use crate::media::plan::TrackMode;
+use crate::media::SourceInfo;
 use crate::policy::redact;
 use crate::protocol::{ErrorCode, RequestKind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Hub {
     /// Which stream a requested URL names: an allowed URL as the policy maps it, or an ingest endpoint's.
@@ -52,8 +57,11 @@ impl Hub {
         }
         let (client, qos, capacity) = (self.client.clone(), self.qos, self.config.limits.viewer_queue_fragments);
         let source_url = endpoint.internal_url();
+        let gate = self.gate_for(&url, &config.video);
         self.start_stream(&url, None, || {
-            Stream::new(url.clone(), self.stream_topics(&url), config, client, qos, capacity).pushed(source_url, srt)
+            Stream::new(url.clone(), self.stream_topics(&url), config, client, qos, capacity)
+                .pushed(source_url, srt)
+                .gated(gate)
         })
     }
 
@@ -62,7 +70,54 @@ impl Hub {
         let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
         let capacity = self.config.limits.viewer_queue_fragments;
         let topics = self.stream_topics(url);
-        self.start_stream(url, requester, || Stream::new(url.to_string(), topics, config, client, qos, capacity))
+        let gate = self.gate_for(url, &config.video);
+        self.start_stream(url, requester, || {
+            Stream::new(url.to_string(), topics, config, client, qos, capacity).gated(gate)
+        })
+    }
+
+    /// What a pipeline of `url` asks once its source is probed: whether its work fits in the CPU budget.
+    fn gate_for(self: &Arc<Self>, url: &str, video: &VideoEncoderConfig) -> Gate {
+        let hub = Arc::downgrade(self);
+        let (url, video) = (url.to_string(), video.clone());
+        Arc::new(move |info: &SourceInfo, pipeline: u64| match hub.upgrade() {
+            Some(hub) => hub.admit(&url, &video, info, pipeline),
+            None => Err("the server is shutting down".into()),
+        })
+    }
+
+    /// Admits the pipeline `pipeline` of the stream `url`, on its own thread: a copy at once, a transcode if
+    /// the CPU budget has room by what the running ones are measured to use (waiting up to `ADMIT_WAIT` for
+    /// a first measurement), else `Err` with why.
+    fn admit(&self, url: &str, video: &VideoEncoderConfig, info: &SourceInfo, pipeline: u64) -> Result<(), String> {
+        let transcode = info.video == TrackMode::Transcode;
+        let pixel_rate = output_pixel_rate(info, video);
+        let budget = self.config.limits.cpu_budget_percent;
+        let deadline = Instant::now() + ADMIT_WAIT;
+        loop {
+            let now = Instant::now();
+            let ticks = crate::media::threads::cpu_ticks_by_pipeline();
+            let own = ticks.get(&pipeline).copied().unwrap_or(0);
+            let decision = {
+                let mut ledger = lock(&self.admission);
+                ledger.sample(&ticks, now);
+                ledger.request(url, pipeline, transcode, pixel_rate, budget, own, now, now < deadline)
+            };
+            match decision {
+                Decision::Admit => {
+                    if transcode {
+                        let (running, used) = lock(&self.admission).transcodes();
+                        tracing::info!(url = %redact(url), running, used_percent = used.round(), budget, "transcode admitted");
+                    }
+                    return Ok(());
+                }
+                Decision::Refuse(why) => {
+                    tracing::warn!(url = %redact(url), %why, "transcode refused");
+                    return Err(why);
+                }
+                Decision::Wait => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// The topics of the stream of an allowed URL (protocol v2).
@@ -130,6 +185,7 @@ impl Hub {
         };
         if !replaced {
             lock(&self.viewers).retain(|_, url| *url != stream.url);
+            lock(&self.admission).forget(&stream.url);
         }
         self.announce();
         tracing::info!(url = %redact(&stream.url), "stream stopped");
@@ -147,6 +203,15 @@ impl Hub {
     pub(super) fn sweep(&self) {
         lock(&self.rate).forget_idle(Instant::now());
         let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
+        let now = Instant::now();
+        if lock(&self.admission).sample_due(now) {
+            let ticks = crate::media::threads::cpu_ticks_by_pipeline();
+            let mut ledger = lock(&self.admission);
+            ledger.sample(&ticks, now);
+            for stream in &streams {
+                ledger.set_load(&stream.url, stream.frame_share(), stream.lag_us());
+            }
+        }
         let linger = self.config.limits.linger();
         for stream in streams {
             if let Some(timeout) = self.config.limits.viewer_timeout() {
@@ -163,4 +228,21 @@ impl Hub {
             }
         }
     }
+}
+
+/// Output pixels a second of a transcode of this source: its size fitted in the encoder's limits, times its
+/// frame rate (capped by `max_fps`).
+fn output_pixel_rate(info: &SourceInfo, video: &VideoEncoderConfig) -> f64 {
+    let Some(stream) = info.streams.get(info.video_stream) else { return 0.0 };
+    let (w, h) = crate::media::video::output_size(
+        stream.width.unwrap_or(0),
+        stream.height.unwrap_or(0),
+        video.max_width,
+        video.max_height,
+    );
+    let mut fps = stream.fps.unwrap_or(0.0);
+    if video.max_fps > 0 {
+        fps = fps.min(f64::from(video.max_fps));
+    }
+    f64::from(w) * f64::from(h) * fps
 }

@@ -120,6 +120,8 @@ pub struct StreamCore {
     next_sequence: u64,
     /// What the retained state topic says now (published again only when it changes).
     state: Option<Status>,
+    /// The `degraded` status the viewers were told, while the pipeline cannot keep up.
+    degraded: Option<Status>,
 }
 
 impl StreamCore {
@@ -135,6 +137,7 @@ impl StreamCore {
             lost_at: None,
             next_sequence: 1,
             state: None,
+            degraded: None,
         }
     }
 
@@ -218,9 +221,12 @@ impl StreamCore {
             (Some(status), Some((init, _))) => {
                 out.push(Effect::Status { viewer: topic.to_string(), status });
                 out.push(Effect::Start { viewer: topic.to_string(), init: init.clone(), gop: self.gop.clone() });
-                // Joined while the source is away: it is told so, as the viewers already there were.
+                // Joined while the source is away, or while the stream is degraded: it is told so, as the
+                // viewers already there were.
                 if let (Some(_), Some(state)) = (self.lost_at, &self.state) {
                     out.push(Effect::Status { viewer: topic.to_string(), status: state.clone() });
+                } else if let Some(degraded) = &self.degraded {
+                    out.push(Effect::Status { viewer: topic.to_string(), status: degraded.clone() });
                 }
                 true
             }
@@ -287,6 +293,8 @@ impl StreamCore {
     pub fn on_init(&mut self, bytes: Bytes, info: OutputInfo) -> Vec<Effect> {
         let changed = self.init.as_ref().is_none_or(|(old, _)| *old != bytes);
         self.gop.clear();
+        // A new pipeline run measures its load afresh.
+        self.degraded = None;
         self.init = Some((bytes.clone(), info));
         self.lost_at = None;
         let mut out = Vec::new();
@@ -338,6 +346,35 @@ impl StreamCore {
         out
     }
 
+    /// Whether the viewers were told the stream is degraded.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.is_some()
+    }
+
+    /// The pipeline cannot keep up (`Some`: the `degraded` status to tell), or keeps up again (`None`: the
+    /// viewers are told `playing` again). Nothing when that is what they were told already, or while the
+    /// source is away.
+    pub fn on_load(&mut self, degraded: Option<Status>) -> Vec<Effect> {
+        if self.degraded.is_some() == degraded.is_some() || self.lost_at.is_some() {
+            return Vec::new();
+        }
+        self.degraded = degraded;
+        let mut out = Vec::new();
+        for (topic, viewer) in self.viewers.iter().filter(|(_, v)| v.started) {
+            let status = match &self.degraded {
+                Some(status) => Some(status.clone()),
+                None => self.playing(viewer.delivery),
+            };
+            if let Some(status) = status {
+                out.push(Effect::Status { viewer: topic.clone(), status });
+            }
+        }
+        if self.shared_count() > 0 {
+            self.publish_state(&mut out, false);
+        }
+        out
+    }
+
     /// The source is gone for now (a drop being retried, a publisher that left): every viewer keeps its
     /// session, is told `status`, and waits for the next keyframe.
     pub fn on_source_lost(&mut self, status: Status, now: Instant) -> Vec<Effect> {
@@ -374,8 +411,9 @@ impl StreamCore {
 
     /// The retained state: `playing` with the init known, else what the stream last said.
     fn publish_state(&mut self, out: &mut Vec<Effect>, force: bool) {
-        let now = match self.playing(Delivery::Shared) {
-            Some(playing) if self.lost_at.is_none() => playing,
+        let now = match (self.playing(Delivery::Shared), &self.degraded) {
+            (Some(_), Some(degraded)) if self.lost_at.is_none() => degraded.clone(),
+            (Some(playing), None) if self.lost_at.is_none() => playing,
             _ => self.state.clone().unwrap_or(Status::Buffering { attempt: 1, retry_in_ms: 0 }),
         };
         if force || self.state.as_ref() != Some(&now) {
@@ -466,6 +504,46 @@ mod tests {
         assert_eq!(short(&c.on_fragment(&frag(5, false))), ["fragment pages/a/m f5"]);
         assert_eq!(c.next_sequence(), 6);
         assert_eq!(c.keyframe().map(|(_, k)| k), Some(Bytes::from_static(b"f2")));
+    }
+
+    #[test]
+    fn degraded_is_told_once_to_every_viewer_and_joiner_and_cleared_with_playing() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap();
+        c.join("pages/b/m", Delivery::Shared, 10, t0).unwrap();
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        c.on_fragment(&frag(1, true));
+        let degraded = || Some(Status::Degraded { message: "behind".into(), skipped_ms: 1500 });
+        let steps: [(&str, Option<Status>, Vec<&str>); 4] = [
+            (
+                "degraded: every viewer, and the retained state",
+                degraded(),
+                vec!["status pages/a/m degraded", "status pages/b/m degraded", "publish State degraded retained"],
+            ),
+            ("told already: nothing", degraded(), vec![]),
+            (
+                "kept up again: playing",
+                None,
+                vec!["status pages/a/m playing", "status pages/b/m playing", "publish State playing retained"],
+            ),
+            ("not degraded: nothing", None, vec![]),
+        ];
+        for (what, status, want) in steps {
+            assert_eq!(short(&c.on_load(status)), want, "{what}");
+        }
+        c.on_load(degraded());
+        assert!(c.is_degraded());
+        let joined = c.join("pages/c/m", Delivery::Direct, 10, t0).unwrap();
+        assert_eq!(
+            short(&joined),
+            ["open pages/c/m", "status pages/c/m playing", "start pages/c/m 1", "status pages/c/m degraded"]
+        );
+        // While the source is away nothing is said about the load; a new run starts afresh.
+        c.on_source_lost(Status::Reconnecting { attempt: 1, retry_in_ms: 500 }, t0);
+        assert!(c.on_load(None).is_empty());
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        assert!(!c.is_degraded());
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod ids;
 
 use super::viewer::Viewer;
 use crate::config::RetryConfig;
+use crate::media::events::PipelineStats;
+use crate::media::pipeline::Gate;
 use crate::media::{MediaError, OutputInfo, Pipeline, PipelineConfig, PipelineEvent};
 use crate::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use bytes::Bytes;
@@ -62,6 +64,13 @@ pub struct Counters {
     pub damaged: AtomicU64,
     /// Media bytes published: to each direct viewer, and once to the stream topic for all shared ones.
     pub published_bytes: AtomicU64,
+    /// Of finished pipeline runs (the running one counts in its stats): skips ahead, the media they left
+    /// out (µs), and frames left out before the encoder.
+    pub skips: AtomicU64,
+    /// See `skips`.
+    pub skipped_us: AtomicU64,
+    /// See `skips`.
+    pub frames_shed: AtomicU64,
 }
 
 /// The viewers' queues and publishers, and what they leave behind.
@@ -95,6 +104,8 @@ pub struct Stream {
     /// The requester (`ratelimit::requester`) whose request started it, for the per-requester stream limit.
     started_by: Option<String>,
     config: PipelineConfig,
+    /// Asked by each pipeline run once it knows what its source needs (the CPU budget).
+    gate: Option<Gate>,
     client: AsyncClient,
     qos: QoS,
     viewer_capacity: usize,
@@ -139,6 +150,21 @@ pub struct StreamStats {
     pub latency_p50_ms: Option<f64>,
     /// The same, p95.
     pub latency_p95_ms: Option<f64>,
+    /// How far the pipeline is behind real time now, in ms (0 for an input not read in real time).
+    pub lag_ms: u64,
+    /// Share of the source's frames encoded now: 1 unless the transcode sheds load.
+    pub frame_share: f64,
+    /// Whether the viewers were told `degraded`: frames shed were not enough, media was skipped.
+    pub degraded: bool,
+    /// Skips ahead to real time so far.
+    pub skips: u64,
+    /// Media those skips left out, in ms.
+    pub skipped_ms: u64,
+    /// Decoded frames left out before the encoder so far.
+    pub frames_shed: u64,
+    /// CPU the stream's pipeline uses, percent of one core, measured from its threads (see
+    /// `admission.rs`); set by the hub.
+    pub cpu_percent: Option<f64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -165,6 +191,7 @@ impl Stream {
             started_by: None,
             url,
             config,
+            gate: None,
             client,
             qos,
             viewer_capacity,
@@ -190,6 +217,26 @@ impl Stream {
     pub fn pushed(self, source_url: String, listening: bool) -> Self {
         let publisher = Publisher { present: AtomicBool::new(listening), arrived: Notify::new(), listening };
         Self { source_url, publisher: Some(publisher), ..self }
+    }
+
+    /// Has every pipeline run ask `gate` before it takes on its source's work.
+    pub fn gated(self, gate: Gate) -> Self {
+        Self { gate: Some(gate), ..self }
+    }
+
+    /// The running pipeline's counters, if one runs.
+    fn running(&self) -> Option<std::sync::Arc<PipelineStats>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Share of its source's frames the running pipeline encodes now.
+    pub fn frame_share(&self) -> f64 {
+        self.running().map_or(1.0, |s| 1.0 - s.shed_ppm.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+
+    /// How far the running pipeline is behind real time, in µs.
+    pub fn lag_us(&self) -> u64 {
+        self.running().map_or(0, |s| s.lag_us.load(Ordering::Relaxed))
     }
 
     /// Records which requester started the stream.
@@ -345,12 +392,10 @@ impl Stream {
         };
         sorted.sort_by(f64::total_cmp);
         let phase = self.phase.borrow().clone();
-        let running_damaged = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, |s| s.damaged.load(Ordering::Relaxed));
+        let running = self.running();
+        let now = |f: fn(&PipelineStats) -> &AtomicU64| running.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed));
+        let running_damaged = now(|s| &s.damaged);
+        let c = &self.counters;
         StreamStats {
             url: shown_url,
             state: match phase {
@@ -370,6 +415,13 @@ impl Stream {
             restarts: self.counters.restarts.load(Ordering::Relaxed),
             latency_p50_ms: percentile(&sorted, 0.5),
             latency_p95_ms: percentile(&sorted, 0.95),
+            lag_ms: now(|s| &s.lag_us) / 1000,
+            frame_share: self.frame_share(),
+            degraded: self.core().is_degraded(),
+            skips: c.skips.load(Ordering::Relaxed) + now(|s| &s.skips),
+            skipped_ms: (c.skipped_us.load(Ordering::Relaxed) + now(|s| &s.skipped_us)) / 1000,
+            frames_shed: c.frames_shed.load(Ordering::Relaxed) + now(|s| &s.frames_shed),
+            cpu_percent: None,
         }
     }
 
@@ -475,6 +527,33 @@ impl Stream {
         self.phase.send_replace(Phase::Ready(info));
     }
 
+    /// Tells the viewers when the pipeline starts or stops skipping media to stay live.
+    fn check_load(&self, stats: &PipelineStats) {
+        let degraded = stats.degraded.load(Ordering::Relaxed);
+        let mut core = self.core();
+        if core.is_degraded() == degraded {
+            return;
+        }
+        let status = degraded.then(|| {
+            let skipped_ms = (self.counters.skipped_us.load(Ordering::Relaxed)
+                + stats.skipped_us.load(Ordering::Relaxed))
+                / 1000;
+            let share = 1.0 - stats.shed_ppm.load(Ordering::Relaxed) as f64 / 1e6;
+            let fps = core.output().map(|o| o.fps * share);
+            let frames = fps.map_or_else(String::new, |f| format!(", at {f:.1} frames a second"));
+            Status::Degraded {
+                message: format!(
+                    "the server cannot keep up with this source: it skips ahead to stay live ({:.1} s left out so                      far{frames})",
+                    skipped_ms as f64 / 1000.0
+                ),
+                skipped_ms,
+            }
+        });
+        tracing::warn!(url = %crate::policy::redact(&self.url), degraded, "stream load changed");
+        let effects = core.on_load(status);
+        self.apply(&core, effects);
+    }
+
     fn on_fragment(&self, fragment: crate::media::Fragment) {
         let c = &self.counters;
         c.fragments.fetch_add(1, Ordering::Relaxed);
@@ -535,7 +614,9 @@ impl Stream {
                 (core.restart_offset_us(Instant::now()), core.next_sequence())
             };
             let started = Instant::now();
-            let pipeline = match Pipeline::start_at(&self.source_url, self.config.clone(), offset, sequence) {
+            let start = (offset, sequence);
+            let pipeline = match Pipeline::start_gated(&self.source_url, self.config.clone(), start, self.gate.clone())
+            {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
             };
@@ -571,6 +652,7 @@ impl Stream {
                         Some(PipelineEvent::Fragment(f)) => {
                             super::supervise::fault_point(&self.url);
                             self.on_fragment(f);
+                            self.check_load(&stats);
                         }
                         Some(PipelineEvent::Source(_)) => {}
                         Some(PipelineEvent::End(result)) => { end = Some(result); break; }
@@ -586,6 +668,9 @@ impl Stream {
             let done = stats.snapshot();
             self.counters.pipeline_drops.fetch_add(done.fragments_dropped, Ordering::Relaxed);
             self.counters.damaged.fetch_add(done.damaged, Ordering::Relaxed);
+            self.counters.skips.fetch_add(stats.skips.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.counters.skipped_us.fetch_add(stats.skipped_us.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.counters.frames_shed.fetch_add(stats.frames_shed.load(Ordering::Relaxed), Ordering::Relaxed);
 
             match end {
                 None | Some(Err(MediaError::Stopped)) => {
