@@ -92,6 +92,7 @@ export class Player extends EventTarget {
 
     this.state = "idle";
     this.message = "";
+    this._degraded = null; // the server's message while it says the stream is degraded (overloaded), else null
     this.url = null; // the source being played; null when not playing
     this.describeReply = null;
     this.sources = null; // null: no list received yet; []: no server
@@ -226,6 +227,8 @@ export class Player extends EventTarget {
     return {
       ...sink,
       state: this.state,
+      // the server cannot keep up with the source and skips ahead to stay live (a `degraded` status)
+      degraded: this._degraded !== null,
       message: this.message,
       url: this.url,
       broker: this.broker,
@@ -317,6 +320,7 @@ export class Player extends EventTarget {
 
   /** A play on a fresh reply topic: media of the previous one is gone with it, the renderer starts afresh. */
   _onNewPlay() {
+    this._degraded = null;
     if (this.media.mime) this.media.reset("new play after reconnecting");
     if (this.state !== "reconnecting") this._setState("connecting", `asking the server for ${this.url}`);
   }
@@ -353,6 +357,10 @@ export class Player extends EventTarget {
     switch (status.state) {
       case "playing":
         this._serverReconnecting = false;
+        if (this._degraded !== null) {
+          this._degraded = null;
+          if (this.state === "playing") this._setState("playing", "playing");
+        }
         if (status.mimeCodec && status.mimeCodec !== this.media.mime) {
           // WebCodecs finds out from the init segment that follows (unsupported() falls back).
           if (this.media.kind === "mse" && !mseSupports(status.mimeCodec)) {
@@ -376,6 +384,11 @@ export class Player extends EventTarget {
         // A pushed source lost its publisher: the session stays, media resumes when one is back.
         this._serverReconnecting = true;
         this._setState("reconnecting", status.message ?? "waiting for the publisher");
+        break;
+      case "degraded":
+        // Media goes on, with gaps: say so beside the state until the server says `playing` again.
+        this._degraded = status.message ?? "the server cannot keep up with this source";
+        if (this.state === "playing") this._setState("playing", `degraded: ${this._degraded}`);
         break;
       case "error":
         this._fail(status.code ?? "error", status.message ?? "error");
@@ -418,7 +431,7 @@ export class Player extends EventTarget {
     if (this.media.advancing(now)) {
       // (With requestVideoFrameCallback the first frame's own presentation time is taken instead.)
       if (this._firstFrameMs === null && !this._framesWatched) this._firstFrameMs = now - this._playStartedAt;
-      if (this.state !== "playing") this._setState("playing", "playing");
+      if (this.state !== "playing") this._setState("playing", this._degraded === null ? "playing" : `degraded: ${this._degraded}`);
     } else if (this.state === "playing" || this.state === "reconnecting" || this.state === "connecting") {
       this._setState("buffering", this.video.paused && this.media.currentTime() > 0 ? "paused" : "waiting for media");
     }
