@@ -193,11 +193,16 @@ pub struct TopicsConfig {
     /// When set (e.g. `pages/`), reply topics must start with it: the broker's ACL gives each page its own
     /// topics there, and the server refuses any other reply topic too (defence in depth). Empty: any.
     pub reply_prefix: String,
+    /// Everything about a stream goes under its own topics (`<prefix>/live/<id>/`), never to a reply topic,
+    /// so that the broker's ACL on those topics decides who watches which camera: describe facts, statuses
+    /// and join bursts go to the requester's place there, version 1 plays are refused, and the HTTP
+    /// snapshots are off (docs/PROTOCOL.md, "Who may watch what").
+    pub guarded: bool,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { prefix: protocol::DEFAULT_PREFIX.into(), reply_prefix: String::new() }
+        Self { prefix: protocol::DEFAULT_PREFIX.into(), reply_prefix: String::new(), guarded: false }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod cluster;
 pub mod gateway;
+mod guarded;
 pub mod health;
 pub mod homeassistant;
 pub mod ingest;
@@ -121,7 +122,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let snapshots = Arc::new(snapshots::Snapshots::new(config.snapshots.jpeg()));
     if config.gateway.enabled {
         let mut routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
-        if config.snapshots.http {
+        if config.snapshots.http && config.topics.guarded {
+            // A plain HTTP GET knows no broker user: it would show any camera to anyone.
+            tracing::warn!("snapshots.http is off because topics.guarded is on");
+        } else if config.snapshots.http {
             routes = routes.merge(snapshots::router(Arc::clone(&late_hub), Arc::clone(&snapshots)));
         }
         let (host, port) = (&config.broker.host, config.broker.port);

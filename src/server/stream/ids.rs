@@ -74,6 +74,16 @@ impl StreamIds {
         let hex: String = tag.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect();
         format!("u{hex}")
     }
+
+    /// The opaque key of a requester (a reply topic's parent) that names its guarded place under a stream's
+    /// topics (`topics.guarded`): stable while the server runs, and no one can tell the requester from it,
+    /// so a viewer of the same camera who sees the topic cannot learn (and stop) another viewer's reply topic.
+    pub fn requester_key(&self, requester: &str) -> String {
+        let mut message = b"requester\0".to_vec();
+        message.extend_from_slice(requester.as_bytes());
+        let tag = hmac::sign(&self.key, &message);
+        tag.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +113,18 @@ mod tests {
         assert!(!opaque.contains("pw") && !opaque.contains("cams"));
         assert_eq!(opaque, ids.id_of("rtsp://user:pw@cams.example.net/back"), "stable while the server runs");
         assert_ne!(opaque, StreamIds::new(&sources, &[]).id_of("rtsp://user:pw@cams.example.net/back"), "keyed");
+    }
+
+    #[test]
+    fn requester_keys_are_opaque_stable_and_distinct() {
+        let ids = StreamIds::new(&[], &[]);
+        let key = ids.requester_key("pages/page_ab12");
+        assert_eq!(key.len(), 20);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()) && !key.contains("page"), "{key}");
+        assert_eq!(key, ids.requester_key("pages/page_ab12"), "stable while the server runs");
+        assert_ne!(key, ids.requester_key("pages/page_ab13"));
+        assert_ne!(key, StreamIds::new(&[], &[]).requester_key("pages/page_ab12"), "keyed per server run");
+        // Not the URL id of the same text: the two keyed hashes are kept apart.
+        assert_ne!(format!("u{key}"), ids.id_of("pages/page_ab12"));
     }
 }
