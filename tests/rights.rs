@@ -1,0 +1,238 @@
+//! Who may watch which camera, decided by the broker: mosquitto runs docker/rights/mosquitto.conf and
+//! docker/rights/mosquitto.acl as they are (paths and port moved) with a real password file, the server runs
+//! docker/mqtt-video.toml with MQTT_VIDEO_GUARDED=true as compose.rights.yaml sets it. alice may watch "Test
+//! pattern", bob "Test pattern 720p". Each plays their own camera and gets nothing of the other's on any
+//! topic their login can read: a second connection of theirs subscribed to `#` is the witness.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::broker::Broker;
+use support::page::{rand_suffix, Message, Page, Server};
+
+const SERVER_PASSWORD: &str = "test-secret";
+const ALICE: (&str, &str) = ("alice", "alice-pw");
+const BOB: (&str, &str) = ("bob", "bob-pw");
+
+fn docker_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("docker").join(name)
+}
+
+/// mosquitto with docker/rights/: the server's user and the two viewers in a real password file.
+fn rights_broker() -> Broker {
+    let dir = support::work_dir().join(format!("rights-broker-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    for (i, (user, password)) in [("mqtt-video", SERVER_PASSWORD), ALICE, BOB].into_iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd.arg("-b").arg(&passwd).args([user, password]).status().expect("mosquitto_passwd");
+        assert!(status.success());
+    }
+    // mosquitto started as root reads its files as the mosquitto user: give it copies it can read.
+    let _ = Command::new("chmod").arg("644").arg(&passwd).status();
+    let acl = dir.join("mosquitto.acl");
+    std::fs::copy(docker_file("rights/mosquitto.acl"), &acl).unwrap();
+    let _ = Command::new("chmod").arg("755").arg(&dir).status();
+    let conf = std::fs::read_to_string(docker_file("rights/mosquitto.conf")).unwrap();
+    assert!(conf.contains("allow_anonymous false\n") && conf.contains("password_file /mosquitto/data/passwd\n"));
+    Broker::start_with_config(|port| {
+        conf.replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"))
+            .replace("/mosquitto/data/passwd", passwd.to_str().unwrap())
+            .replace("/mosquitto/config/mosquitto.acl", acl.to_str().unwrap())
+    })
+}
+
+/// The server as compose.rights.yaml runs it: docker/mqtt-video.toml, guarded by the environment.
+fn rights_server(port: u16) -> Server {
+    let text = std::fs::read_to_string(docker_file("mqtt-video.toml")).unwrap();
+    let text = text
+        .replace("host = \"mosquitto\"", "host = \"127.0.0.1\"")
+        .replace("port = 1883", &format!("port = {port}"))
+        .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("# password: MQTT_VIDEO_BROKER_PASSWORD", &format!("password = \"{SERVER_PASSWORD}\""));
+    let compose = std::fs::read_to_string(docker_file("compose.rights.yaml")).unwrap();
+    assert!(compose.contains("MQTT_VIDEO_GUARDED: \"true\""), "compose.rights.yaml guards the server");
+    Server::start_with_env(&text, "error", "info", &[("MQTT_VIDEO_GUARDED", "true")])
+}
+
+fn json_of(m: &Message) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or(Value::Null)
+}
+
+fn is_media(payload: &[u8]) -> bool {
+    matches!(payload.get(4..8), Some(b"ftyp" | b"moof" | b"prft"))
+}
+
+/// A page of `user` plays `url` as the page in client/ does when guarded: describe (a pointer on its reply
+/// topic), subscribe to its place under the stream's topics, describe again (the facts come there), play
+/// with version 2. Returns the page, the stream's topics and the describe reply (`None` when nothing came).
+fn guarded_play(port: u16, user: (&str, &str), url: &str, wait: Duration) -> (Page, Value, Option<Value>) {
+    let id = format!("page_{}_{}", user.0, rand_suffix());
+    let page = Page::connect_as(port, &id, user.0, user.1);
+    let base = format!("pages/{id}");
+    page.subscribe(&format!("{base}/#"));
+    page.publish("video/describe", &json!({"url": url, "reply_topic": format!("{base}/info")}));
+    let pointer = json_of(&page.next_on(&format!("{base}/info"), Duration::from_secs(10)).expect("a pointer"));
+    assert_eq!(pointer["guarded"], json!(true), "{pointer}");
+    for fact in ["mimeCodec", "width", "height", "fps", "has_audio", "video", "error"] {
+        assert!(pointer.get(fact).is_none(), "the pointer on the reply topic tells {fact}: {pointer}");
+    }
+    let stream = pointer["stream"].clone();
+    let replies = stream["replies"].as_str().expect("stream.replies").to_string();
+    assert!(replies.starts_with(&format!("video/live/{}/to/", stream["id"].as_str().unwrap())), "{replies}");
+    assert!(!replies.contains(&id), "the guarded place shows the page's client id: {replies}");
+    page.subscribe(&format!("{replies}/#"));
+    page.subscribe(stream["media"].as_str().unwrap());
+    page.publish("video/describe", &json!({"url": url, "reply_topic": format!("{base}/info")}));
+    let reply = page.next_on(&format!("{replies}/info"), wait).map(|m| json_of(&m));
+    page.publish("video/play", &json!({"url": url, "reply_topic": format!("{base}/media"), "version": 2}));
+    (page, stream, reply)
+}
+
+/// Everything `page` received over `wait`.
+fn drain(page: &Page, wait: Duration) -> Vec<Message> {
+    let until = Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match page.inbox.recv_timeout(left) {
+            Ok(m) => got.push(m),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// `viewer` plays `own` and gets it; plays `other` (which `other_user` watches meanwhile, so its topics
+/// carry media) and gets nothing of it, on any topic its login can read.
+fn watches_own_camera_only(viewer: (&str, &str), own: (&str, &str), other_user: (&str, &str), other: (&str, &str)) {
+    let broker = rights_broker();
+    let _server = rights_server(broker.port);
+    let (own_url, own_id) = own;
+    let (other_url, other_id) = other;
+    // The witness: the viewer's login, subscribed to everything.
+    let witness = Page::connect_as(broker.port, &format!("page_witness_{}", rand_suffix()), viewer.0, viewer.1);
+    witness.subscribe("#");
+    // The other camera plays for its own viewer, who gets it (so there are bytes to leak).
+    let (other_page, other_stream, other_reply) =
+        guarded_play(broker.port, other_user, other_url, Duration::from_secs(20));
+    assert!(other_reply.is_some_and(|r| r["mimeCodec"].is_string()), "{other_user:?} is described {other_url}");
+
+    let (page, stream, reply) = guarded_play(broker.port, viewer, own_url, Duration::from_secs(20));
+    let reply = reply.expect("the describe facts in the viewer's guarded place");
+    assert!(reply["mimeCodec"].as_str().unwrap_or("").starts_with("video/mp4"), "{reply}");
+    assert_eq!(stream["id"], json!(own_id));
+    let replies = stream["replies"].as_str().unwrap();
+    let burst = page.next_on(&format!("{replies}/media"), Duration::from_secs(10)).expect("the join burst");
+    assert_eq!(burst.payload.get(4..8), Some(&b"ftyp"[..]), "the burst starts with the init segment");
+    let live = page.collect(stream["media"].as_str().unwrap(), Duration::from_secs(2));
+    assert!(live.media.len() >= 5, "the viewer plays its camera ({} fragments)", live.media.len());
+
+    // The same page asks for the other camera: it learns where the answers would go, nothing more.
+    let (refused, refused_stream, refused_reply) = guarded_play(broker.port, viewer, other_url, Duration::from_secs(4));
+    assert_eq!(refused_stream["id"], json!(other_id));
+    assert!(refused_reply.is_none(), "the other camera's facts reached the viewer: {refused_reply:?}");
+    // A version 1 play, which would send everything to the reply topic, is refused outright.
+    let v1 = format!("pages/{}/v1", refused.id);
+    refused.publish("video/play", &json!({"url": other_url, "reply_topic": v1}));
+    let status = refused.next_on(&format!("{v1}/status"), Duration::from_secs(5)).expect("an error status");
+    assert_eq!(json_of(&status)["code"], json!("bad_request"), "{}", json_of(&status));
+    let other_live = other_page.collect(other_stream["media"].as_str().unwrap(), Duration::from_secs(3));
+    assert!(other_live.media.len() >= 5, "the other camera played all along ({})", other_live.media.len());
+
+    let forbidden = format!("video/live/{other_id}/");
+    let mut seen = drain(&witness, Duration::from_millis(500));
+    seen.extend(drain(&refused, Duration::from_millis(100)));
+    seen.extend(drain(&page, Duration::from_millis(100)));
+    assert!(
+        seen.iter().any(|m| m.topic.starts_with(&format!("video/live/{own_id}/"))),
+        "the witness hears the own camera"
+    );
+    for m in &seen {
+        assert!(!m.topic.starts_with(&forbidden), "{} reached {:?}", m.topic, viewer.0);
+        if m.topic.starts_with("pages/") {
+            // Its own reply topics: pointers and errors, never media, never the other camera's facts.
+            assert!(!is_media(&m.payload), "media on {}", m.topic);
+            let v = json_of(m);
+            assert!(v.get("mimeCodec").is_none() && v.get("width").is_none(), "facts on {}: {v}", m.topic);
+        }
+    }
+    // Nor did any message of the other camera reach the viewer under another name.
+    let others: Vec<&[u8]> = other_live.media.iter().map(|m| &m.payload[..]).collect();
+    assert!(seen.iter().all(|m| !others.contains(&&m.payload[..])), "a fragment of {other_id} reached {:?}", viewer.0);
+}
+
+#[test]
+fn alice_watches_the_test_pattern_and_gets_nothing_of_bobs_camera() {
+    watches_own_camera_only(
+        ALICE,
+        ("builtin://testsrc", "test-pattern"),
+        BOB,
+        ("builtin://testsrc-720p", "test-pattern-720p"),
+    );
+}
+
+#[test]
+fn bob_watches_the_720p_pattern_and_gets_nothing_of_alices_camera() {
+    watches_own_camera_only(
+        BOB,
+        ("builtin://testsrc-720p", "test-pattern-720p"),
+        ALICE,
+        ("builtin://testsrc", "test-pattern"),
+    );
+}
+
+/// What the broker answers a CONNECT with these credentials (`None`: no answer in time).
+fn connack(port: u16, credentials: Option<(&str, &str)>) -> Option<rumqttc::ConnectReturnCode> {
+    let mut options = rumqttc::MqttOptions::new(format!("page_login_{}", rand_suffix()), "127.0.0.1", port);
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
+    let (_client, mut connection) = rumqttc::Client::new(options, 10);
+    let until = Instant::now() + Duration::from_secs(5);
+    for event in connection.iter() {
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => return Some(ack.code),
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Some(code),
+            _ if Instant::now() > until => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn a_wrong_password_and_anonymous_clients_are_refused() {
+    let broker = rights_broker();
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, NotAuthorized, Success};
+    assert_eq!(connack(broker.port, Some(ALICE)), Some(Success));
+    let wrong = connack(broker.port, Some(("alice", "bob-pw")));
+    assert!(matches!(wrong, Some(BadUserNamePassword | NotAuthorized)), "a wrong password: {wrong:?}");
+    let nobody = connack(broker.port, Some(("mallory", "x")));
+    assert!(matches!(nobody, Some(BadUserNamePassword | NotAuthorized)), "an unknown user: {nobody:?}");
+    let anonymous = connack(broker.port, None);
+    assert!(matches!(anonymous, Some(BadUserNamePassword | NotAuthorized)), "anonymous: {anonymous:?}");
+}
+
+#[test]
+fn guarded_the_gateway_serves_no_snapshot() {
+    let broker = rights_broker();
+    let server = rights_server(broker.port);
+    server.wait_for_log("snapshots.http is off because topics.guarded is on", Duration::from_secs(5));
+    let addr = server.gateway_addr();
+    use std::io::{Read, Write};
+    for id in ["test-pattern", "test_pattern"] {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        write!(tcp, "GET /snapshot/{id}.jpg HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.starts_with("HTTP/1.1 200"), "an HTTP snapshot knows no broker user: {:.200}", text);
+        assert!(!answer.windows(2).any(|w| w == [0xFF, 0xD8]), "a JPEG came over HTTP");
+    }
+}
