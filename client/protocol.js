@@ -36,6 +36,37 @@ export function streamMediaTopic(message) {
 }
 export const stopRequest = (replyTopic) => ({ reply_topic: replyTopic });
 
+/**
+ * A server with `topics.guarded` answers a describe on the reply topic with a pointer only (`"guarded":
+ * true`): every answer about the stream comes under `stream.replies`, which the broker lets only those who may
+ * watch the stream read. Returns the topics this player then listens on, the last levels of its own reply
+ * topics under `stream.replies` ({info, media, status, subscription}), or null for any other message.
+ */
+export function guardedTopics(reply, own) {
+  const replies = reply?.guarded === true ? reply?.stream?.replies : null;
+  if (typeof replies !== "string" || !replies.length || /[#+]/.test(replies)) return null;
+  const last = (topic) => topic.slice(topic.lastIndexOf("/") + 1);
+  const media = `${replies}/${last(own.media)}`;
+  return { info: `${replies}/${last(own.info)}`, media, status: `${media}/status`, subscription: `${replies}/#` };
+}
+
+/**
+ * An MQTT.js error as a refused login, {code, message}, or null for any other error. CONNACK return codes 4
+ * (bad user name or password) and 5 (not authorized) of MQTT 3.1.1: the broker will refuse the same login
+ * again, so the page says so and does not reconnect.
+ */
+export function loginRefusal(error) {
+  if (error?.code === 4) return { code: "login_refused", message: "The broker refused this login: wrong user name or password." };
+  if (error?.code === 5) return { code: "login_refused", message: "The broker refused this login: not authorized (log in with a user it knows)." };
+  return null;
+}
+
+/** The MQTT CONNECT credentials of the options {username, password}: none without a user name. */
+export function connectCredentials({ username, password } = {}) {
+  if (typeof username !== "string" || !username.length) return {};
+  return typeof password === "string" && password.length ? { username, password } : { username };
+}
+
 /** A JSON payload (bytes) as a value, or null when it is not JSON. */
 export function parseJson(payload) {
   try {
