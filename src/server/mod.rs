@@ -173,7 +173,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Instant::now(),
         )),
         ingest: endpoints.iter().map(|(e, _)| Arc::clone(e)).collect(),
-        ids: stream::ids::StreamIds::new(&config.named_sources(), &config.ingest),
+        ids: stream::ids::StreamIds::new(&config.named_sources(), &config.ingest)
+            .with_requester_secret(config.broker.password.as_deref()),
         gateway_shed,
         closing: Default::default(),
         config,

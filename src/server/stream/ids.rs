@@ -15,6 +15,8 @@ const MAX_SLUG: usize = 48;
 pub struct StreamIds {
     named: HashMap<String, String>,
     key: hmac::Key,
+    /// For [`StreamIds::requester_key`]: random, or derived from a secret the instances of a pool share.
+    requesters: hmac::Key,
 }
 
 /// `name` in lower-case letters, digits and dashes (never empty).
@@ -62,7 +64,22 @@ impl StreamIds {
         // A fixed key only if the system has no randomness at all; ids then stay opaque, just guessable.
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"mqtt-video"));
-        Self { named, key }
+        let requesters = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"mqtt-video requesters"));
+        Self { named, key, requesters }
+    }
+
+    /// Requester keys derived from `secret` (the server's broker password): the same after a restart and
+    /// on every instance of a pool, so a page's guarded place does not move under it; unknown without the
+    /// secret. `None` keeps the random key.
+    pub fn with_requester_secret(mut self, secret: Option<&str>) -> Self {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            let mut seed = b"mqtt-video requester keys\0".to_vec();
+            seed.extend_from_slice(secret.as_bytes());
+            let derived = ring::digest::digest(&ring::digest::SHA256, &seed);
+            self.requesters = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        }
+        self
     }
 
     /// The id of the stream of an allowed URL (as the policy returned it).
@@ -81,7 +98,7 @@ impl StreamIds {
     pub fn requester_key(&self, requester: &str) -> String {
         let mut message = b"requester\0".to_vec();
         message.extend_from_slice(requester.as_bytes());
-        let tag = hmac::sign(&self.key, &message);
+        let tag = hmac::sign(&self.requesters, &message);
         tag.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -124,6 +141,11 @@ mod tests {
         assert_eq!(key, ids.requester_key("pages/page_ab12"), "stable while the server runs");
         assert_ne!(key, ids.requester_key("pages/page_ab13"));
         assert_ne!(key, StreamIds::new(&[], &[]).requester_key("pages/page_ab12"), "keyed per server run");
+        let shared = |secret| StreamIds::new(&[], &[]).with_requester_secret(secret).requester_key("pages/page_ab12");
+        assert_eq!(shared(Some("pw")), shared(Some("pw")), "one secret, one key: across restarts and a pool");
+        assert_ne!(shared(Some("pw")), shared(Some("other")));
+        assert_ne!(shared(None), shared(None), "no secret: random per run");
+        assert_ne!(shared(Some("")), shared(Some("")), "an empty secret is none");
         // Not the URL id of the same text: the two keyed hashes are kept apart.
         assert_ne!(format!("u{key}"), ids.id_of("pages/page_ab12"));
     }
