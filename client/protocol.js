@@ -84,6 +84,28 @@ export function parseSources(payload) {
   return msg.sources.filter((s) => s && typeof s.url === "string");
 }
 
+/** Whether the `<prefix>/sources` payload is a guarded server's: the sources are entries of their own. */
+export function sourcesGuarded(payload) {
+  return payload.length > 0 && parseJson(payload)?.guarded === true;
+}
+
+/** The subscription to a guarded server's entries of the sources list, one per source. */
+export const sourceEntries = (prefix) => `${prefix}/live/+/source`;
+
+/**
+ * A guarded server's entry: {id, source} from `<prefix>/live/<id>/source` (source null: the entry was
+ * cleared), or null for any other topic or a payload that is not an entry.
+ */
+export function sourceEntry(prefix, topic, payload) {
+  const head = `${prefix}/live/`;
+  if (!topic.startsWith(head) || !topic.endsWith("/source")) return null;
+  const id = topic.slice(head.length, -"/source".length);
+  if (!id || id.includes("/")) return null;
+  if (!payload.length) return { id, source: null };
+  const s = parseJson(payload);
+  return s && typeof s.url === "string" ? { id, source: s } : null;
+}
+
 /**
  * A describe reply as {reply} (the stream's facts: mimeCodec, width, height, has_audio, ...) or {error: {code,
  * message}}: the server's own error, or one of ours for a reply that is not what PROTOCOL.md says.

@@ -17,6 +17,9 @@ import {
   playRequest,
   PlayRequests,
   replyTopics,
+  sourceEntries,
+  sourceEntry,
+  sourcesGuarded,
   stopRequest,
   streamMediaTopic,
 } from "./protocol.js";
@@ -54,6 +57,7 @@ export class Session {
     this._staleTopics = []; // reply topics of connections that died: stopped on the next connection
     this._destroyed = false;
     this.refused = null; // {code, message} when the broker refused the login: no reconnect until login()
+    this._guardedSources = null; // a guarded server's list: id -> source, the entries this login may read
     this._connect();
   }
 
@@ -243,7 +247,8 @@ export class Session {
     this.everConnected = true;
     this._attempt = 0;
     this.hooks.connection({ connected: true, everConnected: true, delayMs: 0 });
-    conn.client.subscribe([this.topics.sources, conn.topics.subscription], { qos: 0 }, (err) => {
+    const lists = [this.topics.sources, sourceEntries(this.options.prefix)];
+    conn.client.subscribe([...lists, conn.topics.subscription], { qos: 0 }, (err) => {
       if (conn !== this._conn) return;
       if (err) {
         this.hooks.fail("subscribe_failed", `cannot subscribe: ${err.message}`);
@@ -360,11 +365,19 @@ export class Session {
       conn.requests.described(now);
       conn.describedStream = this.options.protocol >= 2 ? streamMediaTopic(reply) : null;
       this.hooks.described(reply);
+    } else if (sourceEntry(this.options.prefix, topic, payload)) {
+      // A guarded server's entry: the broker delivers only those of sources this login may watch.
+      const { id, source } = sourceEntry(this.options.prefix, topic, payload);
+      this._guardedSources ??= new Map();
+      if (source) this._guardedSources.set(id, source);
+      else this._guardedSources.delete(id);
+      if (this._guarded) this.hooks.sources([...this._guardedSources.values()]);
     } else if (topic === this.topics.sources) {
-      const list = parseSources(payload);
+      this._guarded = sourcesGuarded(payload);
+      const list = this._guarded ? [...(this._guardedSources?.values() ?? [])] : parseSources(payload);
       this.hooks.sources(list); // empty: no server serves this broker right now
       // The server publishes this list right after it (re)subscribed: requests it may have missed go again now.
-      if (!list.length) return;
+      if (!payload.length) return;
       for (const stale of this._staleTopics.splice(0)) this._publish(this.topics.stop, stopRequest(stale));
       if (this.url && conn.requests) this._apply(conn, conn.requests.serverBack(now));
     }

@@ -228,6 +228,12 @@ impl StreamTopics {
     }
 }
 
+/// With `topics.guarded`, `<prefix>/live/<id>/source`: a source's own retained entry of the sources list,
+/// `{"name", "url", "description"}`, readable by those the broker lets watch it.
+pub fn source_entry_topic(prefix: &str, id: &str) -> String {
+    format!("{prefix}/live/{id}/source")
+}
+
 /// The level under a stream's topics that holds the requesters' guarded places (`topics.guarded`).
 pub const GUARDED_LEVEL: &str = "to";
 

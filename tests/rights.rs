@@ -174,6 +174,12 @@ fn watches_own_camera_only(viewer: (&str, &str), own: (&str, &str), other_user: 
     let forbidden = format!("video/live/{other_id}/");
     seen.extend(drain(&refused, Duration::from_millis(500)));
     let heard = drain(&witness, Duration::from_millis(100));
+    // The sources list names no camera; each login gets the entries of the cameras it may watch.
+    let list = heard.iter().find(|m| m.topic == "video/sources").map(json_of).expect("the sources list");
+    assert_eq!((&list["guarded"], &list["sources"]), (&json!(true), &json!([])), "{list}");
+    let entries: Vec<Value> = heard.iter().filter(|m| m.topic.ends_with("/source")).map(json_of).collect();
+    assert_eq!(entries.len(), 1, "one entry, its own camera's: {entries:?}");
+    assert_eq!(entries[0]["url"], json!(own_url), "{entries:?}");
     let own_topics = format!("video/live/{own_id}/");
     assert!(heard.iter().any(|m| m.topic.starts_with(&own_topics)), "the witness hears the own camera");
     seen.extend(heard);

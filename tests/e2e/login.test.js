@@ -4,7 +4,15 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connectCredentials, guardedTopics, loginRefusal, replyTopics } from "../../client/protocol.js";
+import {
+  connectCredentials,
+  guardedTopics,
+  loginRefusal,
+  replyTopics,
+  sourceEntries,
+  sourceEntry,
+  sourcesGuarded,
+} from "../../client/protocol.js";
 import { keepLogin, rememberedLogin, STORAGE_KEY } from "../../client/credentials.js";
 
 test("credentials go in CONNECT only with a user name", () => {
@@ -87,4 +95,24 @@ test("a login is kept only when remembered, and forgotten otherwise", () => {
     assert.equal(rememberedLogin(storage), null, junk);
   }
   assert.equal(rememberedLogin(null), null);
+});
+
+test("a guarded server's sources are entries of their own, one per source", () => {
+  const bytes = (v) => new TextEncoder().encode(typeof v === "string" ? v : JSON.stringify(v));
+  assert.equal(sourceEntries("org/video"), "org/video/live/+/source");
+  assert.equal(sourcesGuarded(bytes({ version: 2, guarded: true, sources: [] })), true);
+  assert.equal(sourcesGuarded(bytes({ version: 2, sources: [{ url: "x" }] })), false);
+  assert.equal(sourcesGuarded(new Uint8Array()), false, "an empty list: no server");
+  const entry = { name: "Front door", url: "rtsp://viewer:***@cam/1", description: null };
+  const cases = [
+    ["video/live/front-door/source", bytes(entry), { id: "front-door", source: entry }],
+    ["video/live/front-door/source", new Uint8Array(), { id: "front-door", source: null }],
+    ["video/live/front-door/source", bytes("not json"), null],
+    ["video/live/front-door/source", bytes({ name: "no url" }), null],
+    ["video/live/front-door/media", bytes(entry), null],
+    ["video/live/a/b/source", bytes(entry), null],
+    ["video/live//source", bytes(entry), null],
+    ["other/live/front-door/source", bytes(entry), null],
+  ];
+  for (const [topic, payload, want] of cases) assert.deepEqual(sourceEntry("video", topic, payload), want, topic);
 });

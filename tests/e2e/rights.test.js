@@ -100,6 +100,13 @@ test("alice logs in, plays her camera, and is told she may not watch bob's", { t
   const kept = await page.evaluate(() => localStorage.getItem("mqtt-video.login"));
   assert.deepEqual(JSON.parse(kept), { username: "alice", password: "alice-pw" }, "remember me keeps the login");
 
+  // The list offers what this login may watch, and only that.
+  const offered = await waitFor("her sources", async () => {
+    const names = await page.$$eval(".player .source option", (os) => os.map((o) => o.textContent));
+    return names.includes("Test pattern") ? names : false;
+  }, { timeoutMs: 10_000 });
+  assert.ok(!offered.includes("Test pattern 720p"), `bob's camera is offered to alice: ${offered}`);
+
   await page.evaluate(() => window.mqttVideo.players[0].play("builtin://testsrc"));
   const playing = await waitFor("her camera to play", async () => {
     const s = await stats(page);
