@@ -268,3 +268,26 @@ fn guarded_the_gateway_serves_no_snapshot() {
         assert!(!answer.windows(2).any(|w| w == [0xFF, 0xD8]), "a JPEG came over HTTP");
     }
 }
+
+#[test]
+fn guarded_a_snapshot_over_mqtt_goes_under_the_cameras_topics() {
+    // An open broker: this checks where the server publishes, the ACL tests above what the broker lets by.
+    let broker = Broker::start();
+    let extra = "[topics]\nreply_prefix = \"pages/\"\nguarded = true\n\n[homeassistant]\nenabled = true\n";
+    let _server = Server::start(&support::page::server_config(broker.port, &[], extra));
+    let page = Page::connect(broker.port, "page_snap", None);
+    page.subscribe("#");
+    page.publish("video/describe", &json!({"url": "builtin://testsrc", "reply_topic": "pages/page_snap/info"}));
+    let pointer = json_of(&page.next_on("pages/page_snap/info", Duration::from_secs(10)).expect("a pointer"));
+    let replies = pointer["stream"]["replies"].as_str().expect("stream.replies").to_string();
+    page.publish("video/snapshot", &json!({"source": "Test pattern", "reply_topic": "pages/page_snap/snap"}));
+    let mut log = Vec::new();
+    let jpeg = next_logged(&page, &format!("{replies}/snap"), Duration::from_secs(20), &mut log).expect("the JPEG");
+    assert_eq!(jpeg.payload.get(..2), Some(&[0xFF, 0xD8][..]), "a JPEG under the camera's topics");
+    log.extend(drain(&page, Duration::from_millis(300)));
+    assert!(log.iter().all(|m| m.topic != "pages/page_snap/snap"), "the snapshot also went to the reply topic");
+    // A source no one has is no camera's: that error is answered on the reply topic itself.
+    page.publish("video/snapshot", &json!({"source": "Nobody", "reply_topic": "pages/page_snap/snap"}));
+    let error = json_of(&page.next_on("pages/page_snap/snap", Duration::from_secs(5)).expect("an error reply"));
+    assert_eq!(error["error"]["code"], json!("forbidden_url"), "{error}");
+}
