@@ -291,3 +291,62 @@ fn guarded_a_snapshot_over_mqtt_goes_under_the_cameras_topics() {
     let error = json_of(&page.next_on("pages/page_snap/snap", Duration::from_secs(5)).expect("an error reply"));
     assert_eq!(error["error"]["code"], json!("forbidden_url"), "{error}");
 }
+
+/// The guarded place of `reply_topic`'s requester for `url`, from a describe pointer.
+fn replies_of(page: &Page, url: &str, info: &str) -> String {
+    page.publish("video/describe", &json!({"url": url, "reply_topic": info}));
+    let pointer = json_of(&page.next_on(info, Duration::from_secs(10)).expect("a pointer"));
+    pointer["stream"]["replies"].as_str().expect("stream.replies").to_string()
+}
+
+/// Statuses on `topic` within `wait`, as their `state` (and `reason`).
+fn states_on(page: &Page, topic: &str, wait: Duration) -> Vec<String> {
+    let mut log = Vec::new();
+    let until = Instant::now() + wait;
+    let mut states = Vec::new();
+    while let Some(m) = next_logged(page, topic, until.saturating_duration_since(Instant::now()), &mut log) {
+        let v = json_of(&m);
+        if v["state"] == "buffering" {
+            continue; // a stream still opening its source
+        }
+        states.push(format!(
+            "{}{}",
+            v["state"].as_str().unwrap_or("?"),
+            v["reason"].as_str().map(|r| format!(":{r}")).unwrap_or_default()
+        ));
+    }
+    states
+}
+
+#[test]
+fn guarded_viewers_move_stop_and_time_out_where_they_are_delivered() {
+    let broker = Broker::start();
+    let extra = "[topics]\nreply_prefix = \"pages/\"\nguarded = true\n\n[limits]\nviewer_timeout_secs = 3\n";
+    let _server = Server::start(&support::page::server_config(broker.port, &[], extra));
+    let page = Page::connect(broker.port, "page_life", None);
+    page.subscribe("#");
+    let (one, two) = ("builtin://testsrc", "builtin://testsrc-silent");
+    let (info, media) = ("pages/page_life/info", "pages/page_life/media");
+    let (first, second) = (replies_of(&page, one, info), replies_of(&page, two, info));
+    assert_ne!(first, second, "each camera has its own place");
+    let play = |url: &str| page.publish("video/play", &json!({"url": url, "reply_topic": media, "version": 2}));
+    play(one);
+    assert_eq!(
+        states_on(&page, &format!("{first}/media/status"), Duration::from_secs(5)).first().map(String::as_str),
+        Some("playing")
+    );
+    // Moving: the first camera's delivery ends silently, the second's starts in its own place.
+    play(two);
+    assert!(page.next_on(&format!("{second}/media/status"), Duration::from_secs(10)).is_some(), "playing the second");
+    let after_move = page.collect(&format!("{first}/media"), Duration::from_millis(800));
+    assert!(after_move.media.is_empty(), "{} fragments of the first camera after the move", after_move.media.len());
+    // A stop names the reply topic; the `ended` comes where the viewer is delivered.
+    page.publish("video/stop", &json!({"reply_topic": media}));
+    assert_eq!(states_on(&page, &format!("{second}/media/status"), Duration::from_secs(2)), ["ended:stopped"]);
+    // A viewer that does not renew is timed out there too; playing again joins afresh.
+    play(one);
+    let states = states_on(&page, &format!("{first}/media/status"), Duration::from_secs(8));
+    assert_eq!(states, ["playing", "ended:viewer_timeout"], "{states:?}");
+    play(one);
+    assert_eq!(states_on(&page, &format!("{first}/media/status"), Duration::from_secs(2)), ["playing"]);
+}
