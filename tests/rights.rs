@@ -321,7 +321,7 @@ fn states_on(page: &Page, topic: &str, wait: Duration) -> Vec<String> {
 #[test]
 fn guarded_viewers_move_stop_and_time_out_where_they_are_delivered() {
     let broker = Broker::start();
-    let extra = "[topics]\nreply_prefix = \"pages/\"\nguarded = true\n\n[limits]\nviewer_timeout_secs = 3\n";
+    let extra = "[topics]\nreply_prefix = \"pages/\"\nguarded = true\n\n[limits]\nviewer_timeout_secs = 3\nmax_viewers_per_requester = 1\n";
     let _server = Server::start(&support::page::server_config(broker.port, &[], extra));
     let page = Page::connect(broker.port, "page_life", None);
     page.subscribe("#");
@@ -343,10 +343,16 @@ fn guarded_viewers_move_stop_and_time_out_where_they_are_delivered() {
     // A stop names the reply topic; the `ended` comes where the viewer is delivered.
     page.publish("video/stop", &json!({"reply_topic": media}));
     assert_eq!(states_on(&page, &format!("{second}/media/status"), Duration::from_secs(2)), ["ended:stopped"]);
-    // A viewer that does not renew is timed out there too; playing again joins afresh.
+    // A viewer that does not renew is timed out there too, and the hub forgets it: with one viewer allowed
+    // per requester, another reply topic of the same page may play at once.
     play(one);
     let states = states_on(&page, &format!("{first}/media/status"), Duration::from_secs(8));
     assert_eq!(states, ["playing", "ended:viewer_timeout"], "{states:?}");
-    play(one);
-    assert_eq!(states_on(&page, &format!("{first}/media/status"), Duration::from_secs(2)), ["playing"]);
+    let other = "pages/page_life/other";
+    page.publish("video/play", &json!({"url": one, "reply_topic": other, "version": 2}));
+    assert_eq!(states_on(&page, &format!("{first}/other/status"), Duration::from_secs(2)), ["playing"]);
+    // ... and the limit holds: a second one of the same page is refused, on its own reply topic.
+    page.publish("video/play", &json!({"url": one, "reply_topic": media, "version": 2}));
+    let refused = page.next_on(&format!("{media}/status"), Duration::from_secs(3)).expect("overloaded");
+    assert_eq!(json_of(&refused)["code"], json!("overloaded"), "{}", json_of(&refused));
 }
