@@ -926,6 +926,7 @@ mod tests {
             "connect_timeout_secs",
             "max_idle_secs",
             "handshake_timeout_ms",
+            "guarded",
         ];
         keys.extend(ours.map(String::from));
         for key in keys {
