@@ -6,7 +6,9 @@
 //
 // URL options: ?url=SOURCE&autoplay=1&muted=1&broker=ws://host:port/mqtt&target=MS&players=N&prefix=video
 //              &renderer=auto|webcodecs|mse&protocol=1|2
+// The broker login comes from the login form (kept in memory, in localStorage with "remember me"), never the URL.
 
+import { keepLogin, rememberedLogin } from "./credentials.js";
 import { defaultBrokerUrl, Player, RENDERERS } from "./player.js";
 
 const params = new URLSearchParams(location.search);
@@ -16,7 +18,19 @@ const number = (name) => {
   return v === null || v === "" || !Number.isFinite(Number(v)) ? undefined : Number(v);
 };
 
+// The broker login: from the login form (or a remembered one), never from the URL.
+const storage = (() => {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null; // storage disabled
+  }
+})();
+const remembered = rememberedLogin(storage);
+
 const pageOptions = {
+  username: remembered?.username ?? "",
+  password: remembered?.password ?? "",
   broker: params.get("broker") || defaultBrokerUrl(),
   prefix: params.get("prefix") || undefined,
   targetLatency: number("target") === undefined ? undefined : number("target") / 1000,
@@ -39,6 +53,31 @@ const list = document.getElementById("players");
 const template = document.getElementById("player-template");
 document.getElementById("broker-url").textContent = pageOptions.broker;
 document.getElementById("add-player").addEventListener("click", () => addPlayer({}));
+
+const loginForm = document.getElementById("login");
+const loginState = document.getElementById("login-state");
+document.getElementById("login-user").value = pageOptions.username;
+document.getElementById("login-password").value = pageOptions.password;
+document.getElementById("login-remember").checked = remembered !== null;
+loginForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const login = {
+    username: document.getElementById("login-user").value.trim(),
+    password: document.getElementById("login-password").value,
+  };
+  keepLogin(storage, login, document.getElementById("login-remember").checked);
+  pageOptions.username = login.username;
+  pageOptions.password = login.password;
+  for (const p of registry.players) p.login(login);
+  showLogin();
+});
+
+/** The login pill: refused (the broker's word), logged in as, or anonymous. */
+function showLogin() {
+  const refused = registry.players.map((p) => p.loginRefused).find(Boolean);
+  loginState.dataset.ok = String(!refused);
+  text(loginState, refused ? refused.message : pageOptions.username ? `logged in as ${pageOptions.username}` : "anonymous");
+}
 
 function text(el, value) {
   if (el.textContent !== value) el.textContent = value;
@@ -156,6 +195,7 @@ function addPlayer(options = {}) {
     text(stat.avOffset, s.avOffsetP50Ms === null ? "–" : `${s.avOffsetP50Ms.toFixed(0)} ms (p5 ${s.avOffsetP5Ms.toFixed(0)}, p95 ${s.avOffsetP95Ms.toFixed(0)})`);
   };
   player.addEventListener("state", render);
+  player.addEventListener("connection", showLogin);
   const timer = setInterval(render, 250);
   render();
 
@@ -165,6 +205,7 @@ function addPlayer(options = {}) {
 
 const count = Math.max(1, Math.min(16, number("players") ?? 1));
 for (let i = 0; i < count; i++) addPlayer({ url: params.get("url") ?? undefined, autoplay: flag("autoplay") });
+showLogin();
 
 // Leaving the page: stop cleanly (the MQTT last will covers a crash or a lost connection).
 addEventListener("pagehide", () => {

@@ -159,7 +159,8 @@ export class AudioOut {
    * it plays. */
   snapshot() {
     const r = this.report;
-    if (!r) return null;
+    // Closed (a play ended): the last report outlives the context it was measured on.
+    if (!r || !this.ctx) return null;
     return {
       bufferMs: r.level * 1000,
       marginMs: r.margin * 1000,

@@ -42,6 +42,10 @@ export const DEFAULTS = Object.freeze({
    * fans out, where the server names one (docs/PROTOCOL.md, "Shared delivery"); 1 has every fragment sent to
    * this page's reply topic. */
   protocol: 2,
+  /** The broker login (MQTT CONNECT user name and password, or a token for brokers with a token plugin); an
+   * empty user name connects anonymously. Kept in memory only (credentials.js stores it when asked to). */
+  username: "",
+  password: "",
   /** MQTT keep-alive, seconds. */
   keepalive: 20,
   /** Reconnect delays after the connection to the broker is lost, ms (doubling from min to max). */
@@ -311,8 +315,30 @@ export class Player extends EventTarget {
 
   // ----- the session's news -------------------------------------------------------------------------
 
-  _onConnection({ connected, everConnected, delayMs }) {
+  /** Logs in to the broker as `username` (see the option): a fresh connection, the play (if any) goes on. */
+  login({ username = "", password = "" } = {}) {
+    this.options.username = username;
+    this.options.password = password;
+    if (this.state === "error" && this.errors.at(-1)?.code === "login_refused") this._setState("idle", "");
+    this.session.login({ username, password });
+    const again = this._refusedUrl;
+    this._refusedUrl = null;
+    if (again) this.play(again);
+  }
+
+  /** {code, message} while the broker refuses this player's login, else null. */
+  get loginRefused() {
+    return this.session.refused;
+  }
+
+  _onConnection({ connected, everConnected, delayMs, refused }) {
     this._dispatch("connection");
+    if (refused) {
+      // Not a passing outage: the same login would be refused again, so no reconnecting until login().
+      this._refusedUrl = this.url ?? this._refusedUrl;
+      this._fail(refused.code, refused.message);
+      return;
+    }
     if (connected || !this.url || this.state === "error") return;
     if (everConnected) this._setState("reconnecting", `lost the connection to ${this.broker}; reconnecting`);
     else this._setState("connecting", `cannot reach the broker at ${this.broker}; trying again in ${(delayMs / 1000).toFixed(1)} s`);

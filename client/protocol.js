@@ -36,6 +36,37 @@ export function streamMediaTopic(message) {
 }
 export const stopRequest = (replyTopic) => ({ reply_topic: replyTopic });
 
+/**
+ * A server with `topics.guarded` answers a describe on the reply topic with a pointer only (`"guarded":
+ * true`): every answer about the stream comes under `stream.replies`, which the broker lets only those who may
+ * watch the stream read. Returns the topics this player then listens on, the last levels of its own reply
+ * topics under `stream.replies` ({info, media, status, subscription}), or null for any other message.
+ */
+export function guardedTopics(reply, own) {
+  const replies = reply?.guarded === true ? reply?.stream?.replies : null;
+  if (typeof replies !== "string" || !replies.length || /[#+]/.test(replies)) return null;
+  const last = (topic) => topic.slice(topic.lastIndexOf("/") + 1);
+  const media = `${replies}/${last(own.media)}`;
+  return { info: `${replies}/${last(own.info)}`, media, status: `${media}/status`, subscription: `${replies}/#` };
+}
+
+/**
+ * An MQTT.js error as a refused login, {code, message}, or null for any other error. CONNACK return codes 4
+ * (bad user name or password) and 5 (not authorized) of MQTT 3.1.1: the broker will refuse the same login
+ * again, so the page says so and does not reconnect.
+ */
+export function loginRefusal(error) {
+  if (error?.code === 4) return { code: "login_refused", message: "The broker refused this login: wrong user name or password." };
+  if (error?.code === 5) return { code: "login_refused", message: "The broker refused this login: not authorized (log in with a user it knows)." };
+  return null;
+}
+
+/** The MQTT CONNECT credentials of the options {username, password}: none without a user name. */
+export function connectCredentials({ username, password } = {}) {
+  if (typeof username !== "string" || !username.length) return {};
+  return typeof password === "string" && password.length ? { username, password } : { username };
+}
+
 /** A JSON payload (bytes) as a value, or null when it is not JSON. */
 export function parseJson(payload) {
   try {
@@ -51,6 +82,28 @@ export function parseSources(payload) {
   const msg = parseJson(payload);
   if (!msg || !Array.isArray(msg.sources)) return [];
   return msg.sources.filter((s) => s && typeof s.url === "string");
+}
+
+/** Whether the `<prefix>/sources` payload is a guarded server's: the sources are entries of their own. */
+export function sourcesGuarded(payload) {
+  return payload.length > 0 && parseJson(payload)?.guarded === true;
+}
+
+/** The subscription to a guarded server's entries of the sources list, one per source. */
+export const sourceEntries = (prefix) => `${prefix}/live/+/source`;
+
+/**
+ * A guarded server's entry: {id, source} from `<prefix>/live/<id>/source` (source null: the entry was
+ * cleared), or null for any other topic or a payload that is not an entry.
+ */
+export function sourceEntry(prefix, topic, payload) {
+  const head = `${prefix}/live/`;
+  if (!topic.startsWith(head) || !topic.endsWith("/source")) return null;
+  const id = topic.slice(head.length, -"/source".length);
+  if (!id || id.includes("/")) return null;
+  if (!payload.length) return { id, source: null };
+  const s = parseJson(payload);
+  return s && typeof s.url === "string" ? { id, source: s } : null;
 }
 
 /**

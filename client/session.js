@@ -7,13 +7,19 @@
 
 import mqtt from "./node_modules/mqtt/dist/mqtt.esm.js";
 import {
+  connectCredentials,
   controlTopics,
   describeRequest,
+  guardedTopics,
+  loginRefusal,
   parseJson,
   parseSources,
   playRequest,
   PlayRequests,
   replyTopics,
+  sourceEntries,
+  sourceEntry,
+  sourcesGuarded,
   stopRequest,
   streamMediaTopic,
 } from "./protocol.js";
@@ -30,9 +36,9 @@ function randomHex(bytes) {
 
 export class Session {
   /**
-   * @param {object} options {broker, prefix, replyPrefix, protocol, keepalive, reconnectMinMs, reconnectMaxMs} and the
-   *   request timings of protocol.js (REQUEST_DEFAULTS)
-   * @param {object} hooks {connection({connected, everConnected, delayMs}), sources(list), newPlay(),
+   * @param {object} options {broker, prefix, replyPrefix, protocol, keepalive, reconnectMinMs, reconnectMaxMs,
+   *   username, password} and the request timings of protocol.js (REQUEST_DEFAULTS)
+   * @param {object} hooks {connection({connected, everConnected, delayMs, refused}), sources(list), newPlay(),
    *   described(reply), status(status), media(payload), lost(fragments) (never received, before the next
    *   media), event(kind, detail), fail(code, message)}
    */
@@ -50,7 +56,21 @@ export class Session {
     this._reconnectTimer = null;
     this._staleTopics = []; // reply topics of connections that died: stopped on the next connection
     this._destroyed = false;
+    this.refused = null; // {code, message} when the broker refused the login: no reconnect until login()
+    this._guardedSources = null; // a guarded server's list: id -> source, the entries this login may read
     this._connect();
+  }
+
+  /**
+   * Logs in as `username` with `password` (or a token) from now on: a fresh connection with these CONNECT
+   * credentials (an empty user name: anonymous). A play in progress goes on over it.
+   */
+  login({ username = "", password = "" } = {}) {
+    if (this._destroyed) return;
+    this.options = { ...this.options, username, password };
+    this.refused = null;
+    this._attempt = 0;
+    this._reconnectNow();
   }
 
   /** The reply topic of the current play, or null. */
@@ -146,12 +166,18 @@ export class Session {
     conn?.requests?.finish();
     // The stream topic carries media for everyone: not ours to receive any more.
     if (conn?.stream && conn.connected) conn.client.unsubscribe(conn.stream);
-    if (conn) conn.stream = conn.merge = null;
+    if (conn?.inbox && conn.connected) conn.client.unsubscribe(conn.inbox.subscription);
+    if (conn) conn.stream = conn.merge = conn.inbox = null;
   }
 
   _apply(conn, actions) {
     for (const a of actions) {
-      if (a.fail) {
+      if (a.fail && conn.inbox && !conn.described) {
+        // The server answered (its pointer came) but nothing came where the broker guards the answers: with
+        // mosquitto, which grants such a subscription and then delivers nothing, that is how a login without
+        // rights to the stream looks (or, rarer, a source that gave no picture in time).
+        this.hooks.fail("not_allowed", "This login may not watch this source: the server answered, but the broker let nothing of it through.");
+      } else if (a.fail) {
         this.hooks.fail(a.fail.code, a.fail.message);
       } else if (a.send === "describe") {
         if (a.why !== "start") this.hooks.event("retry", `describe (${a.why})`);
@@ -177,6 +203,7 @@ export class Session {
       describedStream: null, // version 2: the stream topic the describe reply named
       stream: null, // ... and the one subscribed, with the merge of it and the reply topic
       merge: null,
+      inbox: null, // guarded server: where its answers about the stream come (protocol.js, guardedTopics)
       requests: null,
       client: null,
     };
@@ -187,6 +214,7 @@ export class Session {
       keepalive: this.options.keepalive,
       reconnectPeriod: 0, // reconnects are ours: each one gets a new reply topic and last will
       connectTimeout: 5000,
+      ...connectCredentials(this.options),
       will: { topic: this.topics.stop, payload: JSON.stringify(stopRequest(topics.media)), qos: 0, retain: false },
     });
     conn.client.on("connect", () => this._onConnect(conn));
@@ -195,7 +223,10 @@ export class Session {
     });
     conn.client.on("close", () => this._onClose(conn));
     conn.client.on("error", (e) => {
-      if (conn === this._conn) this.hooks.event("mqtt_error", e.message);
+      if (conn !== this._conn) return;
+      const refused = loginRefusal(e);
+      if (refused) this.refused = refused; // the close that follows does not reconnect
+      this.hooks.event("mqtt_error", e.message);
     });
     this._conn = conn;
   }
@@ -216,7 +247,8 @@ export class Session {
     this.everConnected = true;
     this._attempt = 0;
     this.hooks.connection({ connected: true, everConnected: true, delayMs: 0 });
-    conn.client.subscribe([this.topics.sources, conn.topics.subscription], { qos: 0 }, (err) => {
+    const lists = [this.topics.sources, sourceEntries(this.options.prefix)];
+    conn.client.subscribe([...lists, conn.topics.subscription], { qos: 0 }, (err) => {
       if (conn !== this._conn) return;
       if (err) {
         this.hooks.fail("subscribe_failed", `cannot subscribe: ${err.message}`);
@@ -241,6 +273,11 @@ export class Session {
     this._conn = null;
     conn.client.end(true);
     if (this._destroyed) return;
+    if (this.refused) {
+      // The same login would be refused again: wait for login() instead of knocking forever.
+      this.hooks.connection({ connected: false, everConnected: this.everConnected, delayMs: null, refused: this.refused });
+      return;
+    }
     if (this.url && wasConnected) this.reconnects++;
     const delayMs = Math.min(this.options.reconnectMaxMs, this.options.reconnectMinMs * 2 ** this._attempt);
     this.hooks.connection({ connected: false, everConnected: this.everConnected, delayMs });
@@ -264,15 +301,38 @@ export class Session {
     conn.used = true;
     conn.described = false;
     conn.describedStream = null;
+    conn.inbox = null;
     conn.requests = new PlayRequests(this.options);
     // Media from the previous connection's play is gone with its reply topic.
     this.hooks.newPlay();
     this._apply(conn, conn.requests.start(performance.now()));
   }
 
+  /**
+   * A guarded server's pointer: its answers about the stream come under `inbox` (which the broker lets this
+   * login read only if it may watch the stream). Subscribe there, then describe again: the facts come there.
+   */
+  _guard(conn, inbox) {
+    if (conn.inbox?.subscription === inbox.subscription) return;
+    if (conn.inbox) conn.client.unsubscribe(conn.inbox.subscription);
+    conn.inbox = inbox;
+    conn.client.subscribe(inbox.subscription, { qos: 0 }, (err) => {
+      if (conn !== this._conn || !this.url || conn.inbox !== inbox) return;
+      if (err?.code === 128) {
+        // Brokers that check subscriptions say so at once (mosquitto checks on delivery instead).
+        this.hooks.fail("not_allowed", "This login may not watch this source: the broker refused its topics.");
+      } else if (err) {
+        this.hooks.fail("subscribe_failed", `cannot subscribe to ${inbox.subscription}: ${err.message}`);
+      } else {
+        this._publish(this.topics.describe, describeRequest(this.url, conn.topics.info));
+      }
+    });
+  }
+
   _onMessage(conn, topic, payload) {
     const now = performance.now();
-    if (topic === conn.topics.media || (conn.stream && topic === conn.stream)) {
+    const inbox = conn.inbox;
+    if (topic === conn.topics.media || topic === inbox?.media || (conn.stream && topic === conn.stream)) {
       conn.requests?.message(now);
       if (!this.url) return;
       if (!conn.merge) this.hooks.media(payload);
@@ -282,7 +342,7 @@ export class Session {
         if (conn.merge.skipped > skipped) this.hooks.lost(conn.merge.skipped - skipped);
         for (const msg of due) this.hooks.media(msg);
       }
-    } else if (topic === conn.topics.status) {
+    } else if (topic === conn.topics.status || topic === inbox?.status) {
       conn.requests?.message(now);
       const status = parseJson(payload);
       if (!this.url || !status) return;
@@ -294,18 +354,30 @@ export class Session {
         conn.client.subscribe(moved, { qos: 0 });
       }
       this.hooks.status(status);
-    } else if (topic === conn.topics.info) {
+    } else if (topic === conn.topics.info || topic === inbox?.info) {
       if (!this.url || !conn.used || conn.described) return;
+      const reply = parseJson(payload);
+      const guarded = guardedTopics(reply, conn.topics);
+      if (guarded) return this._guard(conn, guarded);
+      // A guarded server's facts come only where the broker guards them; anything else is not its answer.
+      if (inbox && topic !== inbox.info && !reply?.error) return;
       conn.described = true;
       conn.requests.described(now);
-      const reply = parseJson(payload);
       conn.describedStream = this.options.protocol >= 2 ? streamMediaTopic(reply) : null;
       this.hooks.described(reply);
+    } else if (sourceEntry(this.options.prefix, topic, payload)) {
+      // A guarded server's entry: the broker delivers only those of sources this login may watch.
+      const { id, source } = sourceEntry(this.options.prefix, topic, payload);
+      this._guardedSources ??= new Map();
+      if (source) this._guardedSources.set(id, source);
+      else this._guardedSources.delete(id);
+      if (this._guarded) this.hooks.sources([...this._guardedSources.values()]);
     } else if (topic === this.topics.sources) {
-      const list = parseSources(payload);
+      this._guarded = sourcesGuarded(payload);
+      const list = this._guarded ? [...(this._guardedSources?.values() ?? [])] : parseSources(payload);
       this.hooks.sources(list); // empty: no server serves this broker right now
       // The server publishes this list right after it (re)subscribed: requests it may have missed go again now.
-      if (!list.length) return;
+      if (!payload.length) return;
       for (const stale of this._staleTopics.splice(0)) this._publish(this.topics.stop, stopRequest(stale));
       if (this.url && conn.requests) this._apply(conn, conn.requests.serverBack(now));
     }

@@ -193,11 +193,16 @@ pub struct TopicsConfig {
     /// When set (e.g. `pages/`), reply topics must start with it: the broker's ACL gives each page its own
     /// topics there, and the server refuses any other reply topic too (defence in depth). Empty: any.
     pub reply_prefix: String,
+    /// Everything about a stream goes under its own topics (`<prefix>/live/<id>/`), never to a reply topic,
+    /// so that the broker's ACL on those topics decides who watches which camera: describe facts, statuses
+    /// and join bursts go to the requester's place there, version 1 plays are refused, and the HTTP
+    /// snapshots are off (docs/PROTOCOL.md, "Who may watch what").
+    pub guarded: bool,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { prefix: protocol::DEFAULT_PREFIX.into(), reply_prefix: String::new() }
+        Self { prefix: protocol::DEFAULT_PREFIX.into(), reply_prefix: String::new(), guarded: false }
     }
 }
 
@@ -545,10 +550,12 @@ pub enum EnvKind {
     Text,
     /// A whole number.
     Integer,
+    /// `true` or `false` (also `1`, `0`, `yes`, `no`, `on`, `off`).
+    Bool,
 }
 
 /// The settings people change most, overridable from the environment (containers): variable, key, kind.
-pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 11] = [
+pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 12] = [
     ("MQTT_VIDEO_BROKER_HOST", "broker.host", EnvKind::Text),
     ("MQTT_VIDEO_BROKER_PORT", "broker.port", EnvKind::Integer),
     ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", EnvKind::Text),
@@ -560,6 +567,7 @@ pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 11] = [
     ("MQTT_VIDEO_VIDEO_CRF", "pipeline.video.crf", EnvKind::Integer),
     ("MQTT_VIDEO_VIDEO_MAX_HEIGHT", "pipeline.video.max_height", EnvKind::Integer),
     ("MQTT_VIDEO_MAX_STREAMS", "limits.max_streams", EnvKind::Integer),
+    ("MQTT_VIDEO_GUARDED", "topics.guarded", EnvKind::Bool),
 ];
 
 /// Sets `key` (dotted) in a TOML table from an environment value.
@@ -572,6 +580,11 @@ fn set_from_env(table: &mut toml::Table, var: &str, key: &str, kind: EnvKind, va
                 .parse()
                 .map_err(|_| ConfigError::invalid(var, format!("must be an integer, not '{value}'")))?,
         ),
+        EnvKind::Bool => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(ConfigError::invalid(var, format!("must be true or false, not '{value}'"))),
+        },
     };
     let mut parts: Vec<&str> = key.split('.').collect();
     let Some(last) = parts.pop() else { return Ok(()) };
@@ -918,6 +931,7 @@ mod tests {
             "connect_timeout_secs",
             "max_idle_secs",
             "handshake_timeout_ms",
+            "guarded",
         ];
         keys.extend(ours.map(String::from));
         for key in keys {
@@ -1153,9 +1167,14 @@ mod tests {
                 ("MQTT_VIDEO_MODE", "copy"),
                 ("MQTT_VIDEO_MAX_STREAMS", "3"),
                 ("MQTT_VIDEO_VIDEO_PRESET", ""),
+                ("MQTT_VIDEO_GUARDED", "true"),
             ]),
         )
         .unwrap();
+        assert!(c.topics.guarded);
+        assert!(!Config::from_toml_str_with_env("", env(&[("MQTT_VIDEO_GUARDED", "off")])).unwrap().topics.guarded);
+        let e = Config::from_toml_str_with_env("", env(&[("MQTT_VIDEO_GUARDED", "maybe")])).unwrap_err();
+        assert_eq!(e.to_string(), "MQTT_VIDEO_GUARDED must be true or false, not 'maybe'");
         assert_eq!((c.broker.host.as_str(), c.broker.port), ("mosquitto", 1884));
         assert_eq!(c.broker.password.as_deref(), Some("pw"));
         assert_eq!(c.limits.max_streams, 3);

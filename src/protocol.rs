@@ -202,6 +202,10 @@ pub struct StreamTopics {
     pub media: String,
     /// The stream's state as a status message, retained.
     pub state: String,
+    /// With `topics.guarded`: the requester's own place under the stream's topics, where every answer about
+    /// the stream goes (`<prefix>/live/<id>/to/<key>`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<String>,
 }
 
 impl StreamTopics {
@@ -213,8 +217,51 @@ impl StreamTopics {
             init: format!("{base}/init"),
             media: format!("{base}/media"),
             state: format!("{base}/state"),
+            replies: None,
         }
     }
+
+    /// The same topics naming the requester's guarded place `replies` (see [`guarded_base`]).
+    pub fn with_replies(mut self, replies: String) -> Self {
+        self.replies = Some(replies);
+        self
+    }
+}
+
+/// With `topics.guarded`, `<prefix>/live/<id>/source`: a source's own retained entry of the sources list,
+/// `{"name", "url", "description"}`, readable by those the broker lets watch it.
+pub fn source_entry_topic(prefix: &str, id: &str) -> String {
+    format!("{prefix}/live/{id}/source")
+}
+
+/// The level under a stream's topics that holds the requesters' guarded places (`topics.guarded`).
+pub const GUARDED_LEVEL: &str = "to";
+
+/// `<prefix>/live/<id>/to/<key>`: with `topics.guarded`, where the answers about stream `id` for the requester
+/// whose opaque key is `key` go, so that only those the broker lets read the stream's topics receive them.
+pub fn guarded_base(prefix: &str, id: &str, key: &str) -> String {
+    format!("{prefix}/live/{id}/{GUARDED_LEVEL}/{key}")
+}
+
+/// Where an answer meant for `reply_topic` goes under the guarded place `base`: `base` and the reply topic's
+/// last level (`pages/page_ab/media` -> `<base>/media`, statuses on `<base>/media/status`). `None` for a
+/// one-level reply topic: its last level is the whole topic, which must not be shown to other viewers (it
+/// is the viewer's identity: whoever knows it can stop the play).
+pub fn guarded_topic(base: &str, reply_topic: &str) -> Option<String> {
+    let (_, last) = reply_topic.rsplit_once('/')?;
+    Some(format!("{base}/{last}"))
+}
+
+/// With `topics.guarded`, the answer to a describe on its own reply topic: only where the real answer goes,
+/// nothing of the stream that the public sources list does not show.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardedPointer {
+    /// The URL as requested.
+    pub url: String,
+    /// Always `true`: the facts come on `<stream.replies>/<last level of the reply topic>`.
+    pub guarded: bool,
+    /// The stream's topics, with `replies`.
+    pub stream: StreamTopics,
 }
 
 /// `{"reply_topic": ...}` on `<prefix>/stop` (also the page's last will).
@@ -991,5 +1038,39 @@ mod tests {
             reply_topic_hint(br#"{"reply_topic": "pages/p/media", "x": 1}"#, &limits).as_deref(),
             Some("pages/p/media")
         );
+    }
+
+    #[test]
+    fn guarded_answers_go_under_the_stream_topics_without_showing_the_reply_topic() {
+        let base = guarded_base("org/video", "front-door", "0123456789abcdef0123");
+        assert_eq!(base, "org/video/live/front-door/to/0123456789abcdef0123");
+        let cases = [
+            ("pages/page_ab/media", Some("org/video/live/front-door/to/0123456789abcdef0123/media")),
+            ("pages/page_ab/info", Some("org/video/live/front-door/to/0123456789abcdef0123/info")),
+            ("a/b/c/media", Some("org/video/live/front-door/to/0123456789abcdef0123/media")),
+            ("page_ab", None),
+        ];
+        for (reply_topic, want) in cases {
+            let got = guarded_topic(&base, reply_topic);
+            assert_eq!(got.as_deref(), want, "{reply_topic}");
+            if let Some(got) = got {
+                assert!(!got.contains("page_ab"), "{got} shows the reply topic");
+                assert!(validate_reply_topic(&got, "org/video").is_err(), "under the control prefix: no page names it");
+            }
+        }
+    }
+
+    #[test]
+    fn guarded_pointer_shape() {
+        let stream = StreamTopics::new("video", "front-door").with_replies("video/live/front-door/to/k".into());
+        let pointer = GuardedPointer { url: "builtin://testsrc".into(), guarded: true, stream };
+        assert_eq!(
+            as_value(&pointer),
+            json!({"url": "builtin://testsrc", "guarded": true, "stream": {
+                "id": "front-door", "init": "video/live/front-door/init", "media": "video/live/front-door/media",
+                "state": "video/live/front-door/state", "replies": "video/live/front-door/to/k"}})
+        );
+        let plain = as_value(&StreamTopics::new("video", "front-door"));
+        assert!(plain.get("replies").is_none(), "unguarded, no `replies`: {plain}");
     }
 }

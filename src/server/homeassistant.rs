@@ -305,9 +305,19 @@ async fn answer(
     payload: &[u8],
 ) {
     let limits = hub.config.request_limits();
-    let Some(reply) = reply_topic_hint(payload, &limits) else {
+    let Some(mut reply) = reply_topic_hint(payload, &limits) else {
         return tracing::info!("homeassistant: snapshot request without a valid reply topic, not answered");
     };
+    if hub.guarded() {
+        // The picture (or why there is none) is the camera's: it goes under the camera's topics.
+        let wanted = serde_json::from_slice::<SnapshotRequest>(payload).ok();
+        if let Some(url) = wanted.and_then(|r| snapshots.url_of(hub, &r.source)) {
+            match hub.answer_topic(&reply, &hub.ids.id_of(&url)) {
+                Some(to) => reply = to,
+                None => return tracing::info!("homeassistant: snapshot request refused, not answered: topics.guarded needs a reply topic of two levels or more"),
+            }
+        }
+    }
     let error =
         |code: ErrorCode, message: String| serde_json::to_vec(&ErrorReply::new(code, message)).unwrap_or_default();
     let verdict = lock(rate).check(Some(&reply), Instant::now());

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod assets;
 pub mod cluster;
 pub mod gateway;
+mod guarded;
 pub mod health;
 pub mod homeassistant;
 pub mod ingest;
@@ -22,7 +23,7 @@ pub mod viewer;
 
 use crate::config::Config;
 use crate::policy::{redact, Policy, PolicyError};
-use crate::protocol::{RequestLimits, TopicError, Topics};
+use crate::protocol::{source_entry_topic, RequestLimits, TopicError, Topics};
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -124,7 +125,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let snapshots = Arc::new(snapshots::Snapshots::new(config.snapshots.jpeg()));
     if config.gateway.enabled {
         let mut routes = metrics::router(Arc::clone(&late_hub), Arc::clone(&health));
-        if config.snapshots.http {
+        if config.snapshots.http && config.topics.guarded {
+            // A plain HTTP GET knows no broker user: it would show any camera to anyone.
+            tracing::warn!("snapshots.http is off because topics.guarded is on");
+        } else if config.snapshots.http {
             routes = routes.merge(snapshots::router(Arc::clone(&late_hub), Arc::clone(&snapshots)));
         }
         let (host, port) = (&config.broker.host, config.broker.port);
@@ -173,7 +177,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Instant::now(),
         )),
         ingest: endpoints.iter().map(|(e, _)| Arc::clone(e)).collect(),
-        ids: stream::ids::StreamIds::new(&config.named_sources(), &config.ingest),
+        ids: stream::ids::StreamIds::new(&config.named_sources(), &config.ingest)
+            .with_requester_secret(config.broker.password.as_deref()),
         gateway_shed,
         closing: Default::default(),
         config,
@@ -251,10 +256,14 @@ impl Hub {
     }
 
     /// Publishes the retained sources list: the named sources and the pushed ones with a publisher now.
+    /// Guarded, the list names none: each source is an entry of its own under its stream's topics
+    /// (`<prefix>/live/<id>/source`), so that the broker gives each login the entries of what it may watch.
     pub(crate) async fn publish_sources(&self) {
         #[derive(Serialize)]
         struct Sources {
             version: u32,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            guarded: bool,
             sources: Vec<crate::policy::OfferedSource>,
         }
         let mut offered = self.policy.offered();
@@ -263,8 +272,37 @@ impl Hub {
             url: e.url(),
             description: e.config.description.clone(),
         }));
-        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, sources: offered };
+        let guarded = self.guarded();
+        if guarded {
+            for (topic, entry) in self.source_entries(&offered) {
+                match entry {
+                    Some(source) => self.publish_json(topic, source, true).await,
+                    None => self.clear_retained(topic).await,
+                }
+            }
+            offered.clear();
+        }
+        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, guarded, sources: offered };
         self.publish_json(self.topics.sources(), &sources, true).await;
+    }
+
+    /// Guarded: each source's own retained entry topic and what goes there (`None`: an ingest endpoint
+    /// without a publisher, whose entry is cleared).
+    fn source_entries<'a>(
+        &self,
+        offered: &'a [crate::policy::OfferedSource],
+    ) -> Vec<(String, Option<&'a crate::policy::OfferedSource>)> {
+        let topic = |url: &str| source_entry_topic(self.topics.prefix(), &self.ids.id_of(url));
+        let mut entries: Vec<_> =
+            offered.iter().filter_map(|s| self.allow(&s.url).ok().map(|url| (topic(&url), Some(s)))).collect();
+        entries.extend(self.ingest.iter().filter(|e| !e.is_live()).map(|e| (topic(&e.url()), None)));
+        entries
+    }
+
+    async fn clear_retained(&self, topic: String) {
+        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await {
+            tracing::warn!(error = %e, "could not queue a publish");
+        }
     }
 
     /// The retained stats topic: per instance in a cluster, or they would overwrite each other.
@@ -366,6 +404,13 @@ impl Hub {
         };
         if alone {
             let _ = self.client.publish(self.topics.sources(), QoS::AtLeastOnce, true, Vec::new()).await;
+            if self.guarded() {
+                let urls = self.policy.offered().into_iter().filter_map(|s| self.allow(&s.url).ok());
+                let urls: Vec<String> = urls.chain(self.ingest.iter().map(|e| e.url())).collect();
+                for url in urls {
+                    self.clear_retained(source_entry_topic(self.topics.prefix(), &self.ids.id_of(&url))).await;
+                }
+            }
         }
         let _ = self.client.publish(self.stats_topic(), QoS::AtLeastOnce, true, Vec::new()).await;
         let _ = self.client.disconnect().await;

@@ -215,9 +215,16 @@ impl Hub {
         let linger = self.config.limits.linger();
         for stream in streams {
             if let Some(timeout) = self.config.limits.viewer_timeout() {
-                for topic in stream.expire_viewers(timeout) {
-                    lock(&self.viewers).remove(&topic);
-                    tracing::info!(reply_topic = %topic, "viewer timed out");
+                let expired = stream.expire_viewers(timeout);
+                if !expired.is_empty() {
+                    // The stream knows its viewers by their delivery topics, the hub by their reply topics.
+                    lock(&self.viewers).retain(|reply_topic, url| {
+                        let gone = *url == stream.url && expired.contains(&self.delivery_topic(reply_topic, &stream));
+                        if gone {
+                            tracing::info!(reply_topic = %reply_topic, "viewer timed out");
+                        }
+                        !gone
+                    });
                 }
             }
             // A stream still opening its source has describes waiting on it; it fails by its own timeout.

@@ -5,7 +5,7 @@ use super::{lock, ratelimit, Hub};
 use crate::policy::redact;
 use crate::protocol::{
     parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
-    PlayRequest, ProtocolError, Request, RequestKind, Status, StopRequest,
+    GuardedPointer, PlayRequest, ProtocolError, Request, RequestKind, Status, StopRequest,
 };
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -103,9 +103,20 @@ impl Hub {
             Ok(url) => url,
             Err(m) => return self.answer_error(kind, &request.reply_topic, ErrorCode::ForbiddenUrl, m).await,
         };
+        // From here on every answer is about the stream: guarded, it goes under the stream's topics, and the
+        // reply topic only learns where (which the public sources list already tells, but for the key).
+        let id = self.ids.id_of(&url);
+        let Some(answer_to) = self.answer_topic(&request.reply_topic, &id) else {
+            return self.unanswerable(kind, &request.reply_topic);
+        };
+        if self.guarded() {
+            let stream = self.stream_topics_for(&id, &request.reply_topic);
+            let pointer = GuardedPointer { url: request.url.clone(), guarded: true, stream };
+            self.publish_json(request.reply_topic.clone(), &pointer, false).await;
+        }
         let stream = match self.stream_of(&url, kind, Some(ratelimit::requester(&request.reply_topic))) {
             Ok(s) => s,
-            Err((code, m)) => return self.answer_error(kind, &request.reply_topic, code, m).await,
+            Err((code, m)) => return self.answer_error(kind, &answer_to, code, m).await,
         };
         stream.touch();
         let limit = self.config.pipeline_for(&url).source.connect_timeout() + Duration::from_secs(5);
@@ -127,13 +138,14 @@ impl Hub {
         match outcome {
             Ok(Ok(info)) => {
                 stream.touch();
-                let reply = DescribeReply::new(&request.url, &info, &stream.topics());
-                self.publish_json(request.reply_topic, &reply, false).await;
+                let topics = self.stream_topics_for(&stream.topics().id, &request.reply_topic);
+                let reply = DescribeReply::new(&request.url, &info, &topics);
+                self.publish_json(answer_to, &reply, false).await;
             }
-            Ok(Err((code, message))) => self.answer_error(kind, &request.reply_topic, code, message).await,
+            Ok(Err((code, message))) => self.answer_error(kind, &answer_to, code, message).await,
             Err(_) => {
                 let message = format!("no picture from the source within {} s", limit.as_secs());
-                self.answer_error(kind, &request.reply_topic, ErrorCode::SourceTimeout, message).await;
+                self.answer_error(kind, &answer_to, ErrorCode::SourceTimeout, message).await;
             }
         }
     }
@@ -143,9 +155,18 @@ impl Hub {
         let kind = RequestKind::Play;
         let shared = request.shared();
         let topic = request.reply_topic;
+        if self.guarded() && !shared {
+            // A version 1 play sends everything to the reply topic, around the broker's ACL on the stream.
+            let message =
+                "this server sends media only on the stream topics (topics.guarded): play with \"version\": 2";
+            return self.answer_error(kind, &topic, ErrorCode::BadRequest, message.to_string()).await;
+        }
         let url = match self.allow(&request.url) {
             Ok(url) => url,
             Err(m) => return self.answer_error(kind, &topic, ErrorCode::ForbiddenUrl, m).await,
+        };
+        let Some(target) = self.answer_topic(&topic, &self.ids.id_of(&url)) else {
+            return self.unanswerable(kind, &topic);
         };
         if let Some(message) = self.nesting_conflict(&topic) {
             // Its status topic lies inside another viewer's subscription: refuse without answering there.
@@ -166,32 +187,46 @@ impl Hub {
         }
         let stream = match self.stream_of(&url, kind, Some(requester)) {
             Ok(s) => s,
-            Err((code, m)) => return self.answer_error(kind, &topic, code, m).await,
+            Err((code, m)) => return self.answer_error(kind, &target, code, m).await,
         };
+        // The hub knows the viewer by its reply topic; the stream by the topic its media and statuses go to
+        // (the same one unless guarded).
         let previous = lock(&self.viewers).insert(topic.clone(), url.clone());
         match previous {
             // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
-            Some(old) if old == url && stream.has_viewer(&topic) => {
-                stream.renew_viewer(&topic);
+            Some(old) if old == url && stream.has_viewer(&target) => {
+                stream.renew_viewer(&target);
                 return;
             }
             Some(old) if old != url => {
                 // The topic moves to the new stream: the old delivery ends silently, or its last fragments
                 // and an `ended` could land after the new init segment.
-                if let Some(old_stream) = lock(&self.streams).get(&old) {
-                    old_stream.remove_viewer(&topic, None);
+                let old_stream = lock(&self.streams).get(&old).cloned();
+                if let Some(old_stream) = old_stream {
+                    old_stream.remove_viewer(&self.delivery_topic(&topic, &old_stream), None);
                 }
             }
             _ => {}
         }
         let delivery = if shared { stream::core::Delivery::Shared } else { stream::core::Delivery::Direct };
-        if !stream.add_viewer(&topic, delivery, self.config.limits.max_viewers_per_stream) {
+        if !stream.add_viewer(&target, delivery, self.config.limits.max_viewers_per_stream) {
             lock(&self.viewers).remove(&topic);
             let message =
                 format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
-            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
+            return self.answer_error(kind, &target, ErrorCode::Overloaded, message).await;
         }
         tracing::info!(url = %redact(&url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
+    }
+
+    /// Guarded, a one-level reply topic: no place under the stream's topics can be named for it without
+    /// showing it to the stream's other viewers. Refused, not answered (like any other bad reply topic).
+    fn unanswerable(&self, kind: RequestKind, reply_topic: &str) {
+        self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            kind = kind.as_str(),
+            reply_topic,
+            "request refused, not answered: topics.guarded needs a reply topic of two levels or more"
+        );
     }
 
     /// A reply topic nested in another viewer's (or the other way round) would receive that viewer's media too.
@@ -206,8 +241,9 @@ impl Hub {
     pub(super) fn stop(&self, request: StopRequest) {
         self.requests.stop.fetch_add(1, Ordering::Relaxed);
         let Some(url) = lock(&self.viewers).remove(&request.reply_topic) else { return };
-        if let Some(stream) = lock(&self.streams).get(&url) {
-            stream.remove_viewer(&request.reply_topic, Some(EndReason::Stopped));
+        let stream = lock(&self.streams).get(&url).cloned();
+        if let Some(stream) = stream {
+            stream.remove_viewer(&self.delivery_topic(&request.reply_topic, &stream), Some(EndReason::Stopped));
             tracing::info!(reply_topic = %request.reply_topic, viewers = stream.viewer_count(), "viewer left");
         }
     }

@@ -134,14 +134,15 @@ impl Snapshots {
 
     /// A JPEG of the source with this id, or of this name, among the named sources.
     pub async fn of_id(&self, hub: &Arc<Hub>, id_or_name: &str) -> Result<Arc<Jpeg>, SnapshotError> {
-        let ids = source_ids(&hub.config.named_sources());
         let wanted = id_or_name.trim();
-        let source = ids
-            .iter()
-            .find(|(id, s)| id == wanted || s.name.eq_ignore_ascii_case(wanted))
-            .map(|(_, s)| s.clone())
+        let source = named(hub, wanted)
             .ok_or_else(|| SnapshotError::new(ErrorCode::ForbiddenUrl, format!("no source is named {wanted:?}")))?;
         self.of(hub, &source).await
+    }
+
+    /// The allowed URL of the named source `id_or_name`, if there is one.
+    pub fn url_of(&self, hub: &Arc<Hub>, id_or_name: &str) -> Option<String> {
+        hub.allow(&named(hub, id_or_name.trim())?.url).ok()
     }
 
     /// A JPEG of a named source's latest keyframe; starts its stream when nobody watches it.
@@ -248,6 +249,12 @@ async fn http_snapshot(hub: LateHub, snapshots: Arc<Snapshots>, file: String) ->
             (status, axum::Json(body)).into_response()
         }
     }
+}
+
+/// The named source with snapshot id or name `wanted`.
+fn named(hub: &Hub, wanted: &str) -> Option<NamedSource> {
+    let ids = source_ids(&hub.config.named_sources());
+    ids.into_iter().find(|(id, s)| id == wanted || s.name.eq_ignore_ascii_case(wanted)).map(|(_, s)| s)
 }
 
 #[cfg(test)]

@@ -142,15 +142,21 @@ export function startProcess(name, cmd, args, options = {}) {
   };
 }
 
-/** mosquitto with a TCP listener and, when wsPort is given, its own WebSocket listener. */
+/**
+ * mosquitto with a TCP listener and, when wsPort is given, its own WebSocket listener. `login` ({passwordFile,
+ * aclFile}) turns anonymous clients away and checks users and rights.
+ */
 export class Mosquitto {
-  constructor({ port, wsPort = null }) {
+  constructor({ port, wsPort = null, login = null }) {
     this.port = port;
     this.wsPort = wsPort;
     this.conf = path.join(scratch(), `mosquitto-${port}.conf`);
+    const access = login
+      ? ["allow_anonymous false", `password_file ${login.passwordFile}`, `acl_file ${login.aclFile}`]
+      : ["allow_anonymous true"];
     const lines = [
       "per_listener_settings false",
-      "allow_anonymous true",
+      ...access,
       "persistence false",
       // Without it a small message (a status, a reply) waits behind unacknowledged bytes for up to 40 ms.
       "set_tcp_nodelay true",

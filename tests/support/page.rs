@@ -32,6 +32,13 @@ impl Page {
         Self::connect_with(MqttOptions::new(id, "127.0.0.1", port), id, port, will)
     }
 
+    /// Connects as broker user `username` (a page that logged in).
+    pub fn connect_as(port: u16, id: &str, username: &str, password: &str) -> Self {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_credentials(username, password);
+        Self::connect_with(options, id, port, None)
+    }
+
     /// Connects over MQTT-over-WebSocket, as a browser does (`url` like `ws://127.0.0.1:8080/mqtt`).
     pub fn connect_ws(url: &str, port: u16, id: &str) -> Self {
         let mut options = MqttOptions::new(id, url, port);

@@ -15,6 +15,8 @@ const MAX_SLUG: usize = 48;
 pub struct StreamIds {
     named: HashMap<String, String>,
     key: hmac::Key,
+    /// For [`StreamIds::requester_key`]: random, or derived from a secret the instances of a pool share.
+    requesters: hmac::Key,
 }
 
 /// `name` in lower-case letters, digits and dashes (never empty).
@@ -62,7 +64,22 @@ impl StreamIds {
         // A fixed key only if the system has no randomness at all; ids then stay opaque, just guessable.
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"mqtt-video"));
-        Self { named, key }
+        let requesters = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"mqtt-video requesters"));
+        Self { named, key, requesters }
+    }
+
+    /// Requester keys derived from `secret` (the server's broker password): the same after a restart and
+    /// on every instance of a pool, so a page's guarded place does not move under it; unknown without the
+    /// secret. `None` keeps the random key.
+    pub fn with_requester_secret(mut self, secret: Option<&str>) -> Self {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            let mut seed = b"mqtt-video requester keys\0".to_vec();
+            seed.extend_from_slice(secret.as_bytes());
+            let derived = ring::digest::digest(&ring::digest::SHA256, &seed);
+            self.requesters = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        }
+        self
     }
 
     /// The id of the stream of an allowed URL (as the policy returned it).
@@ -73,6 +90,16 @@ impl StreamIds {
         let tag = hmac::sign(&self.key, url.trim().as_bytes());
         let hex: String = tag.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect();
         format!("u{hex}")
+    }
+
+    /// The opaque key of a requester (a reply topic's parent) that names its guarded place under a stream's
+    /// topics (`topics.guarded`): stable while the server runs, and no one can tell the requester from it,
+    /// so a viewer of the same camera who sees the topic cannot learn (and stop) another viewer's reply topic.
+    pub fn requester_key(&self, requester: &str) -> String {
+        let mut message = b"requester\0".to_vec();
+        message.extend_from_slice(requester.as_bytes());
+        let tag = hmac::sign(&self.requesters, &message);
+        tag.as_ref()[..10].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -103,5 +130,23 @@ mod tests {
         assert!(!opaque.contains("pw") && !opaque.contains("cams"));
         assert_eq!(opaque, ids.id_of("rtsp://user:pw@cams.example.net/back"), "stable while the server runs");
         assert_ne!(opaque, StreamIds::new(&sources, &[]).id_of("rtsp://user:pw@cams.example.net/back"), "keyed");
+    }
+
+    #[test]
+    fn requester_keys_are_opaque_stable_and_distinct() {
+        let ids = StreamIds::new(&[], &[]);
+        let key = ids.requester_key("pages/page_ab12");
+        assert_eq!(key.len(), 20);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()) && !key.contains("page"), "{key}");
+        assert_eq!(key, ids.requester_key("pages/page_ab12"), "stable while the server runs");
+        assert_ne!(key, ids.requester_key("pages/page_ab13"));
+        assert_ne!(key, StreamIds::new(&[], &[]).requester_key("pages/page_ab12"), "keyed per server run");
+        let shared = |secret| StreamIds::new(&[], &[]).with_requester_secret(secret).requester_key("pages/page_ab12");
+        assert_eq!(shared(Some("pw")), shared(Some("pw")), "one secret, one key: across restarts and a pool");
+        assert_ne!(shared(Some("pw")), shared(Some("other")));
+        assert_ne!(shared(None), shared(None), "no secret: random per run");
+        assert_ne!(shared(Some("")), shared(Some("")), "an empty secret is none");
+        // Not the URL id of the same text: the two keyed hashes are kept apart.
+        assert_ne!(format!("u{key}"), ids.id_of("pages/page_ab12"));
     }
 }
