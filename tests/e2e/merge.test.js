@@ -4,13 +4,9 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { classify, MAX_OUT_OF_ORDER, SequenceMerge } from "../../client/merge.js";
 import { parseInit } from "../../client/mp4.js";
-import { REPO, serverBinary } from "./support.js";
+import { probeOutput } from "./support.js";
 
 // A synthetic message is three bytes: kind (0 init, 1 fragment, 2 no sequence number), sequence, keyframe.
 const INIT = Uint8Array.of(0, 0, 0);
@@ -112,42 +108,33 @@ test("without an init segment nothing comes out, and what waits is bounded", () 
 });
 
 test("the server's real fragments, split over two topics as a join does, merge back in order", { timeout: 60_000 }, (t) => {
-  const bin = serverBinary();
-  if (!existsSync(bin)) {
-    t.skip(`${bin} is not built`);
+  const probe = probeOutput(3);
+  if (!probe) {
+    t.skip("the server binary is not built");
     return;
   }
-  const dir = mkdtempSync(path.join(tmpdir(), "mqtt-video-merge-"));
-  try {
-    const probe = spawnSync(bin, ["probe", "builtin://testsrc", "--seconds", "3", "--out", dir], { cwd: REPO, encoding: "utf8", timeout: 50_000 });
-    assert.equal(probe.status, 0, `probe failed: ${probe.stderr}`);
-    const files = readdirSync(dir).sort();
-    const init = new Uint8Array(readFileSync(path.join(dir, files.find((f) => f.startsWith("init")))));
-    const fragments = files.filter((f) => f.endsWith(".m4s")).map((f) => new Uint8Array(readFileSync(path.join(dir, f))));
-    assert.ok(fragments.length > 60, `${fragments.length} fragments`);
-    // The burst: init and the first 40 fragments on the reply topic; live from fragment ~31 on the stream
-    // topic, its first ones arriving before the burst's init. Interleaved as two topics on one connection are.
-    const burst = [init, ...fragments.slice(0, 40)];
-    // (Not starting at a keyframe: one that overtook the init would rightly start the play there.)
-    const info = parseInit(init);
-    const from = [31, 32, 33, 34, 35].find((i) => !classify(fragments[i], info).keyframe);
-    const live = fragments.slice(from);
-    const arrivals = [live[0], live[1]];
-    let b = 0;
-    let l = 2;
-    while (b < burst.length || l < live.length) {
-      if (b < burst.length) arrivals.push(burst[b++]);
-      if (b < burst.length) arrivals.push(burst[b++]);
-      if (l < live.length) arrivals.push(live[l++]);
-    }
-    const merge = new SequenceMerge();
-    const out = arrivals.flatMap((m) => merge.push(m));
-    assert.equal(out.length, 1 + fragments.length, "every fragment once");
-    assert.deepEqual(out[0], init);
-    for (let i = 0; i < fragments.length; i++) assert.deepEqual(out[i + 1], fragments[i], `fragment ${i} in its place`);
-    assert.equal(merge.duplicates, 40 - from, "the overlap dropped");
-    assert.equal(merge.skipped, 0);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const { init, fragments } = probe;
+  assert.ok(fragments.length > 60, `${fragments.length} fragments`);
+  // The burst: init and the first 40 fragments on the reply topic; live from fragment ~31 on the stream
+  // topic, its first ones arriving before the burst's init. Interleaved as two topics on one connection are.
+  const burst = [init, ...fragments.slice(0, 40)];
+  // (Not starting at a keyframe: one that overtook the init would rightly start the play there.)
+  const info = parseInit(init);
+  const from = [31, 32, 33, 34, 35].find((i) => !classify(fragments[i], info).keyframe);
+  const live = fragments.slice(from);
+  const arrivals = [live[0], live[1]];
+  let b = 0;
+  let l = 2;
+  while (b < burst.length || l < live.length) {
+    if (b < burst.length) arrivals.push(burst[b++]);
+    if (b < burst.length) arrivals.push(burst[b++]);
+    if (l < live.length) arrivals.push(live[l++]);
   }
+  const merge = new SequenceMerge();
+  const out = arrivals.flatMap((m) => merge.push(m));
+  assert.equal(out.length, 1 + fragments.length, "every fragment once");
+  assert.deepEqual(out[0], init);
+  for (let i = 0; i < fragments.length; i++) assert.deepEqual(out[i + 1], fragments[i], `fragment ${i} in its place`);
+  assert.equal(merge.duplicates, 40 - from, "the overlap dropped");
+  assert.equal(merge.skipped, 0);
 });

@@ -3,10 +3,6 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import {
   audioSpecificConfig,
   boxes,
@@ -16,7 +12,7 @@ import {
   parseInit,
   parsePrft,
 } from "../../client/mp4.js";
-import { REPO, serverBinary } from "./support.js";
+import { probeOutput } from "./support.js";
 
 // ----- tiny box builders ----------------------------------------------------------------------------------
 
@@ -237,72 +233,59 @@ test("boxes stops at truncated or malformed boxes and handles largesize", () => 
 // ----- the server's real muxer output ---------------------------------------------------------------------
 
 test("real fMP4 from `mqtt-video probe --out`: prft, tracks and keyframes", { timeout: 60_000 }, (t) => {
-  const bin = serverBinary();
-  if (!existsSync(bin)) {
-    t.skip(`${bin} is not built`);
+  const probe = probeOutput(2);
+  if (!probe) {
+    t.skip("the server binary is not built");
     return;
   }
-  const dir = mkdtempSync(path.join(tmpdir(), "mqtt-video-probe-"));
-  try {
-    const run = spawnSync(bin, ["probe", "builtin://testsrc", "--seconds", "2", "--out", dir], {
-      cwd: REPO,
-      encoding: "utf8",
-      timeout: 50_000,
-    });
-    assert.equal(run.status, 0, `probe failed: ${run.stderr}`);
-    const keyframes = Number(/\((\d+) start with a keyframe\)/.exec(run.stdout)?.[1]);
-    const files = readdirSync(dir).sort();
-    const initFile = files.find((f) => f.startsWith("init"));
-    const info = parseInit(new Uint8Array(readFileSync(path.join(dir, initFile))));
-    assert.ok(info.videoTrackId !== null, "a video track");
-    assert.ok(info.audioTrackId !== null, "an audio track (testsrc beeps)");
-    const timescale = info.tracks.get(info.videoTrackId).timescale;
-    assert.ok(timescale > 0);
-    const mime = /mime\s+(.*)/.exec(run.stdout)[1];
-    const entries = [info.videoTrackId, info.audioTrackId].map((id) => info.tracks.get(id).entry);
-    assert.equal(mime, `video/mp4; codecs="${entries[0].codec}, ${entries[1].codec}"`, "the codecs the server announces");
-    assert.equal(entries[0].description[0], 1, "an avcC version 1");
-    assert.deepEqual([entries[1].sampleRate, entries[0].width], [48000, 640]);
+  const keyframes = Number(/\((\d+) start with a keyframe\)/.exec(probe.stdout)?.[1]);
+  const info = parseInit(probe.init);
+  assert.ok(info.videoTrackId !== null, "a video track");
+  assert.ok(info.audioTrackId !== null, "an audio track (testsrc beeps)");
+  const timescale = info.tracks.get(info.videoTrackId).timescale;
+  assert.ok(timescale > 0);
+  const mime = /mime\s+(.*)/.exec(probe.stdout)[1];
+  const entries = [info.videoTrackId, info.audioTrackId].map((id) => info.tracks.get(id).entry);
+  assert.equal(mime, `video/mp4; codecs="${entries[0].codec}, ${entries[1].codec}"`, "the codecs the server announces");
+  assert.equal(entries[0].description[0], 1, "an avcC version 1");
+  assert.deepEqual([entries[1].sampleRate, entries[0].width], [48000, 640]);
 
-    let syncCount = 0;
-    let fragments = 0;
-    let lastMedia = -1;
-    for (const f of files.filter((f) => f.endsWith(".m4s"))) {
-      const data = new Uint8Array(readFileSync(path.join(dir, f)));
-      let frag = data;
-      const p = parsePrft(data);
-      if (p) {
-        frag = data.subarray(p.size);
-        assert.equal(p.trackId, info.videoTrackId);
-        assert.ok(Math.abs(Date.now() - p.wallMs) < 120_000, `prft wall clock ${new Date(p.wallMs).toISOString()}`);
-      }
-      assert.equal(boxType(frag), "moof", `${f} starts with moof after the prft`);
-      const video = parseFragment(frag, info).trafs.find((t) => t.trackId === info.videoTrackId);
-      if (!video) continue;
-      assert.ok(p, `${f} holds video and has a prft`);
-      assert.equal(p.mediaTime, video.baseMediaDecodeTime, `${f}: prft media time is the video tfdt`);
-      assert.ok(video.baseMediaDecodeTime > lastMedia, "media time grows");
-      lastMedia = video.baseMediaDecodeTime;
-      fragments++;
-      // Each video sample is a run of length-prefixed NAL units that ends exactly at the sample's end, and a
-      // sync sample holds an IDR slice (NAL type 5).
-      for (const sample of video.samples) {
-        assert.ok(sample.offset >= 0 && sample.offset + sample.size <= frag.length, `${f}: a sample inside the fragment`);
-        const types = [];
-        let pos = sample.offset;
-        while (pos < sample.offset + sample.size) {
-          const len = new DataView(frag.buffer, frag.byteOffset + pos).getUint32(0);
-          types.push(frag[pos + 4] & 0x1f);
-          pos += 4 + len;
-        }
-        assert.equal(pos, sample.offset + sample.size, `${f}: NAL lengths add up to the sample size`);
-        assert.equal(types.includes(5), sample.sync, `${f}: NAL types ${types} for a ${sample.sync ? "sync" : "non-sync"} sample`);
-      }
-      if (video.firstSampleSync) syncCount++;
+  let syncCount = 0;
+  let fragments = 0;
+  let lastMedia = -1;
+  for (const [n, data] of probe.fragments.entries()) {
+    const f = `fragment ${n}`;
+    let frag = data;
+    const p = parsePrft(data);
+    if (p) {
+      frag = data.subarray(p.size);
+      assert.equal(p.trackId, info.videoTrackId);
+      assert.ok(Math.abs(Date.now() - p.wallMs) < 120_000, `prft wall clock ${new Date(p.wallMs).toISOString()}`);
     }
-    assert.ok(fragments >= 50, `${fragments} video fragments`);
-    assert.equal(syncCount, keyframes, "sync fragments found by the page's parser = the probe's keyframe count");
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    assert.equal(boxType(frag), "moof", `${f} starts with moof after the prft`);
+    const video = parseFragment(frag, info).trafs.find((t) => t.trackId === info.videoTrackId);
+    if (!video) continue;
+    assert.ok(p, `${f} holds video and has a prft`);
+    assert.equal(p.mediaTime, video.baseMediaDecodeTime, `${f}: prft media time is the video tfdt`);
+    assert.ok(video.baseMediaDecodeTime > lastMedia, "media time grows");
+    lastMedia = video.baseMediaDecodeTime;
+    fragments++;
+    // Each video sample is a run of length-prefixed NAL units that ends exactly at the sample's end, and a
+    // sync sample holds an IDR slice (NAL type 5).
+    for (const sample of video.samples) {
+      assert.ok(sample.offset >= 0 && sample.offset + sample.size <= frag.length, `${f}: a sample inside the fragment`);
+      const types = [];
+      let pos = sample.offset;
+      while (pos < sample.offset + sample.size) {
+        const len = new DataView(frag.buffer, frag.byteOffset + pos).getUint32(0);
+        types.push(frag[pos + 4] & 0x1f);
+        pos += 4 + len;
+      }
+      assert.equal(pos, sample.offset + sample.size, `${f}: NAL lengths add up to the sample size`);
+      assert.equal(types.includes(5), sample.sync, `${f}: NAL types ${types} for a ${sample.sync ? "sync" : "non-sync"} sample`);
+    }
+    if (video.firstSampleSync) syncCount++;
   }
+  assert.ok(fragments >= 50, `${fragments} video fragments`);
+  assert.equal(syncCount, keyframes, "sync fragments found by the page's parser = the probe's keyframe count");
 });

@@ -2,8 +2,8 @@
 // file server), bounded waits, and headless Chromium through playwright-core. Everything started here is
 // stopped by `stopAll()`, and killed when the test process exits.
 
-import { spawn } from "node:child_process";
-import { createReadStream, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { createReadStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -311,4 +311,28 @@ export async function stopAll() {
 /** p-th percentile (nearest rank) of numbers in any order (non-finite ones left out). */
 export function percentile(values, p) {
   return percentileOfSorted(values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b), p);
+}
+
+/**
+ * What `mqtt-video probe builtin://testsrc --seconds N --out DIR` writes: {stdout, init, fragments} (bytes, in
+ * order), or null when the binary is not built. Throws when the probe fails.
+ */
+export function probeOutput(seconds) {
+  const bin = serverBinary();
+  if (!existsSync(bin)) return null;
+  const dir = mkdtempSync(path.join(tmpdir(), "mqtt-video-probe-"));
+  try {
+    const run = spawnSync(bin, ["probe", "builtin://testsrc", "--seconds", String(seconds), "--out", dir], {
+      cwd: REPO,
+      encoding: "utf8",
+      timeout: 50_000,
+    });
+    if (run.status !== 0) throw new Error(`probe failed: ${run.stderr}`);
+    const files = readdirSync(dir).sort();
+    const read = (f) => new Uint8Array(readFileSync(path.join(dir, f)));
+    const init = read(files.find((f) => f.startsWith("init")));
+    return { stdout: run.stdout, init, fragments: files.filter((f) => f.endsWith(".m4s")).map(read) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
