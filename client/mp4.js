@@ -353,3 +353,36 @@ export function parseMessage(bytes, init) {
   const fragment = parseFragment(moof, init);
   return { kind: "fragment", prft, moof, fragment };
 }
+
+/**
+ * What the rendition hand-over (switch.js) and the link meter (link-meter.js) need of one media message,
+ * from its bytes and the parsed init segment of its rendition (null before one): {kind: "init", init} (init
+ * parsed, or null) for an init segment, else {kind: "fragment", bytes, seq, video, keyframe, start, end,
+ * wallMs}: its size, `mfhd` sequence number, whether it carries video and starts with a sync sample, the
+ * media time it covers in seconds (the video track's; a fragment without video, its first track's) and its
+ * `prft` wall clock in ms. Facts it cannot know (no init yet, a malformed message) are null; never throws.
+ */
+export function messageFacts(bytes, init) {
+  const facts = { kind: "fragment", bytes: bytes.length, seq: null, video: false, keyframe: null, start: null, end: null, wallMs: null };
+  try {
+    if (boxType(bytes) === "ftyp") return { kind: "init", init: parseInit(bytes) };
+    const msg = parseMessage(bytes, init);
+    facts.seq = msg.fragment?.sequence ?? null;
+    facts.wallMs = msg.prft?.wallMs ?? null;
+    if (!init || !msg.fragment) return facts;
+    const trafs = msg.fragment.trafs.filter((t) => t.sampleCount > 0 && t.baseMediaDecodeTime !== null);
+    const video = trafs.find((t) => t.trackId === init.videoTrackId);
+    const timed = video ?? trafs.find((t) => init.tracks.get(t.trackId)?.timescale);
+    facts.video = !!video;
+    facts.keyframe = !!video?.firstSampleSync;
+    const timescale = timed && init.tracks.get(timed.trackId)?.timescale;
+    if (timescale) {
+      const duration = timed.samples.reduce((sum, s) => sum + s.duration, 0);
+      facts.start = timed.baseMediaDecodeTime / timescale;
+      facts.end = (timed.baseMediaDecodeTime + duration) / timescale;
+    }
+  } catch {
+    // Passed on as it is: the renderer says what is wrong with it.
+  }
+  return facts;
+}
