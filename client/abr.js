@@ -1,0 +1,243 @@
+// Which rendition the page plays with `rendition=auto`, as a pure state machine: the link meter's
+// per-interval observations (link-meter.js) in with `now`, decisions {switchTo, why} out. No MQTT, no clock:
+// player.js applies them through session.js, tests/e2e/abr.test.js drives it with tables.
+//
+// Down, fast, when the rendition played does not fit the link: the gateway shed fragments of it (it does so
+// once a browser's queue is 400 ms old), its fragments come later and later (lag), or less media than real
+// time arrives over a couple of seconds. To the best rendition whose bitrate fits what the link delivered
+// while it was queueing (then the link's own rate), else the lowest.
+//
+// Up, slowly and only on evidence, when a higher one would fit: after a while with no shedding and no lag,
+// when the link's capacity estimated from the keyframes (a keyframe of S bytes comes S / capacity later than
+// the small fragments around it, less what a link passes at once) is well over the higher rendition's
+// bitrate. Without an estimate (keyframes too small to tell) it tries the higher one now and then: a probe.
+// An up-switch that has to go down again soon after failed: the next waits longer (doubling) and needs more
+// margin, so it does not flap.
+
+/** Every setting of the controller, with its default (the Player's options of the same names). */
+export const ABR_DEFAULTS = Object.freeze({
+  /** Observations are taken this often by the Player, ms. */
+  abrIntervalMs: 250,
+  /** Down: the lag of the rendition played at or above this, ms... */
+  downLagMs: 250,
+  /** ... in this many observations in a row. */
+  downLagObservations: 2,
+  /** Down: media received over wall time below this share of real time over downWindowMs. */
+  downRate: 0.85,
+  downWindowMs: 2000,
+  /** A lower rendition fits when its bitrate is at most this share of what the link delivered meanwhile. */
+  downFit: 0.8,
+  /** Observations this soon after a switch are the switch's (a join burst, a backlog of the last one). */
+  settleMs: 1000,
+  /** Up: not within this long of any switch... */
+  upHoldMs: 5000,
+  /** ... nor unless the last this-long had no shedding and no lag over upLagMs. */
+  upStableMs: 5000,
+  upLagMs: 100,
+  /** Up: the estimated capacity over the higher rendition's bitrate by this factor. */
+  upMargin: 1.4,
+  /** The capacity estimate: the median of the last capacitySamples keyframes of the last capacityWindowMs,
+   * from at least capacityMinSamples. */
+  capacitySamples: 5,
+  capacityMinSamples: 3,
+  capacityWindowMs: 15000,
+  /** What a link may pass at once before its rate shows (a token bucket's burst, TCP's window), bytes: a
+   * keyframe's bytes beyond it are what its extra delay was spent on. */
+  burstBytes: 8192,
+  /** Extra delays under this are within the measurement's noise, ms (the estimate is then a lower bound). */
+  noiseMs: 2,
+  /** A keyframe that came when the link was already queueing this much tells nothing of its capacity, ms. */
+  maxBacklogMs: 30,
+  /** The probe: without an estimate, try the higher rendition after this long at this one, ms (doubling
+   * with each failed up-switch, up to maxBackoffMs). */
+  probeAfterMs: 30000,
+  /** A down-switch within this long of an up-switch: the up-switch failed, ms. */
+  failWindowMs: 10000,
+  /** After a failed up-switch, no other for this long (doubling with each failure, up to maxBackoffMs), and
+   * each failure multiplies the margin by 1.5 (at most 4 x). */
+  backoffMs: 20000,
+  maxBackoffMs: 240000,
+  /** A rendition's `bitrate_kbps` (the video's target) times this, for audio and the container, until its
+   * real rate has been measured while it played. */
+  overhead: 1.15,
+  /** An observation later than this after the last one: the page itself stood still (a blocked main
+   * thread, a hidden tab's timers); what arrived across it says nothing about the link, ms. */
+  pauseMs: 1500,
+});
+
+const median = (values) => {
+  if (!values.length) return null;
+  const s = values.slice().sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)];
+};
+
+/** The media played per rendition is measured over this long, ms. */
+const NEED_WINDOW_MS = 10000;
+/** ... once at least this much media time was received, ms. */
+const NEED_MIN_MEDIA_MS = 3000;
+/** Observations kept, ms. */
+const HISTORY_MS = 20000;
+
+export class AbrController {
+  /**
+   * @param {{name: string, bitrateKbps: number|null}[]} renditions the describe reply's, in any order (a
+   *   null bitrate, main's in copy mode, ranks first)
+   * @param {string} playing the rendition the page starts with
+   * @param {number} now ms
+   * @param {Partial<typeof ABR_DEFAULTS>} options
+   */
+  constructor(renditions, playing, now, options = {}) {
+    this.options = { ...ABR_DEFAULTS };
+    for (const [k, v] of Object.entries(options)) if (v !== undefined && k in ABR_DEFAULTS) this.options[k] = v;
+    const rank = (r) => r.bitrateKbps ?? Infinity;
+    this.renditions = renditions.slice().sort((a, b) => rank(b) - rank(a)); // best first
+    this.playing = playing;
+    this.pending = null; // the rendition a switch goes to, until switched() or failed()
+    this.lastSwitchAt = now;
+    this.lastUpAt = -Infinity;
+    this.upBlockedUntil = -Infinity;
+    this.failures = 0; // failed up-switches not yet made up for by one that held
+    this.history = []; // observations of the rendition played, newest last
+    this.lastObservationAt = null;
+    this.capacity = []; // [{at, kbps}] from keyframes
+    this.measured = new Map(); // rendition -> [{at, bytes, mediaMs}]
+    this.lastDecision = null;
+  }
+
+  _index(name) {
+    return this.renditions.findIndex((r) => r.name === name);
+  }
+
+  /** The bitrate rendition `name` needs, kbit/s: as measured while it played, else its announced one. */
+  need(name) {
+    const seen = this.measured.get(name) ?? [];
+    const bytes = seen.reduce((n, m) => n + m.bytes, 0);
+    const mediaMs = seen.reduce((n, m) => n + m.mediaMs, 0);
+    if (mediaMs >= NEED_MIN_MEDIA_MS) return (bytes * 8) / mediaMs;
+    const announced = this.renditions[this._index(name)]?.bitrateKbps;
+    return announced == null ? null : announced * this.options.overhead;
+  }
+
+  /** The link's capacity estimated from the keyframes, kbit/s, or null without enough of them. */
+  capacityKbps(now) {
+    const o = this.options;
+    const recent = this.capacity.filter((c) => now - c.at <= o.capacityWindowMs).slice(-o.capacitySamples);
+    return recent.length >= o.capacityMinSamples ? median(recent.map((c) => c.kbps)) : null;
+  }
+
+  /** A switch the controller asked for happened: `name` plays from now on. */
+  switched(name, now) {
+    const up = this._index(name) < this._index(this.playing);
+    this.playing = name;
+    this.pending = null;
+    this.lastSwitchAt = now;
+    if (up) this.lastUpAt = now;
+    this.history = [];
+  }
+
+  /** A switch to `name` was given up: the rendition played goes on; try again later. */
+  failed(name, now) {
+    this.pending = null;
+    this.lastSwitchAt = now;
+    if (this._index(name) < this._index(this.playing)) this._upFailed(now);
+  }
+
+  _upFailed(now) {
+    const o = this.options;
+    this.failures++;
+    this.lastUpAt = -Infinity; // counted once
+    this.upBlockedUntil = now + Math.min(o.maxBackoffMs, o.backoffMs * 2 ** (this.failures - 1));
+  }
+
+  /**
+   * One observation of the link meter (LinkMeter.take) plus {skipped: fragments of the rendition played
+   * the gateway shed in the interval}. Returns {switchTo, why} or null.
+   */
+  observe(obs) {
+    const o = this.options;
+    const now = obs.now;
+    const paused = this.lastObservationAt !== null && now - this.lastObservationAt > o.pauseMs;
+    this.lastObservationAt = now;
+    if (paused) {
+      this.history = [];
+      return null;
+    }
+    this.history.push(obs);
+    while (this.history.length && now - this.history[0].now > HISTORY_MS) this.history.shift();
+    const seen = this.measured.get(this.playing) ?? [];
+    seen.push({ at: now, bytes: obs.bytes, mediaMs: obs.mediaMs });
+    while (seen.length && now - seen[0].at > NEED_WINDOW_MS) seen.shift();
+    this.measured.set(this.playing, seen);
+    for (const k of obs.keyframes ?? []) {
+      const beyond = k.bytes - o.burstBytes;
+      if (beyond <= 0 || k.backlogMs > o.maxBacklogMs) continue;
+      this.capacity.push({ at: now, kbps: (beyond * 8) / Math.max(k.extraMs, o.noiseMs) });
+    }
+    while (this.capacity.length > 4 * o.capacitySamples) this.capacity.shift();
+    if (this.pending) return null;
+    if (this.lastUpAt > -Infinity && now - this.lastUpAt >= o.failWindowMs) {
+      // The last up-switch held: one failure before it is made up for.
+      this.failures = Math.max(0, this.failures - 1);
+      this.lastUpAt = -Infinity;
+    }
+    const decision = this._down(now) ?? this._up(now);
+    if (decision) {
+      this.pending = decision.switchTo;
+      this.lastDecision = { at: now, ...decision };
+    }
+    return decision;
+  }
+
+  _down(now) {
+    const o = this.options;
+    const settled = this.history.filter((h) => h.now - this.lastSwitchAt >= o.settleMs);
+    const window = settled.filter((h) => now - h.now < o.downWindowMs);
+    if (!window.length) return null;
+    const lag = (h) => h.lagMaxMs ?? 0;
+    const shed = window.reduce((n, h) => n + (h.skipped ?? 0), 0);
+    const last = settled.slice(-o.downLagObservations);
+    const lagging = last.length === o.downLagObservations && last.every((h) => lag(h) >= o.downLagMs);
+    const span = window.reduce((n, h) => n + h.intervalMs, 0);
+    const mediaMs = window.reduce((n, h) => n + h.mediaMs, 0);
+    const slow = span >= 0.9 * o.downWindowMs && mediaMs / span < o.downRate;
+    if (!shed && !lagging && !slow) return null;
+    const at = this._index(this.playing);
+    const lower = this.renditions.slice(at + 1);
+    if (!lower.length) return null; // the lowest already: nothing left to shed but what the gateway sheds
+    const throughput = span > 0 ? (window.reduce((n, h) => n + h.bytes, 0) * 8) / span : 0;
+    const fits = lower.find((r) => {
+      const need = this.need(r.name);
+      return need !== null && need <= throughput * o.downFit;
+    });
+    const to = fits ?? lower[lower.length - 1];
+    if (now - this.lastUpAt < o.failWindowMs) this._upFailed(now);
+    const why = shed
+      ? `the gateway shed ${shed} fragments of ${this.playing}`
+      : lagging
+        ? `the fragments of ${this.playing} come ${Math.round(lag(last.at(-1)))} ms late`
+        : `${Math.round((mediaMs / span) * 100)} % of real time of ${this.playing} arrives`;
+    return { switchTo: to.name, why: `${why}; the link delivered ${Math.round(throughput)} kbit/s` };
+  }
+
+  _up(now) {
+    const o = this.options;
+    const at = this._index(this.playing);
+    if (at <= 0) return null;
+    const higher = this.renditions[at - 1];
+    if (now < this.upBlockedUntil || now - this.lastSwitchAt < o.upHoldMs) return null;
+    const stable = this.history.filter((h) => now - h.now < o.upStableMs);
+    const covered = stable.reduce((n, h) => n + h.intervalMs, 0);
+    if (covered < 0.9 * o.upStableMs) return null;
+    if (stable.some((h) => (h.skipped ?? 0) > 0 || (h.lagMaxMs ?? 0) > o.upLagMs)) return null;
+    const need = this.need(higher.name);
+    const capacity = this.capacityKbps(now);
+    const margin = o.upMargin * Math.min(4, 1.5 ** this.failures);
+    if (capacity !== null && need !== null) {
+      if (capacity < need * margin) return null;
+      return { switchTo: higher.name, why: `the link carries about ${Math.round(capacity)} kbit/s; ${higher.name} needs ${Math.round(need)}` };
+    }
+    const wait = Math.min(o.maxBackoffMs, o.probeAfterMs * 2 ** this.failures);
+    if (now - this.lastSwitchAt < wait) return null;
+    return { switchTo: higher.name, why: `a probe: no estimate of the link after ${Math.round((now - this.lastSwitchAt) / 1000)} s on ${this.playing}` };
+  }
+}

@@ -1,0 +1,320 @@
+// Tables of the page's rendition choice: the link meter (client/link-meter.js) and the controller
+// (client/abr.js), then both over a simulated link: a token bucket with an 8 KiB burst paced as
+// tests/support/throttle.py paces the browser tests' link, carrying a 720p `main` and a 360p `low` of the
+// sizes the server's transcoder makes of the test's noise picture (keyframes 50 KB and 15 KB, other frames
+// 14 KB and 2.4 KB, 30 fps, a keyframe a second).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ABR_DEFAULTS, AbrController } from "../../client/abr.js";
+import { LinkMeter } from "../../client/link-meter.js";
+
+test("the meter: lag above the least delay, keyframes against the small fragments before them", () => {
+  const m = new LinkMeter();
+  // [now, bytes, keyframe, delay] -> the lag of each
+  const rows = [
+    [0, 2000, false, 50, 0],
+    [33, 2000, false, 40, 0], // a smaller delay: the new floor
+    [66, 2000, false, 45, 5],
+    [100, 2000, false, 41, 1],
+    [133, 15000, true, 70, 30],
+    [166, 2000, false, 40, 0],
+  ];
+  for (const [now, bytes, keyframe, delayMs, lag] of rows) {
+    m.fragment({ now, bytes, mediaMs: 33, keyframe, delayMs });
+    assert.equal(m.current.lagMs, lag, `lag at ${now}`);
+  }
+  const obs = m.take(200);
+  assert.equal(obs.bytes, 25000);
+  assert.equal(obs.mediaMs, 6 * 33);
+  assert.equal(obs.fragments, 6);
+  assert.equal(obs.lagMaxMs, 30);
+  // The keyframe: 70 ms against the median 41 ms of the four before it; they were 1 ms over the floor.
+  assert.deepEqual(obs.keyframes, [{ bytes: 15000, extraMs: 29, backlogMs: 1 }]);
+  assert.deepEqual(m.take(300).keyframes, [], "each keyframe once");
+
+  // The floor is the least of the last 10 s: a delay that goes down after it stays the floor.
+  const w = new LinkMeter();
+  w.fragment({ now: 0, bytes: 1, delayMs: 10 });
+  w.fragment({ now: 5000, bytes: 1, delayMs: 30 });
+  assert.equal(w.current.lagMs, 20);
+  w.fragment({ now: 10_500, bytes: 1, delayMs: 30 });
+  assert.equal(w.current.lagMs, 0, "10 ms fell out of the window");
+
+  // Another clock (media time instead of prft) starts afresh; a keyframe needs three small ones before it.
+  const c = new LinkMeter();
+  c.fragment({ now: 0, bytes: 1, delayMs: 5, clock: "prft" });
+  c.fragment({ now: 10, bytes: 1, delayMs: 900, clock: "media" });
+  assert.equal(c.current.lagMs, 0);
+  c.fragment({ now: 20, bytes: 20000, keyframe: true, delayMs: 950, clock: "media" });
+  assert.deepEqual(c.take(30).keyframes, []);
+  // After a switch the new rendition's keyframe is not compared with the old one's fragments.
+  const s = new LinkMeter();
+  for (let i = 0; i < 5; i++) s.fragment({ now: i * 33, bytes: 14000, delayMs: 10 });
+  s.switched();
+  s.fragment({ now: 200, bytes: 15000, keyframe: true, delayMs: 40 });
+  assert.deepEqual(s.take(250).keyframes, []);
+});
+
+// ----- the controller, observation by observation ----------------------------------------------------------
+
+const RENDITIONS = [
+  { name: "main", bitrateKbps: 3300 },
+  { name: "low", bitrateKbps: 600 },
+];
+
+/** An observation of 250 ms on pace: 250 ms of media, `kbps` delivered, no lag; `o` overrides. */
+const obs = (now, o = {}) => ({
+  now,
+  intervalMs: 250,
+  bytes: ((o.kbps ?? 3300) * 250) / 8,
+  mediaMs: 250,
+  fragments: 8,
+  lagMs: 0,
+  lagMaxMs: 0,
+  keyframes: [],
+  skipped: 0,
+  ...o,
+});
+
+/**
+ * Feeds `rows` of [from ms, to ms, observation fields, or a function of (now, rendition played) giving them]
+ * every 250 ms; returns the decisions with their time.
+ */
+function drive(abr, rows) {
+  const out = [];
+  for (const [from, to, o] of rows) {
+    for (let now = from; now < to; now += 250) {
+      const d = abr.observe(obs(now, typeof o === "function" ? o(now, abr.playing) : o));
+      if (d) {
+        out.push({ at: now, ...d });
+        abr.switched(d.switchTo, now); // (the hand-over is instant here)
+      }
+    }
+  }
+  return out;
+}
+
+test("down, fast, when the rendition played does not fit", () => {
+  // [what, renditions, observations, the first decision: [at, to, why matches] or null]
+  const three = [...RENDITIONS, { name: "mid", bitrateKbps: 1500 }];
+  const rows = [
+    ["the gateway shed fragments", RENDITIONS, [[0, 2000, {}], [2000, 3000, { skipped: 3 }]], [2000, "low", /shed 3 fragments of main/]],
+    ["lag in two observations in a row", RENDITIONS, [[0, 2000, {}], [2000, 2250, { lagMaxMs: 300 }], [2250, 2500, {}], [2500, 3000, { lagMaxMs: 260 }]], [2750, "low", /come 260 ms late/]],
+    ["nothing arriving at all", RENDITIONS, [[0, 2000, {}], [2000, 4000, { bytes: 0, mediaMs: 0, fragments: 0, lagMs: null, lagMaxMs: null }]], [2750, "low", /50 % of real time/]],
+    ["less than real time over 2 s", RENDITIONS, [[0, 2000, {}], [2000, 6000, { mediaMs: 150, kbps: 2000 }]], [2750, "low", /arrives; the link delivered 2\d\d\d kbit\/s/]],
+    ["on pace with a join burst's 1.5 x: nothing", RENDITIONS, [[0, 6000, { mediaMs: 375 }]], null],
+    ["the lowest already: nothing to do", [{ name: "low", bitrateKbps: 600 }], [[0, 3000, { skipped: 2 }]], null],
+    ["to the best rendition that fits what the link delivered", three, [[0, 2000, { kbps: 2200 }], [2000, 6000, { mediaMs: 150, kbps: 2200 }]], [2750, "mid", /2200 kbit/]],
+    ["to the lowest when none fits", three, [[0, 2000, { kbps: 800 }], [2000, 6000, { mediaMs: 60, kbps: 800 }]], [2750, "low", /800 kbit/]],
+  ];
+  for (const [what, renditions, observations, expected] of rows) {
+    const abr = new AbrController(renditions, renditions[0].name, 0);
+    const [first] = drive(abr, observations);
+    if (!expected) {
+      assert.equal(first, undefined, what);
+      continue;
+    }
+    assert.ok(first, `${what}: no decision`);
+    assert.deepEqual([first.at, first.switchTo], expected.slice(0, 2), what);
+    assert.match(first.why, expected[2], what);
+  }
+  // The first second after a switch is the switch's own.
+  const abr = new AbrController(RENDITIONS, "main", 0);
+  abr.observe(obs(0));
+  abr.switched("main", 1000); // (say a switch to main just completed)
+  assert.equal(abr.observe(obs(1250, { skipped: 4 })), null, "within settleMs");
+  assert.equal(abr.observe(obs(2250, { skipped: 4 })).switchTo, "low", "after it");
+  assert.equal(abr.observe(obs(2500, { skipped: 4 })), null, "nothing more while the switch is pending");
+});
+
+/** A keyframe sample on a link of `kbps` with the throttle's burst: {bytes, extraMs, backlogMs}. */
+const keyframe = (kbps, bytes = 15000, burst = 8192) => ({ bytes, extraMs: ((bytes - burst) * 8) / kbps, backlogMs: 1 });
+
+test("up, only on evidence that the higher rendition fits, and never flapping", () => {
+  const on = (name) => new AbrController(RENDITIONS, name, 0);
+  // The rendition played at its bitrate, with a keyframe a second that tells of a link of `kbps`.
+  const keyEverySecond = (kbps, bytes) => (now, playing) => ({
+    kbps: playing === "main" ? 3800 : 700,
+    keyframes: now % 1000 === 0 ? [keyframe(kbps, bytes)] : [],
+  });
+  // [what, observations on low, the first decision: [at, to] or null]
+  const rows = [
+    ["a link of 2 Mbit/s: main does not fit, never up", [[0, 60_000, keyEverySecond(2000)]], null],
+    ["a link of 4 Mbit/s: main fits, but not with the margin", [[0, 60_000, keyEverySecond(4000)]], null],
+    ["an unlimited link: up once stable and held for 5 s", [[0, 60_000, keyEverySecond(100_000)]], [5000, "main"]],
+    [
+      "the link recovers: up once three keyframes of five say so",
+      [[0, 20_000, keyEverySecond(2000)], [20_000, 60_000, keyEverySecond(100_000)]],
+      [22_000, "main"],
+    ],
+    ["lag in the last 5 s: not yet", [[0, 4000, keyEverySecond(100_000)], [4000, 4250, { lagMaxMs: 150 }], [4250, 60_000, keyEverySecond(100_000)]], [9000, "main"]],
+    [
+      "keyframes backlogged behind the link's queue tell nothing",
+      [[0, 60_000, (now) => ({ kbps: 700, keyframes: now % 1000 === 0 ? [{ ...keyframe(100_000), backlogMs: 80 }] : [] })]],
+      [30_000, "main"], // (so only the probe, after probeAfterMs)
+    ],
+    ["keyframes within the burst give no estimate: a probe after 30 s", [[0, 60_000, keyEverySecond(2000, 6000)]], [30_000, "main"]],
+  ];
+  for (const [what, observations, expected] of rows) {
+    const [first] = drive(on("low"), observations);
+    if (!expected) assert.equal(first, undefined, `${what}: ${JSON.stringify(first)}`);
+    else assert.deepEqual(first && [first.at, first.switchTo], expected, `${what}: ${first?.why}`);
+  }
+
+  // A failed up-switch (down again within failWindowMs) backs off, doubling, and needs more margin; one that
+  // holds makes up for it.
+  const abr = on("low");
+  const decisions = drive(abr, [
+    [0, 10_000, keyEverySecond(100_000)], // up at 5 s
+    [10_000, 11_000, { skipped: 2 }], // main does not fit after all: down
+    [11_000, 60_000, keyEverySecond(100_000)],
+  ]);
+  assert.deepEqual(
+    decisions.map((d) => [d.at, d.switchTo]),
+    [[5000, "main"], [10_000, "low"], [10_000 + ABR_DEFAULTS.backoffMs, "main"]],
+  );
+  assert.equal(abr.failures, 0, "the second up-switch held: the failure is made up for");
+  const twice = on("low");
+  drive(twice, [[0, 6000, keyEverySecond(100_000)], [6000, 7000, { skipped: 1 }]]);
+  assert.equal(twice.failures, 1);
+  assert.equal(twice.upBlockedUntil, 6000 + ABR_DEFAULTS.backoffMs);
+  drive(twice, [[7000, 26_250, keyEverySecond(100_000)], [26_250, 28_000, { skipped: 1 }]]);
+  assert.equal(twice.failures, 2);
+  assert.equal(twice.upBlockedUntil, 27_000 + 2 * ABR_DEFAULTS.backoffMs, "the backoff doubles");
+});
+
+test("a page that stood still (a blocked main thread) says nothing about the link", () => {
+  const abr = new AbrController(RENDITIONS, "main", 0);
+  drive(abr, [[0, 2000, {}]]);
+  // 3 s without an observation, then the backlog arrives at once: late and fast, but not the link's doing.
+  assert.equal(abr.observe(obs(5000, { lagMaxMs: 3000, mediaMs: 3000, intervalMs: 3000 })), null);
+  assert.equal(abr.observe(obs(5250, { lagMaxMs: 40 })), null);
+  assert.equal(abr.observe(obs(5500)), null);
+});
+
+// ----- both over a simulated link ------------------------------------------------------------------------------
+
+const SIZES = { main: { key: 50_000, other: 14_000 }, low: { key: 15_000, other: 2400 } };
+const FPS = 30;
+
+/**
+ * The stream through a link whose rate (bit/s, 0: unlimited) is `rate(t)`: a token bucket with an 8 KiB burst
+ * sending 4 KiB at a time, as tests/support/throttle.py, behind the gateway's queue, which sheds fragments up
+ * to a keyframe once its oldest has waited 400 ms (until a keyframe finds it under 150 ms). The meter and the
+ * controller watch what arrives; a switch takes effect at the first keyframe 300 ms after the decision.
+ * Returns {switches: [{at, to, why}], samples: [{t, playing, lagMs}]}.
+ */
+function simulate(rate, seconds, start = "main") {
+  const abr = new AbrController(RENDITIONS, start, 0);
+  const meter = new LinkMeter();
+  let playing = start;
+  let next = null; // {to, from: ms}
+  let tokens = 8192;
+  let linkAt = 0; // when the link has sent everything accepted so far
+  let last = 0; // when the bucket was last topped up
+  const inFlight = []; // [{produced, finish}] accepted and not yet arrived
+  let shedding = false;
+  let skipped = 0;
+  const arrivals = []; // [{at, bytes, keyframe, produced}] in arrival order
+  const switches = [];
+  const samples = [];
+  let seed = 7;
+  const jitter = () => ((seed = (seed * 48271) % 2147483647) / 2147483647) * 0.2 + 0.9;
+  const send = (bytes, from) => {
+    let t = Math.max(from, linkAt);
+    for (let left = bytes; left > 0; left -= 4096) {
+      const chunk = Math.min(4096, left);
+      const bps = rate(t);
+      if (bps > 0) {
+        const perMs = bps / 8000;
+        tokens = Math.min(8192, tokens + (t - last) * perMs);
+        last = t;
+        tokens -= chunk;
+        if (tokens < 0) t += -tokens / perMs;
+      } else {
+        tokens = 8192;
+        last = t;
+      }
+    }
+    linkAt = t;
+    return t + 1; // a millisecond of network
+  };
+  let nextObservation = 250;
+  const frames = seconds * FPS;
+  for (let i = 0; i < frames; i++) {
+    const produced = (i * 1000) / FPS;
+    // Everything that arrived by now goes to the meter, and the controller looks every 250 ms.
+    for (; nextObservation <= produced; nextObservation += 250) {
+      const now = nextObservation;
+      while (arrivals.length && arrivals[0].at <= now) {
+        const a = arrivals.shift();
+        meter.fragment({ now: a.at, bytes: a.bytes, mediaMs: 1000 / FPS, keyframe: a.keyframe, delayMs: a.at - a.produced });
+      }
+      const o = { ...meter.take(now), skipped };
+      skipped = 0;
+      samples.push({ t: now, playing, lagMs: o.lagMaxMs });
+      const d = abr.observe(o);
+      if (d) {
+        next = { to: d.switchTo, from: now + 300 };
+        switches.push({ at: now, to: d.switchTo, why: d.why });
+      }
+    }
+    const keyframe = i % FPS === 0;
+    if (keyframe && next && produced >= next.from) {
+      playing = next.to;
+      next = null;
+      abr.switched(playing, produced);
+      meter.switched();
+    }
+    const bytes = Math.round(SIZES[playing][keyframe ? "key" : "other"] * jitter());
+    while (inFlight.length && inFlight[0].finish <= produced) inFlight.shift();
+    const waited = inFlight.length ? produced - inFlight[0].produced : 0;
+    if (!shedding && waited > 400) {
+      shedding = true;
+      skipped += inFlight.length; // (what is queued goes too; approximately: those not yet on the wire)
+    }
+    if (shedding && !(keyframe && waited < 150)) {
+      skipped++;
+      continue;
+    }
+    shedding = false;
+    const at = send(bytes, produced + 5); // the server's 5 ms
+    inFlight.push({ produced, finish: at });
+    arrivals.push({ at, bytes, keyframe, produced });
+  }
+  return { switches, samples };
+}
+
+const mbps = (m) => m * 1e6;
+
+test("over a token-bucket link like the browser test's: down within a second or two, no flapping, up after it recovers", () => {
+  // Unlimited, then 2 Mbit/s from 10 s to 40 s, then unlimited again.
+  const { switches, samples } = simulate((t) => (t >= 10_000 && t < 40_000 ? mbps(2) : 0), 70);
+  const trace = switches.map((s) => `${(s.at / 1000).toFixed(2)} s -> ${s.to}: ${s.why}`).join("\n");
+  assert.equal(switches.length, 2, trace);
+  const [down, up] = switches;
+  assert.equal(down.to, "low", trace);
+  assert.ok(down.at > 10_000 && down.at < 12_000, `down within 2 s of the throttle:\n${trace}`);
+  assert.equal(up.to, "main", trace);
+  assert.ok(up.at > 40_000 && up.at < 48_000, `up within 8 s of the recovery:\n${trace}`);
+  // On low the 2 Mbit/s link carries it: no lag left once the backlog of main is gone.
+  const onLow = samples.filter((s) => s.t > down.at + 3000 && s.t < 40_000);
+  assert.ok(onLow.every((s) => s.playing === "low" && (s.lagMs ?? 0) < 100), `lag on low: ${Math.max(...onLow.map((s) => s.lagMs ?? 0))} ms`);
+  console.log(`simulated 2 Mbit/s link: ${trace.replace(/\n/g, "; ")}`);
+});
+
+test("over links that carry main, or never carry it, nothing flaps", () => {
+  // [what, link bit/s, start, switches expected]
+  const rows = [
+    ["6 Mbit/s carries main: it stays", mbps(6), "main", []],
+    ["4 Mbit/s carries main's 3.7 Mbit/s, keyframes queued ~90 ms: it stays", mbps(4), "main", []],
+    ["1.5 Mbit/s: down to low once, and never up again in 5 minutes", mbps(1.5), "main", ["low"]],
+    ["2.5 Mbit/s from the start on low: main would not fit, never up", mbps(2.5), "low", []],
+    ["unlimited from the start on low: up once", 0, "low", ["main"]],
+  ];
+  for (const [what, bps, start, expected] of rows) {
+    const { switches } = simulate(() => bps, what.includes("5 minutes") ? 300 : 60, start);
+    assert.deepEqual(switches.map((s) => s.to), expected, `${what}: ${switches.map((s) => `${s.at} ${s.to} ${s.why}`).join("; ")}`);
+  }
+});
