@@ -694,6 +694,19 @@ impl Config {
         self.retry.validate()?;
         self.snapshots.validate()?;
         self.homeassistant.validate(self.cluster.enabled)?;
+        self.pipeline.check_renditions().map_err(|m| ConfigError::invalid("pipeline.renditions", m))?;
+        for (i, entry) in self.sources.iter().enumerate() {
+            if let Some(p) = &entry.pipeline {
+                p.check_renditions()
+                    .map_err(|m| ConfigError::invalid(&format!("sources[{i}].pipeline.renditions"), m))?;
+            }
+        }
+        for (i, endpoint) in self.ingest.iter().enumerate() {
+            if let Some(p) = &endpoint.pipeline {
+                p.check_renditions()
+                    .map_err(|m| ConfigError::invalid(&format!("ingest[{i}].pipeline.renditions"), m))?;
+            }
+        }
         self.policy().map_err(|error| ConfigError::Policy { key: policy_key(&error), error })?;
         Ok(())
     }
@@ -837,6 +850,40 @@ mod tests {
             Ok(config) => panic!("expected an error for {text:?}, got {config:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn renditions_take_the_stream_s_video_settings_for_what_they_leave_out_and_bad_ones_are_named() {
+        let config = parse(
+            "[pipeline.video]\npreset = \"faster\"\nkeyframe_interval_secs = 2.0\n\n\
+             [[pipeline.renditions]]\nname = \"low\"\nmax_height = 360\nbitrate_kbps = 500\nmax_bitrate_kbps = 600\n\n\
+             [[sources]]\nname = \"Cam\"\nurl = \"rtsp://cam/1\"\n\
+             pipeline = { renditions = [{ name = \"tiny\", max_width = 160 }] }\n",
+        )
+        .unwrap();
+        let low = &config.pipeline.renditions[0];
+        let video = low.video(&config.pipeline.video);
+        assert_eq!((video.max_height, video.bitrate_kbps, video.max_bitrate_kbps), (360, 500, 600));
+        assert_eq!((video.preset.as_str(), video.keyframe_interval_secs), ("faster", 2.0), "inherited");
+        let cam = config.pipeline_for("rtsp://cam/1");
+        assert_eq!(cam.renditions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["tiny"], "a source's own list");
+        for (text, wanted) in [
+            ("[[pipeline.renditions]]\nname = \"main\"\n", "reserved"),
+            ("[[pipeline.renditions]]\nname = \"Low\"\n", "lowercase"),
+            ("[[pipeline.renditions]]\nname = \"a/b\"\n", "topic level"),
+            ("[[pipeline.renditions]]\nname = \"a\"\n[[pipeline.renditions]]\nname = \"a\"\n", "used twice"),
+            ("[[pipeline.renditions]]\nname = \"a\"\nkeyframe_interval_secs = 1.0\n", "unknown field"),
+            ("[[pipeline.renditions]]\nname = \"a\"\naudio_bitrate_kbps = 0\n", "above 0"),
+            (
+                "[[sources]]\nname = \"C\"\nurl = \"rtsp://c/1\"\npipeline = { renditions = [{ name = \"to\" }] }\n",
+                "sources[0].pipeline.renditions",
+            ),
+        ] {
+            let e = error(text);
+            assert!(e.contains(wanted), "{text:?}: {e}");
+        }
+        let five = "[[pipeline.renditions]]\nname = \"r\"\n".repeat(5).replacen("\"r\"", "\"r1\"", 1);
+        assert!(error(&five).contains("at most 4"), "{}", error(&five));
     }
 
     #[test]

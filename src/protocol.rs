@@ -1,7 +1,7 @@
 //! Protocol v1: the JSON control messages pages and server exchange, and the rules for topic names.
 //! Pure: parses and checks bytes, never touches the broker.
 
-use crate::media::events::OutputInfo;
+use crate::media::events::{OutputInfo, RenditionInfo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -182,6 +182,10 @@ pub struct PlayRequest {
     /// absent or 1: every fragment on the reply topic, as the seed protocol did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Version 2 only: which of the stream's renditions to watch (absent: `main`, the stream's own output).
+    /// Another one on the same reply topic moves the viewer there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendition: Option<String>,
 }
 
 impl PlayRequest {
@@ -206,6 +210,9 @@ pub struct StreamTopics {
     /// the stream goes (`<prefix>/live/<id>/to/<key>`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replies: Option<String>,
+    /// For a rendition's topics (`<prefix>/live/<id>/<name>/...`), its name; absent for the stream's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendition: Option<String>,
 }
 
 impl StreamTopics {
@@ -218,6 +225,20 @@ impl StreamTopics {
             media: format!("{base}/media"),
             state: format!("{base}/state"),
             replies: None,
+            rendition: None,
+        }
+    }
+
+    /// The topics of this stream's rendition `name`: one level below its own.
+    pub fn rendition(&self, name: &str) -> Self {
+        let base = self.init.strip_suffix("/init").unwrap_or(&self.init);
+        Self {
+            id: self.id.clone(),
+            init: format!("{base}/{name}/init"),
+            media: format!("{base}/{name}/media"),
+            state: format!("{base}/{name}/state"),
+            replies: self.replies.clone(),
+            rendition: Some(name.to_string()),
         }
     }
 
@@ -359,6 +380,19 @@ pub fn parse_request(kind: RequestKind, payload: &[u8], limits: &RequestLimits) 
             let r: PlayRequest = parse_object(kind, payload)?;
             if r.version.is_some_and(|v| v != 1 && v != 2) {
                 return Err(ProtocolError::BadRequest("version must be 1 or 2".into()));
+            }
+            if let Some(name) = &r.rendition {
+                if !r.shared() {
+                    return Err(ProtocolError::BadRequest(
+                        "a rendition is delivered on its stream topics only: play with \"version\": 2".into(),
+                    ));
+                }
+                let valid = !name.is_empty()
+                    && name.len() <= 32
+                    && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'+' && b != b'#');
+                if !valid {
+                    return Err(ProtocolError::BadRequest("rendition must be a name of at most 32 characters".into()));
+                }
             }
             Request::Play(PlayRequest { url: checked_url(&r.url)?, ..r })
         }
@@ -561,12 +595,25 @@ pub struct DescribeReply {
     pub info: OutputInfo,
     /// The stream's own topics, for a v2 play (a page subscribes to the media topic before it plays).
     pub stream: StreamTopics,
+    /// With renditions configured, every one (`main` first) with its topics; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<RenditionEntry>,
+}
+
+/// A rendition in a describe reply: what it is, and its topics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RenditionEntry {
+    /// Name, codec string, size, frame rate, bitrate.
+    #[serde(flatten)]
+    pub info: RenditionInfo,
+    /// Its topics (a v2 play with `rendition` set to its name delivers there).
+    pub stream: StreamTopics,
 }
 
 impl DescribeReply {
     /// The reply for a URL from the facts of its running pipeline.
     pub fn new(url: &str, info: &OutputInfo, stream: &StreamTopics) -> Self {
-        DescribeReply { url: url.to_string(), info: info.clone(), stream: stream.clone() }
+        DescribeReply { url: url.to_string(), info: info.clone(), stream: stream.clone(), renditions: Vec::new() }
     }
 }
 
@@ -596,6 +643,9 @@ pub enum Status {
         /// For a v2 play: the stream's topics, where its media goes after the join burst.
         #[serde(skip_serializing_if = "Option::is_none")]
         stream: Option<StreamTopics>,
+        /// For a v2 play of a stream with renditions: the one these topics carry (`main` for its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rendition: Option<String>,
     },
     /// The source is being opened; nothing to show yet.
     Buffering {
@@ -687,7 +737,12 @@ mod tests {
     #[test]
     fn valid_requests() {
         let r = parse(RequestKind::Play, &play("rtsp://cam/1", "video_abc123")).unwrap();
-        let v1 = PlayRequest { url: "rtsp://cam/1".into(), reply_topic: "video_abc123".into(), version: None };
+        let v1 = PlayRequest {
+            url: "rtsp://cam/1".into(),
+            reply_topic: "video_abc123".into(),
+            version: None,
+            rendition: None,
+        };
         assert_eq!(r, Request::Play(v1));
         let v2 = parse(RequestKind::Play, r#"{"url":"rtsp://cam/1","reply_topic":"video_abc123","version":2}"#);
         assert!(matches!(v2, Ok(Request::Play(p)) if p.shared()));
@@ -986,7 +1041,11 @@ mod tests {
     fn status_shapes() {
         let cases = [
             (
-                Status::Playing { mime_codec: "video/mp4; codecs=\"avc1.42E01E\"".into(), stream: None },
+                Status::Playing {
+                    mime_codec: "video/mp4; codecs=\"avc1.42E01E\"".into(),
+                    stream: None,
+                    rendition: None,
+                },
                 json!({ "state": "playing", "mimeCodec": "video/mp4; codecs=\"avc1.42E01E\"" }),
             ),
             (

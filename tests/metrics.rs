@@ -53,7 +53,8 @@ fn a_scrape_passes_promtool_and_carries_the_real_figures() {
     let config = format!(
         "[broker]\nport = {}\nclient_id = \"metrics-{}\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\n\n\
          [allow]\nurls = [{exact:?}]\n\n[[sources]]\nname = \"Front door\"\nurl = {named:?}\n\n\
-         [[sources]]\nname = \"Test pattern\"\nurl = \"builtin://testsrc\"\n\n\
+         [[sources]]\nname = \"Test pattern\"\nurl = \"builtin://testsrc\"\n\
+         pipeline = {{ renditions = [{{ name = \"low\", max_height = 120, bitrate_kbps = 150 }}] }}\n\n\
          [[ingest]]\nname = \"desk\"\nlisten = \"tcp://127.0.0.1:{ingest_port}\"\n",
         broker.port,
         rand_suffix()
@@ -112,6 +113,14 @@ fn a_scrape_passes_promtool_and_carries_the_real_figures() {
     let p95 = get("mqtt_video_stream_latency_p95_seconds{source=\"Front door\"}");
     assert!(p50 > 0.0 && p50 <= p95 && p95 < 1.0, "latency p50 {p50} s, p95 {p95} s");
     assert_eq!(get("mqtt_video_requests_total{kind=\"play\"}"), 3.0);
+    // Per rendition: the stream's own (`main`) has the viewer, `low` nobody, so it is not encoded.
+    let rendition = |name: &str, r: &str| get(&format!("{name}{{source=\"Test pattern\",rendition=\"{r}\"}}"));
+    assert_eq!(rendition("mqtt_video_rendition_viewers", "main"), 1.0);
+    assert_eq!(rendition("mqtt_video_rendition_viewers", "low"), 0.0);
+    assert_eq!(rendition("mqtt_video_rendition_encoding", "main"), 1.0);
+    assert_eq!(rendition("mqtt_video_rendition_encoding", "low"), 0.0);
+    assert_eq!(rendition("mqtt_video_rendition_encode_seconds_total", "low"), 0.0);
+    assert!(rendition("mqtt_video_rendition_bitrate_bytes_per_second", "main") > 6_000.0);
     assert_eq!(get("mqtt_video_ingest_publishing{endpoint=\"desk\",protocol=\"tcp\"}"), 1.0);
     assert!(get("mqtt_video_ingest_received_bytes_total{endpoint=\"desk\"}") > 10_000.0);
     assert!(get("process_resident_memory_bytes") > 10e6);

@@ -291,7 +291,7 @@ fn a_copy_that_falls_behind_skips_ahead_to_a_keyframe_and_says_it_is_degraded() 
                 run.fragments.push(f);
             }
             Ok(PipelineEvent::End(r)) => panic!("ended: {r:?}"),
-            Ok(PipelineEvent::Source(_)) => {}
+            Ok(PipelineEvent::Source(_)) | Ok(PipelineEvent::Rendition(..)) => {}
             Err(e) => panic!("no event: {e}"),
         }
         degraded_seen |= pipeline.stats().degraded.load(Ordering::Relaxed);

@@ -398,7 +398,7 @@ fn a_start_offset_continues_the_timeline() {
             PipelineEvent::Init(i) => init = Some(i),
             PipelineEvent::Fragment(f) => fragments.push(f),
             PipelineEvent::End(_) => break,
-            PipelineEvent::Source(_) => {}
+            PipelineEvent::Source(_) | PipelineEvent::Rendition(..) => {}
         }
     }
     pipeline.join();

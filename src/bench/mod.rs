@@ -81,6 +81,10 @@ pub struct BenchOptions {
     pub answer_timeout: Duration,
     /// Protocol the viewers speak: 2 (shared stream topics) or 1 (a copy per viewer).
     pub protocol: u8,
+    /// The rendition the viewers play (protocol 2); `None`: the stream's own.
+    pub rendition: Option<String>,
+    /// Renditions of a spawned server: (name, max height, kbit/s).
+    pub spawn_renditions: Vec<(String, u32, u32)>,
 }
 
 /// A snapshot for a progress line.
@@ -125,12 +129,16 @@ pub fn run(options: &BenchOptions, on_progress: impl Fn(&ProgressView)) -> Resul
     if !matches!(options.protocol, 1 | 2) {
         return Err(BenchError::Options("--protocol must be 1 or 2".into()));
     }
+    if options.rendition.is_some() && options.protocol != 2 {
+        return Err(BenchError::Options("--rendition needs --protocol 2".into()));
+    }
     let spawned = if options.spawn {
         let settings = spawn::ServerSettings {
             mode: options.mode.clone(),
             prefix: options.prefix.clone(),
             viewers: options.viewers,
             url: options.url.clone(),
+            renditions: options.spawn_renditions.clone(),
         };
         Some(spawn::Spawned::start(&settings, options.broker.clone())?)
     } else {
@@ -184,6 +192,7 @@ async fn run_async(
         answer_timeout: options.answer_timeout,
         epoch,
         protocol: options.protocol,
+        rendition: options.rendition.clone(),
     };
     let view = |phase: &'static str| ProgressView {
         phase,

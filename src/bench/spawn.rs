@@ -30,6 +30,22 @@ pub struct ServerSettings {
     pub viewers: usize,
     /// The source URL (allowed exactly, unless it is a built-in source).
     pub url: String,
+    /// `[[pipeline.renditions]]`: (name, max height, kbit/s).
+    pub renditions: Vec<(String, u32, u32)>,
+}
+
+/// `NAME:MAX_HEIGHT:KBPS` (`low:360:600`) as (name, max height, kbit/s).
+pub fn parse_rendition(text: &str) -> Result<(String, u32, u32), String> {
+    let bad = || format!("--spawn-rendition {text:?}: expected NAME:MAX_HEIGHT:KBPS, such as low:360:600");
+    let mut parts = text.split(':');
+    let (Some(name), Some(height), Some(kbps), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let number = |s: &str| s.parse::<u32>().ok().filter(|n| *n > 0);
+    match (name.is_empty(), number(height), number(kbps)) {
+        (false, Some(h), Some(k)) => Ok((name.to_string(), h, k)),
+        _ => Err(bad()),
+    }
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -59,9 +75,19 @@ pub fn server_config(settings: &ServerSettings, host: &str, port: u16, client_id
     } else {
         format!("[allow]\nurls = [{}]\n", toml_string(&settings.url))
     };
+    let renditions: String = settings
+        .renditions
+        .iter()
+        .map(|(name, height, kbps)| {
+            format!(
+                "[[pipeline.renditions]]\nname = {}\nmax_height = {height}\nbitrate_kbps = {kbps}\n\n",
+                toml_string(name)
+            )
+        })
+        .collect();
     format!(
         "[broker]\nhost = {}\nport = {port}\nclient_id = {}\n\n[gateway]\nenabled = false\n\n[topics]\nprefix = {}\n\n\
-         [limits]\nmax_viewers_per_stream = {}\n\n[stats]\ninterval_secs = 1\n\n[pipeline]\nmode = {}\n\n{allow}",
+         [limits]\nmax_viewers_per_stream = {}\n\n[stats]\ninterval_secs = 1\n\n[pipeline]\nmode = {}\n\n{renditions}{allow}",
         toml_string(host),
         toml_string(client_id),
         toml_string(&settings.prefix),
@@ -177,6 +203,7 @@ mod tests {
             prefix: "bench/video".into(),
             viewers: 250,
             url: "rtsp://cam.local:8554/a?b=1".into(),
+            renditions: vec![("low".into(), 360, 600)],
         };
         let text = server_config(&settings, "127.0.0.1", 1883, "id-1");
         let dir = std::env::temp_dir().join(format!("bench-config-test-{}", std::process::id()));
@@ -189,6 +216,12 @@ mod tests {
         assert!(!config.gateway.enabled);
         assert_eq!(config.limits.max_viewers_per_stream, 260);
         assert_eq!(config.allow.urls, vec!["rtsp://cam.local:8554/a?b=1".to_string()]);
+        let low = &config.pipeline.renditions[0];
+        assert_eq!((low.name.as_str(), low.max_height, low.bitrate_kbps), ("low", Some(360), Some(600)));
+        assert_eq!(parse_rendition("low:360:600"), Ok(("low".into(), 360, 600)));
+        for bad in ["low", "low:360", ":360:600", "low:0:600", "low:360:x", "a:1:2:3"] {
+            assert!(parse_rendition(bad).is_err(), "{bad}");
+        }
         assert_eq!(toml_string("a \"b\" \\"), r#""a \"b\" \\""#);
         let builtin = server_config(&ServerSettings { url: "builtin://testsrc".into(), ..settings }, "h", 1, "i");
         assert!(!builtin.contains("[allow]"));

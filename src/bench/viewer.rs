@@ -38,6 +38,8 @@ pub struct ViewerPlan {
     pub describe: bool,
     /// The protocol: 2 (the stream topic after a join burst, the default) or 1 (all on the reply topic).
     pub protocol: u8,
+    /// The rendition to play (protocol 2); `None`: the stream's own.
+    pub rendition: Option<String>,
     /// How long to receive media after the first fragment.
     pub receive_for: Duration,
     /// Give up waiting for the describe reply, the init segment or the first fragment after this long.
@@ -128,6 +130,9 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
         if plan.protocol == 2 {
             request["version"] = 2.into();
         }
+        if let Some(name) = &plan.rendition {
+            request["rendition"] = name.as_str().into();
+        }
         publish(client, &format!("{}/play", plan.prefix), request.to_string())
     };
 
@@ -217,7 +222,19 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
                 }
                 report.describe_ms = Some((at - asked_at).as_secs_f64() * 1000.0);
                 if plan.protocol == 2 {
-                    let Some(topic) = reply["stream"]["media"].as_str().map(str::to_string) else {
+                    let stream = match &plan.rendition {
+                        Some(name) => reply["renditions"]
+                            .as_array()
+                            .and_then(|all| all.iter().find(|r| r["name"] == name.as_str()))
+                            .map_or(serde_json::Value::Null, |r| r["stream"].clone()),
+                        None => reply["stream"].clone(),
+                    };
+                    if stream.is_null() {
+                        let name = plan.rendition.as_deref().unwrap_or("main");
+                        fail(&mut report, format!("the describe reply lists no rendition {name:?}"));
+                        break;
+                    }
+                    let Some(topic) = stream["media"].as_str().map(str::to_string) else {
                         fail(
                             &mut report,
                             "the describe reply names no stream topic: is the server older than v2? (--protocol 1)"

@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// Protocol of the viewers: 2 reads the shared stream topics (broker fan-out), 1 a copy per viewer.
     #[arg(long, default_value_t = 2)]
     protocol: u8,
+    /// The rendition the viewers play (protocol 2), from the describe reply's `renditions`; default `main`.
+    #[arg(long)]
+    rendition: Option<String>,
+    /// With --spawn: give the server a rendition NAME:MAX_HEIGHT:BITRATE_KBPS (`low:360:600`); repeatable.
+    #[arg(long, value_name = "NAME:MAX_HEIGHT:KBPS")]
+    spawn_rendition: Vec<String>,
 }
 
 /// Runs the bench; fails (exit status 1) when the run could not start or any viewer had an error.
@@ -77,6 +83,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         server_pid: args.server_pid,
         answer_timeout: Duration::from_secs_f64(args.timeout),
         protocol: args.protocol,
+        rendition: args.rendition.clone(),
+        spawn_renditions: args
+            .spawn_rendition
+            .iter()
+            .map(|r| bench::spawn::parse_rendition(r).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
     };
     let tty = std::io::stderr().is_terminal();
     let last_line = Mutex::new(Instant::now() - Duration::from_secs(60));

@@ -160,6 +160,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
                     break;
                 }
             }
+            // Renditions are encoded only for a server's viewers: a probe never asks for one.
+            PipelineEvent::Rendition(..) => {}
             PipelineEvent::End(result) => {
                 ended = match result {
                     Ok(()) => "end of input".into(),

@@ -222,6 +222,9 @@ pub struct PipelineConfig {
     pub channel_capacity: usize,
     /// Full-channel behaviour.
     pub backpressure: Backpressure,
+    /// Lower-bitrate copies of the video, each encoded only while someone watches it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<RenditionConfig>,
 }
 
 impl Default for PipelineConfig {
@@ -234,6 +237,113 @@ impl Default for PipelineConfig {
             fragment: FragmentConfig::default(),
             channel_capacity: 256,
             backpressure: Backpressure::Drop,
+            renditions: Vec::new(),
         }
+    }
+}
+
+/// Names a rendition may not have: the stream's own output, and the levels of its topics.
+const RESERVED_RENDITION_NAMES: [&str; 6] = ["main", "init", "media", "state", "source", "to"];
+
+/// Most renditions per stream: each watched one is a whole encoder.
+pub const MAX_RENDITIONS: usize = 4;
+
+/// A `[[pipeline.renditions]]` entry: a named copy of the stream's video, encoded from the same decoded
+/// frames with its own size, frame rate and bitrate. Unset keys are the `[pipeline.video]` ones; keyframes
+/// are always the stream's own (so that a page can switch at any of them), hence no keyframe interval here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenditionConfig {
+    /// Its name, in topics and play requests: lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// x264 preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// x264 tune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<String>,
+    /// H.264 profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// H.264 level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Constant rate factor, when no bitrate is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crf: Option<u8>,
+    /// Target bitrate in kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    /// Cap on the bitrate in kbit/s (VBV).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bitrate_kbps: Option<u32>,
+    /// Largest width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_width: Option<u32>,
+    /// Largest height.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
+    /// Highest frame rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fps: Option<u32>,
+    /// Encoder threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// AAC bitrate in kbit/s of an audio track of its own; unset, it shares the stream's audio track.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_bitrate_kbps: Option<u32>,
+}
+
+impl RenditionConfig {
+    /// The encoder settings: this entry's keys over the stream's own `video`.
+    pub fn video(&self, main: &VideoEncoderConfig) -> VideoEncoderConfig {
+        let pick = |mine: &Option<String>, theirs: &String| mine.clone().unwrap_or_else(|| theirs.clone());
+        VideoEncoderConfig {
+            preset: pick(&self.preset, &main.preset),
+            tune: pick(&self.tune, &main.tune),
+            profile: pick(&self.profile, &main.profile),
+            level: pick(&self.level, &main.level),
+            crf: self.crf.unwrap_or(main.crf),
+            // A rendition with a bitrate of its own is rate-controlled, whatever the stream's CRF.
+            bitrate_kbps: self.bitrate_kbps.unwrap_or(main.bitrate_kbps),
+            max_bitrate_kbps: self.max_bitrate_kbps.unwrap_or(main.max_bitrate_kbps),
+            max_width: self.max_width.unwrap_or(main.max_width),
+            max_height: self.max_height.unwrap_or(main.max_height),
+            max_fps: self.max_fps.unwrap_or(main.max_fps),
+            keyframe_interval_secs: main.keyframe_interval_secs,
+            threads: self.threads.unwrap_or(main.threads),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks the renditions: valid, distinct names, at most [`MAX_RENDITIONS`]; the message says what is wrong.
+    pub fn check_renditions(&self) -> Result<(), String> {
+        if self.renditions.len() > MAX_RENDITIONS {
+            return Err(format!("at most {MAX_RENDITIONS} renditions (each watched one is an encoder of its own)"));
+        }
+        for (i, r) in self.renditions.iter().enumerate() {
+            let name = &r.name;
+            let valid = !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(format!(
+                    "rendition name {name:?}: 1 to 32 lowercase letters, digits, '-' or '_' (it is a topic level)"
+                ));
+            }
+            if RESERVED_RENDITION_NAMES.contains(&name.as_str()) {
+                return Err(format!("rendition name {name:?} is reserved (main is the stream's own output)"));
+            }
+            if self.renditions[..i].iter().any(|o| o.name == *name) {
+                return Err(format!("rendition name {name:?} is used twice"));
+            }
+            if r.audio_bitrate_kbps == Some(0) {
+                return Err(format!(
+                    "rendition {name:?}: audio_bitrate_kbps must be above 0 (leave it out to share the stream's audio)"
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -116,8 +116,40 @@ pub enum PipelineEvent {
     Init(InitSegment),
     /// A fragment.
     Fragment(Fragment),
+    /// About one of the configured renditions (by its index in `PipelineConfig::renditions`).
+    Rendition(usize, RenditionEvent),
     /// The pipeline stopped: `Ok` at the end of a file, else why.
     End(Result<(), MediaError>),
+}
+
+/// What a rendition reports: its facts once the stream's output is known, then, while it is watched, its
+/// own init segment and fragments (numbered on their own, on the stream's media timeline).
+#[derive(Debug, Clone)]
+pub enum RenditionEvent {
+    /// What it will be, known before it is ever encoded (for the describe reply).
+    Facts(RenditionInfo),
+    /// Its init segment, each time its encoder starts.
+    Init(InitSegment),
+    /// A fragment.
+    Fragment(Fragment),
+}
+
+/// A rendition as a player chooses it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RenditionInfo {
+    /// Its name (`main` is the stream's own output).
+    pub name: String,
+    /// Exact MIME type with RFC 6381 codecs.
+    #[serde(rename = "mimeCodec")]
+    pub mime_codec: String,
+    /// Video width.
+    pub width: u32,
+    /// Video height.
+    pub height: u32,
+    /// Nominal frame rate.
+    pub fps: f64,
+    /// Its video bitrate in kbit/s: the configured one, else measured (absent until known).
+    pub bitrate_kbps: Option<u32>,
 }
 
 /// Counters a pipeline keeps while it runs, readable from any thread.

@@ -31,6 +31,7 @@ impl Write for SharedBuf {
 }
 
 /// A track to add to the muxer: its codec parameters and the time base its packets use.
+#[derive(Clone)]
 pub struct TrackSpec {
     /// Codec parameters (from an opened encoder or a copied input stream).
     pub parameters: codec::Parameters,
@@ -164,5 +165,32 @@ impl Muxer {
             return Ok(Vec::new());
         }
         Ok(self.splitter.push(&bytes)?)
+    }
+}
+
+/// Each track's decode times, kept increasing and contiguous (see [`DurationFixer`](super::timing::DurationFixer)) before the muxer.
+#[derive(Debug, Default)]
+pub struct TrackPlacer {
+    last_dts: [Option<i64>; 2],
+    durations: [super::timing::DurationFixer; 2],
+}
+
+impl TrackPlacer {
+    /// Places `packet` on `track` (0 or 1); false when it must be dropped: its decode time does not
+    /// increase (a loop seam, a camera clock jump), which the muxer would reject.
+    pub fn place(&mut self, packet: &mut Packet, track: usize) -> bool {
+        let Some(dts) = packet.dts() else { return false };
+        if self.last_dts[track].is_some_and(|last| dts <= last) {
+            tracing::debug!(track, dts, "dropped a packet whose timestamp does not increase");
+            return false;
+        }
+        self.last_dts[track] = Some(dts);
+        let (at, duration) = self.durations[track].place(dts, packet.duration());
+        if at != dts {
+            packet.set_dts(Some(at));
+            packet.set_pts(packet.pts().map(|pts| pts + at - dts));
+        }
+        packet.set_duration(duration);
+        true
     }
 }

@@ -5,15 +5,19 @@ use super::audio::AudioTranscoder;
 use super::codec_string::{self, annex_b_nals};
 use super::config::{Backpressure, Mode, Pacing, PipelineConfig};
 use super::error::MediaError;
-use super::events::{Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
+use super::events::{
+    Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, RenditionEvent, SourceInfo, StreamSummary,
+};
 use super::ffi;
-use super::fmp4::{self, Segment, TrackInfo, TrackKind};
+use super::fmp4::{Segment, TrackInfo};
+use super::fragments;
 use super::keycheck::KeyframeCheck;
 use super::load::{LoadControl, Step};
-use super::mux::{Muxer, TrackSpec};
+use super::mux::{Muxer, TrackPlacer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
+use super::rendition::{self, AudioSource, RenditionControl, Renditions, StreamOutput};
 use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, ArrivalTracker, DurationFixer, LoopClock, Pacer};
+use super::timing::{wallclock_us, ArrivalTracker, LoopClock, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
@@ -34,6 +38,24 @@ const LIVE_WAIT: Duration = Duration::from_millis(5);
 /// `threads.rs`), before any decoding: `Err` says why the server cannot take it on, and the pipeline ends
 /// with [`MediaError::Overloaded`].
 pub type Gate = Arc<dyn Fn(&SourceInfo, u64) -> Result<(), String> + Send + Sync>;
+
+/// How a run of a stream's pipeline starts.
+pub struct Start {
+    /// Output media time of its first frame (µs): a restarted source continues its viewers' timeline.
+    pub offset_us: i64,
+    /// Number of its first fragment (`mfhd`).
+    pub first_sequence: u64,
+    /// Asked whether the work the source needs may start.
+    pub gate: Option<Gate>,
+    /// One per configured rendition: whether it is watched, and its numbering.
+    pub renditions: Vec<Arc<RenditionControl>>,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Self { offset_us: 0, first_sequence: 1, gate: None, renditions: Vec::new() }
+    }
+}
 
 /// A running pipeline. Dropping it stops the worker and waits for it.
 pub struct Pipeline {
@@ -58,18 +80,12 @@ impl Pipeline {
         offset_us: i64,
         first_sequence: u64,
     ) -> Result<Self, MediaError> {
-        Self::start_gated(url, config, (offset_us, first_sequence), None)
+        Self::start_with(url, config, Start { offset_us, first_sequence, ..Start::default() })
     }
 
-    /// Like [`Pipeline::start_at`] (`start`: the output's media time and first fragment number), asking
-    /// `gate` whether the work the source needs may start.
-    pub fn start_gated(
-        url: &str,
-        config: PipelineConfig,
-        start: (i64, u64),
-        gate: Option<Gate>,
-    ) -> Result<Self, MediaError> {
-        let (offset_us, first_sequence) = start;
+    /// Like [`Pipeline::start_at`], with everything a server's stream gives each run of its source.
+    pub fn start_with(url: &str, config: PipelineConfig, start: Start) -> Result<Self, MediaError> {
+        let Start { offset_us, first_sequence, gate, renditions } = start;
         source::classify_for(url, &config.source)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, rx) = bounded(config.channel_capacity.max(4));
@@ -80,6 +96,7 @@ impl Pipeline {
             tx,
             policy: config.backpressure,
             dropping: false,
+            renditions_dropping: vec![false; config.renditions.len()],
             stop: Arc::clone(&stop),
             stats: Arc::clone(&stats),
         };
@@ -98,7 +115,7 @@ impl Pipeline {
             .spawn(move || {
                 let span = tracing::info_span!("pipeline", url = %shown);
                 let _enter = span.enter();
-                let result = run(&url, &config, (offset_us, first_sequence), gate, &mut emitter);
+                let result = run(&url, &config, (offset_us, first_sequence), gate, &renditions, &mut emitter);
                 match &result {
                     Ok(()) => tracing::info!("source finished"),
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
@@ -164,6 +181,8 @@ struct Emitter {
     tx: Sender<PipelineEvent>,
     policy: Backpressure,
     dropping: bool,
+    /// The same as `dropping`, for each rendition's fragments.
+    renditions_dropping: Vec<bool>,
     stop: Arc<AtomicBool>,
     stats: Arc<PipelineStats>,
 }
@@ -211,6 +230,38 @@ impl Emitter {
             self.stats.fragments_out.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
             self.stats.video_frames_out.fetch_add(samples, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A rendition's event: fragments are dropped up to its next keyframe when the consumer lags, like the
+    /// stream's own (but counted apart), the rest always goes.
+    fn rendition(&mut self, index: usize, event: RenditionEvent) -> Result<(), MediaError> {
+        let RenditionEvent::Fragment(fragment) = event else {
+            return self.control(PipelineEvent::Rendition(index, event));
+        };
+        let Some(dropping) = self.renditions_dropping.get_mut(index) else { return Ok(()) };
+        if *dropping && !fragment.keyframe {
+            return Ok(());
+        }
+        *dropping = false;
+        let event = PipelineEvent::Rendition(index, RenditionEvent::Fragment(fragment));
+        match self.policy {
+            Backpressure::Block => self.control(event),
+            Backpressure::Drop => match self.tx.try_send(event) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    *dropping = true;
+                    Ok(())
+                }
+                Err(TrySendError::Disconnected(_)) => Err(MediaError::Stopped),
+            },
+        }
+    }
+
+    fn send_renditions(&mut self, events: &mut rendition::Events) -> Result<(), MediaError> {
+        for (index, event) in events.drain(..) {
+            self.rendition(index, event)?;
         }
         Ok(())
     }
@@ -289,10 +340,14 @@ struct Session<'a> {
     muxer: Option<Muxer>,
     output: Option<OutputInfo>,
     fps: Rational,
-    last_dts: [Option<i64>; 2],
-    durations: [DurationFixer; 2],
+    placer: TrackPlacer,
     video_arrivals: ArrivalTracker,
     sequence: u64,
+    renditions: Renditions,
+    /// The output's audio track, which the renditions share.
+    audio_spec: Option<TrackSpec>,
+    /// Rendition events to send.
+    side: rendition::Events,
 }
 
 /// Runs the pipeline; `start` is where the output timeline (µs) and the fragment numbering begin.
@@ -301,6 +356,7 @@ fn run(
     config: &PipelineConfig,
     start: (i64, u64),
     gate: Option<Gate>,
+    renditions: &[Arc<RenditionControl>],
     em: &mut Emitter,
 ) -> Result<(), MediaError> {
     let (offset_us, first_sequence) = start;
@@ -326,7 +382,7 @@ fn run(
         audio = ?info.audio,
         "source opened"
     );
-    let mut session = Session::new(&source, &info, config)?;
+    let mut session = Session::new(&source, &info, config, renditions)?;
     session.sequence = first_sequence;
     session.timeline.offset_us = offset_us.max(0);
     session.timeline.end_us = offset_us.max(0);
@@ -548,7 +604,12 @@ fn summarize(stream: &ffmpeg::format::stream::Stream) -> StreamSummary {
 }
 
 impl<'a> Session<'a> {
-    fn new(source: &Source, info: &SourceInfo, config: &'a PipelineConfig) -> Result<Self, MediaError> {
+    fn new(
+        source: &Source,
+        info: &SourceInfo,
+        config: &'a PipelineConfig,
+        controls: &[Arc<RenditionControl>],
+    ) -> Result<Self, MediaError> {
         let stream = source
             .input
             .stream(info.video_stream)
@@ -590,6 +651,14 @@ impl<'a> Session<'a> {
             }
             _ => AudioStage::None,
         };
+        let copied = (info.video == TrackMode::Copy).then(|| (stream.parameters(), source.kind.is_live_protocol()));
+        let audio_source = match (&audio, info.audio_stream.and_then(|i| source.input.stream(i))) {
+            (AudioStage::None, _) | (_, None) => None,
+            (_, Some(s)) => {
+                Some(AudioSource { parameters: s.parameters(), time_base: s.time_base(), config: config.audio.clone() })
+            }
+        };
+        let renditions = Renditions::new(&config.renditions, &config.video, controls, fps, copied, audio_source);
         Ok(Self {
             config,
             video_index: info.video_stream,
@@ -600,15 +669,18 @@ impl<'a> Session<'a> {
             muxer: None,
             output: None,
             fps,
-            last_dts: [None, None],
-            durations: Default::default(),
+            placer: TrackPlacer::default(),
             video_arrivals: ArrivalTracker::default(),
             sequence: 0,
+            renditions,
+            audio_spec: None,
+            side: Vec::new(),
         })
     }
 
     fn start_loop(&mut self) {
         self.timeline.offset_us = self.timeline.end_us;
+        self.renditions.restart();
         match &mut self.video {
             VideoStage::Copy { waiting_keyframe, .. } => *waiting_keyframe = true,
             VideoStage::Transcode(t) => t.reset_decoder(),
@@ -620,6 +692,7 @@ impl<'a> Session<'a> {
 
     /// The pipeline skipped ahead and goes on from this keyframe.
     fn resume(&mut self) {
+        self.renditions.restart();
         if let VideoStage::Transcode(t) = &mut self.video {
             t.resume();
         }
@@ -690,6 +763,8 @@ impl<'a> Session<'a> {
                     _ => *frame_duration,
                 };
                 packet.set_duration(duration);
+                let stream = stream_output(self.muxer.is_some(), &self.audio_spec, &self.output, self.config);
+                self.renditions.copied_packet(&packet, arrival, &stream, &mut self.side)?;
                 ready.push(EncodedPacket { packet, arrival_us: arrival });
             }
             VideoStage::Transcode(t) => {
@@ -699,10 +774,16 @@ impl<'a> Session<'a> {
                 }
                 t.send(&packet, arrival)?;
                 let timeline = &mut self.timeline;
-                t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut ready)?;
+                let stream = stream_output(self.muxer.is_some(), &self.audio_spec, &self.output, self.config);
+                let (renditions, side) = (&mut self.renditions, &mut self.side);
+                let mut tap = |frame: &ffmpeg::frame::Video, pts, arrival, key| {
+                    renditions.frame(frame, pts, arrival, key, &stream, side)
+                };
+                t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut ready, &mut tap)?;
                 em.stats.frames_shed.store(t.frames_shed(), Ordering::Relaxed);
             }
         }
+        em.send_renditions(&mut self.side)?;
         if self.muxer.is_none() && !ready.is_empty() {
             self.open_muxer(&ready[0].packet, em)?;
         }
@@ -715,6 +796,11 @@ impl<'a> Session<'a> {
     fn handle_audio(&mut self, mut packet: Packet, em: &mut Emitter) -> Result<(), MediaError> {
         if self.muxer.is_none() {
             return Ok(());
+        }
+        if !self.renditions.is_empty() {
+            let stream = stream_output(true, &self.audio_spec, &self.output, self.config);
+            let timeline = &self.timeline;
+            self.renditions.source_audio(&packet, &|ts_us| timeline.rel(ts_us), &stream, &mut self.side)?;
         }
         let mut ready = Vec::new();
         match &mut self.audio {
@@ -748,6 +834,11 @@ impl<'a> Session<'a> {
                 let timeline = &self.timeline;
                 t.receive(|ts_us| timeline.rel(ts_us), &mut ready)?;
             }
+        }
+        if !self.renditions.is_empty() {
+            let stream = stream_output(true, &self.audio_spec, &self.output, self.config);
+            self.renditions.audio(&ready, &stream, &mut self.side)?;
+            em.send_renditions(&mut self.side)?;
         }
         for p in ready {
             self.write(p, AUDIO_TRACK, None, em)?;
@@ -821,6 +912,7 @@ impl<'a> Session<'a> {
                 Some(TrackMode::Transcode)
             }
         };
+        self.audio_spec = specs.get(1).cloned();
         let (muxer, segments) = Muxer::new(specs, self.config.fragment.duration_ms)?;
         let fps = match (&self.video, self.config.video.max_fps) {
             (VideoStage::Transcode(_), max) if max > 0 => f64::from(self.fps).min(f64::from(max)),
@@ -837,6 +929,9 @@ impl<'a> Session<'a> {
             audio: audio_mode,
         });
         self.muxer = Some(muxer);
+        // Before the init segment: a describe answered once it is in lists the renditions too.
+        let mut facts = self.renditions.facts(width, height, self.audio_spec.as_ref());
+        em.send_renditions(&mut facts)?;
         self.emit(segments, em)
     }
 
@@ -856,20 +951,11 @@ impl<'a> Session<'a> {
         em: &mut Emitter,
     ) -> Result<(), MediaError> {
         let Some(muxer) = self.muxer.as_mut() else { return Ok(()) };
-        let Some(dts) = packet.dts() else { return Ok(()) };
-        // The muxer rejects timestamps that go back (a loop seam, a camera clock jump): drop those packets.
-        if self.last_dts[track].is_some_and(|last| dts <= last) {
-            tracing::debug!(track, dts, "dropped a packet whose timestamp does not increase");
+        if !self.placer.place(&mut packet, track) {
             return Ok(());
         }
-        self.last_dts[track] = Some(dts);
-        let (at, duration) = self.durations[track].place(dts, packet.duration());
-        if at != dts {
-            packet.set_dts(Some(at));
-            packet.set_pts(packet.pts().map(|pts| pts + at - dts));
-        }
-        packet.set_duration(duration);
         if let Some(arrival) = arrival {
+            let at = packet.dts().unwrap_or(0);
             self.video_arrivals.push(at.rescale(VIDEO_TIME_BASE, MICROS), arrival);
         }
         let segments = muxer.write(packet, track)?;
@@ -886,45 +972,13 @@ impl<'a> Session<'a> {
                 }
                 Segment::Fragment { bytes, moof } => {
                     let tracks: &[TrackInfo] = self.muxer.as_ref().map_or(&[], |m| m.tracks());
-                    let runs = fmp4::parse_moof(&bytes[moof], tracks)?;
-                    let video = tracks.iter().find(|t| t.kind == TrackKind::Video);
-                    let run = video.and_then(|v| runs.iter().find(|r| r.track_id == v.track_id && r.sample_count > 0));
-                    let scale = |ticks: u64| {
-                        let timescale = video.map_or(1, |v| v.timescale.max(1));
-                        (u128::from(ticks) * 1_000_000 / u128::from(timescale)) as i64
-                    };
-                    let (keyframe, media_time_us, duration_us, samples) = match run {
-                        Some(r) => (r.starts_with_sync, scale(r.base_decode_time), scale(r.duration), r.sample_count),
-                        None => (false, self.timeline.end_us, 0, 0),
-                    };
-                    let produced = wallclock_us();
-                    // Tolerate rounding between our µs timeline and the track timescale.
-                    let source_wallclock_us = if samples > 0 {
-                        self.video_arrivals.take(media_time_us + 500).unwrap_or(produced)
-                    } else {
-                        produced
-                    };
-                    let mut bytes = bytes;
-                    // Numbered on across restarts (the muxer counts from 1 in each run): a page sees a gap.
-                    fmp4::set_sequence_number(&mut bytes, self.sequence as u32);
-                    let bytes = match (self.config.fragment.producer_reference_time, video, run) {
-                        (true, Some(v), Some(r)) => {
-                            let mut with_prft = fmp4::prft_box(v.track_id, source_wallclock_us, r.base_decode_time);
-                            with_prft.extend_from_slice(&bytes);
-                            with_prft
-                        }
-                        _ => bytes,
-                    };
-                    let fragment = Fragment {
-                        bytes: Bytes::from(bytes),
+                    let dating = fragments::Dating {
                         sequence: self.sequence,
-                        keyframe,
-                        media_time_us,
-                        duration_us,
-                        video_samples: samples,
-                        source_wallclock_us,
-                        produced_wallclock_us: produced,
+                        arrivals: &mut self.video_arrivals,
+                        end_us: self.timeline.end_us,
+                        prft: self.config.fragment.producer_reference_time,
                     };
+                    let fragment = fragments::fragment(bytes, moof, tracks, dating)?;
                     self.sequence += 1;
                     em.fragment(fragment)?;
                 }
@@ -938,7 +992,7 @@ impl<'a> Session<'a> {
         if let VideoStage::Transcode(t) = &mut self.video {
             t.send_eof()?;
             let timeline = &mut self.timeline;
-            t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut video)?;
+            t.receive(|ts_us| timeline.rel_or_start(ts_us), &mut video, &mut |_, _, _, _| Ok(()))?;
             t.finish(&mut video)?;
         }
         for p in video {
@@ -959,6 +1013,22 @@ impl<'a> Session<'a> {
         }
         self.muxer = None;
         Ok(())
+    }
+}
+
+/// What the renditions take from the stream's output, from the session's fields.
+fn stream_output<'b>(
+    open: bool,
+    audio: &'b Option<TrackSpec>,
+    output: &Option<OutputInfo>,
+    config: &PipelineConfig,
+) -> StreamOutput<'b> {
+    StreamOutput {
+        open,
+        audio: audio.as_ref(),
+        audio_mode: output.as_ref().and_then(|o| o.audio),
+        fragment_ms: config.fragment.duration_ms,
+        prft: config.fragment.producer_reference_time,
     }
 }
 

@@ -20,6 +20,10 @@ pub struct EncodedPacket {
     pub arrival_us: u64,
 }
 
+/// Sees each frame a transcoder encodes: the frame, its output timestamp, its source arrival (µs since the
+/// epoch) and whether it is a keyframe.
+pub type FrameTap<'a> = dyn FnMut(&frame::Video, i64, u64, bool) -> Result<(), MediaError> + 'a;
+
 /// Output size: the source size fitted into the configured maximum, keeping the aspect ratio, even.
 pub fn output_size(width: u32, height: u32, max_width: u32, max_height: u32) -> (u32, u32) {
     let mut scale = 1.0f64;
@@ -42,13 +46,10 @@ pub fn gop_frames(interval_secs: f64, fps: f64) -> u32 {
 pub struct VideoTranscoder {
     decoder: decoder::Video,
     input_time_base: Rational,
-    fps: Rational,
     config: VideoEncoderConfig,
-    scaler: Option<Scaler>,
-    encoder: Option<encoder::Video>,
-    /// Source arrival per input timestamp, then per encoder timestamp.
+    output: FrameEncoder,
+    /// Source arrival per input timestamp.
     decode_arrivals: ArrivalTracker,
-    encode_arrivals: ArrivalTracker,
     last_pts: Option<i64>,
     frame_duration: i64,
     /// The share of the decoded frames to encode (see `shedding.rs`), and which ones.
@@ -62,6 +63,18 @@ pub struct VideoTranscoder {
     /// How far apart the frames being encoded now are, in ticks: their duration.
     spacing: i64,
     frames_shed: u64,
+}
+
+/// Scales decoded frames to an output size and encodes them with x264, opened at the first frame.
+pub struct FrameEncoder {
+    config: VideoEncoderConfig,
+    fps: Rational,
+    scaler: Option<Scaler>,
+    encoder: Option<encoder::Video>,
+    /// Source arrival per encoder timestamp.
+    arrivals: ArrivalTracker,
+    /// Longest run between keyframes x264 may take on its own (keyframes are forced by the caller).
+    max_gop: u32,
 }
 
 struct Scaler {
@@ -97,12 +110,15 @@ impl VideoTranscoder {
         Ok(Self {
             decoder,
             input_time_base,
-            fps,
             config: config.clone(),
-            scaler: None,
-            encoder: None,
+            // Keyframes are placed by time (`receive`), whatever share of the frames is encoded; x264's own
+            // interval is only a fallback, long enough never to put one just before ours.
+            output: FrameEncoder::new(
+                config,
+                fps,
+                gop_frames(config.keyframe_interval_secs, f64::from(fps)).saturating_mul(2),
+            ),
             decode_arrivals: ArrivalTracker::default(),
-            encode_arrivals: ArrivalTracker::default(),
             last_pts: None,
             frame_duration,
             share: 1.0,
@@ -137,7 +153,7 @@ impl VideoTranscoder {
 
     /// The opened encoder, once the first frame has been seen (its parameters make the muxer's track).
     pub fn encoder(&self) -> Option<&encoder::Video> {
-        self.encoder.as_ref()
+        self.output.encoder()
     }
 
     /// Feeds one source packet.
@@ -165,11 +181,13 @@ impl VideoTranscoder {
     }
 
     /// Drains decoded frames through the encoder. `to_rel_us` maps an input timestamp in µs to the output
-    /// timeline (None drops the frame: before the origin).
+    /// timeline (None drops the frame: before the origin); `tap` sees each frame encoded, with its output
+    /// timestamp, arrival and whether it is a keyframe (the renditions encode the same frames).
     pub fn receive(
         &mut self,
         mut to_rel_us: impl FnMut(i64) -> Option<i64>,
         out: &mut Vec<EncodedPacket>,
+        tap: &mut FrameTap<'_>,
     ) -> Result<(), MediaError> {
         let mut decoded = frame::Video::empty();
         loop {
@@ -209,37 +227,51 @@ impl VideoTranscoder {
             } else {
                 self.keys.take(pts, self.key_interval, tolerance)
             };
-            self.encode_frame(&decoded, pts, arrival, keyframe)?;
-            self.receive_packets(out)?;
+            tap(&decoded, pts, arrival, keyframe)?;
+            self.output.encode(&decoded, pts, arrival, keyframe)?;
+            self.output.receive(self.spacing, out)?;
         }
         Ok(())
     }
 
     /// Flushes the encoder at the end of the stream.
     pub fn finish(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
+        self.output.finish(self.spacing, out)
+    }
+}
+
+impl FrameEncoder {
+    /// An encoder for `config` at `fps` (opened at the first frame) that inserts a keyframe on its own only
+    /// after `max_gop` frames without one.
+    pub fn new(config: &VideoEncoderConfig, fps: Rational, max_gop: u32) -> Self {
+        Self { config: config.clone(), fps, scaler: None, encoder: None, arrivals: ArrivalTracker::default(), max_gop }
+    }
+
+    /// The opened encoder, once the first frame has been seen.
+    pub fn encoder(&self) -> Option<&encoder::Video> {
+        self.encoder.as_ref()
+    }
+
+    /// Flushes the encoder.
+    pub fn finish(&mut self, spacing: i64, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
         if let Some(encoder) = self.encoder.as_mut() {
             encoder.send_eof().map_err(processing("flushing the video encoder"))?;
-            self.receive_packets(out)?;
+            self.receive(spacing, out)?;
         }
         Ok(())
     }
 
-    fn encode_frame(
-        &mut self,
-        decoded: &frame::Video,
-        pts: i64,
-        arrival: u64,
-        keyframe: bool,
-    ) -> Result<(), MediaError> {
+    /// Scales and encodes one decoded frame at output timestamp `pts`; a keyframe if `keyframe`.
+    pub fn encode(&mut self, decoded: &frame::Video, pts: i64, arrival: u64, keyframe: bool) -> Result<(), MediaError> {
         let (width, height) =
             output_size(decoded.width(), decoded.height(), self.config.max_width, self.config.max_height);
         if self.encoder.is_none() {
-            self.encoder = Some(open_x264(width, height, self.fps, &self.config)?);
+            self.encoder = Some(open_x264(width, height, self.fps, &self.config, self.max_gop)?);
         }
         let (out_w, out_h) = self.encoder.as_ref().map_or((width, height), |e| (e.width(), e.height()));
         let kind = if keyframe { picture::Type::I } else { picture::Type::None };
         let needs_scaling = decoded.width() != out_w || decoded.height() != out_h || decoded.format() != Pixel::YUV420P;
-        self.encode_arrivals.push(pts, arrival);
+        self.arrivals.push(pts, arrival);
         let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
         if !needs_scaling {
             let mut frame = decoded.clone();
@@ -266,7 +298,8 @@ impl VideoTranscoder {
         Ok(())
     }
 
-    fn receive_packets(&mut self, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
+    /// The packets the encoder has ready, each `spacing` ticks long.
+    pub fn receive(&mut self, spacing: i64, out: &mut Vec<EncodedPacket>) -> Result<(), MediaError> {
         let Some(encoder) = self.encoder.as_mut() else { return Ok(()) };
         loop {
             let mut packet = Packet::empty();
@@ -274,8 +307,8 @@ impl VideoTranscoder {
                 return Ok(());
             }
             let pts = packet.pts().unwrap_or(0);
-            let arrival = self.encode_arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
-            packet.set_duration(self.spacing);
+            let arrival = self.arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
+            packet.set_duration(spacing);
             out.push(EncodedPacket { packet, arrival_us: arrival });
         }
     }
@@ -309,11 +342,13 @@ impl Scaler {
     }
 }
 
-fn open_x264(
+/// An x264 encoder at this size and rate that makes a keyframe of its own only after `max_gop` frames.
+pub fn open_x264(
     width: u32,
     height: u32,
     fps: Rational,
     config: &VideoEncoderConfig,
+    max_gop: u32,
 ) -> Result<encoder::Video, MediaError> {
     let codec = encoder::find_by_name("libx264")
         .ok_or_else(|| MediaError::Unsupported("this FFmpeg build has no libx264 encoder".into()))?;
@@ -326,9 +361,7 @@ fn open_x264(
     enc.set_format(Pixel::YUV420P);
     enc.set_time_base(VIDEO_TIME_BASE);
     enc.set_frame_rate(Some(fps));
-    // Keyframes are placed by time (`receive`), whatever share of the frames is encoded; x264's own
-    // interval is only a fallback, long enough never to put one just before ours.
-    enc.set_gop(gop_frames(config.keyframe_interval_secs, f64::from(fps)).saturating_mul(2));
+    enc.set_gop(max_gop);
     enc.set_max_b_frames(0);
     // MP4 keeps SPS/PPS in the init segment (avcC), not in the stream.
     enc.set_flags(codec::Flags::GLOBAL_HEADER);

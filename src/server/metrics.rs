@@ -233,6 +233,40 @@ fn encode_hub(hub: &Hub, e: &mut DescriptorEncoder) -> fmt::Result {
         "CPU the stream's pipeline threads use, in cores (measured over the last seconds)",
         per_f(&|st| st.cpu_percent.map(|p| p / 100.0)),
     )?;
+    let renditions: Vec<(Labels, &crate::server::stream::RenditionStats)> = rows
+        .iter()
+        .flat_map(|(l, st, _)| {
+            st.renditions.iter().map(move |r| {
+                let mut labels = l.clone();
+                labels.push(("rendition", r.name.clone()));
+                (labels, r)
+            })
+        })
+        .collect();
+    let per_rendition = |f: &dyn Fn(&crate::server::stream::RenditionStats) -> Option<f64>| -> Vec<(Labels, f64)> {
+        renditions.iter().filter_map(|(l, r)| Some((l.clone(), f(r)?))).collect()
+    };
+    gauge(e, "mqtt_video_rendition_viewers", "Viewers of the rendition", per_rendition(&|r| Some(r.viewers as f64)))?;
+    gauge(
+        e,
+        "mqtt_video_rendition_encoding",
+        "1 while the rendition is encoded (someone watches it, or is handing over from it)",
+        per_rendition(&|r| Some(f64::from(u8::from(r.encoding)))),
+    )?;
+    gauge(
+        e,
+        "mqtt_video_rendition_bitrate_bytes_per_second",
+        "The rendition's video bitrate over the last seconds of media (promtool's base unit is the byte)",
+        per_rendition(&|r| r.bitrate_kbps.map(|k| f64::from(k) * 1000.0 / 8.0)),
+    )?;
+    let encode = renditions.iter().filter_map(|(l, r)| Some((l.clone(), ConstCounter::new(r.encode_seconds?))));
+    family(
+        e,
+        "mqtt_video_rendition_encode_seconds",
+        "Time spent scaling and encoding the rendition's frames (its encoder's CPU, with x264's slice threads inside)",
+        MetricType::Counter,
+        encode,
+    )?;
     // prometheus-client has no summary type, and promtool refuses a `quantile` label on anything else: the
     // quantiles of each stream's window of recent fragments are gauges of their own.
     let window = "quantile of the last 300 video fragments";

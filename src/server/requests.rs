@@ -5,7 +5,7 @@ use super::{lock, ratelimit, Hub};
 use crate::policy::redact;
 use crate::protocol::{
     parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
-    GuardedPointer, PlayRequest, ProtocolError, Request, RequestKind, Status, StopRequest,
+    GuardedPointer, PlayRequest, ProtocolError, RenditionEntry, Request, RequestKind, Status, StopRequest,
 };
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -139,7 +139,15 @@ impl Hub {
             Ok(Ok(info)) => {
                 stream.touch();
                 let topics = self.stream_topics_for(&stream.topics().id, &request.reply_topic);
-                let reply = DescribeReply::new(&request.url, &info, &topics);
+                let mut reply = DescribeReply::new(&request.url, &info, &topics);
+                reply.renditions = stream
+                    .renditions()
+                    .into_iter()
+                    .map(|info| {
+                        let stream = if info.name == "main" { topics.clone() } else { topics.rendition(&info.name) };
+                        RenditionEntry { info, stream }
+                    })
+                    .collect();
                 self.publish_json(answer_to, &reply, false).await;
             }
             Ok(Err((code, message))) => self.answer_error(kind, &answer_to, code, message).await,
@@ -154,7 +162,8 @@ impl Hub {
         self.requests.play.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Play;
         let shared = request.shared();
-        let topic = request.reply_topic;
+        let rendition = request.rendition.as_deref();
+        let topic = request.reply_topic.clone();
         if self.guarded() && !shared {
             // A version 1 play sends everything to the reply topic, around the broker's ACL on the stream.
             let message =
@@ -194,7 +203,7 @@ impl Hub {
         let previous = lock(&self.viewers).insert(topic.clone(), url.clone());
         match previous {
             // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
-            Some(old) if old == url && stream.has_viewer(&target) => {
+            Some(old) if old == url && stream.has_viewer(&target, rendition) => {
                 stream.renew_viewer(&target);
                 return;
             }
@@ -209,13 +218,27 @@ impl Hub {
             _ => {}
         }
         let delivery = if shared { stream::core::Delivery::Shared } else { stream::core::Delivery::Direct };
-        if !stream.add_viewer(&target, delivery, self.config.limits.max_viewers_per_stream) {
-            lock(&self.viewers).remove(&topic);
-            let message =
-                format!("the stream already has its maximum of {} viewers", self.config.limits.max_viewers_per_stream);
-            return self.answer_error(kind, &target, ErrorCode::Overloaded, message).await;
+        let most = self.config.limits.max_viewers_per_stream;
+        if let Err(refused) = stream.add_viewer(&target, delivery, most, rendition) {
+            let (code, message) = match refused {
+                stream::JoinRefused::Full => {
+                    (ErrorCode::Overloaded, format!("the stream already has its maximum of {most} viewers"))
+                }
+                stream::JoinRefused::UnknownRendition(message) => (ErrorCode::BadRequest, message),
+            };
+            // A viewer that asked for a rendition the stream does not have keeps what it plays, if anything.
+            if !stream.has_viewer_anywhere(&target) {
+                lock(&self.viewers).remove(&topic);
+            }
+            return self.answer_error(kind, &target, code, message).await;
         }
-        tracing::info!(url = %redact(&url), reply_topic = %topic, viewers = stream.viewer_count(), "viewer joined");
+        tracing::info!(
+            url = %redact(&url),
+            reply_topic = %topic,
+            rendition = rendition.unwrap_or("main"),
+            viewers = stream.viewer_count(),
+            "viewer joined"
+        );
     }
 
     /// Guarded, a one-level reply topic: no place under the stream's topics can be named for it without

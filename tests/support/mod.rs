@@ -163,6 +163,7 @@ pub fn collect_with_stats(
                 run.end = Some(r);
                 break;
             }
+            PipelineEvent::Rendition(..) => {}
         }
     }
     pipeline.join();

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// Fragments kept for late joiners at most; a source without keyframes must not grow the cache forever.
 const MAX_GOP_FRAGMENTS: usize = 1200;
 
+/// Media time over which the bitrate is measured.
+const BITRATE_WINDOW_US: i64 = 3_000_000;
+
 /// How a viewer gets its media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -122,6 +125,13 @@ pub struct StreamCore {
     state: Option<Status>,
     /// The `degraded` status the viewers were told, while the pipeline cannot keep up.
     degraded: Option<Status>,
+    /// The rendition these topics carry, told to shared viewers (set when the stream has renditions).
+    rendition: Option<String>,
+    /// Viewers moved to a sibling rendition lately: the media topic stays published until then, so that
+    /// they can hand over at a keyframe of the other.
+    handed_over_until: Option<Instant>,
+    /// Recent fragments' (media time µs, bytes), for the bitrate.
+    recent: std::collections::VecDeque<(i64, usize)>,
 }
 
 impl StreamCore {
@@ -138,7 +148,43 @@ impl StreamCore {
             next_sequence: 1,
             state: None,
             degraded: None,
+            rendition: None,
+            handed_over_until: None,
+            recent: std::collections::VecDeque::new(),
         }
+    }
+
+    /// The same, for the rendition `name` of a stream that has renditions (`main` for its own output).
+    pub fn named(self, name: &str) -> Self {
+        Self { rendition: Some(name.to_string()), ..self }
+    }
+
+    /// Whether its media is needed now: it has viewers, or viewers that moved away are handing over.
+    pub fn is_wanted(&self, now: Instant) -> bool {
+        !self.viewers.is_empty() || self.handed_over_until.is_some_and(|t| now < t)
+    }
+
+    /// Its video bitrate over the last few seconds of media, in kbit/s, once there are some.
+    pub fn bitrate_kbps(&self) -> Option<u32> {
+        let (first, _) = self.recent.front()?;
+        let (last, _) = self.recent.back()?;
+        let span = last - first;
+        if span <= 0 {
+            return None;
+        }
+        // The last fragment's bytes belong after `last`: leave them out with the span.
+        let bytes: usize = self.recent.iter().take(self.recent.len() - 1).map(|(_, b)| b).sum();
+        Some((bytes as i64 * 8 * 1000 / span) as u32)
+    }
+
+    /// A viewer moves to a sibling rendition: it leaves silently, and the media topic stays published
+    /// until `until`.
+    pub fn hand_over(&mut self, topic: &str, until: Instant, now: Instant) -> Vec<Effect> {
+        let out = self.leave(topic, None, now);
+        if !out.is_empty() {
+            self.handed_over_until = Some(self.handed_over_until.map_or(until, |t| t.max(until)));
+        }
+        out
     }
 
     /// The stream's own topics.
@@ -202,8 +248,10 @@ impl StreamCore {
     /// What a starting viewer is told with its init segment.
     fn playing(&self, delivery: Delivery) -> Option<Status> {
         let (_, info) = self.init.as_ref()?;
-        let stream = (delivery == Delivery::Shared).then(|| self.topics.clone());
-        Some(Status::Playing { mime_codec: info.mime_codec.clone(), stream })
+        let shared = delivery == Delivery::Shared;
+        let stream = shared.then(|| self.topics.clone());
+        let rendition = self.rendition.clone().filter(|_| shared);
+        Some(Status::Playing { mime_codec: info.mime_codec.clone(), stream, rendition })
     }
 
     /// A viewer plays (or plays again on the same topic, which starts it afresh).
@@ -305,9 +353,12 @@ impl StreamCore {
             if viewer.started && !direct_again {
                 continue;
             }
-            let stream = (viewer.delivery == Delivery::Shared).then(|| self.topics.clone());
+            let shared = viewer.delivery == Delivery::Shared;
+            let stream = shared.then(|| self.topics.clone());
+            let rendition = self.rendition.clone().filter(|_| shared);
             let mime_codec = self.init.as_ref().map(|(_, i)| i.mime_codec.clone()).unwrap_or_default();
-            out.push(Effect::Status { viewer: topic.clone(), status: Status::Playing { mime_codec, stream } });
+            let status = Status::Playing { mime_codec, stream, rendition };
+            out.push(Effect::Status { viewer: topic.clone(), status });
             out.push(Effect::Start { viewer: topic.clone(), init: bytes.clone(), gop: Vec::new() });
             viewer.started = true;
         }
@@ -323,8 +374,14 @@ impl StreamCore {
 
     /// A fragment from the pipeline: into the GOP cache, to every started direct viewer, once to the
     /// stream's media topic.
-    pub fn on_fragment(&mut self, f: &Fragment) -> Vec<Effect> {
+    pub fn on_fragment(&mut self, f: &Fragment, now: Instant) -> Vec<Effect> {
         self.media_end_us = self.media_end_us.max(f.media_time_us + f.duration_us);
+        if f.video_samples > 0 {
+            self.recent.push_back((f.media_time_us, f.bytes.len()));
+            while self.recent.front().is_some_and(|(t, _)| f.media_time_us - t > BITRATE_WINDOW_US) {
+                self.recent.pop_front();
+            }
+        }
         self.next_sequence = self.next_sequence.max(f.sequence + 1);
         if f.keyframe {
             self.gop.clear();
@@ -340,7 +397,8 @@ impl StreamCore {
             .filter(|(_, v)| v.started && v.delivery == Delivery::Direct)
             .map(|(t, _)| Effect::Fragment { viewer: t.clone(), bytes: f.bytes.clone(), keyframe: f.keyframe })
             .collect();
-        if self.viewers.values().any(|v| v.started && v.delivery == Delivery::Shared) {
+        let handing_over = self.handed_over_until.is_some_and(|t| now < t) && self.init.is_some();
+        if handing_over || self.viewers.values().any(|v| v.started && v.delivery == Delivery::Shared) {
             out.push(Effect::Publish { topic: Topic::Media, payload: f.bytes.clone(), retain: false });
         }
         out
@@ -495,13 +553,13 @@ mod tests {
         let t0 = Instant::now();
         let mut c = core(t0);
         c.on_init(Bytes::from_static(b"init"), info("a"));
-        assert!(c.on_fragment(&frag(1, false)).is_empty(), "nobody watches; before a keyframe nothing is cached");
+        assert!(c.on_fragment(&frag(1, false), t0).is_empty(), "nobody watches; before a keyframe nothing is cached");
         for (s, k) in [(2, true), (3, false), (4, false)] {
-            c.on_fragment(&frag(s, k));
+            c.on_fragment(&frag(s, k), t0);
         }
         let joined = c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap();
         assert_eq!(short(&joined), ["open pages/a/m", "status pages/a/m playing", "start pages/a/m 3"]);
-        assert_eq!(short(&c.on_fragment(&frag(5, false))), ["fragment pages/a/m f5"]);
+        assert_eq!(short(&c.on_fragment(&frag(5, false), t0)), ["fragment pages/a/m f5"]);
         assert_eq!(c.next_sequence(), 6);
         assert_eq!(c.keyframe().map(|(_, k)| k), Some(Bytes::from_static(b"f2")));
     }
@@ -513,7 +571,7 @@ mod tests {
         c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap();
         c.join("pages/b/m", Delivery::Shared, 10, t0).unwrap();
         c.on_init(Bytes::from_static(b"init"), info("a"));
-        c.on_fragment(&frag(1, true));
+        c.on_fragment(&frag(1, true), t0);
         let degraded = || Some(Status::Degraded { message: "behind".into(), skipped_ms: 1500 });
         let steps: [(&str, Option<Status>, Vec<&str>); 4] = [
             (
@@ -554,11 +612,11 @@ mod tests {
             short(&c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap()),
             ["open pages/a/m", "status pages/a/m buffering"]
         );
-        assert!(c.on_fragment(&frag(1, true)).is_empty(), "not started: nothing yet");
+        assert!(c.on_fragment(&frag(1, true), t0).is_empty(), "not started: nothing yet");
         let started = c.on_init(Bytes::from_static(b"init"), info("a"));
         assert_eq!(short(&started), ["status pages/a/m playing", "start pages/a/m 0"]);
         // With an empty GOP the viewer's queue waits for the next keyframe itself.
-        assert_eq!(short(&c.on_fragment(&frag(2, false))), ["fragment pages/a/m f2"]);
+        assert_eq!(short(&c.on_fragment(&frag(2, false), t0)), ["fragment pages/a/m f2"]);
         assert_eq!(c.join("pages/b/m", Delivery::Direct, 1, t0), Err(Full));
     }
 
@@ -570,7 +628,7 @@ mod tests {
         c.join("pages/d/m", Delivery::Direct, 10, t0).unwrap();
         c.join("pages/s/m", Delivery::Shared, 10, t0).unwrap();
         for s in 1..=30 {
-            c.on_fragment(&frag(s, s == 1));
+            c.on_fragment(&frag(s, s == 1), t0);
         }
         let lost = c.on_source_lost(Status::Reconnecting { attempt: 1, retry_in_ms: 500 }, t0 + Duration::from_secs(1));
         assert_eq!(
@@ -607,8 +665,8 @@ mod tests {
         let t0 = Instant::now();
         let mut c = core(t0);
         c.on_init(Bytes::from_static(b"init"), info("a"));
-        c.on_fragment(&frag(1, true));
-        c.on_fragment(&frag(2, false));
+        c.on_fragment(&frag(1, true), t0);
+        c.on_fragment(&frag(2, false), t0);
         let first = c.join("pages/a/m", Delivery::Shared, 10, t0).unwrap();
         assert_eq!(
             short(&first),
@@ -630,7 +688,7 @@ mod tests {
         assert_eq!(short(&second), ["open pages/b/m", "status pages/b/m playing", "start pages/b/m 2"]);
         c.join("pages/c/m", Delivery::Direct, 10, t0).unwrap();
         // One publish for the two shared viewers; the direct one gets its own.
-        assert_eq!(short(&c.on_fragment(&frag(3, false))), ["fragment pages/c/m f3", "publish Media f3"]);
+        assert_eq!(short(&c.on_fragment(&frag(3, false), t0)), ["fragment pages/c/m f3", "publish Media f3"]);
         assert_eq!((c.viewer_count(), c.shared_count()), (3, 2));
         let ended = c.on_end(Status::Ended { reason: EndReason::SourceEnded }, t0);
         assert_eq!(ended.len(), 8, "{:?}", short(&ended));
@@ -647,7 +705,7 @@ mod tests {
         let mut c = core(t0);
         c.on_init(Bytes::from_static(b"init"), info("a"));
         for s in 1..=5 {
-            c.on_fragment(&frag(s, s == 1));
+            c.on_fragment(&frag(s, s == 1), t0);
         }
         c.on_source_lost(Status::Reconnecting { attempt: 1, retry_in_ms: 500 }, t0);
         let joined = c.join("pages/s/m", Delivery::Shared, 10, t0).unwrap();
@@ -665,8 +723,8 @@ mod tests {
         );
         // The source is back with the same init: a P-frame is not cached for anyone, the next keyframe is.
         c.on_init(Bytes::from_static(b"init"), info("a"));
-        assert_eq!(short(&c.on_fragment(&frag(6, false))), ["publish Media f6"]);
-        c.on_fragment(&frag(7, true));
+        assert_eq!(short(&c.on_fragment(&frag(6, false), t0)), ["publish Media f6"]);
+        c.on_fragment(&frag(7, true), t0);
         let late = c.join("pages/t/m", Delivery::Direct, 10, t0).unwrap();
         assert_eq!(short(&late), ["open pages/t/m", "status pages/t/m playing", "start pages/t/m 1"]);
     }
@@ -676,7 +734,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = core(t0);
         c.on_init(Bytes::from_static(b"init"), info("a"));
-        c.on_fragment(&frag(1, true));
+        c.on_fragment(&frag(1, true), t0);
         c.join("pages/a/m", Delivery::Direct, 10, t0).unwrap();
         // The same reply topic joins again (after a move between streams): what was queued is dropped first.
         let again = c.join("pages/a/m", Delivery::Shared, 10, t0).unwrap();
@@ -704,5 +762,45 @@ mod tests {
         // A describe keeps an idle stream for another linger period.
         c.touch(at(70));
         assert_eq!(c.idle_for(at(71)), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_viewer_that_moves_to_a_sibling_rendition_keeps_this_one_published_for_its_hand_over() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = core(t0).named("main");
+        c.on_init(Bytes::from_static(b"init"), info("a"));
+        assert!(!c.is_wanted(t0), "nobody watches");
+        let joined = c.join("pages/a/m", Delivery::Shared, 10, t0).unwrap();
+        let playing = joined.iter().find_map(|e| match e {
+            Effect::Status { status: Status::Playing { rendition, .. }, .. } => Some(rendition.clone()),
+            _ => None,
+        });
+        assert_eq!(playing, Some(Some("main".to_string())), "a shared viewer is told which rendition it plays");
+        assert_eq!(short(&c.on_fragment(&frag(1, true), t0)), ["publish Media f1"]);
+        // The viewer moves: it leaves silently, and the media topic goes on until the hand-over is over.
+        assert_eq!(short(&c.hand_over("pages/a/m", t0 + 4 * s, t0 + s)), ["discard pages/a/m"]);
+        assert!(c.is_wanted(t0 + 2 * s) && c.viewer_count() == 0);
+        assert_eq!(short(&c.on_fragment(&frag(2, false), t0 + 3 * s)), ["publish Media f2"]);
+        assert!(c.on_fragment(&frag(3, false), t0 + 4 * s).is_empty(), "the hand-over is over");
+        assert!(!c.is_wanted(t0 + 4 * s));
+        assert!(c.hand_over("pages/b/m", t0 + 9 * s, t0 + 5 * s).is_empty(), "not a viewer here: nothing to hand over");
+        assert!(!c.is_wanted(t0 + 6 * s));
+    }
+
+    #[test]
+    fn the_bitrate_is_measured_over_the_last_seconds_of_media() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        assert_eq!(c.bitrate_kbps(), None, "nothing yet");
+        let mut f = frag(1, true);
+        f.bytes = Bytes::from(vec![0u8; 12_500]); // 100 kbit a frame
+        for n in 0..300u64 {
+            f.media_time_us = n as i64 * 100_000; // 10 frames a second: 1 Mbit/s
+            f.sequence = n + 1;
+            c.on_fragment(&f, t0);
+        }
+        assert_eq!(c.bitrate_kbps(), Some(1000));
+        assert!(c.recent.len() <= 31, "only the window is kept: {}", c.recent.len());
     }
 }

@@ -9,7 +9,9 @@ pub mod ids;
 use super::viewer::Viewer;
 use crate::config::RetryConfig;
 use crate::media::events::PipelineStats;
-use crate::media::pipeline::Gate;
+use crate::media::events::{RenditionEvent, RenditionInfo};
+use crate::media::pipeline::{Gate, Start};
+use crate::media::rendition::RenditionControl;
 use crate::media::{MediaError, OutputInfo, Pipeline, PipelineConfig, PipelineEvent};
 use crate::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use core::{Delivery, Effect, Full, StreamCore, Topic};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -83,6 +85,80 @@ struct Queues {
     latencies_ms: VecDeque<f64>,
 }
 
+/// How long a rendition a viewer left stays published (and encoded) at least, for its hand-over: the page
+/// goes on playing it until the rendition it moved to reaches a keyframe.
+const HAND_OVER: Duration = Duration::from_secs(4);
+
+/// One of the stream's outputs: its own (`main`) or one of its renditions, each with its own topics, state and
+/// queues.
+struct Output {
+    /// `main`, or the rendition's name.
+    name: String,
+    /// A rendition's switch and numbering, shared with each pipeline run; `None` for main (always encoded).
+    control: Option<Arc<RenditionControl>>,
+    core: Mutex<StreamCore>,
+    queues: Mutex<Queues>,
+    /// A rendition's facts, told by the pipeline once its source is open.
+    info: Mutex<Option<RenditionInfo>>,
+}
+
+impl Output {
+    fn new(name: &str, control: Option<Arc<RenditionControl>>, core: StreamCore) -> Self {
+        Self {
+            name: name.to_string(),
+            control,
+            core: Mutex::new(core),
+            queues: Mutex::new(Queues {
+                viewers: HashMap::new(),
+                shared: None,
+                drops_gone: 0,
+                latencies_ms: VecDeque::new(),
+            }),
+            info: Mutex::new(None),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, StreamCore> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the pipeline whether to encode it (a rendition), from its viewers and hand-overs.
+    fn update_wanted(&self, now: Instant) {
+        if let Some(control) = &self.control {
+            control.set_wanted(self.core().is_wanted(now));
+        }
+    }
+}
+
+/// Why a viewer could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The stream has its maximum of viewers.
+    Full,
+    /// The stream has no rendition of that name; the message lists those it has.
+    UnknownRendition(String),
+}
+
+/// A rendition in the stream's stats.
+#[derive(Debug, serde::Serialize)]
+pub struct RenditionStats {
+    /// Its name.
+    pub name: String,
+    /// Viewers on it.
+    pub viewers: usize,
+    /// Whether it is being encoded now (`main` always is).
+    pub encoding: bool,
+    /// Its video bitrate over the last seconds, kbit/s.
+    pub bitrate_kbps: Option<u32>,
+    /// Seconds its encoder has worked so far (a rendition's; absent for `main`, whose work is the stream's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode_seconds: Option<f64>,
+}
+
 /// A pushed source's publisher, as the stream sees it.
 #[derive(Debug)]
 struct Publisher {
@@ -109,8 +185,8 @@ pub struct Stream {
     client: AsyncClient,
     qos: QoS,
     viewer_capacity: usize,
-    core: Mutex<StreamCore>,
-    queues: Mutex<Queues>,
+    /// Its own output first, then its renditions.
+    outputs: Vec<Output>,
     phase: watch::Sender<Phase>,
     stopping: AtomicBool,
     stop_notify: Notify,
@@ -135,6 +211,9 @@ pub struct StreamStats {
     pub viewers: usize,
     /// Of them, viewers on the stream's own topics (protocol v2).
     pub shared_viewers: usize,
+    /// With renditions configured: each (`main` first) with its viewers and bitrate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<RenditionStats>,
     /// Fragments dropped for slow viewers plus fragments the pipeline dropped.
     pub dropped: u64,
     /// Damaged source packets: concealed by the decoder (transcode), or kept back, never sent (copy: the
@@ -185,6 +264,14 @@ impl Stream {
         qos: QoS,
         viewer_capacity: usize,
     ) -> Self {
+        let now = Instant::now();
+        let named = !config.renditions.is_empty();
+        let main = StreamCore::new(topics.clone(), now);
+        let mut outputs = vec![Output::new("main", None, if named { main.named("main") } else { main })];
+        for r in &config.renditions {
+            let core = StreamCore::new(topics.rendition(&r.name), now).named(&r.name);
+            outputs.push(Output::new(&r.name, Some(Arc::default()), core));
+        }
         Self {
             source_url: url.clone(),
             publisher: None,
@@ -195,13 +282,7 @@ impl Stream {
             client,
             qos,
             viewer_capacity,
-            core: Mutex::new(StreamCore::new(topics, Instant::now())),
-            queues: Mutex::new(Queues {
-                viewers: HashMap::new(),
-                shared: None,
-                drops_gone: 0,
-                latencies_ms: VecDeque::new(),
-            }),
+            outputs,
             phase: watch::channel(Phase::Starting).0,
             stopping: AtomicBool::new(false),
             stop_notify: Notify::new(),
@@ -285,12 +366,51 @@ impl Stream {
         self.publisher.as_ref().is_some_and(|p| p.present.load(Ordering::SeqCst))
     }
 
+    /// Its own output's state.
     fn core(&self) -> MutexGuard<'_, StreamCore> {
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        self.outputs[0].core()
     }
 
     fn queues(&self) -> MutexGuard<'_, Queues> {
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+        self.outputs[0].queues()
+    }
+
+    /// The output a play asks for: `None` and `main` are the stream's own.
+    fn output(&self, rendition: Option<&str>) -> Result<&Output, JoinRefused> {
+        let name = rendition.unwrap_or("main");
+        self.outputs.iter().find(|o| o.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.outputs.iter().map(|o| o.name.as_str()).collect();
+            let has = if names.len() > 1 { format!("it has {}", names.join(", ")) } else { "it has none".into() };
+            JoinRefused::UnknownRendition(format!("the stream has no rendition {name:?}: {has}"))
+        })
+    }
+
+    /// What a player can choose from: `main` (the stream's output) and each rendition whose facts are
+    /// known; empty for a stream without renditions or before its source is open.
+    pub fn renditions(&self) -> Vec<RenditionInfo> {
+        if self.outputs.len() < 2 {
+            return Vec::new();
+        }
+        let main = {
+            let core = self.core();
+            let Some(o) = core.output() else { return Vec::new() };
+            let configured = self.config.video.bitrate_kbps;
+            let bitrate_kbps = match o.video {
+                crate::media::plan::TrackMode::Transcode if configured > 0 => Some(configured),
+                _ => core.bitrate_kbps(),
+            };
+            RenditionInfo {
+                name: "main".into(),
+                mime_codec: o.mime_codec.clone(),
+                width: o.width,
+                height: o.height,
+                fps: o.fps,
+                bitrate_kbps,
+            }
+        };
+        let rest =
+            self.outputs[1..].iter().filter_map(|o| o.info.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        std::iter::once(main).chain(rest).collect()
     }
 
     /// Watches the phase (describe waits for `Ready` or `Failed`).
@@ -320,32 +440,58 @@ impl Stream {
         self.core().touch(Instant::now());
     }
 
-    /// Viewers attached now.
+    /// Viewers attached now, on any of its outputs.
     pub fn viewer_count(&self) -> usize {
-        self.core().viewer_count()
+        self.outputs.iter().map(|o| o.core().viewer_count()).sum()
     }
 
-    /// How long it has had no viewer, if it has none.
+    /// How long it has had no viewer on any output, if it has none.
     pub fn idle_for(&self) -> Option<Duration> {
-        self.core().idle_for(Instant::now())
+        let now = Instant::now();
+        self.outputs
+            .iter()
+            .map(|o| o.core().idle_for(now))
+            .try_fold(Duration::MAX, |least, idle| Some(least.min(idle?)))
     }
 
-    /// Attaches (or re-attaches) a viewer: it gets the init segment and the current GOP at once if the stream
-    /// is playing, else as soon as it is. Returns false when the stream is full.
-    pub fn add_viewer(&self, reply_topic: &str, delivery: Delivery, max_viewers: usize) -> bool {
-        let mut core = self.core();
-        match core.join(reply_topic, delivery, max_viewers, Instant::now()) {
-            Ok(effects) => {
-                self.apply(&core, effects);
-                true
-            }
-            Err(Full) => false,
+    /// Attaches (or re-attaches) a viewer to its own output or to `rendition`: it gets the init segment and
+    /// the current GOP at once if that is playing, else as soon as it is. A viewer on another of the stream's
+    /// outputs moves, and the one it left stays published for its hand-over.
+    pub fn add_viewer(
+        &self,
+        reply_topic: &str,
+        delivery: Delivery,
+        max_viewers: usize,
+        rendition: Option<&str>,
+    ) -> Result<(), JoinRefused> {
+        let target = self.output(rendition)?;
+        let now = Instant::now();
+        if !self.has_viewer_anywhere(reply_topic) && self.viewer_count() >= max_viewers {
+            return Err(JoinRefused::Full);
         }
+        let keyframes = Duration::from_secs_f64(self.config.video.keyframe_interval_secs.clamp(0.0, 60.0) * 3.0);
+        let hand_over = HAND_OVER.max(keyframes);
+        for o in self.outputs.iter().filter(|o| !std::ptr::eq(*o, target)) {
+            let mut core = o.core();
+            let effects = core.hand_over(reply_topic, now + hand_over, now);
+            self.apply_on(o, &core, effects);
+        }
+        let mut core = target.core();
+        let effects = core.join(reply_topic, delivery, usize::MAX, now).map_err(|Full| JoinRefused::Full)?;
+        self.apply_on(target, &core, effects);
+        drop(core);
+        target.update_wanted(now);
+        Ok(())
     }
 
-    /// Whether a viewer with this reply topic is attached.
-    pub fn has_viewer(&self, reply_topic: &str) -> bool {
-        self.core().has_viewer(reply_topic)
+    /// Whether a viewer with this reply topic is attached to any of its outputs.
+    pub fn has_viewer_anywhere(&self, reply_topic: &str) -> bool {
+        self.outputs.iter().any(|o| o.core().has_viewer(reply_topic))
+    }
+
+    /// Whether a viewer with this reply topic is attached to that output (`None`: the stream's own).
+    pub fn has_viewer(&self, reply_topic: &str, rendition: Option<&str>) -> bool {
+        self.output(rendition).is_ok_and(|o| o.core().has_viewer(reply_topic))
     }
 
     /// Ends every viewer with `shutdown` and stops.
@@ -356,22 +502,37 @@ impl Stream {
 
     /// Renews a viewer's lease.
     pub fn renew_viewer(&self, reply_topic: &str) {
-        self.core().renew(reply_topic, Instant::now());
+        let now = Instant::now();
+        for o in &self.outputs {
+            o.core().renew(reply_topic, now);
+        }
     }
 
     /// Detaches a viewer, telling it why (or, with `None`, silently: its topic lives on elsewhere).
     pub fn remove_viewer(&self, reply_topic: &str, reason: Option<EndReason>) {
-        let mut core = self.core();
-        let effects = core.leave(reply_topic, reason, Instant::now());
-        self.apply(&core, effects);
+        let now = Instant::now();
+        for o in &self.outputs {
+            let mut core = o.core();
+            let effects = core.leave(reply_topic, reason, now);
+            self.apply_on(o, &core, effects);
+            drop(core);
+            o.update_wanted(now);
+        }
     }
 
     /// Ends the viewers that have not renewed their play within `timeout`; returns their reply topics.
     pub fn expire_viewers(&self, timeout: Duration) -> Vec<String> {
-        let mut core = self.core();
-        let (expired, effects) = core.expire(timeout, Instant::now());
-        self.apply(&core, effects);
-        expired
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for o in &self.outputs {
+            let mut core = o.core();
+            let (expired, effects) = core.expire(timeout, now);
+            self.apply_on(o, &core, effects);
+            drop(core);
+            o.update_wanted(now);
+            all.extend(expired);
+        }
+        all
     }
 
     /// The init segment and the fragment that starts the current GOP (a keyframe), once there are both.
@@ -381,15 +542,28 @@ impl Stream {
 
     /// Numbers for the stats message.
     pub fn stats(&self, shown_url: String) -> StreamStats {
-        let (output, viewers, shared_viewers) = {
-            let core = self.core();
-            (core.output().cloned(), core.viewer_count(), core.shared_count())
-        };
-        let (dropped_by_viewers, mut sorted) = {
-            let q = self.queues();
+        let output = self.core().output().cloned();
+        let (mut viewers, mut shared_viewers, mut dropped_by_viewers) = (0, 0, 0);
+        let mut renditions = Vec::new();
+        let at = Instant::now();
+        for o in &self.outputs {
+            let core = o.core();
+            viewers += core.viewer_count();
+            shared_viewers += core.shared_count();
+            let q = o.queues();
             let live: u64 = q.viewers.values().chain(q.shared.iter()).map(|v| v.queue().dropped).sum();
-            (live + q.drops_gone, q.latencies_ms.iter().copied().collect::<Vec<f64>>())
-        };
+            dropped_by_viewers += live + q.drops_gone;
+            if self.outputs.len() > 1 {
+                renditions.push(RenditionStats {
+                    name: o.name.clone(),
+                    viewers: core.viewer_count(),
+                    encoding: o.control.as_ref().is_none_or(|c| c.wanted() && core.is_wanted(at)),
+                    bitrate_kbps: core.bitrate_kbps(),
+                    encode_seconds: o.control.as_ref().map(|c| c.encode_seconds()),
+                });
+            }
+        }
+        let mut sorted = self.queues().latencies_ms.iter().copied().collect::<Vec<f64>>();
         sorted.sort_by(f64::total_cmp);
         let phase = self.phase.borrow().clone();
         let running = self.running();
@@ -408,6 +582,7 @@ impl Stream {
             output,
             viewers,
             shared_viewers,
+            renditions,
             dropped: dropped_by_viewers + self.counters.pipeline_drops.load(Ordering::Relaxed),
             damaged: self.counters.damaged.load(Ordering::Relaxed) + running_damaged,
             fragments: self.counters.fragments.load(Ordering::Relaxed),
@@ -425,12 +600,18 @@ impl Stream {
         }
     }
 
-    /// Carries out what the core decided, while its lock is held (so that effects keep their order).
+    /// Carries out what the core of its own output decided, while its lock is held (so that effects keep
+    /// their order).
     fn apply(&self, core: &StreamCore, effects: Vec<Effect>) {
+        self.apply_on(&self.outputs[0], core, effects);
+    }
+
+    /// Carries out what the core of `output` decided, while its lock is held.
+    fn apply_on(&self, output: &Output, core: &StreamCore, effects: Vec<Effect>) {
         if effects.is_empty() {
             return;
         }
-        let mut q = self.queues();
+        let mut q = output.queues();
         for effect in effects {
             self.carry_out(core, &mut q, effect);
         }
@@ -514,9 +695,14 @@ impl Stream {
 
     /// Ends every viewer with a final status.
     fn end_viewers(&self, status: Status) {
-        let mut core = self.core();
-        let effects = core.on_end(status, Instant::now());
-        self.apply(&core, effects);
+        let now = Instant::now();
+        for o in &self.outputs {
+            let mut core = o.core();
+            let effects = core.on_end(status.clone(), now);
+            self.apply_on(o, &core, effects);
+            drop(core);
+            o.update_wanted(now);
+        }
     }
 
     fn on_init(&self, bytes: Bytes, info: OutputInfo) {
@@ -550,8 +736,14 @@ impl Stream {
             }
         });
         tracing::warn!(url = %crate::policy::redact(&self.url), degraded, "stream load changed");
-        let effects = core.on_load(status);
+        let effects = core.on_load(status.clone());
         self.apply(&core, effects);
+        drop(core);
+        for o in &self.outputs[1..] {
+            let mut core = o.core();
+            let effects = core.on_load(status.clone());
+            self.apply_on(o, &core, effects);
+        }
     }
 
     fn on_fragment(&self, fragment: crate::media::Fragment) {
@@ -568,16 +760,46 @@ impl Stream {
             }
             q.latencies_ms.push_back(lag_ms);
         }
+        let now = Instant::now();
         let mut core = self.core();
-        let effects = core.on_fragment(&fragment);
+        let effects = core.on_fragment(&fragment, now);
         self.apply(&core, effects);
+        drop(core);
+        // Hand-overs run out with time: each of the stream's fragments is a tick of that clock.
+        for o in &self.outputs[1..] {
+            o.update_wanted(now);
+        }
+    }
+
+    /// An event of rendition `index` (of the configured ones).
+    fn on_rendition(&self, index: usize, event: RenditionEvent) {
+        let Some(o) = self.outputs.get(index + 1) else { return };
+        let now = Instant::now();
+        let mut core = o.core();
+        let effects = match event {
+            RenditionEvent::Facts(info) => {
+                *o.info.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
+                return;
+            }
+            RenditionEvent::Init(init) => core.on_init(init.bytes, init.info),
+            RenditionEvent::Fragment(f) => {
+                let c = &self.counters;
+                c.fragments.fetch_add(1, Ordering::Relaxed);
+                c.bytes.fetch_add(f.bytes.len() as u64, Ordering::Relaxed);
+                core.on_fragment(&f, now)
+            }
+        };
+        self.apply_on(o, &core, effects);
     }
 
     /// The source is gone for now: viewers keep their session and are told `status`.
     fn on_source_lost(&self, status: Status) {
-        let mut core = self.core();
-        let effects = core.on_source_lost(status, Instant::now());
-        self.apply(&core, effects);
+        let now = Instant::now();
+        for o in &self.outputs {
+            let mut core = o.core();
+            let effects = core.on_source_lost(status.clone(), now);
+            self.apply_on(o, &core, effects);
+        }
     }
 
     /// The stream's task panicked: its viewers get an error, and it counts as failed.
@@ -614,9 +836,13 @@ impl Stream {
                 (core.restart_offset_us(Instant::now()), core.next_sequence())
             };
             let started = Instant::now();
-            let start = (offset, sequence);
-            let pipeline = match Pipeline::start_gated(&self.source_url, self.config.clone(), start, self.gate.clone())
-            {
+            let start = Start {
+                offset_us: offset,
+                first_sequence: sequence,
+                gate: self.gate.clone(),
+                renditions: self.outputs[1..].iter().filter_map(|o| o.control.clone()).collect(),
+            };
+            let pipeline = match Pipeline::start_with(&self.source_url, self.config.clone(), start) {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
             };
@@ -654,6 +880,7 @@ impl Stream {
                             self.on_fragment(f);
                             self.check_load(&stats);
                         }
+                        Some(PipelineEvent::Rendition(index, event)) => self.on_rendition(index, event),
                         Some(PipelineEvent::Source(_)) => {}
                         Some(PipelineEvent::End(result)) => { end = Some(result); break; }
                         None => { end = Some(Err(MediaError::Processing("the media thread ended".into()))); break; }
