@@ -5,7 +5,7 @@
 //   window.mqttVideo.addPlayer({ url: "builtin://testsrc", autoplay: true })
 //
 // URL options: ?url=SOURCE&autoplay=1&muted=1&broker=ws://host:port/mqtt&target=MS&players=N&prefix=video
-//              &renderer=auto|webcodecs|mse&protocol=1|2
+//              &renderer=auto|webcodecs|mse&protocol=1|2&rendition=auto|NAME
 // The broker login comes from the login form (kept in memory, in localStorage with "remember me"), never the URL.
 
 import { keepLogin, rememberedLogin } from "./credentials.js";
@@ -37,6 +37,8 @@ const pageOptions = {
   muted: flag("muted"),
   renderer: RENDERERS.includes(params.get("renderer")) ? params.get("renderer") : undefined,
   protocol: [1, 2].includes(number("protocol")) ? number("protocol") : undefined,
+  // `auto` (the default) or the name of one of the stream's renditions (ignored for a stream without any)
+  rendition: params.get("rendition") || undefined,
 };
 
 const registry = {
@@ -90,6 +92,17 @@ function fmt(x, unit, digits = 0) {
 function shortCodec(mime) {
   const m = /codecs="([^"]*)"/.exec(mime ?? "");
   return m ? m[1] : (mime ?? "–");
+}
+
+/** The stats panel's rendition: the one playing, how it was chosen, the switches (and one in progress). */
+function renditionText(s) {
+  if (!s.rendition) return "–";
+  const mode = s.renditionMode === "auto" ? "auto" : "fixed";
+  const switches = `${s.renditionSwitches} switch${s.renditionSwitches === 1 ? "" : "es"}`;
+  const failed = s.renditionSwitchFailures ? `, ${s.renditionSwitchFailures} given up` : "";
+  const pending = s.renditionSwitching ? `, → ${s.renditionSwitching}` : "";
+  const link = s.linkKbps ? `, link ~${s.linkKbps >= 10000 ? `${(s.linkKbps / 1000).toFixed(0)} Mbit/s` : `${s.linkKbps} kbit/s`}` : "";
+  return `${s.rendition} (${mode}, ${switches}${failed}${pending}${link})`;
 }
 
 function updateServerPill(sources) {
@@ -192,6 +205,8 @@ function addPlayer(options = {}) {
     text(stat.resets, `${s.stalls} / ${s.jumps} / ${s.resets}`);
     text(stat.renderer, s.renderer === "webcodecs" ? "WebCodecs" : "MediaSource");
     text(stat.delivery, s.protocol === 2 ? `stream topic, ${s.skippedFragments} skipped` : "reply topic");
+    text(stat.rendition, renditionText(s));
+    stat.rendition.title = s.abrReason ?? "";
     text(stat.avOffset, s.avOffsetP50Ms === null ? "–" : `${s.avOffsetP50Ms.toFixed(0)} ms (p5 ${s.avOffsetP5Ms.toFixed(0)}, p95 ${s.avOffsetP95Ms.toFixed(0)})`);
   };
   player.addEventListener("state", render);

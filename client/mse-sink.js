@@ -36,7 +36,7 @@ export class MseSink {
     this.ms = null;
     this.sb = null;
     this.generation = 0;
-    this.queue = []; // [{kind: "append", data} | {kind: "remove", start, end}]
+    this.queue = []; // [{kind: "append", data} | {kind: "remove", start, end} | {kind: "changeType", mime}]
     this.init = null; // the last init segment received, kept to re-append after a reset
     this.initInfo = null; // parseInit(init)
     this.initQueued = false; // the init is queued or appended in the current SourceBuffer
@@ -124,6 +124,41 @@ export class MseSink {
     if (failure) this.edge.failed(performance.now());
     this.hooks.event("reset", reason);
     this._rebuild(true);
+  }
+
+  /**
+   * A rendition switch (session.js, switch.js): the new rendition's init segment, right before its first
+   * fragment, a keyframe that follows what was fed of the old one with no gap and no overlap. It goes into
+   * the same SourceBuffer (after `changeType` when the codec string differs), so nothing is torn down: the
+   * playhead plays on into the new rendition's media. Not a join: the live edge has nothing to settle.
+   */
+  switchRendition(payload, mime) {
+    const bytes = new Uint8Array(payload);
+    const info = parseInit(bytes);
+    if (!info || info.videoTrackId == null) {
+      this.hooks.event("bad_init", "a rendition's init segment without a video track");
+      return;
+    }
+    this.init = bytes;
+    this.initInfo = info;
+    this.edge.hasAudio = info.audioTrackId != null;
+    this.needKeyframe = true;
+    if (mime && mime !== this.mime) {
+      this.mime = mime;
+      if (this.sb && typeof this.sb.changeType !== "function") {
+        // A browser without changeType: a new SourceBuffer for the new codec (a visible restart).
+        this.reset(`rendition codec ${mime} without SourceBuffer.changeType`);
+        return;
+      }
+      if (this.sb) this.queue.push({ kind: "changeType", mime });
+    }
+    if (!this.sb) {
+      // Still being built: the SourceBuffer it makes takes this rendition's codec, and only its init.
+      this.queue = this.queue.filter((op) => !(op.kind === "append" && boxType(op.data) === "ftyp"));
+    }
+    this.queue.push({ kind: "append", data: bytes });
+    this.initQueued = true;
+    this._pump();
   }
 
   /** Fragments before the next one pushed never came (see LiveEdge.lost). */
@@ -323,6 +358,10 @@ export class MseSink {
     while (this.queue.length) {
       const op = this.queue.shift();
       try {
+        if (op.kind === "changeType") {
+          sb.changeType(op.mime); // synchronous: no updateend follows
+          continue;
+        }
         if (op.kind === "append") {
           sb.appendBuffer(op.data);
           this.counters.appended++;

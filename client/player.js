@@ -12,14 +12,22 @@
 // MediaSource (mse-sink.js, with the live-edge controller of live-edge.js). Both get the same fMP4 messages,
 // and their latency is measured the same way: the frame's expected display time minus the source's wall
 // clock for it (timeline.js).
+//
+// With renditions (a describe reply that lists them) and `rendition: "auto"`, the Player also picks which one
+// plays: the link meter (link-meter.js) measures what the fragments of the one played say about the link,
+// the controller (abr.js) decides, the session switches (session.js, with the hand-over of switch.js), and
+// the renderer takes the new rendition's init segment into the same pipeline.
 
+import { ABR_DEFAULTS, AbrController } from "./abr.js";
 import { FEED_DEFAULTS } from "./feed.js";
 import { round, Samples } from "./figures.js";
 import { JITTER_DEFAULTS } from "./jitter.js";
+import { LinkMeter, METER_DEFAULTS } from "./link-meter.js";
 import { LIVE_EDGE_DEFAULTS } from "./live-edge.js";
 import { MseSink, mseSupports } from "./mse-sink.js";
-import { describeOutcome, REQUEST_DEFAULTS } from "./protocol.js";
+import { AUTO_RENDITION, describeOutcome, REQUEST_DEFAULTS, startRendition } from "./protocol.js";
 import { Session } from "./session.js";
+import { SWITCH_DEFAULTS } from "./switch.js";
 import { webCodecsSupports, WebCodecsSink } from "./webcodecs-sink.js";
 
 /** The renderers: `auto` is WebCodecs where the browser can decode the stream with it, else MediaSource. */
@@ -29,6 +37,10 @@ export const RENDERERS = ["auto", "webcodecs", "mse"];
 export const DEFAULTS = Object.freeze({
   /** One of RENDERERS. */
   renderer: "auto",
+  /** Which of the stream's renditions plays: "auto" (the default: main to start with, then what the link
+   * carries, switching down and up), or a rendition's name (that one only). Without renditions in the
+   * describe reply it changes nothing. */
+  rendition: AUTO_RENDITION,
   /** How WebCodecs frames reach the <video>: "auto" (a MediaStreamTrackGenerator where there is one, else a
    * canvas), or "canvas". */
   videoOutput: "auto",
@@ -61,6 +73,9 @@ export const DEFAULTS = Object.freeze({
   ...LIVE_EDGE_DEFAULTS,
   ...FEED_DEFAULTS,
   ...JITTER_DEFAULTS,
+  ...SWITCH_DEFAULTS,
+  ...METER_DEFAULTS,
+  ...ABR_DEFAULTS,
 });
 
 /** The states a Player can be in, for people and for tests. */
@@ -89,6 +104,7 @@ export class Player extends EventTarget {
     this.options = { ...DEFAULTS };
     for (const [k, v] of Object.entries(options)) if (v !== undefined) this.options[k] = v;
     if (!RENDERERS.includes(this.options.renderer)) throw new TypeError(`renderer must be one of ${RENDERERS.join(", ")}`);
+    if (typeof this.options.rendition !== "string" || !this.options.rendition) throw new TypeError('rendition must be "auto" or a name');
     this.broker = this.options.broker || defaultBrokerUrl();
     if (this.options.muted) video.muted = true;
     video.playsInline = true;
@@ -118,7 +134,13 @@ export class Player extends EventTarget {
       newPlay: () => this._onNewPlay(),
       described: (reply) => this._onDescribe(reply),
       status: (status) => this._onStatus(status),
-      media: (payload) => this._onMedia(payload),
+      media: (payload, rendition) => this._onMedia(payload, rendition),
+      arrival: (name, facts, now) => this._onArrival(facts, now),
+      switched: (s) => this._onSwitched(s),
+      switchFailed: ({ to, why }) => {
+        this._event("rendition", `the switch to ${to} was given up: ${why}`);
+        this._abr?.failed(to, performance.now());
+      },
       lost: (n) => {
         this._event("lost", `${n} fragments never came (shed for a slow link)`);
         this.media?.lost();
@@ -282,6 +304,16 @@ export class Player extends EventTarget {
       skippedFragments: delivery.skipped,
       reconnects: this.session.reconnects,
       renewals: this.session.renewals,
+      // renditions: the one the renderer is fed (null: the stream has none), a switch in progress, the
+      // switches done and given up, and the link's capacity the controller estimates (kbit/s)
+      rendition: this.session.rendition,
+      renditionMode: this.session.renditions ? this.options.rendition : null,
+      renditions: this.session.renditions?.map((r) => r.name) ?? null,
+      renditionSwitching: this.session.switching,
+      renditionSwitches: this.session.switches,
+      renditionSwitchFailures: this.session.switchFailures,
+      linkKbps: round(this._abr?.capacityKbps(now) ?? null, 0),
+      abrReason: this._abr?.lastDecision?.why ?? null,
       errors: this.errors.slice(),
     };
   }
@@ -358,7 +390,10 @@ export class Player extends EventTarget {
       this._fail(error.code, error.message);
       return;
     }
-    const mime = reply.mimeCodec;
+    // With renditions, the one the play starts with (a reconnect: the one that played) says the codec.
+    const renditions = this.session.renditions;
+    const start = renditions ? startRendition(renditions, this.options.rendition, this.session.lastRendition) : null;
+    const mime = start ? renditions.find((r) => r.name === start.name).mimeCodec : reply.mimeCodec;
     const playId = this._playId;
     // A describe again (a reconnect) keeps the renderer this play has.
     const kind = this.media.mime ? this.media.kind : await this._chooseRenderer(mime);
@@ -374,7 +409,65 @@ export class Player extends EventTarget {
     if (first && !this.media.mime) this.media.start(mime, !!reply.has_audio);
     else if (mime !== this.media.mime) this.media.changeMime(mime);
     this._setState(this.state === "reconnecting" ? "reconnecting" : "buffering", "waiting for media");
-    this.session.acceptDescribe();
+    if (start?.unknown) {
+      this._event("rendition", `the server offers no rendition "${start.unknown}" (${renditions.map((r) => r.name).join(", ")}); playing ${start.name}`);
+    } else if (!renditions && this.options.rendition !== AUTO_RENDITION) {
+      this._event("rendition", `this stream has no renditions; rendition "${this.options.rendition}" is ignored`);
+    }
+    this._startAbr(renditions, start, kind);
+    this.session.acceptDescribe(start?.name ?? null);
+  }
+
+  /**
+   * With `rendition: "auto"` and two renditions or more the renderer can play, a controller picks which plays
+   * from now on (a fresh one per describe: a reconnect starts measuring again).
+   */
+  _startAbr(renditions, start, kind) {
+    this._abr = null;
+    this._meter = null;
+    if (!renditions || this.options.rendition !== AUTO_RENDITION) return;
+    const playable = renditions.filter((r) => kind !== "mse" || mseSupports(r.mimeCodec));
+    if (playable.length < 2 || !playable.some((r) => r.name === start.name)) return;
+    const now = performance.now();
+    this._abr = new AbrController(playable, start.name, now, this.options);
+    this._meter = new LinkMeter(this.options);
+    this._abrAt = now;
+    this._abrSkipped = this.session.delivery().skipped;
+  }
+
+  /** A fragment of the rendition played arrived (before any hand-over hold): what it says of the link. */
+  _onArrival(facts, now) {
+    if (!this._meter) return;
+    const prft = facts.wallMs !== null;
+    const delayMs = prft ? Date.now() - facts.wallMs : facts.start !== null ? now - facts.start * 1000 : null;
+    const mediaMs = facts.video && facts.start !== null ? (facts.end - facts.start) * 1000 : 0;
+    this._meter.fragment({ now, bytes: facts.bytes, mediaMs, keyframe: !!facts.keyframe, delayMs, clock: prft ? "prft" : "media" });
+  }
+
+  _onSwitched({ from, to, at, gapMs, waitedMs }) {
+    const now = performance.now();
+    this._abr?.switched(to, now);
+    this._meter?.switched();
+    const gap = gapMs ? `, ${gapMs} ms of ${from} missing before it` : "";
+    this._event("rendition", `${from} -> ${to} at ${at.toFixed(3)} s, ${Math.round(waitedMs)} ms after the play${gap}`);
+    this._dispatch("rendition");
+  }
+
+  /** The controller's look at the link, every abrIntervalMs while media should be flowing. */
+  _abrTick(now) {
+    if (!this._abr || now - this._abrAt < this.options.abrIntervalMs) return;
+    this._abrAt = now;
+    const skipped = this.session.delivery().skipped;
+    const obs = { ...this._meter.take(now), skipped: skipped - this._abrSkipped };
+    this._abrSkipped = skipped;
+    const decision = this._abr.observe(obs);
+    if (!decision) return;
+    const from = this.session.rendition;
+    if (this.session.switchRendition(decision.switchTo)) {
+      this._event("rendition", `switching ${from} -> ${decision.switchTo}: ${decision.why}`);
+    } else {
+      this._abr.failed(decision.switchTo, now);
+    }
   }
 
   _onStatus(status) {
@@ -387,7 +480,9 @@ export class Player extends EventTarget {
           this._degraded = null;
           if (this.state === "playing") this._setState("playing", "playing");
         }
-        if (status.mimeCodec && status.mimeCodec !== this.media.mime) {
+        // A rendition's `playing` (a switch moved the play): its init segment comes at the hand-over, which
+        // tells the renderer its codec there.
+        if (status.mimeCodec && status.mimeCodec !== this.media.mime && !(status.rendition && this.session.renditions)) {
           // WebCodecs finds out from the init segment that follows (unsupported() falls back).
           if (this.media.kind === "mse" && !mseSupports(status.mimeCodec)) {
             this._fail("unsupported_codec", `The source changed to ${status.mimeCodec}, which this browser cannot play.`);
@@ -430,13 +525,22 @@ export class Player extends EventTarget {
     }
   }
 
-  _onMedia(payload) {
+  _onMedia(payload, rendition) {
     if (!this.url || this.state === "error" || this.state === "stopped") return;
     this._receivedBytes += payload.length;
     this._bytes.push({ at: performance.now(), n: payload.length });
     if (this._bytes.length > 2000) this._bytes.splice(0, 1000);
     this._serverReconnecting = false;
-    this.media.push(payload);
+    if (!rendition) {
+      this.media.push(payload);
+      return;
+    }
+    // A switch: the new rendition's init, into the same pipeline (MediaSource: the same SourceBuffer).
+    if (this.media.kind === "mse" && rendition.mime && !mseSupports(rendition.mime)) {
+      this._fail("unsupported_codec", `This browser cannot play rendition ${rendition.name} (${rendition.mime}).`);
+      return;
+    }
+    this.media.switchRendition(payload, rendition.mime);
   }
 
   // ----- states, figures, events -----------------------------------------------------------------
@@ -454,6 +558,7 @@ export class Player extends EventTarget {
     }
     if (!this.describeReply) return; // still connecting
     const now = performance.now();
+    this._abrTick(now);
     if (this.media.advancing(now)) {
       // (With requestVideoFrameCallback the first frame's own presentation time is taken instead.)
       if (this._firstFrameMs === null && !this._framesWatched) this._firstFrameMs = now - this._playStartedAt;
@@ -492,6 +597,8 @@ export class Player extends EventTarget {
     this._bytes = [];
     this._receivedBytes = 0;
     this.errors = [];
+    this._abr = null;
+    this._meter = null;
   }
 
   _fail(code, message) {

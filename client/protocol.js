@@ -23,8 +23,56 @@ export function replyTopics(replyPrefix, clientId) {
 }
 
 export const describeRequest = (url, replyTopic) => ({ url, reply_topic: replyTopic });
-/** A play; `version` 2 asks for the stream's media on its own topics (after a join burst on the reply topic). */
-export const playRequest = (url, replyTopic, version = 1) => (version === 2 ? { url, reply_topic: replyTopic, version } : { url, reply_topic: replyTopic });
+/**
+ * A play; `version` 2 asks for the stream's media on its own topics (after a join burst on the reply topic),
+ * and may name the `rendition` (only version 2 can: a version 1 play never carries one).
+ */
+export function playRequest(url, replyTopic, version = 1, rendition = null) {
+  if (version !== 2) return { url, reply_topic: replyTopic };
+  return rendition ? { url, reply_topic: replyTopic, version, rendition } : { url, reply_topic: replyTopic, version };
+}
+
+/**
+ * The renditions of a describe reply, `main` (the stream's own output) first as the server lists them:
+ * [{name, mimeCodec, width, height, fps, bitrateKbps (null: not known yet), media (its stream topic)}], or
+ * null when the reply lists none (a server or stream without renditions: nothing about the play changes).
+ * An entry without a name, a codec or a stream topic it can subscribe to is left out.
+ */
+export function parseRenditions(reply) {
+  if (!Array.isArray(reply?.renditions)) return null;
+  const list = [];
+  for (const r of reply.renditions) {
+    const media = streamMediaTopic(r);
+    if (typeof r?.name !== "string" || !r.name || typeof r.mimeCodec !== "string" || !media) continue;
+    if (list.some((x) => x.name === r.name)) continue;
+    const number = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+    list.push({
+      name: r.name,
+      mimeCodec: r.mimeCodec,
+      width: number(r.width),
+      height: number(r.height),
+      fps: number(r.fps),
+      bitrateKbps: number(r.bitrate_kbps),
+      media,
+    });
+  }
+  return list.length ? list : null;
+}
+
+/** What the `rendition` option may be besides a rendition's name: the page picks (and switches). */
+export const AUTO_RENDITION = "auto";
+
+/**
+ * The rendition a play starts with: {name, unknown}. `wanted` is the option (`auto` or a name), `previous`
+ * what this play last played (a reconnect goes on with it). `auto` starts with what played before, else the
+ * first listed (`main`); a name the server does not list plays the first, with `unknown` set to it.
+ */
+export function startRendition(renditions, wanted, previous = null) {
+  const has = (name) => renditions.some((r) => r.name === name);
+  if (wanted !== AUTO_RENDITION && wanted != null && !has(wanted)) return { name: renditions[0].name, unknown: wanted };
+  if (wanted !== AUTO_RENDITION && wanted != null) return { name: wanted, unknown: null };
+  return { name: previous && has(previous) ? previous : renditions[0].name, unknown: null };
+}
 
 /**
  * The stream topic a version 2 viewer subscribes to, from a describe reply or a `playing` status (their

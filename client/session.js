@@ -4,6 +4,11 @@
 //
 // One connection per player: a connection has one last will, and it must name that player's reply topic.
 // Each play on a connection that already played gets a fresh connection, hence a fresh reply topic and will.
+//
+// Renditions (a describe reply that lists them): each rendition played is a stream topic of its own with its
+// own SequenceMerge (its sequence numbers are its own). A switch subscribes to the new one's topic, then
+// plays with its name, which moves the viewer there; the old one goes on for a grace period, and switch.js
+// decides what of both goes to the renderer until the hand-over at a keyframe; then the old topic is left.
 
 import mqtt from "./node_modules/mqtt/dist/mqtt.esm.js";
 import {
@@ -13,6 +18,7 @@ import {
   guardedTopics,
   loginRefusal,
   parseJson,
+  parseRenditions,
   parseSources,
   playRequest,
   PlayRequests,
@@ -24,9 +30,13 @@ import {
   streamMediaTopic,
 } from "./protocol.js";
 import { SequenceMerge } from "./merge.js";
+import { boxType, messageFacts, sameBytes } from "./mp4.js";
+import { Handover } from "./switch.js";
 
 /** Reply topics of dead connections remembered to stop once connected again. */
 const MAX_STALE = 8;
+/** The name of the one feed of a stream without renditions (never sent: such a play names none). */
+const MAIN = "main";
 
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
@@ -39,8 +49,11 @@ export class Session {
    * @param {object} options {broker, prefix, replyPrefix, protocol, keepalive, reconnectMinMs, reconnectMaxMs,
    *   username, password} and the request timings of protocol.js (REQUEST_DEFAULTS)
    * @param {object} hooks {connection({connected, everConnected, delayMs, refused}), sources(list), newPlay(),
-   *   described(reply), status(status), media(payload), lost(fragments) (never received, before the next
-   *   media), event(kind, detail), fail(code, message)}
+   *   described(reply), status(status), media(payload, rendition) (rendition: {name, mime} with a new
+   *   rendition's init segment at a switch), arrival(rendition, facts, now) (a fragment of the rendition the
+   *   renderer is fed arrived: mp4.js messageFacts), lost(fragments) (never received, before the next media),
+   *   switched({from, to, at, gapMs, waitedMs}), switchFailed({to, why}), event(kind, detail),
+   *   fail(code, message)}
    */
   constructor(options, hooks) {
     this.options = options;
@@ -51,6 +64,9 @@ export class Session {
     this.everConnected = false;
     this.reconnects = 0; // connections lost while playing
     this.renewals = 0; // plays renewed, over every connection of this play
+    this.switches = 0; // rendition switches completed, and given up, over this play
+    this.switchFailures = 0;
+    this.lastRendition = null; // the rendition this play fed last: a reconnect goes on with it
     this._conn = null; // {client, topics, used, connected, subscribed, described, requests}
     this._attempt = 0;
     this._reconnectTimer = null;
@@ -85,6 +101,9 @@ export class Session {
     this.url = url;
     this.reconnects = 0;
     this.renewals = 0;
+    this.switches = 0;
+    this.switchFailures = 0;
+    this.lastRendition = null;
     const conn = this._conn;
     if (conn && !conn.used) {
       // An unused connection: its reply topic and last will are fresh. Play now, or once it is subscribed.
@@ -97,17 +116,22 @@ export class Session {
   /**
    * The Player accepted the describe reply: send the play (repeated until answered, then renewed). With a
    * server that names the stream's topics (protocol version 2) the stream topic is subscribed first: a broker
-   * handles a client's SUBSCRIBE before its later PUBLISH, so no live fragment after the play is missed.
+   * handles a client's SUBSCRIBE before its later PUBLISH, so no live fragment after the play is missed. With
+   * renditions, `rendition` is the one to start with (default: the first listed, `main`).
    */
-  acceptDescribe() {
+  acceptDescribe(rendition = null) {
     const conn = this._conn;
     if (!conn?.requests) return;
-    const topic = conn.describedStream;
-    if (!topic) {
+    if (!conn.describedStream) {
       this._apply(conn, conn.requests.play(performance.now()));
       return;
     }
-    this._follow(conn, topic);
+    const r = conn.renditions ? (conn.renditions.find((x) => x.name === rendition) ?? conn.renditions[0]) : null;
+    const name = r ? r.name : MAIN;
+    const topic = r ? r.media : conn.describedStream;
+    conn.requested = conn.playing = name;
+    if (r) this.lastRendition = name;
+    this._follow(conn, name, topic);
     conn.client.subscribe(topic, { qos: 0 }, (err) => {
       if (conn !== this._conn || !this.url) return;
       if (err) {
@@ -118,18 +142,78 @@ export class Session {
     });
   }
 
-  /** Version 2: media of `topic` from now on, merged with the join burst by a fresh merge. */
-  _follow(conn, topic) {
-    if (conn.stream && conn.stream !== topic) conn.client.unsubscribe(conn.stream);
-    conn.stream = topic;
-    conn.merge = new SequenceMerge();
+  /** The renditions of the current play's describe reply (protocol.js parseRenditions), or null. */
+  get renditions() {
+    return this._conn?.renditions ?? null;
   }
 
-  /** The version 2 merge's figures of the current play: {protocol, duplicates, skipped}. */
+  /** The rendition the renderer is fed now, or null when the stream has no renditions. */
+  get rendition() {
+    const conn = this._conn;
+    return conn?.renditions && conn.playing ? conn.playing : null;
+  }
+
+  /** The rendition a switch in progress goes to, or null. */
+  get switching() {
+    return this._conn?.switchingTo ?? null;
+  }
+
+  /**
+   * Moves the play to rendition `name`: its stream topic subscribed first, then a play naming it (which moves
+   * the viewer's lease there), and the hand-over of switch.js until the renderer is fed `name` (hooks.switched)
+   * or the switch is given up (hooks.switchFailed: the play moves back). Returns false when there is nothing
+   * to switch (no renditions, no such one, it plays already, a switch is in progress).
+   */
+  switchRendition(name) {
+    const conn = this._conn;
+    const r = conn?.renditions?.find((x) => x.name === name);
+    if (!this.url || !r || !conn.connected || conn.switchingTo || name === conn.playing || !conn.feeds.has(conn.playing)) return false;
+    conn.switchingTo = name;
+    this._follow(conn, name, r.media);
+    conn.client.subscribe(r.media, { qos: 0 }, (err) => {
+      if (conn !== this._conn || !this.url || conn.switchingTo !== name) return;
+      if (err) {
+        this._switchOver(conn, { ok: false, why: `cannot subscribe to ${r.media}: ${err.message}` }, name);
+        return;
+      }
+      const now = performance.now();
+      conn.handover = new Handover({ ...this.options, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
+      conn.requested = name;
+      this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, name));
+    });
+    return true;
+  }
+
+  /**
+   * Version 2: media of rendition `name` from `topic` from now on, merged with its join burst by a fresh
+   * merge (a rendition's sequence numbers are its own). A topic no other rendition uses is left.
+   */
+  _follow(conn, name, topic) {
+    const old = conn.feeds.get(name);
+    if (old && old.topic !== topic) this._leave(conn, name);
+    conn.feeds.set(name, { name, topic, merge: new SequenceMerge(), init: null });
+  }
+
+  /** Drops rendition `name`'s merge and leaves its topic (unless another rendition uses it). */
+  _leave(conn, name) {
+    const feed = conn.feeds.get(name);
+    if (!feed) return;
+    conn.feeds.delete(name);
+    conn.duplicates += feed.merge.duplicates;
+    const shared = [...conn.feeds.values()].some((f) => f.topic === feed.topic);
+    if (!shared && conn.connected) conn.client.unsubscribe(feed.topic);
+  }
+
+  /**
+   * The version 2 merges' figures of the current play: {protocol, duplicates, skipped} (skipped: of the
+   * rendition fed to the renderer, the fragments the gateway shed for a slow link).
+   */
   delivery() {
     const conn = this._conn;
-    if (!conn?.merge) return { protocol: 1, duplicates: 0, skipped: 0 };
-    return { protocol: 2, duplicates: conn.merge.duplicates, skipped: conn.merge.skipped };
+    if (!conn?.feeds.size) return { protocol: 1, duplicates: 0, skipped: 0 };
+    let duplicates = conn.duplicates;
+    for (const f of conn.feeds.values()) duplicates += f.merge.duplicates;
+    return { protocol: 2, duplicates, skipped: conn.skipped };
   }
 
   /** Stops the current play (the server gets a stop); the connection stays, for the source list. */
@@ -157,17 +241,20 @@ export class Session {
   tick() {
     const conn = this._conn;
     if (!this.url || !conn || !conn.connected || !conn.requests) return;
-    this._apply(conn, conn.requests.tick(performance.now()));
+    const now = performance.now();
+    this._apply(conn, conn.requests.tick(now));
+    if (conn.handover) this._handover(conn, conn.handover.tick(now));
   }
 
   _finish() {
     this.url = null;
     const conn = this._conn;
     conn?.requests?.finish();
-    // The stream topic carries media for everyone: not ours to receive any more.
-    if (conn?.stream && conn.connected) conn.client.unsubscribe(conn.stream);
-    if (conn?.inbox && conn.connected) conn.client.unsubscribe(conn.inbox.subscription);
-    if (conn) conn.stream = conn.merge = conn.inbox = null;
+    if (!conn) return;
+    // The stream topics carry media for everyone: not ours to receive any more.
+    for (const name of [...conn.feeds.keys()]) this._leave(conn, name);
+    if (conn.inbox && conn.connected) conn.client.unsubscribe(conn.inbox.subscription);
+    conn.inbox = conn.handover = conn.switchingTo = null;
   }
 
   _apply(conn, actions) {
@@ -185,7 +272,8 @@ export class Session {
       } else if (a.send === "play") {
         if (a.why === "renew") this.renewals++;
         else if (a.why !== "start") this.hooks.event("retry", `play (${a.why})`);
-        this._publish(this.topics.play, playRequest(this.url, conn.topics.media, conn.stream ? 2 : 1));
+        const rendition = conn.renditions ? conn.requested : null;
+        this._publish(this.topics.play, playRequest(this.url, conn.topics.media, conn.feeds.size ? 2 : 1, rendition));
       }
     }
   }
@@ -201,8 +289,15 @@ export class Session {
       subscribed: false,
       described: false,
       describedStream: null, // version 2: the stream topic the describe reply named
-      stream: null, // ... and the one subscribed, with the merge of it and the reply topic
-      merge: null,
+      renditions: null, // ... and its renditions (protocol.js parseRenditions), or null
+      feeds: new Map(), // version 2: rendition (MAIN without renditions) -> {name, topic, merge} subscribed
+      requested: null, // the rendition the plays name: the reply topic's join bursts are its
+      playing: null, // the rendition the renderer is fed
+      switchingTo: null, // a switch in progress, and its hand-over (switch.js) once the play is sent
+      handover: null,
+      fedEnd: null, // the media time (s) the renderer has been fed up to
+      skipped: 0, // fragments of the rendition fed never received (shed on the way, or given up)
+      duplicates: 0, // fragments that came twice, of merges dropped since
       inbox: null, // guarded server: where its answers about the stream come (protocol.js, guardedTopics)
       requests: null,
       client: null,
@@ -301,6 +396,7 @@ export class Session {
     conn.used = true;
     conn.described = false;
     conn.describedStream = null;
+    conn.renditions = null;
     conn.inbox = null;
     conn.requests = new PlayRequests(this.options);
     // Media from the previous connection's play is gone with its reply topic.
@@ -329,28 +425,98 @@ export class Session {
     });
   }
 
+  /** A media message of rendition `feed`, in its order: to the renderer, or to the hand-over of a switch. */
+  _deliver(conn, feed, msg, now) {
+    const facts = messageFacts(msg, feed.merge.init);
+    if (feed.name === conn.playing && facts.kind === "fragment") this.hooks.arrival(feed.name, facts, now);
+    if (conn.handover) this._handover(conn, conn.handover.push(feed.name, msg, facts, now));
+    else if (feed.name === conn.playing) this._feed(conn, feed.name, msg, facts, false);
+    // (Else a rendition left: what it sends in its grace period is nobody's.)
+  }
+
+  _feed(conn, name, msg, facts, init) {
+    if (facts.kind === "fragment" && facts.end !== null) conn.fedEnd = facts.end;
+    if (!init) {
+      this.hooks.media(msg);
+      return;
+    }
+    const mime = conn.renditions?.find((r) => r.name === name)?.mimeCodec ?? null;
+    this.hooks.media(msg, { name, mime });
+  }
+
+  /** A step of the hand-over: what it lets through, then its outcome. */
+  _handover(conn, step) {
+    const h = conn.handover;
+    for (const f of step.feed) {
+      this._feed(conn, f.rendition, f.payload, f.facts, f.init);
+      if (conn !== this._conn || !this.url) return;
+    }
+    if (step.done && conn.handover === h) this._switchOver(conn, step.done, h.to);
+  }
+
+  /** A switch to `to` ended: done (`to` plays, the old rendition is left) or given up (the play moves back). */
+  _switchOver(conn, done, to) {
+    const from = conn.playing;
+    conn.handover = null;
+    conn.switchingTo = null;
+    if (done.ok) {
+      conn.playing = to;
+      this.lastRendition = to;
+      this.switches++;
+      this._leave(conn, from);
+      this.hooks.switched({ from, to, at: done.at, gapMs: done.gapMs, waitedMs: done.waitedMs });
+      return;
+    }
+    this.switchFailures++;
+    if (conn.requested !== from) {
+      conn.requested = from;
+      this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, from));
+    }
+    this._leave(conn, to);
+    this.hooks.switchFailed({ to, why: done.why });
+  }
+
   _onMessage(conn, topic, payload) {
     const now = performance.now();
     const inbox = conn.inbox;
-    if (topic === conn.topics.media || topic === inbox?.media || (conn.stream && topic === conn.stream)) {
+    const reply = topic === conn.topics.media || topic === inbox?.media;
+    const feed = reply ? conn.feeds.get(conn.requested) : [...conn.feeds.values()].find((f) => f.topic === topic);
+    if (reply || feed) {
       conn.requests?.message(now);
       if (!this.url) return;
-      if (!conn.merge) this.hooks.media(payload);
-      else {
-        const skipped = conn.merge.skipped;
-        const due = conn.merge.push(payload);
-        if (conn.merge.skipped > skipped) this.hooks.lost(conn.merge.skipped - skipped);
-        for (const msg of due) this.hooks.media(msg);
+      if (!conn.feeds.size) {
+        this.hooks.media(payload); // version 1: everything on the reply topic, in order
+        return;
+      }
+      if (!feed) return;
+      if (boxType(payload) === "ftyp") {
+        // The same init again (a join burst after a switch given up moved the play back): the renderer has
+        // it, and the merge goes on where it was instead of starting over at the burst's old keyframe.
+        if (feed.init && sameBytes(feed.init, payload)) return;
+        feed.init = new Uint8Array(payload);
+      }
+      const skipped = feed.merge.skipped;
+      const due = feed.merge.push(payload);
+      if (feed.merge.skipped > skipped && feed.name === conn.playing) {
+        conn.skipped += feed.merge.skipped - skipped;
+        this.hooks.lost(feed.merge.skipped - skipped);
+      }
+      for (const msg of due) {
+        this._deliver(conn, feed, msg, now);
+        if (conn !== this._conn || !this.url) return; // a hook stopped the play
       }
     } else if (topic === conn.topics.status || topic === inbox?.status) {
       conn.requests?.message(now);
       const status = parseJson(payload);
       if (!this.url || !status) return;
-      // Another instance of a pool took the stream over: its topics, and its own sequence numbers.
-      const moved = status.state === "playing" && conn.stream && streamMediaTopic(status);
-      if (moved && moved !== conn.stream) {
-        this.hooks.event("stream_topic", `${conn.stream} -> ${moved}`);
-        this._follow(conn, moved);
+      // Another instance of a pool took the stream over: its topics, and its own sequence numbers. (A
+      // rendition's `playing` names that rendition's topics, which are not a move.)
+      const moved = status.state === "playing" && streamMediaTopic(status);
+      const name = conn.renditions ? status.rendition ?? conn.renditions[0].name : MAIN;
+      const feed = moved && conn.feeds.get(name);
+      if (feed && moved !== feed.topic) {
+        this.hooks.event("stream_topic", `${feed.topic} -> ${moved}`);
+        this._follow(conn, name, moved);
         conn.client.subscribe(moved, { qos: 0 });
       }
       this.hooks.status(status);
@@ -364,6 +530,7 @@ export class Session {
       conn.described = true;
       conn.requests.described(now);
       conn.describedStream = this.options.protocol >= 2 ? streamMediaTopic(reply) : null;
+      conn.renditions = conn.describedStream ? parseRenditions(reply) : null;
       this.hooks.described(reply);
     } else if (sourceEntry(this.options.prefix, topic, payload)) {
       // A guarded server's entry: the broker delivers only those of sources this login may watch.

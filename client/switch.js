@@ -43,9 +43,9 @@ export class Handover {
     for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SWITCH_DEFAULTS) this.options[k] = v;
     this.startedAt = now;
     this.fedEnd = fedEnd;
-    this.aHold = null; // {at: s, since: ms, messages: [payload]}: an A keyframe (and what followed) held for B's
-    this.bHold = null; // {at: s, since: ms, messages: [payload]}: B's keyframe (and what followed) held for A
-    this.bInit = null; // B's latest init segment
+    this.aHold = null; // {at: s, since: ms, messages: [{payload, facts}]}: an A keyframe (and what followed) held for B's
+    this.bHold = null; // {at: s, since: ms, messages: [{payload, facts}]}: B's keyframe (and what followed) held for A
+    this.bInit = null; // B's latest init segment: {payload, facts}
     this.bNewest = null; // the end (s) of the newest B fragment seen
     this.done = null; // {ok: true, at, gapMs, waitedMs} | {ok: false, why}
     this.seen = { inits: 0, fragments: 0, keyframes: 0, missed: 0 }; // of B, for the reason of a failure
@@ -53,8 +53,8 @@ export class Handover {
 
   /**
    * One message of rendition `name` (in its own order: after its SequenceMerge), with `facts` of it
-   * (messageFacts). Returns {feed: [{rendition, payload, init}], done}: what goes to the renderer now, in
-   * order (`init`: B's init segment, which the renderer takes as a new rendition's), and the outcome once
+   * (messageFacts). Returns {feed: [{rendition, payload, facts, init}], done}: what goes to the renderer now,
+   * in order (`init`: B's init segment, which the renderer takes as a new rendition's), and the outcome once
    * there is one (then nothing more is taken: the caller feeds B and drops A from there on).
    */
   push(name, payload, facts, now) {
@@ -83,7 +83,7 @@ export class Handover {
 
   _a(payload, facts) {
     if (facts.kind === "fragment" && facts.end !== null) this.fedEnd = Math.max(this.fedEnd ?? -Infinity, facts.end);
-    return { rendition: this.from, payload, init: false };
+    return { rendition: this.from, payload, facts, init: false };
   }
 
   _fromA(payload, facts, now) {
@@ -121,7 +121,7 @@ export class Handover {
   _fromB(payload, facts, now) {
     if (facts.kind === "init") {
       // Fragments held of an earlier init of B cannot follow this one.
-      this.bInit = payload;
+      this.bInit = { payload, facts };
       this.bHold = null;
       this.seen.inits++;
       return this._step([]);
@@ -130,7 +130,7 @@ export class Handover {
     this.seen.fragments++;
     this.bNewest = Math.max(this.bNewest ?? -Infinity, facts.end ?? facts.start);
     if (this.bHold) {
-      this.bHold.messages.push(payload);
+      this.bHold.messages.push({ payload, facts });
       return this._step([]);
     }
     const feed = [];
@@ -144,7 +144,7 @@ export class Handover {
     if (this.aHold) {
       if (Math.abs(at - this.aHold.at) <= EPSILON) {
         this.aHold = null; // A up to T was fed; A's keyframe at T is B's to show
-        return this._switch([], now, { at, payload });
+        return this._switch([], now, { at, payload, facts });
       }
       if (at > this.aHold.at) {
         feed.push(...this._releaseA());
@@ -155,28 +155,28 @@ export class Handover {
         // B's keyframe is before A's held one, and A was fed only up to before it: A's fragments between
         // were lost on the way, the held ones are past T. Switch here.
         this.aHold = null;
-        return this._switch(feed, now, { at, payload });
+        return this._switch(feed, now, { at, payload, facts });
       }
     }
-    if (this.fedEnd === null) return this._switch(feed, now, { at, payload });
+    if (this.fedEnd === null) return this._switch(feed, now, { at, payload, facts });
     if (this.fedEnd > at + EPSILON) {
       this.seen.missed++;
       return this._step(feed);
     }
-    if (this.fedEnd >= at - EPSILON) return this._switch(feed, now, { at, payload });
-    this.bHold = { at, since: now, messages: [payload] };
+    if (this.fedEnd >= at - EPSILON) return this._switch(feed, now, { at, payload, facts });
+    this.bHold = { at, since: now, messages: [{ payload, facts }] };
     return this._step(feed);
   }
 
   /** The switch: `feed` (the last of A), then B's init and B from its keyframe on. */
   _switch(feed, now, keyframe = null) {
     const at = keyframe ? keyframe.at : this.bHold.at;
-    const messages = keyframe ? [keyframe.payload] : this.bHold.messages;
+    const messages = keyframe ? [keyframe] : this.bHold.messages;
     this.bHold = null;
     const gap = this.fedEnd === null ? 0 : Math.max(0, at - this.fedEnd);
     this.done = { ok: true, at, gapMs: Math.round(gap * 1000), waitedMs: now - this.startedAt };
-    feed.push({ rendition: this.to, payload: this.bInit, init: true });
-    for (const payload of messages) feed.push({ rendition: this.to, payload, init: false });
+    feed.push({ rendition: this.to, ...this.bInit, init: true });
+    for (const { payload, facts } of messages) feed.push({ rendition: this.to, payload, facts, init: false });
     return this._step(feed);
   }
 

@@ -60,6 +60,14 @@ export async function webCodecsSupports(mime) {
 
 const MAX_PENDING = 120; // decode times kept for frames the decoder has not returned
 
+/** Whether two AudioDecoder configurations are the same (renditions share their audio track). */
+function sameAudioConfig(a, b) {
+  if (!a || !b || a.codec !== b.codec || a.sampleRate !== b.sampleRate || a.numberOfChannels !== b.numberOfChannels) return false;
+  const da = a.description ? new Uint8Array(a.description) : null;
+  const db = b.description ? new Uint8Array(b.description) : null;
+  return da === db || (!!da && !!db && sameBytes(da, db));
+}
+
 export class WebCodecsSink {
   /**
    * Gets ready for a play that may come to this renderer: the page's AudioContext, whose making would hold up
@@ -96,6 +104,7 @@ export class WebCodecsSink {
     this.videoConfig = null;
     this.audioConfig = null;
     this._closeDecoders();
+    this.draining = null; // the last rendition's decoder, flushed for its last frames after a switch
     this.gate = new VideoGate();
     this.lateness = new Lateness();
     this.pending = new Map(); // frame timestamp (µs) -> {at, late}
@@ -178,8 +187,14 @@ export class WebCodecsSink {
     if (this.video.srcObject) this.video.srcObject = null;
   }
 
-  _onFrame(frame) {
+  _onFrame(frame, decoder) {
     const ts = frame.timestamp;
+    if (decoder === this.draining && this.lastShown !== null && ts / 1e6 <= this.lastShown.media) {
+      // The last rendition's frame, after the new one's first: never a step back.
+      this.pending.delete(ts);
+      frame.close();
+      return;
+    }
     const now = performance.now();
     const info = this.pending.get(ts);
     this.pending.delete(ts);
@@ -189,7 +204,7 @@ export class WebCodecsSink {
     // A frame that came with a backlog is not shown: the next live one is (a catch-up, not a slow motion).
     // Nor is one with newer chunks still waiting in the decoder: of a joiner's GOP burst, only the first frame
     // (a picture at once) and the last (the live one) are shown.
-    const newer = this.lastShown !== null && (this.videoDecoder?.decodeQueueSize ?? 0) > 0;
+    const newer = this.lastShown !== null && (decoder?.decodeQueueSize ?? 0) > 0;
     if (!out || newer || (info && info.late > this.options.maxLateMs)) {
       frame.close();
       this.counters.late++;
@@ -222,18 +237,19 @@ export class WebCodecsSink {
   // ----- decoders ---------------------------------------------------------------------------------------
 
   _closeDecoders() {
-    for (const d of [this.videoDecoder, this.audioDecoder]) {
+    for (const d of [this.videoDecoder, this.audioDecoder, this.draining]) {
       if (d && d.state !== "closed") d.close();
     }
     this.videoDecoder = null;
     this.audioDecoder = null;
+    this.draining = null;
   }
 
   /** A configured VideoDecoder, made at the first keyframe after a restart. */
   _videoDecoder() {
     if (this.videoDecoder && this.videoDecoder.state === "configured") return this.videoDecoder;
     const decoder = new VideoDecoder({
-      output: (frame) => (decoder === this.videoDecoder ? this._onFrame(frame) : frame.close()),
+      output: (frame) => (decoder === this.videoDecoder || decoder === this.draining ? this._onFrame(frame, decoder) : frame.close()),
       error: (e) => decoder === this.videoDecoder && this._onDecoderError("video", e),
     });
     decoder.configure(this.videoConfig);
@@ -388,7 +404,18 @@ export class WebCodecsSink {
     }
   }
 
-  _onInit(bytes) {
+  /**
+   * A rendition switch (session.js, switch.js): the new rendition's init segment, right before its first
+   * fragment, a keyframe that follows what was fed of the old one with no gap. A new video decoder for it,
+   * while the old one is flushed for its last frames (shown unless the new one got past them); the audio
+   * decoder goes on when the audio is the same (renditions share it), so the sound does not break.
+   */
+  switchRendition(payload, mime) {
+    if (mime) this.mime = mime;
+    this._onInit(new Uint8Array(payload), { rendition: true });
+  }
+
+  _onInit(bytes, { rendition = false } = {}) {
     const info = parseInit(bytes);
     const video = info?.tracks.get(info.videoTrackId)?.entry;
     if (!info || !video) {
@@ -409,9 +436,21 @@ export class WebCodecsSink {
       codedHeight: video.height,
       optimizeForLatency: true,
     };
-    this._resetVideoDecoder("new init segment");
+    const old = this.videoDecoder;
+    if (rendition && old && old.state === "configured") {
+      if (this.draining && this.draining.state !== "closed") this.draining.close();
+      this.draining = old;
+      this.videoDecoder = null;
+      old.flush().catch(() => {}).finally(() => {
+        if (old.state !== "closed") old.close();
+        if (this.draining === old) this.draining = null;
+      });
+    }
+    this._resetVideoDecoder(rendition ? "another rendition" : "new init segment");
     const audio = info.audioTrackId != null ? info.tracks.get(info.audioTrackId)?.entry : null;
     this.hasAudio = !!audio;
+    const audioConfig = audio?.codec ? { codec: audio.codec, sampleRate: audio.sampleRate, numberOfChannels: audio.channels, description: audio.description } : null;
+    if (rendition && audioConfig && sameAudioConfig(audioConfig, this.audioConfig)) return; // the same sound goes on
     if (this.audioDecoder && this.audioDecoder.state !== "closed") this.audioDecoder.close();
     this.audioDecoder = null;
     this.audioConfig = null;
@@ -420,7 +459,7 @@ export class WebCodecsSink {
         this.hooks.unsupported(`no WebCodecs configuration for a "${audio.format}" audio track`);
         return;
       }
-      this.audioConfig = { codec: audio.codec, sampleRate: audio.sampleRate, numberOfChannels: audio.channels, description: audio.description };
+      this.audioConfig = audioConfig;
       this.audio.open(audio.sampleRate);
     }
   }

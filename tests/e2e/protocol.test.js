@@ -6,10 +6,12 @@ import assert from "node:assert/strict";
 import {
   controlTopics,
   describeOutcome,
+  parseRenditions,
   parseSources,
   PlayRequests,
   playRequest,
   replyTopics,
+  startRendition,
   stopRequest,
   streamMediaTopic,
 } from "../../client/protocol.js";
@@ -49,6 +51,43 @@ test("version 2: the stream topic comes from the describe reply or a playing sta
     ["no message", null, null],
   ];
   for (const [what, message, topic] of rows) assert.equal(streamMediaTopic(message), topic, what);
+});
+
+test("renditions: the describe reply's list, the play that names one, the one a play starts with", () => {
+  const topics = (path) => ({ id: "cam", init: `video/live/${path}/init`, media: `video/live/${path}/media`, state: `video/live/${path}/state` });
+  const reply = {
+    mimeCodec: 'video/mp4; codecs="avc1.64001f,mp4a.40.2"',
+    stream: topics("cam"),
+    renditions: [
+      { name: "main", mimeCodec: 'video/mp4; codecs="avc1.64001f,mp4a.40.2"', width: 1280, height: 720, fps: 30, bitrate_kbps: null, stream: topics("cam") },
+      { name: "low", mimeCodec: 'video/mp4; codecs="avc1.42c01e,mp4a.40.2"', width: 640, height: 360, fps: 30, bitrate_kbps: 600, stream: topics("cam/low") },
+      { name: "no topic", mimeCodec: "video/mp4", stream: { media: "video/live/#" } },
+      { mimeCodec: "video/mp4", stream: topics("x") },
+      { name: "low", mimeCodec: "video/mp4", stream: topics("again") },
+    ],
+  };
+  assert.deepEqual(parseRenditions(reply), [
+    { name: "main", mimeCodec: 'video/mp4; codecs="avc1.64001f,mp4a.40.2"', width: 1280, height: 720, fps: 30, bitrateKbps: null, media: "video/live/cam/media" },
+    { name: "low", mimeCodec: 'video/mp4; codecs="avc1.42c01e,mp4a.40.2"', width: 640, height: 360, fps: 30, bitrateKbps: 600, media: "video/live/cam/low/media" },
+  ]);
+  // [what, reply] -> null: nothing about the play changes
+  for (const [what, r] of [["absent", { mimeCodec: "video/mp4" }], ["not a list", { renditions: {} }], ["none usable", { renditions: [{ name: "x" }] }]]) {
+    assert.equal(parseRenditions(r), null, what);
+  }
+  const url = "rtsp://cam/1";
+  assert.deepEqual(playRequest(url, "pages/p/media", 2, "low"), { url, reply_topic: "pages/p/media", version: 2, rendition: "low" });
+  assert.deepEqual(playRequest(url, "pages/p/media", 2, null), { url, reply_topic: "pages/p/media", version: 2 }, "no renditions: as before");
+  assert.deepEqual(playRequest(url, "pages/p/media", 1, "low"), { url, reply_topic: "pages/p/media" }, "never with version 1");
+  const list = parseRenditions(reply);
+  // [what, option, played before, {name, unknown}]
+  const rows = [
+    ["auto starts with main", "auto", null, { name: "main", unknown: null }],
+    ["auto goes on with what played before (a reconnect)", "auto", "low", { name: "low", unknown: null }],
+    ["... unless the server no longer lists it", "auto", "mid", { name: "main", unknown: null }],
+    ["a name", "low", null, { name: "low", unknown: null }],
+    ["a name the server does not list: main, and say so", "tiny", null, { name: "main", unknown: "tiny" }],
+  ];
+  for (const [what, wanted, previous, expected] of rows) assert.deepEqual(startRendition(list, wanted, previous), expected, what);
 });
 
 test("the server's replies are read, and what is not as documented is an error", () => {
