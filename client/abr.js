@@ -35,7 +35,7 @@ export const ABR_DEFAULTS = Object.freeze({
   upStableMs: 5000,
   upLagMs: 100,
   /** Up: the estimated capacity over the higher rendition's bitrate by this factor. */
-  upMargin: 1.4,
+  upMargin: 1.2,
   /** The capacity estimate: the median of the last capacitySamples keyframes of the last capacityWindowMs,
    * from at least capacityMinSamples. */
   capacitySamples: 5,

@@ -77,6 +77,7 @@ export class AudioOut {
         outputChannelCount: [channels],
         processorOptions: { inputRate, channels, jitter: this.jitter },
       });
+      if (this.floorMs) this.node.port.postMessage({ type: "floor", ms: this.floorMs });
       this.node.port.onmessage = ({ data }) => {
         if (data.type !== "report") return;
         if (data.underruns > (this.report?.underruns ?? 0)) {
@@ -128,6 +129,13 @@ export class AudioOut {
     const media = data.timestamp / 1e6;
     data.close();
     this.node.port.postMessage({ type: "push", media, planes }, transfer);
+  }
+
+  /** The jitter buffer's margin is at least `ms` from now on (JitterBuffer.setFloor). */
+  floor(ms) {
+    if (this.floorMs === ms) return;
+    this.floorMs = ms;
+    this.node?.port.postMessage({ type: "floor", ms });
   }
 
   /** Drops what is buffered (a new play, a reset). */
@@ -182,6 +190,7 @@ export class AudioOut {
     this.node = null;
     this.gain = null;
     this.config = null; // {inputRate, channels} of the worklet
+    this.floorMs = 0; // the margin's floor the link calls for (floor())
     this.ready = false;
     this.report = null; // the worklet's last report
   }

@@ -1,7 +1,7 @@
 // The AudioWorklet processor of the WebCodecs renderer: the jitter buffer of jitter.js on the audio thread.
 // Loaded by audio-out.js with audioWorklet.addModule. Messages in: {type: "push", media, planes} (decoded
 // audio, media time in s), {type: "picture", media, at} (JitterBuffer.picture, `at` in context ms),
-// {type: "flush"}. Messages out, every REPORT_QUANTA render quanta: {type: "report", contextTime, mediaTime,
+// {type: "flush"}, {type: "floor", ms} (JitterBuffer.setFloor). Messages out, every REPORT_QUANTA render quanta: {type: "report", contextTime, mediaTime,
 // rate, playing, level, margin, underruns, syncDrops, droppedSeconds}, where
 // mediaTime is the media time of the first sample of the quantum that starts at contextTime (null when
 // silent): what audio-out.js needs to know which media time is heard when.
@@ -20,6 +20,7 @@ class JitterProcessor extends AudioWorkletProcessor {
       if (data.type === "push") this.buffer.push(data.media, data.planes, currentTime * 1000);
       else if (data.type === "picture") this.buffer.picture(data.media, data.at);
       else if (data.type === "flush") this.buffer.flush();
+      else if (data.type === "floor") this.buffer.setFloor(data.ms);
     };
   }
 

@@ -64,6 +64,7 @@ export class JitterBuffer {
     this.capacity = Math.ceil(this.options.capacitySeconds * sampleRate);
     this.ring = Array.from({ length: channels }, () => new Float32Array(this.capacity));
     this.margin = this.options.marginMs / 1000;
+    this.floor = 0; // the least margin the link's jitter calls for (setFloor), s
     this.underruns = 0;
     this.syncDrops = 0; // drops to keep up with the picture
     this.droppedSeconds = 0;
@@ -269,7 +270,17 @@ export class JitterBuffer {
     if (now - this.lastDecayAt < o.marginDecayEveryMs) return;
     this.lastDecayAt = now;
     if (now - this.lastUnderrunAt < o.marginDecayEveryMs) return;
-    this.margin = Math.max(o.marginMs / 1000, this.margin - o.marginDecayMs / 1000);
+    this.margin = Math.max(o.marginMs / 1000, this.floor, this.margin - o.marginDecayMs / 1000);
+  }
+
+  /**
+   * The link delays arrivals by up to `ms` beyond its pace (link-meter.js, on the main thread): the margin is
+   * at least that, from now on, so that such an arrival finds audio still buffered (the underrun it would
+   * cause is known before it happens). 0 lifts it.
+   */
+  setFloor(ms) {
+    this.floor = Math.max(0, Math.min(this.options.maxMarginMs, ms)) / 1000;
+    this.margin = Math.max(this.margin, this.floor);
   }
 
   _trough(level, now) {

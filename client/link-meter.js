@@ -15,6 +15,11 @@
 export const METER_DEFAULTS = Object.freeze({
   /** Window of the least delay, the lag's floor, ms. */
   lagWindowMs: 10000,
+  /** The link's jitter: the keyframes' extra delays of the last this-long, ms... */
+  jitterWindowMs: 10000,
+  /** ... of those that came while the link was not queueing more than this already, ms (a backlog is not
+   * jitter: the rendition does not fit, abr.js's business). */
+  jitterBacklogMs: 30,
   /** A keyframe is compared with the median of up to this many small fragments before it... */
   referenceFragments: 10,
   /** ... that arrived within this long before it, ms. */
@@ -40,13 +45,15 @@ export class LinkMeter {
     this.minima = []; // [{at, d}], ascending d: the sliding minimum of the delay
     this.clock = null; // what the delays are measured against: "prft" or "media"
     this.references = []; // [{at, delay}] of the latest small fragments
+    this.keyDelays = []; // [{at, ms}]: keyframes' extra delays of the last jitterWindowMs
     this.lastTakeAt = null;
     this._interval();
   }
 
   /**
    * Another rendition plays from now on: its keyframes are not compared with the last one's fragments (its
-   * first keyframe comes with a join, and their sizes differ). The lag's floor stays: the same stream.
+   * first keyframe comes with a join, and their sizes differ). The lag's floor and the link's jitter stay:
+   * the same stream over the same link.
    */
   switched() {
     this.references = [];
@@ -80,6 +87,7 @@ export class LinkMeter {
       // Delays against another stamp are not comparable with the ones before.
       this.minima = [];
       this.references = [];
+      this.keyDelays = [];
       this.clock = clock;
     }
     const floor = this._floor(delayMs, now);
@@ -92,12 +100,25 @@ export class LinkMeter {
       if (this.references.length >= 3) {
         const reference = median(this.references.map((r) => r.delay));
         // backlogMs: the link was already queueing before it (the fragments before it were late too).
-        c.keyframes.push({ bytes, extraMs: delayMs - reference, backlogMs: reference - floor });
+        const sample = { bytes, extraMs: delayMs - reference, backlogMs: reference - floor };
+        c.keyframes.push(sample);
+        if (sample.backlogMs <= o.jitterBacklogMs) this.keyDelays.push({ at: now, ms: Math.max(0, sample.extraMs) });
+        while (this.keyDelays.length && now - this.keyDelays[0].at > o.jitterWindowMs) this.keyDelays.shift();
       }
       return;
     }
     this.references.push({ at: now, delay: delayMs });
     if (this.references.length > o.referenceFragments) this.references.shift();
+  }
+
+  /**
+   * How much later than the other fragments the link delivers a keyframe lately, ms (the second largest of
+   * the last jitterWindowMs: one outlier, a pause of the page, left out): what a renderer must hold to ride
+   * out the link's own pace, the stall each keyframe would otherwise cause on a link just fast enough.
+   */
+  jitterMs() {
+    const sorted = this.keyDelays.map((k) => k.ms).sort((a, b) => b - a);
+    return sorted[Math.min(1, sorted.length - 1)] ?? 0;
   }
 
   /**

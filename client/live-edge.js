@@ -76,12 +76,31 @@ export class LiveEdge {
     this.forgiveUntil = -Infinity; // stalls before this are a failure's aftermath
     this.stalls = 0;
     this.jumps = 0;
+    this.linkJitter = 0; // seconds the link delays fragments beyond its pace (link-meter.js), a floor for the boost
     this.attach(-Infinity);
   }
 
   /** Seconds the controller holds the playhead behind the live edge. */
   target() {
-    return Math.min(this.options.maxTargetLatency, this.baseTarget() + this.boost);
+    return Math.min(this.options.maxTargetLatency, this.baseTarget() + Math.max(this.boost, this.linkJitter));
+  }
+
+  /**
+   * The link delays fragments by up to `seconds` beyond its own pace (a keyframe that takes longer than the
+   * others to come: link-meter.js measures it). The target keeps that much more, so that such a fragment
+   * finds media still buffered: the stall it would cause is known before it happens.
+   */
+  setLinkJitter(seconds) {
+    this.linkJitter = Math.max(0, seconds);
+  }
+
+  /**
+   * Another rendition plays from now on (a switch, session.js): it may come with the backlog that made the
+   * page switch down, so the playhead catches up as after a join (a seek at once when far behind, the rate
+   * settling faster); unlike after a join, stalls still count.
+   */
+  switched(now) {
+    this.switchedAt = now;
   }
 
   /** The configured target: `targetLatency`, or 0.12 s with audio, 0.06 s video-only. */
@@ -100,6 +119,7 @@ export class LiveEdge {
     this.lastSeekAt = -Infinity;
     this.playRequested = false;
     this.joinedAt = now;
+    this.switchedAt = -Infinity; // the last rendition switch
     this.lastVideoAt = -Infinity; // when the last fragment carrying video arrived
     this.lastVideoTime = null; // media time of the last video fragment, its usual spacing, and a hole after it
     this.videoInterval = null;
@@ -261,7 +281,7 @@ export class LiveEdge {
       if (err > o.catchUpSeek) {
         this.farSince ??= now;
         // Right after joining, the GOP burst may still have been arriving at the first seek: jump again at once.
-        const justJoined = now - this.joinedAt < 2000;
+        const justJoined = now - Math.max(this.joinedAt, this.switchedAt) < 2000;
         if (justJoined || now - this.farSince > o.catchUpAfterMs) {
           actions.push(this._seek(end - target, `${(err * 1000).toFixed(0)} ms behind the target for ${o.catchUpAfterMs} ms`, now));
           return actions;
@@ -269,7 +289,7 @@ export class LiveEdge {
       } else {
         this.farSince = null;
       }
-      const settling = now - this.joinedAt < o.settleMs;
+      const settling = now - Math.max(this.joinedAt, this.switchedAt) < o.settleMs;
       const gain = settling ? o.settleRateGain : o.rateGain;
       const up = settling ? o.settleRateRange : o.catchUpRateRange;
       let rate = 1;

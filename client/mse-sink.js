@@ -158,7 +158,13 @@ export class MseSink {
     }
     this.queue.push({ kind: "append", data: bytes });
     this.initQueued = true;
+    this.edge.switched(performance.now());
     this._pump();
+  }
+
+  /** The link delays fragments by up to `ms` beyond its pace (link-meter.js): see LiveEdge.setLinkJitter. */
+  linkJitter(ms) {
+    this.edge.setLinkJitter(ms / 1000);
   }
 
   /** Fragments before the next one pushed never came (see LiveEdge.lost). */

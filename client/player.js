@@ -460,6 +460,8 @@ export class Player extends EventTarget {
     const skipped = this.session.delivery().skipped;
     const obs = { ...this._meter.take(now), skipped: skipped - this._abrSkipped };
     this._abrSkipped = skipped;
+    // The renderer holds enough to ride out the keyframes' extra delay on this link, not a stall after each.
+    this.media.linkJitter(this._meter.jitterMs());
     const decision = this._abr.observe(obs);
     if (!decision) return;
     const from = this.session.rendition;

@@ -467,6 +467,11 @@ export class WebCodecsSink {
   /** Any housekeeping the renderer needs on the Player's timer (none: it is driven by arrivals). */
   tick() {}
 
+  /** The link delays fragments by up to `ms` beyond its pace (link-meter.js): the audio margin covers it. */
+  linkJitter(ms) {
+    this.audio.floor(Math.round(ms));
+  }
+
   /** Fragments before the next one pushed never came: the feed's gap handling waits for a keyframe. */
   lost() {}
 

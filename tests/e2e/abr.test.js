@@ -48,7 +48,24 @@ test("the meter: lag above the least delay, keyframes against the small fragment
   assert.equal(c.current.lagMs, 0);
   c.fragment({ now: 20, bytes: 20000, keyframe: true, delayMs: 950, clock: "media" });
   assert.deepEqual(c.take(30).keyframes, []);
-  // After a switch the new rendition's keyframe is not compared with the old one's fragments.
+  // The link's jitter: the second largest keyframe delay of the last 10 s, of keyframes not behind a backlog.
+  const j = new LinkMeter();
+  let now = 0;
+  const second = (extras) => {
+    for (const [extra, backlog = 0] of extras) {
+      for (let i = 0; i < 10; i++) j.fragment({ now: (now += 33), bytes: 2000, delayMs: 10 + backlog });
+      j.fragment({ now: (now += 33), bytes: 15000, keyframe: true, delayMs: 10 + backlog + extra });
+    }
+  };
+  assert.equal(j.jitterMs(), 0, "none yet");
+  second([[20]]);
+  assert.equal(j.jitterMs(), 20, "one: that one");
+  second([[40], [30], [200, 100]]);
+  assert.equal(j.jitterMs(), 30, "the largest (40) may be an outlier; the one behind a backlog is not jitter");
+  now += 11_000;
+  second([[5], [8]]);
+  assert.equal(j.jitterMs(), 5, "older than 10 s: gone");
+    // After a switch the new rendition's keyframe is not compared with the old one's fragments.
   const s = new LinkMeter();
   for (let i = 0; i < 5; i++) s.fragment({ now: i * 33, bytes: 14000, delayMs: 10 });
   s.switched();

@@ -14,10 +14,11 @@ const BLOCK = 128;
  * fragments leave every 1/fps s (source time) and arrive `delay(t)` ms later; `burst` s of audio arrive at
  * once at the start (a joiner's GOP). With `pictureMs`, each fragment's frame is shown that long after it
  * arrives (JitterBuffer.picture). Returns the buffer and what the output saw, and the audio's lag behind the
- * picture over the last 5 s.
+ * picture over the last 5 s. `floorMs`: the margin's floor from the start (JitterBuffer.setFloor).
  */
-function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 0, delay = () => 0, burst = 0, pictureMs = null, options = {} }) {
+function simulate({ seconds, fps = 30, inRate = 48000, outRate = 48000, drift = 0, delay = () => 0, burst = 0, pictureMs = null, options = {}, floorMs = 0 }) {
   const jb = new JitterBuffer(inRate, 2, outRate, options);
+  if (floorMs) jb.setFloor(floorMs);
   const out = [new Float32Array(BLOCK), new Float32Array(BLOCK)];
   const levels = [];
   let nextAac = 0; // index of the next AAC frame to send
@@ -99,6 +100,28 @@ test("an arrival hiccup is one underrun that raises the margin once; the margin 
   // ... and back to 10 ms after 50 s of smooth playback (2 ms per 10 s)
   const long = simulate({ seconds: 70, delay });
   assert.ok(Math.abs(long.jb.margin - 0.01) < 1e-9, `margin ${long.jb.margin}`);
+});
+
+test("a link that delays each keyframe: underruns until the margin grows, none with the floor the link meter measures", () => {
+  // A keyframe a second comes 25-45 ms late (a token bucket just fast enough for the stream), the fragment
+  // after it by what is left of that beyond its own 33 ms.
+  const keyDelay = (k) => 25 + 5 * (k % 5);
+  const delay = (t) => {
+    const i = Math.round(t * 30);
+    const k = Math.floor(i / 30);
+    return i % 30 === 0 ? keyDelay(k) : i % 30 === 1 ? Math.max(0, keyDelay(k) - 33) : 0;
+  };
+  const plain = simulate({ seconds: 30, delay });
+  assert.ok(plain.jb.underruns >= 1, `${plain.jb.underruns} underruns without a floor`);
+  const floored = simulate({ seconds: 30, delay, floorMs: 45 });
+  assert.equal(floored.jb.underruns, 0);
+  assert.ok(floored.tailMin >= 0 && floored.jb.margin >= 0.045, `margin ${floored.jb.margin}`);
+  // The floor holds the margin up against its decay; lifted, the margin decays back.
+  const jb = new JitterBuffer(48000, 2, 48000);
+  jb.setFloor(30);
+  assert.equal(jb.margin, 0.03);
+  jb.setFloor(0);
+  assert.equal(jb.margin, 0.03, "a margin is not cut at once");
 });
 
 test("long fragments (200 ms) start with their gap buffered and do not underrun", () => {

@@ -259,3 +259,38 @@ test("bufferAhead is measured in the range that holds the playhead", () => {
   assert.equal(bufferAhead(view(5, [[0, 4], [4.5, 5.25]])), 0.25);
   assert.equal(bufferAhead(view(4.2, [[0, 4], [4.5, 5]])), 0);
 });
+
+test("renditions: the link's keyframe delay is kept in the target; after a switch the playhead catches up as after a join", () => {
+  // [what, link jitter (s), boost after stalls (stalls), target (s)]
+  const rows = [
+    ["no jitter: the base target", 0, 0, 0.12],
+    ["40 ms of keyframe delay on top of it", 0.04, 0, 0.16],
+    ["stalls raised it more: the larger counts, not both", 0.02, 2, 0.2],
+    ["never past maxTargetLatency", 1, 0, 0.5],
+  ];
+  for (const [what, jitter, stalls, target] of rows) {
+    const edge = settled();
+    edge.boost = stalls * 0.04;
+    edge.setLinkJitter(jitter);
+    assert.ok(Math.abs(edge.target() - target) < 1e-9, `${what}: ${edge.target()}`);
+  }
+  // 400 ms behind the target: after a switch the seek comes as soon as the smoothed distance shows it (as after
+  // a join), else only after catchUpAfterMs more.
+  const firstSeek = (edge) => {
+    for (let now = 100_100; now < 104_000; now += 100) {
+      if (edge.tick(view(59.48, [[50, 60]]), now).some((a) => a.type === "seek")) return now;
+    }
+    return null;
+  };
+  const switched = settled();
+  switched.switched(100_000);
+  const plain = settled();
+  const [a, b] = [firstSeek(switched), firstSeek(plain)];
+  assert.ok(a !== null && b !== null && b - a >= 900, `after a switch at ${a}, without one at ${b}`);
+  // Unlike a join, a switch does not hide the stalls right after it.
+  const s = settled();
+  s.tick(view(59.9, [[50, 60]]), 100_000);
+  s.switched(100_100);
+  s.tick(view(59.95, [[50, 60]]), 100_200);
+  assert.ok(stallAt(s, view(59.95, [[50, 60]]), 100_300), "a stall 200 ms after a switch counts");
+});
