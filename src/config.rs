@@ -918,7 +918,9 @@ mod tests {
         let mut expected = defaults.pipeline.clone();
         expected.video.max_width = 640;
         expected.renditions =
-            vec![toml::from_str("name = \"low\"\nmax_height = 360\nbitrate_kbps = 500\nmax_bitrate_kbps = 600").unwrap()];
+            vec![
+                toml::from_str("name = \"low\"\nmax_height = 360\nbitrate_kbps = 500\nmax_bitrate_kbps = 600").unwrap()
+            ];
         assert_eq!(camera.pipeline, Some(expected));
         assert!(!example.allow.urls.is_empty() && !example.allow.prefixes.is_empty());
         let policy = example.policy().unwrap();

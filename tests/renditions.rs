@@ -21,6 +21,7 @@ struct Outputs {
     main: Vec<Fragment>,
     inits: Vec<InitSegment>,
     low: Vec<Fragment>,
+    failed: Vec<String>,
 }
 
 fn low(extra: &str) -> RenditionConfig {
@@ -55,6 +56,7 @@ fn run_with(url: &str, mut config: PipelineConfig, rendition: RenditionConfig, w
             }
             PipelineEvent::Rendition(0, RenditionEvent::Init(init)) => out.inits.push(init),
             PipelineEvent::Rendition(0, RenditionEvent::Fragment(f)) => out.low.push(f),
+            PipelineEvent::Rendition(0, RenditionEvent::Failed(why)) => out.failed.push(why),
             PipelineEvent::Rendition(i, _) => panic!("rendition {i} was never configured"),
             PipelineEvent::End(result) => {
                 result.expect("the file plays to its end");
@@ -146,6 +148,17 @@ fn a_rendition_with_an_audio_bitrate_of_its_own_encodes_its_own_audio() {
 }
 
 #[test]
+fn a_rendition_whose_encoder_does_not_open_fails_alone_and_the_stream_plays_on() {
+    let config = PipelineConfig { mode: Mode::Transcode, ..fast_config() };
+    let out = run_with(h264_aac_mp4().to_str().unwrap(), config, low("preset = \"no-such-preset\"\n"), (0.0, 9.0));
+    assert!(out.facts.is_none(), "no facts for a rendition that cannot be encoded");
+    assert_eq!(out.failed.len(), 1, "told once: {:?}", out.failed);
+    assert!(out.failed[0].contains("rendition \"low\"") && out.failed[0].contains("libx264"), "{}", out.failed[0]);
+    assert!(out.low.is_empty());
+    assert!(out.main.len() >= 95, "the stream plays to its end: {} fragments", out.main.len());
+}
+
+#[test]
 fn a_rendition_nobody_wants_is_never_encoded() {
     let out = run(h264_aac_mp4().to_str().unwrap(), fast_config(), (f64::MAX, f64::MAX));
     assert!(out.facts.is_some(), "its facts are told all the same");
@@ -184,6 +197,34 @@ fn served_config(broker: u16) -> String {
         &[],
         "[pipeline]\nmode = \"transcode\"\n\n[[pipeline.renditions]]\nname = \"low\"\nmax_height = 180\nbitrate_kbps = 200\n",
     )
+}
+
+#[test]
+fn a_page_asking_for_a_rendition_that_failed_is_told_why_and_main_plays_on() {
+    let broker = Broker::start();
+    let extra = "[[pipeline.renditions]]\nname = \"low\"\nmax_height = 180\npreset = \"no-such-preset\"\n";
+    let _server = Server::start(&server_config(broker.port, &[], extra));
+    let url = "builtin://testsrc";
+    let page = Page::connect(broker.port, &format!("page-{}", rand_suffix()), None);
+    let reply = format!("pages/{}/m", rand_suffix());
+    let described = page.describe(url, &format!("{reply}-info"));
+    let names: Vec<&str> = described["renditions"]
+        .as_array()
+        .map_or(Vec::new(), |r| r.iter().filter_map(|r| r["name"].as_str()).collect());
+    assert_eq!(names, ["main"], "a rendition that cannot be encoded is not offered: {described}");
+    page.subscribe(&format!("{reply}/#"));
+    page.subscribe(&reply);
+    page.publish("video/play", &json!({"url": url, "reply_topic": reply, "version": 2, "rendition": "low"}));
+    let status = page.next_on(&format!("{reply}/status"), Duration::from_secs(10)).expect("a status");
+    let status: Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(
+        (status["state"].as_str(), status["code"].as_str()),
+        (Some("error"), Some("internal_error")),
+        "{status}"
+    );
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("libx264")), "{status}");
+    page.publish("video/play", &json!({"url": url, "reply_topic": reply, "version": 2}));
+    assert!(page.media_within(&reply, Duration::from_secs(10)), "main plays");
 }
 
 fn rendition_stats(page: &Page, name: &str, ok: impl Fn(&Value) -> bool) -> Value {

@@ -132,6 +132,8 @@ pub enum RenditionEvent {
     Init(InitSegment),
     /// A fragment.
     Fragment(Fragment),
+    /// It failed and is left out until the source's next run (the stream goes on); why, for its viewers.
+    Failed(String),
 }
 
 /// A rendition as a player chooses it.

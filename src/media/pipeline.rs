@@ -764,7 +764,7 @@ impl<'a> Session<'a> {
                 };
                 packet.set_duration(duration);
                 let stream = stream_output(self.muxer.is_some(), &self.audio_spec, &self.output, self.config);
-                self.renditions.copied_packet(&packet, arrival, &stream, &mut self.side)?;
+                self.renditions.copied_packet(&packet, arrival, &stream, &mut self.side);
                 ready.push(EncodedPacket { packet, arrival_us: arrival });
             }
             VideoStage::Transcode(t) => {

@@ -127,6 +127,8 @@ struct Out {
     running: Option<Box<Running>>,
     /// An audio encoder of its own at this bitrate, instead of the stream's audio packets.
     audio: Option<AudioEncoderConfig>,
+    /// It failed in this pipeline run: left out until the next.
+    failed: bool,
 }
 
 /// A rendition being encoded.
@@ -173,6 +175,7 @@ impl Renditions {
                     fps,
                     control: controls.get(i).cloned().unwrap_or_default(),
                     running: None,
+                    failed: false,
                     audio: match (c.audio_bitrate_kbps, &audio) {
                         (Some(bitrate_kbps), Some(a)) => Some(AudioEncoderConfig { bitrate_kbps, ..a.config.clone() }),
                         _ => None,
@@ -197,9 +200,9 @@ impl Renditions {
 
     /// What each rendition will be, for a source of `width` x `height` whose output is `main` (its audio
     /// part is theirs too): an encoder is opened and closed for its exact codec string.
-    pub fn facts(&self, width: u32, height: u32, audio: Option<&TrackSpec>) -> Events {
+    pub fn facts(&mut self, width: u32, height: u32, audio: Option<&TrackSpec>) -> Events {
         let mut out = Vec::new();
-        for (i, o) in self.outs.iter().enumerate() {
+        for (i, o) in self.outs.iter_mut().enumerate() {
             let (w, h) = video::output_size(width, height, o.config.max_width, o.config.max_height);
             let mime = video::open_x264(w, h, o.fps, &o.config, NO_OWN_KEYFRAMES).and_then(|enc| {
                 let video = TrackSpec {
@@ -223,9 +226,7 @@ impl Renditions {
                         bitrate_kbps: (o.config.bitrate_kbps > 0).then_some(o.config.bitrate_kbps),
                     }),
                 )),
-                Err(e) => {
-                    tracing::warn!(rendition = %o.name, error = %e, "rendition left out: its encoder does not open")
-                }
+                Err(e) => o.fail(i, &e, &mut out),
             }
         }
         out
@@ -255,7 +256,19 @@ impl Renditions {
 
     /// A video packet the stream copies, with its output timestamps ([`VIDEO_TIME_BASE`]): decoded here
     /// while any rendition is watched, from a keyframe on.
-    pub fn copied_packet(
+    /// A decoder that fails fails the renditions that are watched, not the stream.
+    pub fn copied_packet(&mut self, packet: &Packet, arrival: u64, stream: &StreamOutput<'_>, events: &mut Events) {
+        if let Err(e) = self.decode_copied(packet, arrival, stream, events) {
+            if let Some(copy) = self.copy.as_mut() {
+                copy.decoder = None;
+            }
+            for (i, o) in self.outs.iter_mut().enumerate().filter(|(_, o)| o.control.wanted() && !o.failed) {
+                o.fail(i, &e, events);
+            }
+        }
+    }
+
+    fn decode_copied(
         &mut self,
         packet: &Packet,
         arrival: u64,
@@ -266,7 +279,7 @@ impl Renditions {
         if let (true, Some(pts), Some(dts)) = (packet.is_key(), packet.pts(), packet.dts()) {
             self.decode_ahead = (pts - dts).max(0);
         }
-        if !self.outs.iter().any(|o| o.running.is_some() || o.control.wanted()) {
+        if !self.outs.iter().any(|o| o.running.is_some() || (o.control.wanted() && !o.failed)) {
             copy.decoder = None;
             return Ok(());
         }
@@ -314,10 +327,11 @@ impl Renditions {
             let Some(r) = o.running.as_mut().filter(|r| r.muxer.is_some()) else { continue };
             let Some(t) = r.own_audio.as_mut() else { continue };
             let mut ready = Vec::new();
-            t.send(packet)?;
-            t.receive(to_rel_us, &mut ready)?;
-            for p in ready {
-                r.write(p, 1, None, (i, &o.control), stream, events)?;
+            let done = t.send(packet).and_then(|()| t.receive(to_rel_us, &mut ready)).and_then(|()| {
+                ready.into_iter().try_for_each(|p| r.write(p, 1, None, (i, &o.control), stream, events))
+            });
+            if let Err(e) = done {
+                o.fail(i, &e, events);
             }
         }
         Ok(())
@@ -334,8 +348,9 @@ impl Renditions {
         for (i, o) in self.outs.iter_mut().enumerate() {
             let muxing = |r: &&mut Box<Running>| r.has_audio && r.muxer.is_some() && r.own_audio.is_none();
             let Some(r) = o.running.as_mut().filter(muxing) else { continue };
-            for p in packets {
-                r.write(p.clone(), 1, None, (i, &o.control), stream, events)?;
+            let done = packets.iter().try_for_each(|p| r.write(p.clone(), 1, None, (i, &o.control), stream, events));
+            if let Err(e) = done {
+                o.fail(i, &e, events);
             }
         }
         Ok(())
@@ -367,6 +382,27 @@ fn encode_all(
     events: &mut Events,
 ) -> Result<(), MediaError> {
     for (i, o) in outs.iter_mut().enumerate() {
+        if let Err(e) = encode_one(i, o, decoded, (pts, arrival, keyframe), (decode_ahead, audio), stream, events) {
+            o.fail(i, &e, events);
+        }
+    }
+    Ok(())
+}
+
+/// One frame into rendition `i`; an error is the rendition's alone (see [`Out::fail`]).
+fn encode_one(
+    i: usize,
+    o: &mut Out,
+    decoded: &frame::Video,
+    (pts, arrival, keyframe): (i64, u64, bool),
+    (decode_ahead, audio): (i64, Option<&(codec::Parameters, Rational)>),
+    stream: &StreamOutput<'_>,
+    events: &mut Events,
+) -> Result<(), MediaError> {
+    {
+        if o.failed {
+            return Ok(());
+        }
         let wanted = o.control.wanted();
         if o.running.is_some() && !wanted {
             tracing::debug!(rendition = %o.name, "nobody watches the rendition: its encoder stops");
@@ -393,10 +429,10 @@ fn encode_all(
                 fps: f64::from(o.fps),
             }));
         }
-        let Some(r) = o.running.as_mut() else { continue };
+        let Some(r) = o.running.as_mut() else { return Ok(()) };
         // A lower frame rate leaves frames out, never a keyframe (a page switches there).
         if !keyframe && r.last_pts.is_some_and(|last| pts < last + o.frame_duration * 9 / 10) {
-            continue;
+            return Ok(());
         }
         r.last_pts = Some(pts);
         let began = std::time::Instant::now();
@@ -411,6 +447,17 @@ fn encode_all(
         }
     }
     Ok(())
+}
+
+impl Out {
+    /// The rendition failed (its encoder does not open, say): it is left out for the rest of this pipeline
+    /// run, its viewers are told why, and the stream goes on.
+    fn fail(&mut self, index: usize, error: &MediaError, events: &mut Events) {
+        tracing::warn!(rendition = %self.name, %error, "the rendition stops for this run of the source");
+        self.running = None;
+        self.failed = true;
+        events.push((index, RenditionEvent::Failed(format!("rendition {:?}: {error}", self.name))));
+    }
 }
 
 impl Running {

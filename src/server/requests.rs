@@ -225,6 +225,7 @@ impl Hub {
                     (ErrorCode::Overloaded, format!("the stream already has its maximum of {most} viewers"))
                 }
                 stream::JoinRefused::UnknownRendition(message) => (ErrorCode::BadRequest, message),
+                stream::JoinRefused::Unavailable(message) => (ErrorCode::InternalError, message),
             };
             // A viewer that asked for a rendition the stream does not have keeps what it plays, if anything.
             if !stream.has_viewer_anywhere(&target) {

@@ -98,8 +98,8 @@ struct Output {
     control: Option<Arc<RenditionControl>>,
     core: Mutex<StreamCore>,
     queues: Mutex<Queues>,
-    /// A rendition's facts, told by the pipeline once its source is open.
-    info: Mutex<Option<RenditionInfo>>,
+    /// A rendition's facts, told by the pipeline once its source is open, or why it failed in this run.
+    info: Mutex<Result<Option<RenditionInfo>, String>>,
 }
 
 impl Output {
@@ -114,8 +114,12 @@ impl Output {
                 drops_gone: 0,
                 latencies_ms: VecDeque::new(),
             }),
-            info: Mutex::new(None),
+            info: Mutex::new(Ok(None)),
         }
+    }
+
+    fn info(&self) -> MutexGuard<'_, Result<Option<RenditionInfo>, String>> {
+        self.info.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn core(&self) -> MutexGuard<'_, StreamCore> {
@@ -141,6 +145,8 @@ pub enum JoinRefused {
     Full,
     /// The stream has no rendition of that name; the message lists those it has.
     UnknownRendition(String),
+    /// The rendition failed in the source's current run; the message says why.
+    Unavailable(String),
 }
 
 /// A rendition in the stream's stats.
@@ -408,8 +414,7 @@ impl Stream {
                 bitrate_kbps,
             }
         };
-        let rest =
-            self.outputs[1..].iter().filter_map(|o| o.info.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        let rest = self.outputs[1..].iter().filter_map(|o| o.info().clone().ok().flatten());
         std::iter::once(main).chain(rest).collect()
     }
 
@@ -465,6 +470,9 @@ impl Stream {
         rendition: Option<&str>,
     ) -> Result<(), JoinRefused> {
         let target = self.output(rendition)?;
+        if let Err(why) = &*target.info() {
+            return Err(JoinRefused::Unavailable(why.clone()));
+        }
         let now = Instant::now();
         if !self.has_viewer_anywhere(reply_topic) && self.viewer_count() >= max_viewers {
             return Err(JoinRefused::Full);
@@ -778,10 +786,19 @@ impl Stream {
         let mut core = o.core();
         let effects = match event {
             RenditionEvent::Facts(info) => {
-                *o.info.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
+                *o.info() = Ok(Some(info));
                 return;
             }
             RenditionEvent::Init(init) => core.on_init(init.bytes, init.info),
+            RenditionEvent::Failed(message) => {
+                tracing::warn!(url = %crate::policy::redact(&self.url), rendition = %o.name, %message, "rendition failed");
+                *o.info() = Err(message.clone());
+                let effects = core.on_end(Status::error(ErrorCode::InternalError, message), now);
+                self.apply_on(o, &core, effects);
+                drop(core);
+                o.update_wanted(now);
+                return;
+            }
             RenditionEvent::Fragment(f) => {
                 let c = &self.counters;
                 c.fragments.fetch_add(1, Ordering::Relaxed);
