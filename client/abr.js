@@ -5,7 +5,10 @@
 // Down, fast, when the rendition played does not fit the link: the gateway shed fragments of it (it does so
 // once a browser's queue is 400 ms old), its fragments come later and later (lag), or less media than real
 // time arrives over a couple of seconds. To the best rendition whose bitrate fits what the link delivered
-// while it was queueing (then the link's own rate), else the lowest.
+// while it was queueing (then the link's own rate), else the lowest. But for shedding, only on late
+// fragments that came one after the other at about the link's pace: late ones that came faster than the
+// rendition needs were not held up by the link (a server that fell behind, a page that stood still), and
+// nothing at all says nothing of the link: a lower rendition would not help, so they switch nothing.
 //
 // Up, slowly and only on evidence, when a higher one would fit: after a while with no shedding and no lag,
 // when the link's capacity estimated from the keyframes (a keyframe of S bytes comes S / capacity later than
@@ -27,6 +30,9 @@ export const ABR_DEFAULTS = Object.freeze({
   downWindowMs: 2000,
   /** A lower rendition fits when its bitrate is at most this share of what the link delivered meanwhile. */
   downFit: 0.8,
+  /** Late fragments that came at more than this many times the rendition's bitrate (the meter's busy rate)
+   * were not queued behind the link. */
+  notTheLink: 1.5,
   /** Observations this soon after a switch are the switch's (a join burst, a backlog of the last one). */
   settleMs: 1000,
   /** Up: not within this long of any switch... */
@@ -125,6 +131,11 @@ export class AbrController {
     return recent.length >= o.capacityMinSamples ? median(recent.map((c) => c.kbps)) : null;
   }
 
+  /** A switch to `name` the controller did not ask for began (Player.switchRendition): nothing else meanwhile. */
+  expect(name) {
+    this.pending = name;
+  }
+
   /** A switch the controller asked for happened: `name` plays from now on. */
   switched(name, now) {
     const up = this._index(name) < this._index(this.playing);
@@ -201,6 +212,11 @@ export class AbrController {
     const mediaMs = window.reduce((n, h) => n + h.mediaMs, 0);
     const slow = span >= 0.9 * o.downWindowMs && mediaMs / span < o.downRate;
     if (!shed && !lagging && !slow) return null;
+    // Unless the gateway shed, the link's doing only if late fragments came at about its pace: nothing late
+    // (nothing came: the link or the source?) or late ones in a burst is no reason to switch.
+    const busy = median(window.map((h) => h.busyKbps).filter((b) => b !== null && b !== undefined));
+    const needNow = this.need(this.playing);
+    if (!shed && (busy === null || (needNow !== null && busy > needNow * o.notTheLink))) return null;
     const at = this._index(this.playing);
     const lower = this.renditions.slice(at + 1);
     if (!lower.length) return null; // the lowest already: nothing left to shed but what the gateway sheds

@@ -6,6 +6,9 @@
 // - Lag: a fragment's delay (arrival minus its `prft` source wall clock, or minus its media time where the
 //   stream has no prft) above the least delay of the last lagWindowMs. The least is the stream's own pace
 //   (server, network and clock offsets), so the lag is what the link queued, whatever the clocks.
+// - The busy rate: how fast the fragments that come late arrive one after the other (bytes over the time
+//   since the one before). Queued behind a link, they come at the link's rate; late from their source (a
+//   server that fell behind, a page that stood still), in a burst, much faster. abr.js tells the two apart.
 // - Keyframes: how much later a keyframe comes than the small fragments before it, with its size. A link
 //   that carries r bytes a second queues a keyframe of S bytes for about S / r (less what it passes at
 //   once): abr.js estimates the link's capacity from it, the one measure of a link faster than the
@@ -15,6 +18,8 @@
 export const METER_DEFAULTS = Object.freeze({
   /** Window of the least delay, the lag's floor, ms. */
   lagWindowMs: 10000,
+  /** A fragment this late (lag, ms) counts toward the busy rate. */
+  busyLagMs: 50,
   /** The link's jitter: the keyframes' extra delays of the last this-long, ms... */
   jitterWindowMs: 10000,
   /** ... of those that came while the link was not queueing more than this already, ms (a backlog is not
@@ -47,6 +52,7 @@ export class LinkMeter {
     this.references = []; // [{at, delay}] of the latest small fragments
     this.keyDelays = []; // [{at, ms}]: keyframes' extra delays of the last jitterWindowMs
     this.lastTakeAt = null;
+    this.lastArrivalAt = null;
     this._interval();
   }
 
@@ -60,7 +66,7 @@ export class LinkMeter {
   }
 
   _interval() {
-    this.current = { bytes: 0, mediaMs: 0, fragments: 0, lagMs: null, lagMaxMs: null, keyframes: [] };
+    this.current = { bytes: 0, mediaMs: 0, fragments: 0, lagMs: null, lagMaxMs: null, keyframes: [], busy: [] };
   }
 
   /** The floor of the delays: the least of the last lagWindowMs, with `d` at `now`. */
@@ -79,6 +85,8 @@ export class LinkMeter {
    */
   fragment({ now, bytes, mediaMs = 0, keyframe = false, delayMs = null, clock = "prft" }) {
     const c = this.current;
+    const sinceLast = this.lastArrivalAt === null ? null : now - this.lastArrivalAt;
+    this.lastArrivalAt = now;
     c.bytes += bytes;
     c.mediaMs += mediaMs;
     c.fragments++;
@@ -95,6 +103,8 @@ export class LinkMeter {
     c.lagMs = lag;
     c.lagMaxMs = Math.max(c.lagMaxMs ?? 0, lag);
     const o = this.options;
+    // (bits per ms: kbit/s; arrivals closer than 0.5 ms are as good as at once)
+    if (lag >= o.busyLagMs && sinceLast !== null) c.busy.push((bytes * 8) / Math.max(sinceLast, 0.5));
     this.references = this.references.filter((r) => now - r.at <= o.referenceWindowMs);
     if (keyframe) {
       if (this.references.length >= 3) {
@@ -124,10 +134,12 @@ export class LinkMeter {
   /**
    * What came since the last call: {now, intervalMs, bytes, mediaMs, fragments, lagMs (of the newest
    * fragment; null without stamps or without fragments: a link that carries nothing shows as media missing,
-   * not as lag), lagMaxMs, keyframes: [{bytes, extraMs, backlogMs}]}.
+   * not as lag), lagMaxMs, keyframes: [{bytes, extraMs, backlogMs}], busyKbps (the median rate at which the
+   * late fragments came, or null without late ones)}.
    */
   take(now) {
-    const obs = { now, intervalMs: this.lastTakeAt === null ? 0 : now - this.lastTakeAt, ...this.current };
+    const { busy, ...current } = this.current;
+    const obs = { now, intervalMs: this.lastTakeAt === null ? 0 : now - this.lastTakeAt, ...current, busyKbps: median(busy) };
     this.lastTakeAt = now;
     this._interval();
     return obs;

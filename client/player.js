@@ -219,6 +219,19 @@ export class Player extends EventTarget {
     this.session.play(url);
   }
 
+  /**
+   * Switches to rendition `name` now, at its next keyframe (with `rendition: "auto"` the controller may move
+   * again later, as the link says). Returns false when there is nothing to switch: no renditions, no such
+   * one, it plays already, or a switch is in progress.
+   */
+  switchRendition(name) {
+    const from = this.session.rendition;
+    if (!this.session.switchRendition(name)) return false;
+    this._abr?.expect(name);
+    this._event("rendition", `switching ${from} -> ${name}: asked for`);
+    return true;
+  }
+
   /** Stops playing; the connection stays for the source list. */
   stop() {
     if (!this.url) return;

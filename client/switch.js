@@ -186,6 +186,9 @@ export class Handover {
     if (!inits) return `no init segment of ${this.to} came in ${s} s`;
     if (!fragments) return `${this.to} sent its init segment but no fragments in ${s} s`;
     if (!keyframes) return `${fragments} fragments of ${this.to} in ${s} s, none a keyframe`;
+    if (missed === 1 && keyframes === 1) {
+      return `the one keyframe of ${this.to} that came (its join burst's) was older than what ${this.from} had shown, and no later one came in ${s} s`;
+    }
     if (missed === keyframes) {
       return `each of the ${keyframes} keyframes of ${this.to} came after ${this.from} had been shown past its time (their keyframes are not at the same media times?)`;
     }

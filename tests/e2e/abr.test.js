@@ -48,6 +48,16 @@ test("the meter: lag above the least delay, keyframes against the small fragment
   assert.equal(c.current.lagMs, 0);
   c.fragment({ now: 20, bytes: 20000, keyframe: true, delayMs: 950, clock: "media" });
   assert.deepEqual(c.take(30).keyframes, []);
+  // The busy rate: late fragments queued behind a link come at its rate; a late burst, at once.
+  const b = new LinkMeter();
+  b.fragment({ now: 0, bytes: 5000, delayMs: 10 });
+  for (const at of [140, 180, 220]) b.fragment({ now: at, bytes: 5000, delayMs: 110 }); // 5000 B in 40 ms
+  b.fragment({ now: 221, bytes: 5000, delayMs: 20 }); // (not late)
+  assert.equal(b.take(250).busyKbps, 1000);
+  for (const at of [300, 300.1, 300.2]) b.fragment({ now: at, bytes: 5000, delayMs: 300 });
+  assert.equal(b.take(350).busyKbps, 80_000, "at once: as good as 0.5 ms apart");
+  assert.equal(b.take(400).busyKbps, null, "none late: no busy rate");
+
   // The link's jitter: the second largest keyframe delay of the last 10 s, of keyframes not behind a backlog.
   const j = new LinkMeter();
   let now = 0;
@@ -117,13 +127,14 @@ test("down, fast, when the rendition played does not fit", () => {
   const three = [...RENDITIONS, { name: "mid", bitrateKbps: 1500 }];
   const rows = [
     ["the gateway shed fragments", RENDITIONS, [[0, 2000, {}], [2000, 3000, { skipped: 3 }]], [2000, "low", /shed 3 fragments of main/]],
-    ["lag in two observations in a row", RENDITIONS, [[0, 2000, {}], [2000, 2250, { lagMaxMs: 300 }], [2250, 2500, {}], [2500, 3000, { lagMaxMs: 260 }]], [2750, "low", /come 260 ms late/]],
-    ["nothing arriving at all", RENDITIONS, [[0, 2000, {}], [2000, 4000, { bytes: 0, mediaMs: 0, fragments: 0, lagMs: null, lagMaxMs: null }]], [2750, "low", /50 % of real time/]],
-    ["less than real time over 2 s", RENDITIONS, [[0, 2000, {}], [2000, 6000, { mediaMs: 150, kbps: 2000 }]], [2750, "low", /arrives; the link delivered 2\d\d\d kbit\/s/]],
+    // (late fragments at the link's pace: busyKbps)
+    ["lag in two observations in a row", RENDITIONS, [[0, 2000, {}], [2000, 2250, { lagMaxMs: 300, busyKbps: 2000 }], [2250, 2500, {}], [2500, 3000, { lagMaxMs: 260, busyKbps: 2000 }]], [2750, "low", /come 260 ms late/]],
+    ["nothing arriving at all: the link or the source? nothing to tell", RENDITIONS, [[0, 2000, {}], [2000, 4000, { bytes: 0, mediaMs: 0, fragments: 0, lagMs: null, lagMaxMs: null }]], null],
+    ["less than real time over 2 s", RENDITIONS, [[0, 2000, {}], [2000, 6000, { mediaMs: 150, kbps: 2000, busyKbps: 2000 }]], [2750, "low", /arrives; the link delivered 2\d\d\d kbit\/s/]],
     ["on pace with a join burst's 1.5 x: nothing", RENDITIONS, [[0, 6000, { mediaMs: 375 }]], null],
     ["the lowest already: nothing to do", [{ name: "low", bitrateKbps: 600 }], [[0, 3000, { skipped: 2 }]], null],
-    ["to the best rendition that fits what the link delivered", three, [[0, 2000, { kbps: 2200 }], [2000, 6000, { mediaMs: 150, kbps: 2200 }]], [2750, "mid", /2200 kbit/]],
-    ["to the lowest when none fits", three, [[0, 2000, { kbps: 800 }], [2000, 6000, { mediaMs: 60, kbps: 800 }]], [2750, "low", /800 kbit/]],
+    ["to the best rendition that fits what the link delivered", three, [[0, 2000, { kbps: 2200 }], [2000, 6000, { mediaMs: 150, kbps: 2200, busyKbps: 2200 }]], [2750, "mid", /2200 kbit/]],
+    ["to the lowest when none fits", three, [[0, 2000, { kbps: 800 }], [2000, 6000, { mediaMs: 60, kbps: 800, busyKbps: 800 }]], [2750, "low", /800 kbit/]],
   ];
   for (const [what, renditions, observations, expected] of rows) {
     const abr = new AbrController(renditions, renditions[0].name, 0);
@@ -135,6 +146,12 @@ test("down, fast, when the rendition played does not fit", () => {
     assert.ok(first, `${what}: no decision`);
     assert.deepEqual([first.at, first.switchTo], expected.slice(0, 2), what);
     assert.match(first.why, expected[2], what);
+  }
+  // Late fragments that came in a burst, far faster than main needs, were not held up by the link.
+  for (const [busyKbps, decided] of [[50_000, false], [2000, true]]) {
+    const abr = new AbrController(RENDITIONS, "main", 0);
+    const [first] = drive(abr, [[0, 2000, {}], [2000, 3000, { lagMaxMs: 400, busyKbps }]]);
+    assert.equal(!!first, decided, `late fragments at ${busyKbps} kbit/s: ${first?.why}`);
   }
   // The first second after a switch is the switch's own.
   const abr = new AbrController(RENDITIONS, "main", 0);
@@ -219,10 +236,11 @@ const FPS = 30;
  * The stream through a link whose rate (bit/s, 0: unlimited) is `rate(t)`: a token bucket with an 8 KiB burst
  * sending 4 KiB at a time, as tests/support/throttle.py, behind the gateway's queue, which sheds fragments up
  * to a keyframe once its oldest has waited 400 ms (until a keyframe finds it under 150 ms). The meter and the
- * controller watch what arrives; a switch takes effect at the first keyframe 300 ms after the decision.
+ * controller watch what arrives; a switch takes effect at the first keyframe 300 ms after the decision. The
+ * server sends a fragment at `emit(produced)` (5 ms after it was captured).
  * Returns {switches: [{at, to, why}], samples: [{t, playing, lagMs}]}.
  */
-function simulate(rate, seconds, start = "main") {
+function simulate(rate, seconds, start = "main", emit = (produced) => produced + 5) {
   const abr = new AbrController(RENDITIONS, start, 0);
   const meter = new LinkMeter();
   let playing = start;
@@ -230,7 +248,7 @@ function simulate(rate, seconds, start = "main") {
   let tokens = 8192;
   let linkAt = 0; // when the link has sent everything accepted so far
   let last = 0; // when the bucket was last topped up
-  const inFlight = []; // [{produced, finish}] accepted and not yet arrived
+  const inFlight = []; // [{queued, finish}] accepted and not yet arrived
   let shedding = false;
   let skipped = 0;
   const arrivals = []; // [{at, bytes, keyframe, produced}] in arrival order
@@ -285,8 +303,9 @@ function simulate(rate, seconds, start = "main") {
       meter.switched();
     }
     const bytes = Math.round(SIZES[playing][keyframe ? "key" : "other"] * jitter());
-    while (inFlight.length && inFlight[0].finish <= produced) inFlight.shift();
-    const waited = inFlight.length ? produced - inFlight[0].produced : 0;
+    const queued = emit(produced); // when it reaches the gateway's queue
+    while (inFlight.length && inFlight[0].finish <= queued) inFlight.shift();
+    const waited = inFlight.length ? queued - inFlight[0].queued : 0;
     if (!shedding && waited > 400) {
       shedding = true;
       skipped += inFlight.length; // (what is queued goes too; approximately: those not yet on the wire)
@@ -296,8 +315,8 @@ function simulate(rate, seconds, start = "main") {
       continue;
     }
     shedding = false;
-    const at = send(bytes, produced + 5); // the server's 5 ms
-    inFlight.push({ produced, finish: at });
+    const at = send(bytes, queued);
+    inFlight.push({ queued, finish: at });
     arrivals.push({ at, bytes, keyframe, produced });
   }
   return { switches, samples };
@@ -330,6 +349,10 @@ test("over links that carry main, or never carry it, nothing flaps", () => {
     ["2.5 Mbit/s from the start on low: main would not fit, never up", mbps(2.5), "low", []],
     ["unlimited from the start on low: up once", 0, "low", ["main"]],
   ];
+  // The server falls behind for 1.5 s (it holds the fragments of 20-21.5 s, then sends them at once) on a
+  // link that carries main: late, but not the link's doing; nothing to switch.
+  const behind = simulate(() => mbps(20), 40, "main", (p) => (p >= 20_000 && p < 21_500 ? 21_500 : p + 5));
+  assert.deepEqual(behind.switches, [], behind.switches.map((x) => x.why).join("; "));
   for (const [what, bps, start, expected] of rows) {
     const { switches } = simulate(() => bps, what.includes("5 minutes") ? 300 : 60, start);
     assert.deepEqual(switches.map((s) => s.to), expected, `${what}: ${switches.map((s) => `${s.at} ${s.to} ${s.why}`).join("; ")}`);

@@ -4,12 +4,17 @@
 // must be on `low` within 10 s of the throttle, then play under 400 ms of latency (its own figure) with no
 // growing lag and no stall; within 15 s of the link recovering it must be back on `main`, under 300 ms.
 //
+// Then, on the built-in test pattern with a small `low`: a page that asks for `low` plays it and nothing else,
+// one that asks for a rendition the server does not offer plays `main` and says so, and a switch whose new
+// rendition never delivers a usable fragment is given up and the page goes on with `main`.
+//
 //   cd tests/e2e && node --test renditions.test.js     (needs what the player tests need)
 //   RENDITIONS_RENDERERS=mse runs one renderer; RENDITIONS_TRACE=1 prints every sample and the page's events.
 
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { MqttStreamEditor } from "./mqtt-stream.js";
 import {
   CHROMIUM_ARGS,
   chromiumPath,
@@ -173,3 +178,84 @@ for (const renderer of renderers) {
     assert.deepEqual(pageErrors, []);
   });
 }
+
+test("a rendition asked for by name, one not offered, and a switch that cannot complete", { timeout: 120_000 }, async (t) => {
+  t.after(stopAll);
+  const mqttPort = await freePort();
+  const httpPort = await freePort();
+  const broker = new Mosquitto({ port: mqttPort });
+  await broker.start();
+  onCleanup(() => broker.stop());
+  const url = "builtin://testsrc";
+  const extra = ["[[pipeline.renditions]]", 'name = "low"', "max_height = 180", "bitrate_kbps = 200"];
+  const server = await startServer(gatewayConfig({ mqttPort, httpPort, name: "renditions-named", urls: [url], mode: "transcode", extra }));
+  onCleanup(() => server.kill());
+  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
+  onCleanup(() => browser.close());
+  const pageErrors = [];
+  const open = async (rendition, route = null) => {
+    const page = await browser.newPage();
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    if (route) await page.routeWebSocket(/\/mqtt$/, route);
+    const q = new URLSearchParams({ url, autoplay: "1", muted: "1", ...(rendition ? { rendition } : {}) });
+    await page.goto(`http://127.0.0.1:${httpPort}/?${q}`);
+    return page;
+  };
+  const stats = (page) => page.evaluate(() => window.mqttVideo.players[0].stats());
+  const events = (page) => page.evaluate(() => window.mqttVideo.players[0].events.filter((e) => e.kind === "rendition").map((e) => e.detail));
+  const playing = (page, what) => waitFor(what, async () => ((await stats(page)).state === "playing" ? stats(page) : false), { timeoutMs: 20_000 });
+
+  // Every fragment of low's stream topic made unreadable on its way to the page (its boxes renamed `skip`):
+  // low's init comes (on the reply topic), its fragments never do.
+  const broken = (ws) => {
+    const server = ws.connectToServer();
+    const editor = new MqttStreamEditor((topic, payload) => {
+      if (!topic.endsWith("/low/media") || payload.length < 8) return payload;
+      const out = Buffer.from(payload);
+      out.write("skip", 4, "latin1");
+      return out;
+    });
+    server.onMessage((m) => {
+      const out = editor.push(m);
+      if (out.length) ws.send(out);
+    });
+  };
+  const named = await open("low");
+  const unknown = await open("tiny");
+  const failing = await open(null, broken);
+  const [n, u, f] = await Promise.all([playing(named, "the page on low to play"), playing(unknown, "the page on tiny to play"), playing(failing, "the page on auto to play")]);
+  assert.equal(n.rendition, "low");
+  assert.equal(n.renditionMode, "low");
+  assert.deepEqual(n.renditions, ["main", "low"]);
+  assert.equal(u.rendition, "main");
+  assert.ok((await events(unknown)).some((e) => /offers no rendition "tiny".*playing main/.test(e)), JSON.stringify(await events(unknown)));
+  assert.equal(f.rendition, "main");
+
+  const before = await stats(failing);
+  assert.equal(await failing.evaluate(() => window.mqttVideo.players[0].switchRendition("low")), true);
+  const given = await waitFor("the switch to be given up", async () => {
+    const s = await stats(failing);
+    return s.renditionSwitchFailures > 0 ? s : false;
+  }, { timeoutMs: 12_000 });
+  await sleep(3000);
+  const after = await stats(failing);
+  const why = (await events(failing)).join("; ");
+  console.log(`a switch that cannot complete: ${why}; ${after.decodedFrames - before.decodedFrames} frames decoded meanwhile`);
+  // (Another page watches low: its join burst brings the GOP so far, whose keyframe is already past; none of
+  // the live ones is readable.)
+  assert.match(why, /the switch to low was given up: the one keyframe of low that came \(its join burst's\) was older than what main had shown/);
+  assert.equal(given.renditionSwitching, null);
+  assert.equal(after.rendition, "main");
+  assert.equal(after.renditionSwitches, 0);
+  assert.equal(after.state, "playing");
+  assert.equal(after.height, 360, "main's picture all along");
+  assert.ok(after.decodedFrames - before.decodedFrames > 30 * 6, `${after.decodedFrames - before.decodedFrames} frames decoded`);
+  assert.ok(after.currentTime > before.currentTime + 6, "the play went on over the attempt");
+
+  const end = await stats(named);
+  assert.equal(end.rendition, "low", "a rendition asked for by name stays");
+  assert.equal(end.height, 180);
+  assert.equal(end.renditionSwitches, 0);
+  for (const s of [end, after, await stats(unknown)]) assert.deepEqual(s.errors, []);
+  assert.deepEqual(pageErrors, []);
+});

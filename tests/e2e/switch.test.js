@@ -165,7 +165,8 @@ test("a switch that never happens is given up after switchTimeoutMs, saying why"
     ["no init segment", [["A", 9], ["wait", t]], /no init segment of B came in 5\.0 s/],
     ["an init and nothing else", [["B init"], ["wait", t]], /B sent its init segment but no fragments/],
     ["fragments, never a keyframe", [["B init"], ["B", 11], ["B", 12], ["wait", t]], /2 fragments of B in 5\.0 s, none a keyframe/],
-    ["keyframes, all too late", [["B init"], ["B", 10, true], ["wait", t]], /each of the 1 keyframes of B came after A had been shown past its time/],
+    ["only the join burst's keyframe, too old", [["B init"], ["B", 10, true], ["wait", t]], /the one keyframe of B that came \(its join burst's\) was older than what A had shown, and no later one came in 5\.0 s/],
+    ["keyframes, all too late", [["B init"], ["B", 10, true], ["B", 11], ["B", 14, true], ["wait", t]], /each of the 2 keyframes of B came after A had been shown past its time/],
   ];
   for (const [what, events, why] of rows) {
     const out = run(1.5, events);
