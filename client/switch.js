@@ -43,8 +43,10 @@ export class Handover {
     for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SWITCH_DEFAULTS) this.options[k] = v;
     this.startedAt = now;
     this.fedEnd = fedEnd;
-    this.aHold = null; // {at: s, since: ms, messages: [{payload, facts}]}: an A keyframe (and what followed) held for B's
-    this.bHold = null; // {at: s, since: ms, messages: [{payload, facts}]}: B's keyframe (and what followed) held for A
+    // {at: s, since: ms, messages: [{payload, facts}]}: an A keyframe (and what followed) held for B's, and
+    // B's keyframe (and what followed) held for A's last fragments before it
+    this.aHold = null;
+    this.bHold = null;
     this.bInit = null; // B's latest init segment: {payload, facts}
     this.bNewest = null; // the end (s) of the newest B fragment seen
     this.done = null; // {ok: true, at, gapMs, waitedMs} | {ok: false, why}
