@@ -274,12 +274,14 @@ export class JitterBuffer {
   }
 
   /**
-   * The link delays arrivals by up to `ms` beyond its pace (link-meter.js, on the main thread): the margin is
-   * at least that, from now on, so that such an arrival finds audio still buffered (the underrun it would
-   * cause is known before it happens). 0 lifts it.
+   * The link delays some arrivals by up to `ms` beyond its pace (a keyframe that takes longer to come:
+   * link-meter.js measures it on the main thread): the margin is at least marginMs more than that from now
+   * on, so that such an arrival finds audio still buffered (the underrun it would cause is known before it
+   * happens). 0 lifts it.
    */
   setFloor(ms) {
-    this.floor = Math.max(0, Math.min(this.options.maxMarginMs, ms)) / 1000;
+    const o = this.options;
+    this.floor = ms > 0 ? Math.min(o.maxMarginMs, o.marginMs + ms) / 1000 : 0;
     this.margin = Math.max(this.margin, this.floor);
   }
 

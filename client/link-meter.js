@@ -23,8 +23,10 @@ export const METER_DEFAULTS = Object.freeze({
   /** The link's jitter: the keyframes' extra delays of the last this-long, ms... */
   jitterWindowMs: 10000,
   /** ... of those that came while the link was not queueing more than this already, ms (a backlog is not
-   * jitter: the rendition does not fit, abr.js's business). */
+   * jitter: the rendition does not fit, abr.js's business)... */
   jitterBacklogMs: 30,
+  /** ... and no later than this, ms (later is a stall, of the page or the link, not the link's pace). */
+  jitterMaxMs: 150,
   /** A keyframe is compared with the median of up to this many small fragments before it... */
   referenceFragments: 10,
   /** ... that arrived within this long before it, ms. */
@@ -112,7 +114,7 @@ export class LinkMeter {
         // backlogMs: the link was already queueing before it (the fragments before it were late too).
         const sample = { bytes, extraMs: delayMs - reference, backlogMs: reference - floor };
         c.keyframes.push(sample);
-        if (sample.backlogMs <= o.jitterBacklogMs) this.keyDelays.push({ at: now, ms: Math.max(0, sample.extraMs) });
+        if (sample.backlogMs <= o.jitterBacklogMs && sample.extraMs <= o.jitterMaxMs) this.keyDelays.push({ at: now, ms: Math.max(0, sample.extraMs) });
         while (this.keyDelays.length && now - this.keyDelays[0].at > o.jitterWindowMs) this.keyDelays.shift();
       }
       return;
@@ -122,13 +124,12 @@ export class LinkMeter {
   }
 
   /**
-   * How much later than the other fragments the link delivers a keyframe lately, ms (the second largest of
-   * the last jitterWindowMs: one outlier, a pause of the page, left out): what a renderer must hold to ride
-   * out the link's own pace, the stall each keyframe would otherwise cause on a link just fast enough.
+   * How much later than the other fragments the link delivers a keyframe lately, ms (the most of the last
+   * jitterWindowMs): what a renderer must hold to ride out the link's own pace, the stall each keyframe
+   * would otherwise cause on a link just fast enough for the rendition.
    */
   jitterMs() {
-    const sorted = this.keyDelays.map((k) => k.ms).sort((a, b) => b - a);
-    return sorted[Math.min(1, sorted.length - 1)] ?? 0;
+    return this.keyDelays.reduce((most, k) => Math.max(most, k.ms), 0);
   }
 
   /**

@@ -115,13 +115,13 @@ test("a link that delays each keyframe: underruns until the margin grows, none w
   assert.ok(plain.jb.underruns >= 1, `${plain.jb.underruns} underruns without a floor`);
   const floored = simulate({ seconds: 30, delay, floorMs: 45 });
   assert.equal(floored.jb.underruns, 0);
-  assert.ok(floored.tailMin >= 0 && floored.jb.margin >= 0.045, `margin ${floored.jb.margin}`);
+  assert.ok(floored.tailMin >= 0 && Math.abs(floored.jb.margin - 0.055) < 1e-9, `margin ${floored.jb.margin}: 10 ms over the delay`);
   // The floor holds the margin up against its decay; lifted, the margin decays back.
   const jb = new JitterBuffer(48000, 2, 48000);
   jb.setFloor(30);
-  assert.equal(jb.margin, 0.03);
+  assert.ok(Math.abs(jb.margin - 0.04) < 1e-9, `${jb.margin}`);
   jb.setFloor(0);
-  assert.equal(jb.margin, 0.03, "a margin is not cut at once");
+  assert.ok(Math.abs(jb.margin - 0.04) < 1e-9, "a margin is not cut at once");
 });
 
 test("long fragments (200 ms) start with their gap buffered and do not underrun", () => {

@@ -101,7 +101,7 @@ async function throttledPage(renderer) {
         console.log(
           `${phase} ${row.t.toFixed(2)} s: ${s.state} ${s.rendition}${s.renditionSwitching ? `->${s.renditionSwitching}` : ""} ` +
             `${s.latencyMs} ms, ${s.width}x${s.height}, ${s.bitrateKbps} kbit/s, link ${s.linkKbps}, stalls ${s.stalls}, ` +
-            `jumps ${s.jumps}, skipped ${s.skippedFragments}, switches ${s.renditionSwitches}`,
+            `jumps ${s.jumps}, skipped ${s.skippedFragments}, switches ${s.renditionSwitches}, target ${s.targetLatencyMs} ms, buffer ${s.bufferSeconds}`,
         );
       }
     }
