@@ -252,6 +252,10 @@ test("a rendition asked for by name, one not offered, and a switch that cannot c
   assert.ok(after.decodedFrames - before.decodedFrames > 30 * 6, `${after.decodedFrames - before.decodedFrames} frames decoded`);
   assert.ok(after.currentTime > before.currentTime + 6, "the play went on over the attempt");
 
+  // The stats panel says which plays, how it was chosen and what became of the switches.
+  const panel = (page) => page.evaluate(() => document.querySelector('[data-stat="rendition"]').textContent);
+  assert.match(await panel(named), /^low \(fixed, 0 switches\)$/);
+  assert.match(await panel(failing), /^main \(auto, 0 switches, 1 given up/);
   const end = await stats(named);
   assert.equal(end.rendition, "low", "a rendition asked for by name stays");
   assert.equal(end.height, 180);
