@@ -107,6 +107,7 @@ export class AbrController {
     this.lastObservationAt = null;
     this.capacity = []; // [{at, kbps}] from keyframes
     this.measured = new Map(); // rendition -> [{at, bytes, mediaMs}]
+    this.gone = new Set(); // renditions the server refused: never chosen
     this.lastDecision = null;
   }
 
@@ -129,6 +130,12 @@ export class AbrController {
     const o = this.options;
     const recent = this.capacity.filter((c) => now - c.at <= o.capacityWindowMs).slice(-o.capacitySamples);
     return recent.length >= o.capacityMinSamples ? median(recent.map((c) => c.kbps)) : null;
+  }
+
+  /** Rendition `name` is gone (the server refused it, or it failed there): never chosen again. */
+  drop(name) {
+    this.gone.add(name);
+    if (this.pending === name) this.pending = null;
   }
 
   /** A switch to `name` the controller did not ask for began (Player.switchRendition): nothing else meanwhile. */
@@ -218,7 +225,7 @@ export class AbrController {
     const needNow = this.need(this.playing);
     if (!shed && (busy === null || (needNow !== null && busy > needNow * o.notTheLink))) return null;
     const at = this._index(this.playing);
-    const lower = this.renditions.slice(at + 1);
+    const lower = this.renditions.slice(at + 1).filter((r) => !this.gone.has(r.name));
     if (!lower.length) return null; // the lowest already: nothing left to shed but what the gateway sheds
     const throughput = span > 0 ? (window.reduce((n, h) => n + h.bytes, 0) * 8) / span : 0;
     const fits = lower.find((r) => {
@@ -238,8 +245,8 @@ export class AbrController {
   _up(now) {
     const o = this.options;
     const at = this._index(this.playing);
-    if (at <= 0) return null;
-    const higher = this.renditions[at - 1];
+    const higher = this.renditions.slice(0, Math.max(0, at)).filter((r) => !this.gone.has(r.name)).at(-1);
+    if (!higher) return null;
     if (now < this.upBlockedUntil || now - this.lastSwitchAt < o.upHoldMs) return null;
     const stable = this.history.filter((h) => now - h.now < o.upStableMs);
     const covered = stable.reduce((n, h) => n + h.intervalMs, 0);

@@ -141,6 +141,10 @@ export class Player extends EventTarget {
         this._event("rendition", `the switch to ${to} was given up: ${why}`);
         this._abr?.failed(to, performance.now());
       },
+      unavailable: (name) => {
+        this._abr?.drop(name);
+        if (this.session.switching) this._abr?.expect(this.session.switching);
+      },
       lost: (n) => {
         this._event("lost", `${n} fragments never came (shed for a slow link)`);
         this.media?.lost();

@@ -37,6 +37,9 @@ import { Handover } from "./switch.js";
 const MAX_STALE = 8;
 /** The name of the one feed of a stream without renditions (never sent: such a play names none). */
 const MAIN = "main";
+/** The `error` codes with which the server refuses a rendition (docs/PROTOCOL.md, "Renditions"): one it does
+ * not have (bad_request), one that failed in this run of the source (internal_error). */
+const RENDITION_REFUSALS = new Set(["bad_request", "internal_error"]);
 
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
@@ -52,7 +55,8 @@ export class Session {
    *   described(reply), status(status), media(payload, rendition) (rendition: {name, mime} with a new
    *   rendition's init segment at a switch), arrival(rendition, facts, now) (a fragment of the rendition the
    *   renderer is fed arrived: mp4.js messageFacts), lost(fragments) (never received, before the next media),
-   *   switched({from, to, at, gapMs, waitedMs}), switchFailed({to, why}), event(kind, detail),
+   *   switched({from, to, at, gapMs, waitedMs}), switchFailed({to, why}), unavailable(rendition) (the
+   *   server refused it, or it failed there: no play of it will do), event(kind, detail),
    *   fail(code, message)}
    */
   constructor(options, hooks) {
@@ -168,6 +172,7 @@ export class Session {
     const conn = this._conn;
     const r = conn?.renditions?.find((x) => x.name === name);
     if (!this.url || !r || !conn.connected || conn.switchingTo || name === conn.playing || !conn.feeds.has(conn.playing)) return false;
+    if (conn.unavailable.has(name)) return false;
     conn.switchingTo = name;
     this._follow(conn, name, r.media);
     conn.client.subscribe(r.media, { qos: 0 }, (err) => {
@@ -295,6 +300,7 @@ export class Session {
       playing: null, // the rendition the renderer is fed
       switchingTo: null, // a switch in progress, and its hand-over (switch.js) once the play is sent
       handover: null,
+      unavailable: new Set(), // renditions the server refused (or that failed on it) in this play
       fedEnd: null, // the media time (s) the renderer has been fed up to
       skipped: 0, // fragments of the rendition fed never received (shed on the way, or given up)
       duplicates: 0, // fragments that came twice, of merges dropped since
@@ -474,6 +480,32 @@ export class Session {
     }
     this._leave(conn, to);
     this.hooks.switchFailed({ to, why: done.why });
+    if (done.unavailable) {
+      conn.unavailable.add(to);
+      this.hooks.unavailable(to);
+    }
+  }
+
+  /**
+   * An `error` status that concerns a rendition, not the play: the refusal of a switch's play (the viewer
+   * keeps what it plays), or the failure of the rendition played (the play of it ended, main plays on).
+   * Returns whether it was one, handled here.
+   */
+  _renditionError(conn, status) {
+    if (!conn.renditions || status.state !== "error" || !RENDITION_REFUSALS.has(status.code)) return false;
+    const message = status.message ?? status.code;
+    const pending = conn.switchingTo;
+    if (pending) {
+      this._switchOver(conn, { ok: false, why: `the server refused ${pending}: ${message}`, unavailable: true }, pending);
+      return true;
+    }
+    const main = conn.renditions[0].name;
+    if (conn.playing === main || status.code !== "internal_error") return false;
+    const failed = conn.playing;
+    conn.unavailable.add(failed);
+    this.hooks.event("rendition", `${failed} failed on the server (${message}); going on with ${main}`);
+    this.hooks.unavailable(failed);
+    return this.switchRendition(main);
   }
 
   _onMessage(conn, topic, payload) {
@@ -509,6 +541,7 @@ export class Session {
       conn.requests?.message(now);
       const status = parseJson(payload);
       if (!this.url || !status) return;
+      if (this._renditionError(conn, status)) return;
       // Another instance of a pool took the stream over: its topics, and its own sequence numbers. (A
       // rendition's `playing` names that rendition's topics, which are not a move.)
       const moved = status.state === "playing" && streamMediaTopic(status);

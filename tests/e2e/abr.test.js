@@ -219,6 +219,21 @@ test("up, only on evidence that the higher rendition fits, and never flapping", 
   assert.equal(twice.upBlockedUntil, 27_000 + 2 * ABR_DEFAULTS.backoffMs, "the backoff doubles");
 });
 
+test("a rendition the server refused is never chosen again", () => {
+  const three = [...RENDITIONS, { name: "mid", bitrateKbps: 1500 }];
+  const down = new AbrController(three, "main", 0);
+  down.drop("mid");
+  const [d] = drive(down, [[0, 2000, { kbps: 2200 }], [2000, 6000, { mediaMs: 150, kbps: 2200, busyKbps: 2200 }]]);
+  assert.equal(d.switchTo, "low", "mid would fit, but it is gone");
+  const up = new AbrController(three, "low", 0);
+  up.drop("mid");
+  const [u] = drive(up, [[0, 10_000, (now) => ({ kbps: 700, keyframes: now % 1000 === 0 ? [keyframe(100_000)] : [] })]]);
+  assert.equal(u.switchTo, "main", "over the gone one");
+  const alone = new AbrController(RENDITIONS, "main", 0);
+  alone.drop("low");
+  assert.deepEqual(drive(alone, [[0, 3000, { skipped: 2 }]]), [], "nothing left to go down to");
+});
+
 test("a page that stood still (a blocked main thread) says nothing about the link", () => {
   const abr = new AbrController(RENDITIONS, "main", 0);
   drive(abr, [[0, 2000, {}]]);

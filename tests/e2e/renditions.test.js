@@ -252,10 +252,36 @@ test("a rendition asked for by name, one not offered, and a switch that cannot c
   assert.ok(after.decodedFrames - before.decodedFrames > 30 * 6, `${after.decodedFrames - before.decodedFrames} frames decoded`);
   assert.ok(after.currentTime > before.currentTime + 6, "the play went on over the attempt");
 
+  // A rendition the server refuses (one it no longer has: here one the page was told of by the test) is given
+  // up at once, on the server's word, and main plays on; it is not tried again.
+  const refused = await failing.evaluate(() => {
+    const p = window.mqttVideo.players[0];
+    const r = p.session.renditions;
+    r.push({ ...r[1], name: "ghost", media: r[1].media.replace(/low\/media$/, "ghost/media") });
+    const at = performance.now();
+    p.switchRendition("ghost");
+    return new Promise((resolve) => {
+      const poll = setInterval(() => {
+        const s = p.stats();
+        if (s.renditionSwitchFailures < 2) return;
+        clearInterval(poll);
+        resolve({ ms: performance.now() - at, s, again: p.switchRendition("ghost") });
+      }, 20);
+    });
+  });
+  console.log(`a rendition the server refuses: given up after ${refused.ms.toFixed(0)} ms`);
+  assert.ok(refused.ms < 2000, `given up on the server's word, not after the timeout: ${refused.ms} ms`);
+  assert.equal(refused.again, false, "not tried again");
+  assert.equal(refused.s.rendition, "main");
+  assert.deepEqual(refused.s.errors, []);
+  assert.match((await events(failing)).join("; "), /the switch to ghost was given up: the server refused ghost: /);
+  await sleep(1000);
+  assert.equal((await stats(failing)).state, "playing");
+
   // The stats panel says which plays, how it was chosen and what became of the switches.
   const panel = (page) => page.evaluate(() => document.querySelector('[data-stat="rendition"]').textContent);
   assert.match(await panel(named), /^low \(fixed, 0 switches\)$/);
-  assert.match(await panel(failing), /^main \(auto, 0 switches, 1 given up/);
+  assert.match(await panel(failing), /^main \(auto, 0 switches, 2 given up/);
   const end = await stats(named);
   assert.equal(end.rendition, "low", "a rendition asked for by name stays");
   assert.equal(end.height, 180);
