@@ -182,7 +182,10 @@ export class Session {
         return;
       }
       const now = performance.now();
-      conn.handover = new Handover({ ...this.options, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
+      // A camera's keyframes may be seconds apart (copy mode): the switch may take that long, and the
+      // server goes on publishing the old rendition for three keyframe intervals (at least 4 s).
+      const switchTimeoutMs = Math.max(this.options.switchTimeoutMs ?? 0, 3000 * (conn.keyframeInterval ?? 0));
+      conn.handover = new Handover({ ...this.options, switchTimeoutMs, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
       conn.requested = name;
       this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, name));
     });
@@ -302,6 +305,8 @@ export class Session {
       handover: null,
       unavailable: new Set(), // renditions the server refused (or that failed on it) in this play
       fedEnd: null, // the media time (s) the renderer has been fed up to
+      lastKeyframe: null, // ... the last keyframe fed (s), and the media time between the last two
+      keyframeInterval: null,
       skipped: 0, // fragments of the rendition fed never received (shed on the way, or given up)
       duplicates: 0, // fragments that came twice, of merges dropped since
       inbox: null, // guarded server: where its answers about the stream come (protocol.js, guardedTopics)
@@ -442,6 +447,11 @@ export class Session {
 
   _feed(conn, name, msg, facts, init) {
     if (facts.kind === "fragment" && facts.end !== null) conn.fedEnd = facts.end;
+    if (facts.kind === "fragment" && facts.keyframe && facts.start !== null) {
+      const d = conn.lastKeyframe === null ? null : facts.start - conn.lastKeyframe;
+      if (d !== null && d > 0 && d < 60) conn.keyframeInterval = d;
+      conn.lastKeyframe = facts.start;
+    }
     if (!init) {
       this.hooks.media(msg);
       return;

@@ -23,8 +23,9 @@ export const SWITCH_DEFAULTS = Object.freeze({
   /** Longest wait for the other rendition's fragment of the same media time, ms: an A keyframe held for B's,
    * or B's keyframe held for A's last fragments before it. */
   switchHoldMs: 200,
-  /** A switch that has not happened after this long is given up, ms. The server publishes the rendition
-   * left for 4 s (or three keyframe intervals) after the play that moved the viewer. */
+  /** A switch that has not happened after this long is given up, ms (session.js makes it three of the
+   * stream's keyframe intervals when that is longer). The server publishes the rendition left for 4 s, or
+   * three keyframe intervals, after the play that moved the viewer. */
   switchTimeoutMs: 5000,
 });
 
