@@ -124,7 +124,10 @@ fn play_all(port: u16, urls: &[String], secs: u64) -> (Vec<Watched>, Vec<Value>)
 
 fn transcode_config(port: u16, extra: &str) -> String {
     let prefix = format!("file://{}/", support::work_dir().display());
-    let pipeline = "[pipeline]\nmode = \"transcode\"\n\n[pipeline.source]\nlooping = true\n";
+    // x264's `medium` costs several times `veryfast`: six of them overload two cores however quiet the machine
+    // (six `veryfast` ones took 150 % of 200 on a quiet one: all were admitted and nothing needed shedding).
+    let pipeline = "[pipeline]\nmode = \"transcode\"\n\n[pipeline.source]\nlooping = true\n\n\
+                    [pipeline.video]\npreset = \"medium\"\n";
     server_config(port, &[&prefix], &format!("{pipeline}\n{extra}"))
 }
 
@@ -197,10 +200,7 @@ fn with_no_budget_overloaded_transcodes_shed_frames_and_skip_but_keep_real_time(
     let _serial = one_at_a_time();
     let broker = Broker::start();
     let urls = sources(6);
-    // x264's `medium` costs several times `veryfast`: six of them overload two cores however quiet the
-    // machine (six `veryfast` ones took 150 % of 200 on a quiet one, and nothing needed shedding).
-    let extra = "[limits]\ncpu_budget_percent = 0\n\n[pipeline.video]\npreset = \"medium\"\n";
-    let server = Server::start(&transcode_config(broker.port, extra));
+    let server = Server::start(&transcode_config(broker.port, "[limits]\ncpu_budget_percent = 0\n"));
     let (watched, stats) = play_all(broker.port, &urls, 24);
     let all = |s: &&Value| s["streams"].as_array().is_some_and(|v| v.len() == urls.len());
     let last = stats.iter().rev().find(all).unwrap_or_else(|| panic!("no stats with every stream: {stats:?}"));
