@@ -251,7 +251,8 @@ impl Renditions {
         events: &mut Events,
     ) -> Result<(), MediaError> {
         let audio = self.audio_source.as_ref();
-        encode_all(&mut self.outs, decoded, (pts, arrival, keyframe), (self.decode_ahead, audio), stream, events)
+        encode_all(&mut self.outs, decoded, (pts, arrival, keyframe), (self.decode_ahead, audio), stream, events);
+        Ok(())
     }
 
     /// A video packet the stream copies, with its output timestamps ([`VIDEO_TIME_BASE`]): decoded here
@@ -310,7 +311,7 @@ impl Renditions {
             let arrival = copy.arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
             let frame = (pts, arrival, decoded.is_key());
             let audio = self.audio_source.as_ref();
-            encode_all(&mut self.outs, &decoded, frame, (self.decode_ahead, audio), stream, events)?;
+            encode_all(&mut self.outs, &decoded, frame, (self.decode_ahead, audio), stream, events);
         }
     }
 
@@ -380,13 +381,12 @@ fn encode_all(
     (decode_ahead, audio): (i64, Option<&(codec::Parameters, Rational)>),
     stream: &StreamOutput<'_>,
     events: &mut Events,
-) -> Result<(), MediaError> {
+) {
     for (i, o) in outs.iter_mut().enumerate() {
         if let Err(e) = encode_one(i, o, decoded, (pts, arrival, keyframe), (decode_ahead, audio), stream, events) {
             o.fail(i, &e, events);
         }
     }
-    Ok(())
 }
 
 /// One frame into rendition `i`; an error is the rendition's alone (see [`Out::fail`]).
