@@ -1,32 +1,33 @@
-//! From the muxer's `moof`+`mdat` bytes to a [`Fragment`]: its keyframe flag and media time read back from
-//! the `moof`, its number written into `mfhd`, and a `prft` box with the source wall clock of its first frame.
+//! Writing on the stream's timeline and making [`Fragment`]s ([`TimedMuxer`]): from the muxer's `moof`+`mdat`
+//! bytes, its keyframe flag and media time read back from the `moof`, its number written into `mfhd`, and a
+//! `prft` box with the source wall clock of its first frame.
 
 use super::error::MediaError;
 use super::events::Fragment;
 use super::fmp4::{self, TrackInfo, TrackKind};
+use super::mux::{Muxer, Segments, TrackPlacer};
 use super::timing::{wallclock_us, ArrivalTracker};
+use super::video::VIDEO_TIME_BASE;
 use bytes::Bytes;
+use ffmpeg_next::{Packet, Rational, Rescale};
 use std::ops::Range;
 
+const MICROS: Rational = Rational(1, 1_000_000);
+
 /// What a fragment is numbered and dated with.
-pub struct Dating<'a> {
+struct Dating<'a> {
     /// Its `mfhd` sequence number.
-    pub sequence: u64,
+    sequence: u64,
     /// Source arrivals by video media time (µs), pushed as frames were written.
-    pub arrivals: &'a mut ArrivalTracker,
+    arrivals: &'a mut ArrivalTracker,
     /// Media time (µs) to give a fragment without video.
-    pub end_us: i64,
+    end_us: i64,
     /// Whether to put a `prft` box before it.
-    pub prft: bool,
+    prft: bool,
 }
 
 /// The fragment for muxer output `bytes`, whose `moof` box is at `moof`, of a muxer with `tracks`.
-pub fn fragment(
-    bytes: Vec<u8>,
-    moof: Range<usize>,
-    tracks: &[TrackInfo],
-    d: Dating<'_>,
-) -> Result<Fragment, MediaError> {
+fn fragment(bytes: Vec<u8>, moof: Range<usize>, tracks: &[TrackInfo], d: Dating<'_>) -> Result<Fragment, MediaError> {
     let runs = fmp4::parse_moof(&bytes[moof], tracks)?;
     let video = tracks.iter().find(|t| t.kind == TrackKind::Video);
     let run = video.and_then(|v| runs.iter().find(|r| r.track_id == v.track_id && r.sample_count > 0));
@@ -63,4 +64,57 @@ pub fn fragment(
         source_wallclock_us,
         produced_wallclock_us: produced,
     })
+}
+
+/// A muxer fed on the stream's timeline: each packet placed first ([`TrackPlacer`]), the source arrival of each
+/// video frame kept by media time, and its output made into [`Fragment`]s dated with them. The stream's own
+/// output and each rendition write through one.
+pub struct TimedMuxer {
+    muxer: Muxer,
+    placer: TrackPlacer,
+    arrivals: ArrivalTracker,
+}
+
+impl TimedMuxer {
+    /// Writes through `muxer`.
+    pub fn new(muxer: Muxer) -> Self {
+        Self { muxer, placer: TrackPlacer::default(), arrivals: ArrivalTracker::default() }
+    }
+
+    /// The muxer's tracks.
+    pub fn tracks(&self) -> &[TrackInfo] {
+        self.muxer.tracks()
+    }
+
+    /// Writes a packet to `track`, with its source `arrival` for video (whose frames date the fragments);
+    /// nothing when its decode time does not increase.
+    pub fn write(&mut self, mut packet: Packet, track: usize, arrival: Option<u64>) -> Result<Segments, MediaError> {
+        if !self.placer.place(&mut packet, track) {
+            return Ok(Vec::new());
+        }
+        if let Some(arrival) = arrival {
+            let at = packet.dts().unwrap_or(0);
+            self.arrivals.push(at.rescale(VIDEO_TIME_BASE, MICROS), arrival);
+        }
+        self.muxer.write(packet, track)
+    }
+
+    /// The fragment for output `bytes` (its `moof` at `moof`), numbered `sequence`; `end_us` dates one
+    /// without video.
+    pub fn fragment(
+        &mut self,
+        bytes: Vec<u8>,
+        moof: Range<usize>,
+        sequence: u64,
+        end_us: i64,
+        prft: bool,
+    ) -> Result<Fragment, MediaError> {
+        let dating = Dating { sequence, arrivals: &mut self.arrivals, end_us, prft };
+        fragment(bytes, moof, self.muxer.tracks(), dating)
+    }
+
+    /// Ends the muxer: what it still holds.
+    pub fn finish(&mut self) -> Result<Segments, MediaError> {
+        self.muxer.finish()
+    }
 }

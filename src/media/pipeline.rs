@@ -9,15 +9,15 @@ use super::events::{
     Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, RenditionEvent, SourceInfo, StreamSummary,
 };
 use super::ffi;
-use super::fmp4::{Segment, TrackInfo};
-use super::fragments;
+use super::fmp4::Segment;
+use super::fragments::TimedMuxer;
 use super::keycheck::KeyframeCheck;
 use super::load::{LoadControl, Step};
-use super::mux::{Muxer, TrackPlacer, TrackSpec};
+use super::mux::{Muxer, TrackSpec};
 use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
 use super::rendition::{self, AudioSource, RenditionControl, Renditions, StreamOutput};
 use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, ArrivalTracker, LoopClock, Pacer};
+use super::timing::{wallclock_us, LoopClock, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
@@ -337,11 +337,9 @@ struct Session<'a> {
     video: VideoStage,
     audio: AudioStage,
     timeline: Timeline,
-    muxer: Option<Muxer>,
+    muxer: Option<TimedMuxer>,
     output: Option<OutputInfo>,
     fps: Rational,
-    placer: TrackPlacer,
-    video_arrivals: ArrivalTracker,
     sequence: u64,
     renditions: Renditions,
     /// The output's audio track, which the renditions share.
@@ -669,8 +667,6 @@ impl<'a> Session<'a> {
             muxer: None,
             output: None,
             fps,
-            placer: TrackPlacer::default(),
-            video_arrivals: ArrivalTracker::default(),
             sequence: 0,
             renditions,
             audio_spec: None,
@@ -928,7 +924,7 @@ impl<'a> Session<'a> {
             video: mode,
             audio: audio_mode,
         });
-        self.muxer = Some(muxer);
+        self.muxer = Some(TimedMuxer::new(muxer));
         // Before the init segment: a describe answered once it is in lists the renditions too.
         let mut facts = self.renditions.facts(width, height, self.audio_spec.as_ref());
         em.send_renditions(&mut facts)?;
@@ -945,20 +941,13 @@ impl<'a> Session<'a> {
     /// Writes a packet to a track; `arrival` is given for video, whose frames date the fragments.
     fn write(
         &mut self,
-        mut packet: Packet,
+        packet: Packet,
         track: usize,
         arrival: Option<u64>,
         em: &mut Emitter,
     ) -> Result<(), MediaError> {
         let Some(muxer) = self.muxer.as_mut() else { return Ok(()) };
-        if !self.placer.place(&mut packet, track) {
-            return Ok(());
-        }
-        if let Some(arrival) = arrival {
-            let at = packet.dts().unwrap_or(0);
-            self.video_arrivals.push(at.rescale(VIDEO_TIME_BASE, MICROS), arrival);
-        }
-        let segments = muxer.write(packet, track)?;
+        let segments = muxer.write(packet, track, arrival)?;
         self.emit(segments, em)
     }
 
@@ -971,14 +960,10 @@ impl<'a> Session<'a> {
                     em.control(PipelineEvent::Init(InitSegment { bytes: Bytes::from(bytes), info }))?;
                 }
                 Segment::Fragment { bytes, moof } => {
-                    let tracks: &[TrackInfo] = self.muxer.as_ref().map_or(&[], |m| m.tracks());
-                    let dating = fragments::Dating {
-                        sequence: self.sequence,
-                        arrivals: &mut self.video_arrivals,
-                        end_us: self.timeline.end_us,
-                        prft: self.config.fragment.producer_reference_time,
-                    };
-                    let fragment = fragments::fragment(bytes, moof, tracks, dating)?;
+                    // Segments come from the muxer: it is there.
+                    let Some(muxer) = self.muxer.as_mut() else { continue };
+                    let prft = self.config.fragment.producer_reference_time;
+                    let fragment = muxer.fragment(bytes, moof, self.sequence, self.timeline.end_us, prft)?;
                     self.sequence += 1;
                     em.fragment(fragment)?;
                 }

@@ -8,10 +8,10 @@
 use super::audio::AudioTranscoder;
 use super::config::{AudioEncoderConfig, RenditionConfig, VideoEncoderConfig};
 use super::error::{processing, received, MediaError};
-use super::events::{Fragment, InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
+use super::events::{InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
 use super::fmp4::Segment;
-use super::fragments;
-use super::mux::{Muxer, TrackPlacer, TrackSpec};
+use super::fragments::TimedMuxer;
+use super::mux::{Muxer, TrackSpec};
 use super::plan::TrackMode;
 use super::timing::ArrivalTracker;
 use super::video::{self, EncodedPacket, FrameEncoder, VIDEO_TIME_BASE};
@@ -134,12 +134,9 @@ struct Out {
 /// A rendition being encoded.
 struct Running {
     encoder: FrameEncoder,
-    muxer: Option<Muxer>,
+    muxer: Option<TimedMuxer>,
     info: Option<OutputInfo>,
     last_pts: Option<i64>,
-    placer: TrackPlacer,
-    /// Source arrival by video media time (µs), for the fragments' `prft`.
-    arrivals: ArrivalTracker,
     end_us: i64,
     has_audio: bool,
     fps: f64,
@@ -422,8 +419,6 @@ fn encode_one(
                 muxer: None,
                 info: None,
                 last_pts: None,
-                placer: TrackPlacer::default(),
-                arrivals: ArrivalTracker::default(),
                 end_us: 0,
                 has_audio: stream.audio.is_some(),
                 fps: f64::from(o.fps),
@@ -509,13 +504,13 @@ impl Running {
             }
             .filter(|_| self.has_audio),
         });
-        self.muxer = Some(muxer);
+        self.muxer = Some(TimedMuxer::new(muxer));
         self.emit(segments, index, None, stream, events)
     }
 
     fn write(
         &mut self,
-        mut packet: Packet,
+        packet: Packet,
         track: usize,
         arrival: Option<u64>,
         (index, control): (usize, &RenditionControl),
@@ -523,15 +518,11 @@ impl Running {
         events: &mut Events,
     ) -> Result<(), MediaError> {
         let Some(muxer) = self.muxer.as_mut() else { return Ok(()) };
-        if !self.placer.place(&mut packet, track) {
-            return Ok(());
+        if arrival.is_some() {
+            let end = packet.dts().unwrap_or(0) + packet.duration();
+            self.end_us = self.end_us.max(end.rescale(VIDEO_TIME_BASE, MICROS));
         }
-        if let Some(arrival) = arrival {
-            let at = packet.dts().unwrap_or(0);
-            self.arrivals.push(at.rescale(VIDEO_TIME_BASE, MICROS), arrival);
-            self.end_us = self.end_us.max((at + packet.duration()).rescale(VIDEO_TIME_BASE, MICROS));
-        }
-        let segments = muxer.write(packet, track)?;
+        let segments = muxer.write(packet, track, arrival)?;
         self.emit(segments, index, Some(control), stream, events)
     }
 
@@ -553,15 +544,8 @@ impl Running {
                     events.push((index, RenditionEvent::Init(InitSegment { bytes: Bytes::from(bytes), info })));
                 }
                 Segment::Fragment { bytes, moof } => {
-                    let Some(control) = control else { continue };
-                    let tracks = self.muxer.as_ref().map_or(&[][..], |m| m.tracks());
-                    let dating = fragments::Dating {
-                        sequence: control.take_sequence(),
-                        arrivals: &mut self.arrivals,
-                        end_us: self.end_us,
-                        prft: stream.prft,
-                    };
-                    let fragment: Fragment = fragments::fragment(bytes, moof, tracks, dating)?;
+                    let (Some(control), Some(muxer)) = (control, self.muxer.as_mut()) else { continue };
+                    let fragment = muxer.fragment(bytes, moof, control.take_sequence(), self.end_us, stream.prft)?;
                     events.push((index, RenditionEvent::Fragment(fragment)));
                 }
             }
