@@ -11,12 +11,12 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import {
+  brokerAndGatewayPorts,
   CHROMIUM_ARGS,
   chromiumPath,
   CLIENT_DIR,
   freePort,
   gatewayConfig,
-  Mosquitto,
   onCleanup,
   percentile,
   sleep,
@@ -90,11 +90,7 @@ async function streamStats(mqttPort, url, ok) {
 async function playLossy(loss, mode, seconds) {
   seconds = SECONDS || seconds;
   const source = await lossyUdpSource(loss);
-  const mqttPort = await freePort();
-  const httpPort = await freePort();
-  const broker = new Mosquitto({ port: mqttPort });
-  await broker.start();
-  onCleanup(() => broker.stop());
+  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
   const config = gatewayConfig({ mqttPort, httpPort, name: `lossy-${loss}`, urls: [source.url], mode, extra: ["[stats]", "interval_secs = 1"] });
   const server = await startServer(config);
   onCleanup(() => server.kill());

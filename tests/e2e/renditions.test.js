@@ -16,11 +16,10 @@ import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { MqttStreamEditor } from "./mqtt-stream.js";
 import {
+  brokerAndGatewayPorts,
   CHROMIUM_ARGS,
   chromiumPath,
-  freePort,
   gatewayConfig,
-  Mosquitto,
   onCleanup,
   percentile,
   sleep,
@@ -48,11 +47,7 @@ const SETTLE_S = 3;
 const TRACE = !!process.env.RENDITIONS_TRACE;
 
 async function throttledPage(renderer) {
-  const mqttPort = await freePort();
-  const httpPort = await freePort();
-  const broker = new Mosquitto({ port: mqttPort });
-  await broker.start();
-  onCleanup(() => broker.stop());
+  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
   // Noise fills whatever bitrate it is given, as a busy camera picture does (the ball would not reach 3.3 Mbit/s).
   const rtsp = await startRtspSource(["--width", "1280", "--height", "720", "--pattern", "snow", "--bitrate", "4000"]);
   onCleanup(() => rtsp.proc.kill());
@@ -181,11 +176,7 @@ for (const renderer of renderers) {
 
 test("a rendition asked for by name, one not offered, and a switch that cannot complete", { timeout: 120_000 }, async (t) => {
   t.after(stopAll);
-  const mqttPort = await freePort();
-  const httpPort = await freePort();
-  const broker = new Mosquitto({ port: mqttPort });
-  await broker.start();
-  onCleanup(() => broker.stop());
+  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
   const url = "builtin://testsrc";
   const extra = ["[[pipeline.renditions]]", 'name = "low"', "max_height = 180", "bitrate_kbps = 200"];
   const server = await startServer(gatewayConfig({ mqttPort, httpPort, name: "renditions-named", urls: [url], mode: "transcode", extra }));

@@ -10,11 +10,10 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import {
+  brokerAndGatewayPorts,
   CHROMIUM_ARGS,
   chromiumPath,
   gatewayConfig,
-  freePort,
-  Mosquitto,
   onCleanup,
   percentile,
   sleep,
@@ -33,11 +32,7 @@ const THROTTLED_SECONDS = 20;
 const RECOVERY_SECONDS = 10;
 
 async function slowLink(renderer) {
-  const mqttPort = await freePort();
-  const httpPort = await freePort();
-  const broker = new Mosquitto({ port: mqttPort });
-  await broker.start();
-  onCleanup(() => broker.stop());
+  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
   // Noise at 1.5 Mbit/s, 1 s GOP: the ball pattern compresses to a few hundred kbit/s.
   const rtsp = await startRtspSource(["--pattern", "snow", "--bitrate", "1500"]);
   onCleanup(() => rtsp.proc.kill());

@@ -221,6 +221,19 @@ export function gatewayConfig({ mqttPort, httpPort, name, urls, mode = "auto", e
 }
 
 /**
+ * A mosquitto on a free port, stopped at cleanup, and a free port for the server's gateway: what every test of
+ * one server behind the gateway starts with. Returns {mqttPort, httpPort}.
+ */
+export async function brokerAndGatewayPorts() {
+  const mqttPort = await freePort();
+  const httpPort = await freePort();
+  const broker = new Mosquitto({ port: mqttPort });
+  await broker.start();
+  onCleanup(() => broker.stop());
+  return { mqttPort, httpPort };
+}
+
+/**
  * A slow link (tests/support/throttle.py): a TCP proxy to `upstreamPort` that paces what comes back.
  * Returns {port, setRate(bitsPerSecond) (0: no limit; resolves once the proxy has it), proc}.
  */
