@@ -166,7 +166,10 @@ fn six_720p_transcodes_at_once_admit_what_keeps_real_time_and_refuse_the_rest() 
             }
         }
     }
-    assert!(admitted.len() >= 2, "only {} admitted", admitted.len());
+    // How many fit depends on the machine (one x264 `medium` 720p transcode took 59 % of a core here and
+    // 75 % on CI, where a second one would have gone over 150 %): at least one, and the checks on the
+    // stats below say that those admitted fit and that the refusals were for want of room.
+    assert!(!admitted.is_empty(), "none admitted");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores <= 2 {
         assert!(refused >= 1, "six 720p transcodes all admitted on {cores} cores");
@@ -181,6 +184,17 @@ fn six_720p_transcodes_at_once_admit_what_keeps_real_time_and_refuse_the_rest() 
     assert!(admission["refused"].as_u64().unwrap_or(0) >= refused);
     let used = admission["transcodes_cpu_percent"].as_f64().expect("transcodes' CPU");
     assert!(used > 20.0 * admitted.len() as f64, "the admitted transcodes use {used}% in all");
+    let budget = (cores * 75) as f64;
+    let one_more = used / admitted.len() as f64;
+    // Measured some 20 s after the decisions, so with a margin for the noise of a busy machine.
+    assert!(used <= budget * 1.15, "{} admitted use {used:.0}%, over the {budget}% budget", admitted.len());
+    if refused > 0 {
+        assert!(
+            used + one_more > budget * 0.85,
+            "{refused} refused while {} admitted use {used:.0}% of {budget}% and one more would need {one_more:.0}%",
+            admitted.len()
+        );
+    }
     for url in &admitted {
         let s = stream(&stats, url).unwrap_or_else(|| panic!("{url} in the stats: {stats}"));
         println!(
