@@ -5,11 +5,11 @@
 //   window.mqttVideo.addPlayer({ url: "builtin://testsrc", autoplay: true })
 //
 // URL options: ?url=SOURCE&autoplay=1&muted=1&broker=ws://host:port/mqtt&target=MS&players=N&prefix=video
-//              &renderer=auto|webcodecs|mse&protocol=1|2&rendition=auto|NAME
+//              &renderer=auto|webcodecs|mse&protocol=1|2&rendition=auto|NAME&output=auto|generator|canvas|captured
 // The broker login comes from the login form (kept in memory, in localStorage with "remember me"), never the URL.
 
 import { keepLogin, rememberedLogin } from "./credentials.js";
-import { defaultBrokerUrl, Player, RENDERERS } from "./player.js";
+import { defaultBrokerUrl, Player, RENDERERS, VIDEO_OUTPUTS } from "./player.js";
 
 const params = new URLSearchParams(location.search);
 const flag = (name) => ["1", "true", "yes", "on"].includes((params.get(name) ?? "").toLowerCase());
@@ -39,6 +39,8 @@ const pageOptions = {
   protocol: [1, 2].includes(number("protocol")) ? number("protocol") : undefined,
   // `auto` (the default) or the name of one of the stream's renditions (ignored for a stream without any)
   rendition: params.get("rendition") || undefined,
+  // how WebCodecs frames reach the screen (Player's videoOutput)
+  videoOutput: VIDEO_OUTPUTS.includes(params.get("output")) ? params.get("output") : undefined,
 };
 
 const registry = {
@@ -143,6 +145,9 @@ function addPlayer(options = {}) {
     video.muted = !video.muted;
     if (!video.muted) video.play().catch(() => {});
   });
+  const pip = card.querySelector(".pip");
+  pip.hidden = !document.pictureInPictureEnabled;
+  pip.addEventListener("click", () => player.pictureInPicture());
   card.querySelector(".fullscreen").addEventListener("click", () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else card.querySelector(".screen").requestFullscreen?.();
@@ -203,7 +208,7 @@ function addPlayer(options = {}) {
     text(stat.rate, s.state === "playing" ? `${s.playbackRate.toFixed(3)}×` : "–");
     text(stat.received, s.receivedBytes ? `${(s.receivedBytes / 1e6).toFixed(1)} MB` : "–");
     text(stat.resets, `${s.stalls} / ${s.jumps} / ${s.resets}`);
-    text(stat.renderer, s.renderer === "webcodecs" ? "WebCodecs" : "MediaSource");
+    text(stat.renderer, s.renderer === "webcodecs" ? `WebCodecs (${s.videoOutput ?? "no output"})` : "MediaSource");
     text(stat.delivery, s.protocol === 2 ? `stream topic, ${s.skippedFragments} skipped` : "reply topic");
     text(stat.rendition, renditionText(s));
     stat.rendition.title = s.abrReason ?? "";

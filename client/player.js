@@ -28,10 +28,12 @@ import { MseSink, mseSupports } from "./mse-sink.js";
 import { AUTO_RENDITION, describeOutcome, REQUEST_DEFAULTS, startRendition } from "./protocol.js";
 import { Session } from "./session.js";
 import { SWITCH_DEFAULTS } from "./switch.js";
-import { webCodecsSupports, WebCodecsSink } from "./webcodecs-sink.js";
+import { VIDEO_OUTPUTS, webCodecsSupports, WebCodecsSink } from "./webcodecs-sink.js";
 
 /** The renderers: `auto` is WebCodecs where the browser can decode the stream with it, else MediaSource. */
 export const RENDERERS = ["auto", "webcodecs", "mse"];
+
+export { VIDEO_OUTPUTS };
 
 /** Every option of a Player, with its default. */
 export const DEFAULTS = Object.freeze({
@@ -41,8 +43,10 @@ export const DEFAULTS = Object.freeze({
    * carries, switching down and up), or a rendition's name (that one only). Without renditions in the
    * describe reply it changes nothing. */
   rendition: AUTO_RENDITION,
-  /** How WebCodecs frames reach the <video>: "auto" (a MediaStreamTrackGenerator where there is one, else a
-   * canvas), or "canvas". */
+  /** How WebCodecs frames reach the screen (one of VIDEO_OUTPUTS): "generator" (a MediaStreamTrackGenerator
+   * into the <video>), "canvas" (drawn into a canvas laid over the <video>: on screen soonest, more CPU where
+   * the page draws without a GPU), "captured" (a canvas's stream into the <video>); "auto" takes the first of
+   * them the browser and page allow. */
   videoOutput: "auto",
   /** MQTT-over-WebSocket URL; null: ws(s)://<page host>/mqtt (the mqtt-video gateway). */
   broker: null,
@@ -105,6 +109,7 @@ export class Player extends EventTarget {
     for (const [k, v] of Object.entries(options)) if (v !== undefined) this.options[k] = v;
     if (!RENDERERS.includes(this.options.renderer)) throw new TypeError(`renderer must be one of ${RENDERERS.join(", ")}`);
     if (typeof this.options.rendition !== "string" || !this.options.rendition) throw new TypeError('rendition must be "auto" or a name');
+    if (!VIDEO_OUTPUTS.includes(this.options.videoOutput)) throw new TypeError(`videoOutput must be one of ${VIDEO_OUTPUTS.join(", ")}`);
     this.broker = this.options.broker || defaultBrokerUrl();
     if (this.options.muted) video.muted = true;
     video.playsInline = true;
@@ -162,6 +167,7 @@ export class Player extends EventTarget {
       event: (k, detail) => this._event(k, detail),
       error: (code, message) => this._fail(code, message),
       unsupported: (message) => this._onUnsupported(kind, message),
+      presented: (frame) => this.media === this._sinks[kind] && this._frameShown(frame, frame.mediaTime),
     });
     return this._sinks[kind];
   }
@@ -236,6 +242,22 @@ export class Player extends EventTarget {
     return true;
   }
 
+  /**
+   * Opens picture-in-picture, or closes it when it is open. Resolves to whether that worked (why not is an
+   * event). WebCodecs' canvas output feeds the window only while it is open.
+   */
+  async pictureInPicture() {
+    try {
+      if (document.pictureInPictureElement === this.video) await document.exitPictureInPicture();
+      else if (this.media.pictureInPicture) await this.media.pictureInPicture();
+      else await this.video.requestPictureInPicture();
+      return true;
+    } catch (e) {
+      this._event("pip", `picture-in-picture: ${e.name}: ${e.message}`);
+      return false;
+    }
+  }
+
   /** Stops playing; the connection stays for the source list. */
   stop() {
     if (!this.url) return;
@@ -302,8 +324,8 @@ export class Player extends EventTarget {
       arrivalP50Ms: round(this.media.timeline.arrivals.summary().p50, 1),
       displayDelayP50Ms: round(this._displayDelays.summary().p50, 1),
       queuedSegments: sink.queuedSegments,
-      width: v.videoWidth || this.describeReply?.width || 0,
-      height: v.videoHeight || this.describeReply?.height || 0,
+      width: this.media.frameSize?.()?.width || v.videoWidth || this.describeReply?.width || 0,
+      height: this.media.frameSize?.()?.height || v.videoHeight || this.describeReply?.height || 0,
       mimeCodec: this.media.mime ?? this.describeReply?.mimeCodec ?? null,
       hasAudio: this.media.hasAudio,
       bitrateKbps: round((bytes * 8) / span, 1), // bits per ms = kbit/s
@@ -354,6 +376,12 @@ export class Player extends EventTarget {
   latenciesSince(mark = 0) {
     const { values, mark: next } = this._latencies.since(mark);
     return { latencies: values, mark: next };
+  }
+
+  /** When the frames rendered after the first `mark` were expected on screen (ms since the epoch), as latenciesSince. */
+  displaysSince(mark = 0) {
+    const { values, mark: next } = this._displays.since(mark);
+    return { displays: values, mark: next };
   }
 
   /** The audio-to-picture offsets (ms) of the frames rendered after the first `mark`, as latenciesSince. */
@@ -580,7 +608,7 @@ export class Player extends EventTarget {
     this._abrTick(now);
     if (this.media.advancing(now)) {
       // (With requestVideoFrameCallback the first frame's own presentation time is taken instead.)
-      if (this._firstFrameMs === null && !this._framesWatched) this._firstFrameMs = now - this._playStartedAt;
+      if (this._firstFrameMs === null && !this._framesWatched && !this.media.presentsFrames) this._firstFrameMs = now - this._playStartedAt;
       if (this.state !== "playing") this._setState("playing", this._degraded === null ? "playing" : `degraded: ${this._degraded}`);
     } else if (this.state === "playing" || this.state === "reconnecting" || this.state === "connecting") {
       this._setState("buffering", this.video.paused && this.media.currentTime() > 0 ? "paused" : "waiting for media");
@@ -593,24 +621,30 @@ export class Player extends EventTarget {
     if (!this._framesWatched) return;
     const onFrame = (now, meta) => {
       if (this._destroyed) return;
-      if (this.url && this.state !== "error") {
-        const t = this.media.shownMediaTime(meta, now);
-        if (this._firstFrameMs === null && t > 0) this._firstFrameMs = Math.max(0, meta.presentationTime - this._playStartedAt);
-        const wall = t === null ? null : this.media.wallClockAt(t);
-        if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
-        this._displayDelays.add(meta.expectedDisplayTime - meta.presentationTime);
-        const av = t === null ? null : this.media.frameShown(meta.expectedDisplayTime, t);
-        if (av !== null) this._avOffsets.add(av);
-      }
+      // A renderer that shows frames itself (a canvas over the <video>) reports them (hooks.presented).
+      if (!this.media.presentsFrames) this._frameShown(meta, this.media.shownMediaTime(meta, now));
       v.requestVideoFrameCallback(onFrame);
     };
     v.requestVideoFrameCallback(onFrame);
+  }
+
+  /** The frame of media time `t` was presented as `meta` (requestVideoFrameCallback's) says: the figures. */
+  _frameShown(meta, t) {
+    if (this._destroyed || !this.url || this.state === "error") return;
+    if (this._firstFrameMs === null && t > 0) this._firstFrameMs = Math.max(0, meta.presentationTime - this._playStartedAt);
+    const wall = t === null ? null : this.media.wallClockAt(t);
+    this._displays.add(performance.timeOrigin + meta.expectedDisplayTime);
+    if (wall !== null) this._latencies.add(performance.timeOrigin + meta.expectedDisplayTime - wall);
+    this._displayDelays.add(meta.expectedDisplayTime - meta.presentationTime);
+    const av = t === null ? null : this.media.frameShown(meta.expectedDisplayTime, t);
+    if (av !== null) this._avOffsets.add(av);
   }
 
   _resetPlayFigures() {
     this._playStartedAt = performance.now();
     this._firstFrameMs = null;
     this._latencies = new Samples(LATENCY_SAMPLES);
+    this._displays = new Samples(LATENCY_SAMPLES);
     this._avOffsets = new Samples(LATENCY_SAMPLES);
     this._displayDelays = new Samples(LATENCY_SAMPLES);
     this._bytes = [];

@@ -4,15 +4,23 @@
 // (audio-out.js) that plays at the live edge. No MediaSource buffer and no playhead to steer: the picture is as
 // new as the last frame decoded.
 //
-// Frames go to the page's own <video> as a MediaStream (a MediaStreamTrackGenerator where the browser has one,
-// else a canvas's captureStream()), so full screen, picture-in-picture, requestVideoFrameCallback and
-// screenshots work as with MediaSource. What is decoded and shown is decided by feed.js.
+// Frames go to the screen the moment they are decoded, by one of three outputs (videoOutput):
+// - "generator", the default where the browser has one (Chromium): a MediaStreamTrackGenerator that the page's
+//   <video> plays, so full screen, picture-in-picture and requestVideoFrameCallback work as with MediaSource.
+// - "canvas", the default elsewhere: drawn into a canvas laid over the <video>, on screen at the next refresh,
+//   without Chromium's video pipeline (up to ~30 ms less, and steadier), but at a cost where the page draws
+//   without a GPU (43 % of a core against 30 % at 720p in headless Chromium). The <video> under it plays an
+//   empty stream (`paused`, mute and volume work as with MediaSource); for picture-in-picture it plays the
+//   canvas's captureStream() until the window closes, which all the time would cost a third more again.
+// - "captured": drawn into a canvas that only its captureStream() into the <video> shows.
+// What is decoded and shown is decided by feed.js.
 
 import { audioContext, AudioOut, DEFAULT_AUDIO_RATE } from "./audio-out.js";
 import { Lateness, VideoGate } from "./feed.js";
 import { Samples } from "./figures.js";
 import { JITTER_DEFAULTS } from "./jitter.js";
 import { boxType, parseInit, parseMessage, sameBytes } from "./mp4.js";
+import { Presentation } from "./presentation.js";
 import { prftPoint, Timeline } from "./timeline.js";
 
 /** The codecs of a MIME type's `codecs` parameter: `video/mp4; codecs="avc1.42C01E, mp4a.40.2"` -> both. */
@@ -23,12 +31,29 @@ function mimeCodecs(mime) {
 
 const isAudioCodec = (c) => /^(mp4a|opus|flac|ac-3|ec-3|mp3)/i.test(c);
 
-/** The ways frames can reach the <video>: a track generator, or a canvas's stream. */
+/** The ways frames can reach the screen: a track generator into the <video>, or a canvas (shown or captured). */
 function videoOutputs() {
   return {
     generator: typeof globalThis.MediaStreamTrackGenerator === "function",
     canvas: typeof globalThis.HTMLCanvasElement === "function" && typeof HTMLCanvasElement.prototype.captureStream === "function",
   };
+}
+
+/** The values of the `videoOutput` option. */
+export const VIDEO_OUTPUTS = ["auto", "canvas", "generator", "captured"];
+
+/**
+ * The output for option `want` with what the browser has (`videoOutputs()`): "generator", "canvas" (drawn into
+ * a canvas over the <video>; needs the <video> in a document) or "captured" (a canvas's stream into the
+ * <video>); `auto`, or one the browser cannot do, takes the first of them it can.
+ */
+export function chooseVideoOutput(want, have, inDocument) {
+  const canvas = have.canvas && inDocument;
+  if (want === "canvas" && canvas) return "canvas";
+  if (want === "generator" && have.generator) return "generator";
+  if (want === "captured" && have.canvas) return "captured";
+  if (have.generator) return "generator";
+  return canvas ? "canvas" : "captured";
 }
 
 /**
@@ -94,7 +119,9 @@ export class WebCodecsSink {
     this.mime = null;
     this.hasAudio = false;
     this.stream = null;
-    this.output = null; // {writer} or {canvas, ctx}
+    this.output = null; // {kind, writer} or {kind, canvas, ctx}
+    this.presentation = new Presentation();
+    this.raf = null;
     this._reset();
   }
 
@@ -111,8 +138,11 @@ export class WebCodecsSink {
     this.audioNext = null; // the timestamp (µs) the next audio chunk should have
     this.shown = []; // [{media, at}] of the frames shown lately (for the canvas output)
     this.lastShown = null;
+    this.lastSize = null;
     this.lastLate = false;
     this.decodeMs = new Samples(300);
+    this.presentation.clear();
+    this.presentation.overdrawn = 0;
     this.counters = { decoded: 0, dropped: 0, late: 0, resets: 0, catchUps: 0, skippedToKeyframe: 0, droppedBeforeInit: 0, lateAudio: 0 };
     this.timeline.clear();
   }
@@ -159,28 +189,87 @@ export class WebCodecsSink {
 
   // ----- the picture's way to the <video> --------------------------------------------------------------
 
+  /** Whether frames are shown by this renderer itself (a visible canvas), not by the <video>. */
+  get presentsFrames() {
+    return this.output?.kind === "canvas";
+  }
+
   _attach() {
     if (this.stream) return;
-    const out = videoOutputs();
-    const useGenerator = out.generator && this.options.videoOutput !== "canvas";
-    if (useGenerator) {
+    const v = this.video;
+    const kind = chooseVideoOutput(this.options.videoOutput, videoOutputs(), !!v.parentNode);
+    if (kind === "generator") {
       const track = new MediaStreamTrackGenerator({ kind: "video" });
-      this.output = { writer: track.writable.getWriter() };
+      this.output = { kind, writer: track.writable.getWriter() };
       this.stream = new MediaStream([track]);
     } else {
       const canvas = document.createElement("canvas");
-      this.output = { canvas, ctx: canvas.getContext("2d") };
-      this.stream = canvas.captureStream();
+      this.output = { kind, canvas, ctx: canvas.getContext("2d", { alpha: false }) };
+      this.stream = kind === "canvas" ? new MediaStream() : canvas.captureStream();
+      if (kind === "canvas") this._showCanvas(canvas);
     }
-    const v = this.video;
     v.removeAttribute("src"); // the MediaSource renderer's, if it played here before
     v.srcObject = this.stream;
     if (this.options.autoplay) v.play().catch((e) => e.name !== "AbortError" && this.hooks.event("autoplay", `${e.name}: ${e.message}`));
   }
 
+  /** Lays the canvas over the <video> (the box the <video> fills) and starts following the display's refreshes. */
+  _showCanvas(canvas) {
+    canvas.className = "mqtt-video-canvas";
+    canvas.setAttribute("aria-hidden", "true");
+    // The page's stylesheet may place it; these make it cover a <video> that fills a positioned parent.
+    canvas.style.cssText = "position:absolute;inset:0;width:100%;height:100%;object-fit:contain;pointer-events:none;";
+    this.video.after(canvas);
+    this.presentation.clear();
+    const onAnimationFrame = (ts) => {
+      if (this.output?.canvas !== canvas) return;
+      const shown = this.presentation.tick(ts);
+      if (shown) this.hooks.presented?.(shown);
+      this.raf = requestAnimationFrame(onAnimationFrame);
+    };
+    this.raf = requestAnimationFrame(onAnimationFrame);
+  }
+
+  /**
+   * Opens picture-in-picture (resolves when open): the <video> plays the canvas's stream while the window is
+   * open, then the empty one again.
+   */
+  async pictureInPicture() {
+    const out = this.output;
+    if (out?.kind !== "canvas") return this.video.requestPictureInPicture();
+    const captured = out.canvas.captureStream();
+    const back = () => {
+      for (const t of captured.getTracks()) t.stop();
+      if (this.output !== out || this.video.srcObject !== captured) return;
+      this.video.srcObject = this.stream; // a new source: the element loads it paused
+      this.video.play().catch(() => {});
+    };
+    this.video.srcObject = captured;
+    this.video.addEventListener("leavepictureinpicture", back, { once: true });
+    try {
+      await this.video.play();
+      return await this.video.requestPictureInPicture();
+    } catch (e) {
+      this.video.removeEventListener("leavepictureinpicture", back);
+      back();
+      throw e;
+    }
+  }
+
+  /** The size of the frames shown: {width, height}, or null before the first. */
+  frameSize() {
+    return this.lastSize;
+  }
+
   _detach() {
     if (!this.stream) return;
     this.output.writer?.close().catch(() => {});
+    if (this.output.kind === "canvas") {
+      cancelAnimationFrame(this.raf);
+      this.raf = null;
+      this.output.canvas.remove();
+      this.presentation.clear();
+    }
     for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
     this.output = null;
@@ -213,6 +302,9 @@ export class WebCodecsSink {
       return;
     }
     this.lastLate = false;
+    if (this.lastSize?.width !== frame.displayWidth || this.lastSize?.height !== frame.displayHeight) {
+      this.lastSize = { width: frame.displayWidth, height: frame.displayHeight };
+    }
     if (out.writer) {
       if (out.writer.desiredSize !== null && out.writer.desiredSize <= 0) {
         frame.close(); // the <video> has not taken the last one yet: never queue frames
@@ -228,6 +320,7 @@ export class WebCodecsSink {
       }
       ctx.drawImage(frame, 0, 0);
       frame.close();
+      if (out.kind === "canvas") this.presentation.draw(ts / 1e6, now);
     }
     this.lastShown = { media: ts / 1e6, at: now };
     this.shown.push(this.lastShown);
@@ -484,7 +577,7 @@ export class WebCodecsSink {
 
   /**
    * The media time (s) of the frame a requestVideoFrameCallback at `now` reports: the generator's frames carry
-   * ours; a canvas stream has its own, so it is the newest frame drawn by then.
+   * ours; a captured canvas's stream has its own, so it is the newest frame drawn by then.
    */
   shownMediaTime(meta, now) {
     if (this.output?.writer) return meta.mediaTime;
@@ -503,9 +596,9 @@ export class WebCodecsSink {
     return !this.video.paused && this.lastShown !== null && now - this.lastShown.at < 500;
   }
 
-  /** Frames decoded, and decoded but not shown (late, or the <video> was not ready for them). */
+  /** Frames decoded, and decoded but not shown (late, the <video> not ready for them, or drawn over unseen). */
   quality() {
-    return { decoded: this.counters.decoded, dropped: this.counters.dropped + this.counters.late };
+    return { decoded: this.counters.decoded, dropped: this.counters.dropped + this.counters.late + this.presentation.overdrawn };
   }
 
   /**
@@ -525,6 +618,7 @@ export class WebCodecsSink {
     const audio = this.audio.snapshot();
     const decode = this.decodeMs.summary();
     return {
+      videoOutput: this.output?.kind ?? null,
       playbackRate: audio?.rate ?? 1,
       bufferSeconds: (audio?.bufferMs ?? 0) / 1000,
       targetLatencyMs: audio?.marginMs ?? 0,

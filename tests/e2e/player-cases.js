@@ -127,25 +127,14 @@ async function assertPictureMoves(video, file = null) {
   return { width: a.width, height: a.height, luma };
 }
 
-/** Records the display time of every frame the page's first <video> presents (window.__shown). */
-function recordFrames(page) {
-  return page.evaluate(() => {
-    window.__shown = [];
-    const v = document.querySelector("video");
-    const onFrame = (now, meta) => {
-      window.__shown.push(performance.timeOrigin + meta.expectedDisplayTime);
-      v.requestVideoFrameCallback(onFrame);
-    };
-    v.requestVideoFrameCallback(onFrame);
-  });
-}
-
 /**
- * The longest time (ms) between two frames presented after wall clock `since` (from recordFrames), and when
- * the frame that ended it was shown.
+ * The display times (ms since the epoch) of the frames the page's first player showed after wall clock
+ * `since`, as the player reports them (requestVideoFrameCallback, or its canvas output's presentation), and
+ * the longest time between two of them, with when the frame that ended it was shown.
  */
 async function longestGap(page, since) {
-  const shown = (await page.evaluate(() => window.__shown)).filter((t) => t >= since - 2000);
+  const shown = (await page.evaluate(() => window.mqttVideo.players[0].displaysSince(0).displays)).filter((t) => t >= since - 2000);
+  assert.ok(shown.filter((t) => t > since).length >= 30, `${shown.length} frames shown around the damage`);
   let gap = 0;
   let endedAt = null;
   for (let i = 1; i < shown.length; i++) {
@@ -460,7 +449,6 @@ export function playerTests(renderer) {
       });
       await page.goto(pageUrl(fx.rtsp.url));
       await waitState(0, "playing", 15_000, () => true, page);
-      await recordFrames(page);
       await sleep(3000);
       const before = await stats(0, page);
       damage.armed = true;
@@ -499,24 +487,60 @@ export function playerTests(renderer) {
   );
 
   if (renderer === "webcodecs") {
-    test("auto picks WebCodecs in this browser; the canvas output plays as the track generator does", { timeout: 30_000 }, () =>
+    test("auto picks WebCodecs and its track generator; the canvas over the <video> and the captured output play too", { timeout: 30_000 }, () =>
       withLogs(async () => {
-        const indices = await fx.page.evaluate((url) => {
-          const { players, addPlayer } = window.mqttVideo;
-          const auto = addPlayer({ url, autoplay: true, muted: true, renderer: "auto" });
-          const canvas = addPlayer({ url, autoplay: true, muted: true, renderer: "webcodecs", videoOutput: "canvas" });
-          return [players.indexOf(auto), players.indexOf(canvas)];
-        }, fx.rtsp.url);
-        const auto = await waitState(indices[0], "playing", 10_000);
-        assert.equal(auto.renderer, "webcodecs");
-        const c1 = await waitState(indices[1], "playing", 10_000);
+        const outputs = ["canvas", "auto", "captured"];
+        const indices = await fx.page.evaluate(
+          ([url, outputs]) => {
+            const { players, addPlayer } = window.mqttVideo;
+            return outputs.map((videoOutput, i) =>
+              players.indexOf(addPlayer({ url, autoplay: true, muted: true, renderer: i === 1 ? "auto" : "webcodecs", videoOutput })),
+            );
+          },
+          [fx.rtsp.url, outputs],
+        );
+        const first = [];
+        for (const i of indices) first.push(await waitState(i, "playing", 10_000));
+        assert.equal(first[1].renderer, "webcodecs");
+        assert.deepEqual(first.map((s) => s.videoOutput), ["canvas", "generator", "captured"]);
         await sleep(3000);
-        const c2 = await stats(indices[1]);
-        assert.equal(c2.state, "playing");
-        assert.ok(c2.decodedFrames - c1.decodedFrames >= 60, "the canvas player decodes frames");
-        assert.ok(c2.latencyP50Ms !== null && c2.latencyP50Ms < MAX_LATENCY_MS, `canvas latency p50 ${c2.latencyP50Ms} ms`);
+        for (const [k, i] of indices.entries()) {
+          const s = await stats(i);
+          assert.equal(s.state, "playing");
+          assert.ok(s.decodedFrames - first[k].decodedFrames >= 60, `${s.videoOutput}: frames are decoded`);
+          assert.ok(s.latencyP50Ms !== null && s.latencyP50Ms < MAX_LATENCY_MS, `${s.videoOutput}: latency p50 ${s.latencyP50Ms} ms`);
+          note(`${s.videoOutput} output: latency p50 ${s.latencyP50Ms} ms, p95 ${s.latencyP95Ms} ms, display delay p50 ${s.displayDelayP50Ms} ms`);
+        }
+        // What is seen is the canvas: it moves, and it covers the <video> under it.
+        const card = fx.page.locator(".player").nth(indices[0]);
+        await assertPictureMoves(card.locator("canvas.mqtt-video-canvas"));
+        const [videoBox, canvasBox] = [await card.locator("video").boundingBox(), await card.locator("canvas").boundingBox()];
+        assert.deepEqual(canvasBox, videoBox, "the canvas lies over the <video>");
+        for (const i of indices.slice(1)) assert.equal(await fx.page.locator(".player").nth(i).locator("canvas").count(), 0);
         await assertPictureMoves(fx.page.locator("video").nth(indices[1]));
-        note(`canvas output: latency p50 ${c2.latencyP50Ms} ms, p95 ${c2.latencyP95Ms} ms; auto picked ${auto.renderer}`);
+        // Picture-in-picture from the card's button: the <video> under the canvas plays the canvas's frames
+        // while the window is open, and its empty stream again once it is closed.
+        const pip = () =>
+          fx.page.evaluate(async (i) => {
+            const v = window.mqttVideo.players[i].video;
+            const frames = await new Promise((resolve) => {
+              let n = 0;
+              const onFrame = () => (++n === 10 ? resolve(n) : v.requestVideoFrameCallback(onFrame));
+              v.requestVideoFrameCallback(onFrame);
+              setTimeout(() => resolve(n), 2000);
+            });
+            return { open: document.pictureInPictureElement === v, frames, tracks: v.srcObject?.getVideoTracks().length ?? 0 };
+          }, indices[0]);
+        await card.locator("button.pip").click();
+        await waitFor("picture-in-picture to open", () => fx.page.evaluate(() => !!document.pictureInPictureElement), { timeoutMs: 5000 });
+        const open = await pip();
+        assert.deepEqual(open, { open: true, frames: 10, tracks: 1 }, "the picture-in-picture window gets the frames");
+        await card.locator("button.pip").click();
+        await waitFor("picture-in-picture to close", () => fx.page.evaluate(() => !document.pictureInPictureElement), { timeoutMs: 5000 });
+        const closed = await pip();
+        assert.equal(closed.tracks, 0, "the <video> is back on its empty stream");
+        assert.equal((await stats(indices[0])).state, "playing", "the canvas plays on after picture-in-picture");
+        note(`picture-in-picture: ${open.frames} frames in the window, then closed`);
         for (const i of indices.reverse()) await fx.page.evaluate((i) => window.mqttVideo.players[i].card.querySelector(".remove").click(), i);
         assert.deepEqual(pageErrors(), []);
       }),
