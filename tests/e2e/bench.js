@@ -5,7 +5,8 @@
 //   cargo build --release && cd tests/e2e && npm ci && MQTT_VIDEO_BIN=../../target/release/mqtt-video node bench.js
 //
 // Options: --seconds N (per case, default 30), --cases copy-audio,copy-video,transcode-audio,transcode-video
-// (default all four), --renderer mse,webcodecs (default both: each case is run with each, one after the other),
+// (default all four), --renderer mse,webcodecs (default both: each case is run with each, one after the other;
+// `webcodecs:OUTPUT` picks the WebCodecs renderer's videoOutput, e.g. webcodecs:generator),
 // --rounds N (default 1), --json FILE. Each run starts its own server, so every first frame is cold (the
 // renderers of a case share one RTSP source, whose sender clock the latency is measured against, and take
 // turns going first); after the window a second player joins the running stream (the late joiner's first
@@ -18,6 +19,7 @@
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
+import { VIDEO_OUTPUTS } from "../../client/webcodecs-sink.js";
 import {
   CHROMIUM_ARGS,
   chromiumPath,
@@ -94,6 +96,7 @@ function offsetSummary(values) {
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(0));
 
 async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp) {
+  const [kind, videoOutput] = renderer.split(":");
   const rtspPrefix = /^rtsp:\/\/[^/]+\//.exec(rtsp.url)[0];
   const httpPort = await freePort();
   const server = await startServer(configText({ mqttPort, httpPort, rtspPrefix, mode }));
@@ -101,7 +104,7 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp)
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   try {
-    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(rtsp.url)}&autoplay=1&muted=1&renderer=${renderer}`);
+    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(rtsp.url)}&autoplay=1&muted=1&renderer=${kind}${videoOutput ? `&output=${videoOutput}` : ""}`);
     const stats = (i = 0) => page.evaluate((i) => window.mqttVideo.players[i]?.stats() ?? null, i);
     const playing = (i) =>
       waitFor(`${name} (${renderer}): player ${i}'s first frame`, async () => {
@@ -110,7 +113,8 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp)
         return s?.state === "playing" && s.firstFrameMs !== null ? s : false;
       }, { timeoutMs: 20_000, everyMs: 20 });
     const first = await playing(0);
-    if (first.renderer !== renderer) throw new Error(`asked for ${renderer}, the page plays with ${first.renderer}`);
+    if (first.renderer !== kind) throw new Error(`asked for ${kind}, the page plays with ${first.renderer}`);
+    if (videoOutput && first.videoOutput !== videoOutput) throw new Error(`asked for ${videoOutput}, the page shows frames with ${first.videoOutput}`);
 
     const latencies = [];
     const offsets = [];
@@ -149,13 +153,14 @@ async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp)
     const last = await stats();
     // A second player joins the running stream: its first frame is a late joiner's.
     await page.evaluate(
-      ([url, renderer]) => window.mqttVideo.addPlayer({ url, autoplay: true, muted: true, renderer }),
-      [rtsp.url, renderer],
+      ([url, renderer, videoOutput]) => window.mqttVideo.addPlayer({ url, autoplay: true, muted: true, renderer, videoOutput }),
+      [rtsp.url, kind, videoOutput],
     );
     const joiner = await playing(1);
     return {
       case: name,
       renderer,
+      videoOutput: first.videoOutput ?? null,
       mode,
       audio,
       firstFrameMs: first.firstFrameMs,
@@ -187,7 +192,8 @@ async function main() {
   const names = opts.cases.split(",").map((s) => s.trim());
   for (const n of names) if (!CASES[n]) throw new Error(`unknown case ${n}: one of ${Object.keys(CASES).join(", ")}`);
   const renderers = opts.renderer.split(",").map((s) => s.trim());
-  for (const r of renderers) if (!["mse", "webcodecs"].includes(r)) throw new Error(`unknown renderer ${r}: mse or webcodecs`);
+  const known = ["mse", "webcodecs", ...VIDEO_OUTPUTS.map((o) => `webcodecs:${o}`)];
+  for (const r of renderers) if (!known.includes(r)) throw new Error(`unknown renderer ${r}: one of ${known.join(", ")}`);
   console.log(`server binary: ${serverBinary()}; ${SECONDS} s per case and renderer`);
   const mqttPort = await freePort();
   const broker = new Mosquitto({ port: mqttPort });
@@ -206,14 +212,14 @@ async function main() {
             r = await runCase(browser, name, CASES[name], renderer, mqttPort, rtsp);
           } catch (e) {
             // One failed run (the server's, the source's) is reported; the others still run.
-            console.log(`${name.padEnd(16)} ${renderer.padEnd(9)} FAILED: ${e.message.split("\n")[0]}`);
+            console.log(`${name.padEnd(16)} ${renderer.padEnd(19)} FAILED: ${e.message.split("\n")[0]}`);
             failures.push({ case: name, renderer, error: e.message });
             continue;
           }
           results.push(r);
           const av = r.avOffset.n ? ` | audio-picture p5 ${fmt(r.avOffset.p5)} p50 ${fmt(r.avOffset.p50)} p95 ${fmt(r.avOffset.p95)} ms` : "";
           console.log(
-            `${name.padEnd(16)} ${renderer.padEnd(9)} first frame ${fmt(r.firstFrameMs).padStart(5)} ms, joiner ${fmt(r.joinFirstFrameMs)} ms | ` +
+            `${name.padEnd(16)} ${renderer.padEnd(19)} first frame ${fmt(r.firstFrameMs).padStart(5)} ms, joiner ${fmt(r.joinFirstFrameMs)} ms | ` +
               `latency p50 ${fmt(r.p50)} p95 ${fmt(r.p95)} p99 ${fmt(r.p99)} max ${fmt(r.max)} ms over ${r.frames} frames${av} | ` +
               `target ${r.targetMs} ms, stalls ${r.stalls}, jumps ${r.jumps}, dropped ${r.droppedFrames}, errors ${r.errors.length} | ` +
               `p50 of the last 20 s: arrival ${fmt(r.arrivalP50Ms)}, decode ${r.decodeP50Ms ?? "-"}, display ${fmt(r.displayDelayP50Ms)} ms`,

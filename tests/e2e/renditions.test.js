@@ -71,6 +71,7 @@ async function throttledPage(renderer) {
   const page = await browser.newPage();
   page.on("pageerror", (e) => pageErrors.push(e.message));
   const q = new URLSearchParams({ url: rtsp.url, autoplay: "1", muted: "1", renderer, broker: `ws://127.0.0.1:${throttle.port}/mqtt` });
+  if (process.env.RENDITIONS_OUTPUT) q.set("output", process.env.RENDITIONS_OUTPUT);
   await page.goto(`http://127.0.0.1:${httpPort}/?${q}`);
   const stats = () => page.evaluate(() => window.mqttVideo.players[0].stats());
   await waitFor("the page to play main", async () => {
