@@ -1,5 +1,5 @@
-// Renditions in a real browser (issue 15): a 720p stream transcoded at about 3.3 Mbit/s with a `low`
-// rendition of 360p at about 0.6 Mbit/s, a page on `rendition=auto` behind a link throttled to 2 Mbit/s
+// Renditions in a real browser (issue 15): a 720p stream at about 3.3 Mbit/s, copied, with a `low` rendition
+// of 360p at about 0.6 Mbit/s (decoded from the copied source while it is watched), a page on `rendition=auto` behind a link throttled to 2 Mbit/s
 // (tests/support/throttle.py, a token bucket with 8 KiB bursts between Chromium and the gateway). The page
 // must be on `low` within 10 s of the throttle, then play under 400 ms of latency (its own figure) with no
 // growing lag and no stall; within 15 s of the link recovering it must be back on `main`, under 300 ms.
@@ -49,19 +49,19 @@ const TRACE = !!process.env.RENDITIONS_TRACE;
 async function throttledPage(renderer) {
   const { mqttPort, httpPort } = await brokerAndGatewayPorts();
   // Noise fills whatever bitrate it is given, as a busy camera picture does (the ball would not reach 3.3 Mbit/s).
-  const rtsp = await startRtspSource(["--width", "1280", "--height", "720", "--pattern", "snow", "--bitrate", "4000"]);
+  // Copied, not transcoded: the source's encoder, main's and low's on two cores beside the browser's decoder
+  // left the page short of CPU now and then (a stall on low in about 1 run of 3), which is not what this
+  // measures.
+  const rtsp = await startRtspSource(["--width", "1280", "--height", "720", "--pattern", "snow", "--bitrate", "3300"]);
   onCleanup(() => rtsp.proc.kill());
   const extra = [
-    "[pipeline.video]",
-    "bitrate_kbps = 3300",
-    "max_bitrate_kbps = 3600",
     "[[pipeline.renditions]]",
     'name = "low"',
     "max_height = 360",
     "bitrate_kbps = 500",
     "max_bitrate_kbps = 600",
   ];
-  const config = gatewayConfig({ mqttPort, httpPort, name: `renditions-${renderer}`, urls: [rtsp.url], mode: "transcode", extra });
+  const config = gatewayConfig({ mqttPort, httpPort, name: `renditions-${renderer}`, urls: [rtsp.url], mode: "copy", extra });
   const server = await startServer(config);
   onCleanup(() => server.kill());
   const throttle = await startThrottle(httpPort);
