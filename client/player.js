@@ -288,6 +288,7 @@ export class Player extends EventTarget {
     const av = this._avOffsets.summary();
     const lastAv = this._avOffsets.values.at(-1);
     const sink = this.media.snapshot();
+    const shown = this.media.frameSize?.() ?? null; // the frames' own size (a canvas output's <video> has none)
     const delivery = this.session.delivery();
     return {
       ...sink,
@@ -324,8 +325,8 @@ export class Player extends EventTarget {
       arrivalP50Ms: round(this.media.timeline.arrivals.summary().p50, 1),
       displayDelayP50Ms: round(this._displayDelays.summary().p50, 1),
       queuedSegments: sink.queuedSegments,
-      width: this.media.frameSize?.()?.width || v.videoWidth || this.describeReply?.width || 0,
-      height: this.media.frameSize?.()?.height || v.videoHeight || this.describeReply?.height || 0,
+      width: shown?.width || v.videoWidth || this.describeReply?.width || 0,
+      height: shown?.height || v.videoHeight || this.describeReply?.height || 0,
       mimeCodec: this.media.mime ?? this.describeReply?.mimeCodec ?? null,
       hasAudio: this.media.hasAudio,
       bitrateKbps: round((bytes * 8) / span, 1), // bits per ms = kbit/s

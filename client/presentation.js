@@ -51,8 +51,9 @@ export class Presentation {
     return { mediaTime: frame.mediaTime, presentationTime: frame.at, expectedDisplayTime: ts + this.interval() };
   }
 
-  /** Forgets the frame waiting to be shown (the output was detached or starts over). */
-  clear() {
+  /** Starts over (a new play): forgets the frame waiting to be shown, and the count of frames overdrawn. */
+  reset() {
     this.drawn = null;
+    this.overdrawn = 0;
   }
 }

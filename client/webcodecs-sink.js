@@ -141,8 +141,7 @@ export class WebCodecsSink {
     this.lastSize = null;
     this.lastLate = false;
     this.decodeMs = new Samples(300);
-    this.presentation.clear();
-    this.presentation.overdrawn = 0;
+    this.presentation.reset();
     this.counters = { decoded: 0, dropped: 0, late: 0, resets: 0, catchUps: 0, skippedToKeyframe: 0, droppedBeforeInit: 0, lateAudio: 0 };
     this.timeline.clear();
   }
@@ -220,7 +219,6 @@ export class WebCodecsSink {
     // The page's stylesheet may place it; these make it cover a <video> that fills a positioned parent.
     canvas.style.cssText = "position:absolute;inset:0;width:100%;height:100%;object-fit:contain;pointer-events:none;";
     this.video.after(canvas);
-    this.presentation.clear();
     const onAnimationFrame = (ts) => {
       if (this.output?.canvas !== canvas) return;
       const shown = this.presentation.tick(ts);
@@ -268,7 +266,6 @@ export class WebCodecsSink {
       cancelAnimationFrame(this.raf);
       this.raf = null;
       this.output.canvas.remove();
-      this.presentation.clear();
     }
     for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;

@@ -51,12 +51,14 @@ test("the refresh interval is the median spacing; a background tab's long gap do
   assert.ok(Math.abs(shown.expectedDisplayTime - 2086.6) < 0.1, `shown at ${shown.expectedDisplayTime}`);
 });
 
-test("a cleared presentation forgets the frame it had not shown", () => {
+test("a presentation started over forgets the frame it had not shown and what it overdrew", () => {
   const p = new Presentation();
   p.tick(0);
   p.draw(4.0, 1);
-  p.clear();
+  p.draw(4.033, 2);
+  p.reset();
   assert.equal(p.tick(16), null);
+  assert.equal(p.overdrawn, 0);
 });
 
 test("the video output: a track generator where the browser has one, else the canvas over the <video>", async () => {
