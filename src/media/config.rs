@@ -42,6 +42,17 @@ pub enum RtspTransport {
     Udp,
 }
 
+/// Where the frames of an RTSP camera's H.264 end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspFrameEnd {
+    /// At the RTP marker of each frame's last packet, through a loopback relay (RTSP over TCP only).
+    #[default]
+    Marker,
+    /// Where libavformat's parser sees the next frame start: one frame interval later.
+    Parser,
+}
+
 /// How to open and watch the source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,6 +63,8 @@ pub struct SourceConfig {
     pub stall_timeout_ms: u64,
     /// RTSP transport.
     pub rtsp_transport: RtspTransport,
+    /// Where an RTSP camera's H.264 frames end.
+    pub rtsp_frame_end: RtspFrameEnd,
     /// Bytes libavformat may read to identify the streams of a live source (RTSP, RTMP, SRT, UDP).
     pub probe_size: u32,
     /// Media time libavformat may analyse to identify the streams of a live source, in milliseconds.
@@ -85,6 +98,7 @@ impl Default for SourceConfig {
             connect_timeout_ms: 5000,
             stall_timeout_ms: 5000,
             rtsp_transport: RtspTransport::Auto,
+            rtsp_frame_end: RtspFrameEnd::Marker,
             probe_size: 500_000,
             analyze_duration_ms: 100,
             pacing: Pacing::Auto,

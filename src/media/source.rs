@@ -1,8 +1,9 @@
 //! Opening a source: URL classification, the protocol whitelist, options, and the stall watchdog.
 
-use super::config::{RtspTransport, SourceConfig};
+use super::config::{RtspFrameEnd, RtspTransport, SourceConfig};
 use super::error::MediaError;
 use super::ffi;
+use super::rtsp_relay::{self, RtspRelay};
 use super::rtsp_transport;
 use ffmpeg::format::context::Input;
 use ffmpeg::Dictionary;
@@ -279,6 +280,8 @@ pub struct Source {
     pub watchdog: Arc<Watchdog>,
     /// Whether the input's duration is known (a file) rather than open-ended.
     pub has_duration: bool,
+    /// The relay that ends an RTSP camera's frames on their RTP marker, when the input reads through one.
+    pub relay: Option<RtspRelay>,
 }
 
 /// Opens `url` within the connect timeout; `stop` aborts at once.
@@ -289,9 +292,10 @@ pub fn open(url: &str, config: &SourceConfig, stop: Arc<AtomicBool>) -> Result<S
     let open_limit = if config.listen && kind == SourceKind::Srt { SRT_LISTEN_LIMIT } else { config.connect_timeout() };
     let watchdog = Watchdog::new(open_limit, stop);
     watchdog.touch();
+    let mut relay = None;
     let input = match kind {
         SourceKind::Builtin(pattern) => open_builtin(pattern, &watchdog)?,
-        SourceKind::Rtsp => open_rtsp(url, config, &watchdog)?,
+        SourceKind::Rtsp => open_rtsp(url, config, &watchdog, &mut relay)?,
         _ => {
             let target = match kind {
                 SourceKind::File => url.strip_prefix("file://").unwrap_or(url),
@@ -303,7 +307,7 @@ pub fn open(url: &str, config: &SourceConfig, stop: Arc<AtomicBool>) -> Result<S
     };
     watchdog.set_limit(config.stall_timeout());
     let has_duration = input.duration() > 0;
-    Ok(Source { input, kind, watchdog, has_duration })
+    Ok(Source { input, kind, watchdog, has_duration, relay })
 }
 
 fn open_with(target: &str, options: Dictionary<'static>, watchdog: &Arc<Watchdog>) -> Result<Input, ffmpeg::Error> {
@@ -311,8 +315,14 @@ fn open_with(target: &str, options: Dictionary<'static>, watchdog: &Arc<Watchdog
     ffi::open_input(target, None, options, move || wd.should_interrupt())
 }
 
-/// RTSP over each transport the setting allows, in order, until one opens (see `rtsp_transport.rs`).
-fn open_rtsp(url: &str, config: &SourceConfig, watchdog: &Arc<Watchdog>) -> Result<Input, MediaError> {
+/// RTSP over each transport the setting allows, in order, until one opens (see `rtsp_transport.rs`); over TCP,
+/// through the marker relay when the setting asks for it, which `relay` then holds.
+fn open_rtsp(
+    url: &str,
+    config: &SourceConfig,
+    watchdog: &Arc<Watchdog>,
+    relay: &mut Option<RtspRelay>,
+) -> Result<Input, MediaError> {
     let mut failures = Vec::new();
     for &transport in rtsp_transport::attempts(config.rtsp_transport) {
         watchdog.touch();
@@ -322,8 +332,24 @@ fn open_rtsp(url: &str, config: &SourceConfig, watchdog: &Arc<Watchdog>) -> Resu
             // Packets over TCP arrive in order; a reorder queue would only hold frames back.
             d.set("reorder_queue_size", "0");
         }
-        match open_with(url, d, watchdog) {
-            Ok(input) => return Ok(input),
+        let through = match rtsp_relay::relayed(url) {
+            Some(target) if transport == RtspTransport::Tcp && config.rtsp_frame_end == RtspFrameEnd::Marker => {
+                match rtsp_relay::start(&target, config.connect_timeout()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        failures.push((transport, false, watchdog.classify_error(e, "opening the source")));
+                        break;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let target = through.as_ref().map_or(url, |r| r.url());
+        match open_with(target, d, watchdog) {
+            Ok(input) => {
+                *relay = through;
+                return Ok(input);
+            }
             Err(e) => {
                 let refused = rtsp_transport::refused(&e);
                 failures.push((transport, refused, watchdog.classify_error(e, "opening the source")));

@@ -7,6 +7,7 @@
 // Options: --seconds N (per case, default 30), --cases copy-audio,copy-video,transcode-audio,transcode-video
 // (default all four), --renderer mse,webcodecs (default both: each case is run with each, one after the other;
 // `webcodecs:OUTPUT` picks the WebCodecs renderer's videoOutput, e.g. webcodecs:generator),
+// --frame-end marker,parser (the server's `rtsp_frame_end`; default marker: each renderer runs with each),
 // --rounds N (default 1), --json FILE. Each run starts its own server, so every first frame is cold (the
 // renderers of a case share one RTSP source, whose sender clock the latency is measured against, and take
 // turns going first); after the window a second player joins the running stream (the late joiner's first
@@ -48,6 +49,7 @@ const { values: opts } = parseArgs({
     cases: { type: "string", default: Object.keys(CASES).join(",") },
     rounds: { type: "string", default: "1" },
     renderer: { type: "string", default: "mse,webcodecs" },
+    "frame-end": { type: "string", default: "marker" },
     json: { type: "string" },
     trace: { type: "boolean", default: false },
   },
@@ -56,7 +58,7 @@ const SECONDS = Number(opts.seconds);
 const POLL_MS = 2000; // the page keeps the last 600 frames (20 s at 30 fps)
 const MINUTE_MS = 60_000;
 
-function configText({ mqttPort, httpPort, rtspPrefix, mode }) {
+function configText({ mqttPort, httpPort, rtspPrefix, mode, frameEnd }) {
   return [
     "[broker]",
     `port = ${mqttPort}`,
@@ -75,6 +77,9 @@ function configText({ mqttPort, httpPort, rtspPrefix, mode }) {
     "",
     "[pipeline]",
     `mode = "${mode}"`,
+    "",
+    "[pipeline.source]",
+    `rtsp_frame_end = "${frameEnd}"`,
     "",
   ].join("\n");
 }
@@ -96,10 +101,11 @@ function offsetSummary(values) {
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(0));
 
 async function runCase(browser, name, { mode, audio }, renderer, mqttPort, rtsp) {
-  const [kind, videoOutput] = renderer.split(":");
+  const [spec, frameEnd = "marker"] = renderer.split("@");
+  const [kind, videoOutput] = spec.split(":");
   const rtspPrefix = /^rtsp:\/\/[^/]+\//.exec(rtsp.url)[0];
   const httpPort = await freePort();
-  const server = await startServer(configText({ mqttPort, httpPort, rtspPrefix, mode }));
+  const server = await startServer(configText({ mqttPort, httpPort, rtspPrefix, mode, frameEnd }));
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
@@ -194,6 +200,10 @@ async function main() {
   const renderers = opts.renderer.split(",").map((s) => s.trim());
   const known = ["mse", "webcodecs", ...VIDEO_OUTPUTS.map((o) => `webcodecs:${o}`)];
   for (const r of renderers) if (!known.includes(r)) throw new Error(`unknown renderer ${r}: one of ${known.join(", ")}`);
+  const frameEnds = opts["frame-end"].split(",").map((s) => s.trim());
+  for (const f of frameEnds) if (!["marker", "parser"].includes(f)) throw new Error(`unknown frame end ${f}: marker or parser`);
+  // A renderer run with a frame end other than the default is named RENDERER@FRAME_END.
+  const variants = renderers.flatMap((r) => frameEnds.map((f) => (frameEnds.length > 1 || f !== "marker" ? `${r}@${f}` : r)));
   console.log(`server binary: ${serverBinary()}; ${SECONDS} s per case and renderer`);
   const mqttPort = await freePort();
   const broker = new Mosquitto({ port: mqttPort });
@@ -205,7 +215,7 @@ async function main() {
     for (let round = 0; round < Number(opts.rounds); round++) {
       for (const name of names) {
         const rtsp = await startRtspSource(CASES[name].audio ? [] : ["--no-audio"]);
-        const order = round % 2 ? [...renderers].reverse() : renderers;
+        const order = round % 2 ? [...variants].reverse() : variants;
         for (const renderer of order) {
           let r;
           try {

@@ -1,0 +1,387 @@
+//! Ends each H.264 access unit on its RTP marker for libavformat: a rewriter of the bytes an RTSP camera
+//! sends over TCP (RTSP messages and `$`-interleaved RTP) that adds, after every H.264 packet carrying the
+//! marker bit, one packet holding an access unit delimiter, and renumbers the packets after it.
+//!
+//! libavformat's H.264 parser closes a frame only when the next one starts, so every frame of an RTSP
+//! camera waited one frame interval (33 ms at 30 fps) in the demuxer (docs/design.md, section 6). An access
+//! unit delimiter starts the next access unit: the parser hands out the frame as soon as the delimiter
+//! arrives, right behind the frame's last packet. Pure: the sockets are in `rtsp_relay.rs`.
+
+use thiserror::Error;
+
+/// Longest RTSP message head taken before the stream counts as broken.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest RTSP message body (an SDP) taken.
+const MAX_BODY: usize = 1024 * 1024;
+/// The injected NAL unit: an access unit delimiter (type 9), any slice type (`primary_pic_type` 7).
+const AUD: [u8; 2] = [0x09, 0xf0];
+/// RTP fixed header length.
+const RTP_HEADER: usize = 12;
+
+/// Why the camera's byte stream cannot be framed; the relay then passes the rest through unchanged.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SpliceError {
+    /// An RTSP message head longer than [`MAX_HEAD`] bytes without its blank line.
+    #[error("an RTSP message head longer than {MAX_HEAD} bytes")]
+    HeadTooLong,
+    /// A `Content-Length` that is not a number or is larger than [`MAX_BODY`].
+    #[error("an RTSP message with a bad Content-Length: {0}")]
+    BadLength(String),
+}
+
+/// What the splice has done, for stats and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpliceCounts {
+    /// Access unit delimiters added after a marker.
+    pub injected: u64,
+    /// The camera's own single-NAL delimiters dropped because one was added in their place.
+    pub dropped: u64,
+}
+
+/// Per interleaved channel: how far its sequence numbers are shifted, and whether a delimiter was just added.
+#[derive(Debug, Clone, Copy, Default)]
+struct Channel {
+    shift: u16,
+    after_injection: bool,
+}
+
+/// The rewriter of one RTSP connection's camera-to-client bytes.
+#[derive(Debug)]
+pub struct MarkerSplice {
+    pending: Vec<u8>,
+    /// RTP payload types the SDP maps to H.264 (and to nothing else), as a bit set.
+    h264_types: u128,
+    channels: [Channel; 256],
+    counts: SpliceCounts,
+    broken: bool,
+}
+
+impl Default for MarkerSplice {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            h264_types: 0,
+            channels: [Channel::default(); 256],
+            counts: SpliceCounts::default(),
+            broken: false,
+        }
+    }
+}
+
+impl MarkerSplice {
+    /// A splice that has seen nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What it has done so far.
+    pub fn counts(&self) -> SpliceCounts {
+        self.counts
+    }
+
+    /// Takes the next bytes from the camera, in any pieces, and appends what to send on to `out`. After an
+    /// error, this and every later call pass the bytes through unchanged.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), SpliceError> {
+        if self.broken {
+            out.extend_from_slice(input);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(input);
+        let mut start = 0;
+        let result = loop {
+            match self.item(start, out) {
+                Ok(Some(used)) => start += used,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            self.broken = true;
+            out.extend_from_slice(&self.pending[start..]);
+            self.pending.clear();
+        } else {
+            self.pending.drain(..start);
+        }
+        result
+    }
+
+    /// Handles the item that starts at `start` if it is complete: its length, or `None` to wait for more.
+    fn item(&mut self, start: usize, out: &mut Vec<u8>) -> Result<Option<usize>, SpliceError> {
+        let buf = &self.pending[start..];
+        let Some(&first) = buf.first() else { return Ok(None) };
+        if first == b'$' {
+            let Some(head) = buf.get(..4) else { return Ok(None) };
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let Some(packet) = buf.get(4..4 + len) else { return Ok(None) };
+            let packet = packet.to_vec();
+            self.interleaved(head[1], &packet, out);
+            return Ok(Some(4 + len));
+        }
+        let Some(head_end) = find(buf, b"\r\n\r\n") else {
+            return if buf.len() > MAX_HEAD { Err(SpliceError::HeadTooLong) } else { Ok(None) };
+        };
+        if head_end > MAX_HEAD {
+            return Err(SpliceError::HeadTooLong);
+        }
+        let head = &buf[..head_end];
+        let body_len = content_length(head)?;
+        let total = head_end + 4 + body_len;
+        let Some(message) = buf.get(..total) else { return Ok(None) };
+        if is_sdp(head) {
+            self.h264_types = h264_payload_types(&message[head_end + 4..]);
+        }
+        out.extend_from_slice(message);
+        Ok(Some(total))
+    }
+
+    fn interleaved(&mut self, channel: u8, packet: &[u8], out: &mut Vec<u8>) {
+        let ch = &mut self.channels[usize::from(channel)];
+        let h264 =
+            packet.len() >= RTP_HEADER && packet[0] >> 6 == 2 && self.h264_types & (1u128 << (packet[1] & 0x7f)) != 0;
+        if !h264 {
+            push_frame(out, channel, packet);
+            return;
+        }
+        if ch.after_injection && is_single_aud(packet) {
+            // The camera's own delimiter would be a second one in the access unit the added one opened.
+            ch.after_injection = false;
+            ch.shift = ch.shift.wrapping_sub(1);
+            self.counts.dropped += 1;
+            return;
+        }
+        ch.after_injection = false;
+        let seq = u16::from_be_bytes([packet[2], packet[3]]).wrapping_add(ch.shift);
+        let mut shifted = packet.to_vec();
+        shifted[2..4].copy_from_slice(&seq.to_be_bytes());
+        push_frame(out, channel, &shifted);
+        if packet[1] & 0x80 != 0 {
+            let mut aud = Vec::with_capacity(RTP_HEADER + AUD.len());
+            aud.push(0x80);
+            aud.push(packet[1] & 0x7f);
+            aud.extend_from_slice(&seq.wrapping_add(1).to_be_bytes());
+            // The same timestamp as the frame it closes: the parser dates a frame by the packet of its first
+            // slice, so the next frame keeps its own.
+            aud.extend_from_slice(&packet[4..12]);
+            aud.extend_from_slice(&AUD);
+            push_frame(out, channel, &aud);
+            ch.shift = ch.shift.wrapping_add(1);
+            ch.after_injection = true;
+            self.counts.injected += 1;
+        }
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, channel: u8, packet: &[u8]) {
+    out.extend_from_slice(&[b'$', channel]);
+    // A packet read from a `$` frame is at most u16::MAX long, and the added one is 14 bytes.
+    out.extend_from_slice(&u16::try_from(packet.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(packet);
+}
+
+/// Whether an RTP packet carries exactly one NAL unit and it is an access unit delimiter.
+fn is_single_aud(packet: &[u8]) -> bool {
+    let csrcs = usize::from(packet[0] & 0x0f) * 4;
+    let mut at = RTP_HEADER + csrcs;
+    if packet[0] & 0x10 != 0 {
+        let Some(ext) = packet.get(at + 2..at + 4) else { return false };
+        at += 4 + usize::from(u16::from_be_bytes([ext[0], ext[1]])) * 4;
+    }
+    packet.get(at).is_some_and(|&nal| nal & 0x1f == 9)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The lines of a message head after its start line, as (lower-case name, trimmed value).
+fn headers(head: &[u8]) -> impl Iterator<Item = (String, &str)> {
+    head.split(|&b| b == b'\n').skip(1).filter_map(|line| {
+        let line = std::str::from_utf8(line).ok()?;
+        let (name, value) = line.split_once(':')?;
+        Some((name.trim().to_ascii_lowercase(), value.trim()))
+    })
+}
+
+fn content_length(head: &[u8]) -> Result<usize, SpliceError> {
+    match headers(head).find(|(name, _)| name == "content-length") {
+        None => Ok(0),
+        Some((_, value)) => match value.parse::<usize>() {
+            Ok(n) if n <= MAX_BODY => Ok(n),
+            _ => Err(SpliceError::BadLength(value.chars().take(20).collect())),
+        },
+    }
+}
+
+fn is_sdp(head: &[u8]) -> bool {
+    headers(head)
+        .any(|(name, value)| name == "content-type" && value.to_ascii_lowercase().starts_with("application/sdp"))
+}
+
+/// The dynamic payload types an SDP maps to H.264, leaving out any that another media section maps to
+/// something else (packets of that type could then be either).
+fn h264_payload_types(sdp: &[u8]) -> u128 {
+    let (mut h264, mut other) = (0u128, 0u128);
+    for line in String::from_utf8_lossy(sdp).lines() {
+        let Some(map) = line.trim().strip_prefix("a=rtpmap:") else { continue };
+        let Some((pt, encoding)) = map.split_once(' ') else { continue };
+        let Ok(pt) = pt.trim().parse::<u8>() else { continue };
+        if pt > 127 {
+            continue;
+        }
+        let name = encoding.trim().split('/').next().unwrap_or("");
+        if name.eq_ignore_ascii_case("H264") {
+            h264 |= 1 << pt;
+        } else {
+            other |= 1 << pt;
+        }
+    }
+    h264 & !other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+                       a=control:stream=0\r\nm=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n";
+
+    fn describe_reply(sdp: &str) -> Vec<u8> {
+        format!(
+            "RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn framed(channel: u8, packet: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_frame(&mut out, channel, packet);
+        out
+    }
+
+    /// (channel, payload type, marker, sequence number, first payload byte) of every `$` frame in `bytes`.
+    fn frames(bytes: &[u8]) -> Vec<(u8, u8, bool, u16, u8)> {
+        let mut at = bytes.iter().position(|&b| b == b'$').unwrap_or(bytes.len());
+        let mut v = Vec::new();
+        while at + 4 <= bytes.len() {
+            let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+            let p = &bytes[at + 4..at + 4 + len];
+            v.push((bytes[at + 1], p[1] & 0x7f, p[1] & 0x80 != 0, u16::from_be_bytes([p[2], p[3]]), p[12]));
+            at += 4 + len;
+        }
+        v
+    }
+
+    fn session() -> Vec<u8> {
+        let mut input = describe_reply(SDP);
+        input.extend(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;interleaved=0-1\r\n\r\n");
+        input.extend(framed(0, &rtp(96, false, 65534, 0, &[0x7c, 0x85, 1, 2])));
+        input.extend(framed(0, &rtp(96, true, 65535, 0, &[0x7c, 0x45, 3])));
+        input.extend(framed(2, &rtp(97, true, 9, 0, &[0x00, 0x10])));
+        input.extend(framed(1, &[0x80, 200, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        input.extend(framed(0, &rtp(96, false, 0, 3000, &[0x09, 0xf0])));
+        input.extend(framed(0, &rtp(96, true, 1, 3000, &[0x41, 7])));
+        input
+    }
+
+    #[test]
+    fn a_delimiter_follows_every_marker_and_the_rest_is_renumbered() {
+        let mut splice = MarkerSplice::new();
+        let mut out = Vec::new();
+        splice.feed(&session(), &mut out).unwrap();
+        assert!(out.starts_with(&describe_reply(SDP)), "the RTSP replies pass unchanged");
+        assert_eq!(
+            frames(&out),
+            vec![
+                (0, 96, false, 65534, 0x7c),
+                (0, 96, true, 65535, 0x7c),
+                (0, 96, false, 0, 0x09), // added
+                (2, 97, true, 9, 0x00),  // audio: not H.264, untouched
+                (1, 72, true, 3, 0),     // RTCP (200 = marker bit + 72)
+                // the camera's own delimiter, right after the added one, is dropped
+                (0, 96, true, 1, 0x41),
+                (0, 96, false, 2, 0x09),
+            ]
+        );
+        assert_eq!(splice.counts(), SpliceCounts { injected: 2, dropped: 1 });
+        let added = &out[out.len() - 14..];
+        assert_eq!(&added[4..12], &rtp(96, true, 1, 3000, &[])[4..12], "the closed frame's timestamp and SSRC");
+        assert_eq!(&added[12..], &AUD);
+    }
+
+    #[test]
+    fn any_split_of_the_input_gives_the_same_output() {
+        let input = session();
+        let mut whole = Vec::new();
+        MarkerSplice::new().feed(&input, &mut whole).unwrap();
+        for size in [1, 2, 3, 5, 7, 13, 64] {
+            let mut splice = MarkerSplice::new();
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                splice.feed(piece, &mut out).unwrap();
+            }
+            assert_eq!(out, whole, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn without_an_sdp_naming_h264_nothing_changes() {
+        let cases = [
+            "",
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/90000\r\n",
+            // one payload type for two codecs: a packet of it could be either
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP 96\r\na=rtpmap:96 PCMA/8000\r\n",
+        ];
+        for sdp in cases {
+            let mut input = if sdp.is_empty() { Vec::new() } else { describe_reply(sdp) };
+            input.extend(framed(0, &rtp(96, true, 7, 0, &[0x65, 1])));
+            let mut out = Vec::new();
+            MarkerSplice::new().feed(&input, &mut out).unwrap();
+            assert_eq!(out, input, "{sdp:?}");
+        }
+        assert_eq!(h264_payload_types(b"a=rtpmap:98 h264/90000\na=rtpmap:300 H264/90000\na=rtpmap:x H264"), 1 << 98);
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_framed_passes_through() {
+        let long = vec![b'R'; MAX_HEAD + 1];
+        let bad_length = b"RTSP/1.0 200 OK\r\nContent-Length: lots\r\n\r\n$\x00\x00\x0c".to_vec();
+        let huge = format!("RTSP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).into_bytes();
+        for (input, error) in [
+            (long, SpliceError::HeadTooLong),
+            (bad_length, SpliceError::BadLength("lots".into())),
+            (huge, SpliceError::BadLength((MAX_BODY + 1).to_string())),
+        ] {
+            let mut splice = MarkerSplice::new();
+            let mut out = describe_reply(SDP);
+            let before = out.len();
+            assert_eq!(splice.feed(&input, &mut out), Err(error));
+            assert_eq!(&out[before..], &input[..]);
+            let marker = framed(0, &rtp(96, true, 1, 0, &[0x65]));
+            splice.feed(&marker, &mut out).unwrap();
+            assert!(out.ends_with(&marker), "nothing is added once broken");
+        }
+    }
+
+    #[test]
+    fn a_delimiter_behind_csrcs_and_an_extension_is_found() {
+        let mut p = rtp(96, false, 1, 0, &[]);
+        p[0] = 0x80 | 0x10 | 1;
+        p.extend_from_slice(&[0, 0, 0, 1]); // one CSRC
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0, 0, 0, 0]); // a one-word extension
+        p.push(0x09);
+        assert!(is_single_aud(&p));
+        p.truncate(p.len() - 1);
+        assert!(!is_single_aud(&p));
+        assert!(!is_single_aud(&rtp(96, false, 1, 0, &[0x18, 0, 2, 0x09, 0xf0])), "a STAP-A is left alone");
+    }
+}
