@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""A TCP proxy that records what the client sends: real captures for the fuzzers' seed corpora.
+"""A TCP proxy that records what one side sends: real captures for the fuzzers' seed corpora.
 
-    record.py LISTEN_PORT TARGET_PORT OUT_FILE
+    record.py LISTEN_PORT TARGET_PORT OUT_FILE [server]
 
-Forwards one connection at a time both ways and appends the client's bytes to OUT_FILE, until killed.
+Forwards one connection at a time both ways and appends the client's bytes (with `server`: the target's)
+to OUT_FILE, until killed.
 """
 import socket
 import sys
@@ -32,6 +33,7 @@ def pump(src, dst, out=None):
 
 def main():
     listen_port, target_port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    record_server = sys.argv[4:] == ["server"]
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", listen_port))
@@ -41,8 +43,12 @@ def main():
         while True:
             client, _ = server.accept()
             upstream = socket.create_connection(("127.0.0.1", target_port))
-            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-            pump(client, upstream, out)
+            if record_server:
+                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+                pump(upstream, client, out)
+            else:
+                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+                pump(client, upstream, out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # starts from them: an RTMP session as the ffmpeg CLI publishes it, fMP4 as `mqtt-video probe --out` writes
 # it, a browser-like MQTT session (mosquitto_sub and mosquitto_pub through the proxy), and the control
 # requests and URLs of docs/PROTOCOL.md. Needs a built target/debug/mqtt-video, ffmpeg, mosquitto and its
-# clients. Run from anywhere: bash fuzz/seeds.sh
+# clients, and an RTSP session as the GStreamer test camera (tests/support/rtsp_server.py) sends it to ffprobe.
+# Run from anywhere: bash fuzz/seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/debug/mqtt-video
@@ -13,11 +14,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-mkdir -p "$seeds"/{rtmp_session,rtmp_chunks,fmp4,request,policy,mqtt_frames,media_headers}
+mkdir -p "$seeds"/{rtmp_session,rtmp_chunks,fmp4,request,policy,mqtt_frames,media_headers,marker_splice}
 
-# Starts the recorder on port $1 in front of port $2, recording into $3, and waits until it listens.
+# Starts the recorder on port $1 in front of port $2, recording into $3 (what the client sends, or with
+# $4 = server what the server does), and waits until it listens.
 record() {
-  python3 fuzz/record.py "$1" "$2" "$3" > /dev/null & pids+=($!)
+  python3 fuzz/record.py "$1" "$2" "$3" ${4:-} > /dev/null & pids+=($!)
   for _ in $(seq 100); do [ -e "$3" ] && return; sleep 0.05; done
   echo "the recorder did not start" >&2; exit 1
 }
@@ -66,6 +68,15 @@ with_cut 7 "$work/mqtt.bin" 4096 > "$seeds/mqtt_frames/mosquitto-clients.bin"
 "$bin" probe builtin://testsrc --seconds 1 --out "$work/fmp4" >/dev/null
 cat "$work/fmp4/init.mp4" "$work/fmp4/"*.m4s > "$work/fmp4.bin"
 with_cut 97 "$work/fmp4.bin" 40000 > "$seeds/fmp4/testsrc-1s.bin"
+
+# An RTSP camera's replies and interleaved RTP (H.264 and AAC) over TCP, as the marker splice reads them.
+camera_port=$(free_port); rtsp_proxy=$(free_port)
+/usr/bin/python3 tests/support/rtsp_server.py --port "$camera_port" --path /live > "$work/camera.log" & pids+=($!)
+for _ in $(seq 100); do grep -q READY "$work/camera.log" && break; sleep 0.1; done
+record "$rtsp_proxy" "$camera_port" "$work/rtsp.bin" server
+timeout 3 ffprobe -v error -rtsp_transport tcp -show_packets "rtsp://127.0.0.1:$rtsp_proxy/live" >/dev/null 2>&1 || true
+with_cut 200 "$work/rtsp.bin" 60000 > "$seeds/marker_splice/gstreamer-h264-aac.bin"
+with_cut 5 "$work/rtsp.bin" 8000 > "$seeds/marker_splice/gstreamer-cut5.bin"
 
 # SPS NAL units as x264 writes them, and ADTS frames as ffmpeg's AAC encoder does.
 for spec in "640x360 high yuv420p x264-high-360p" "1280x720 high422 yuv422p x264-high422-720p"; do

@@ -85,6 +85,8 @@ pub struct BenchOptions {
     pub rendition: Option<String>,
     /// Renditions of a spawned server: (name, max height, kbit/s).
     pub spawn_renditions: Vec<(String, u32, u32)>,
+    /// Where a spawned server ends an RTSP camera's frames.
+    pub rtsp_frame_end: crate::media::config::RtspFrameEnd,
 }
 
 /// A snapshot for a progress line.
@@ -139,6 +141,7 @@ pub fn run(options: &BenchOptions, on_progress: impl Fn(&ProgressView)) -> Resul
             viewers: options.viewers,
             url: options.url.clone(),
             renditions: options.spawn_renditions.clone(),
+            rtsp_frame_end: options.rtsp_frame_end,
         };
         Some(spawn::Spawned::start(&settings, options.broker.clone())?)
     } else {

@@ -2,6 +2,7 @@
 //! bench runs with no setup. Both are killed and their scratch folder removed when dropped.
 
 use super::BenchError;
+use crate::media::config::RtspFrameEnd;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +33,8 @@ pub struct ServerSettings {
     pub url: String,
     /// `[[pipeline.renditions]]`: (name, max height, kbit/s).
     pub renditions: Vec<(String, u32, u32)>,
+    /// `[pipeline.source] rtsp_frame_end`.
+    pub rtsp_frame_end: RtspFrameEnd,
 }
 
 /// `NAME:MAX_HEIGHT:KBPS` (`low:360:600`) as (name, max height, kbit/s).
@@ -87,12 +90,16 @@ pub fn server_config(settings: &ServerSettings, host: &str, port: u16, client_id
         .collect();
     format!(
         "[broker]\nhost = {}\nport = {port}\nclient_id = {}\n\n[gateway]\nenabled = false\n\n[topics]\nprefix = {}\n\n\
-         [limits]\nmax_viewers_per_stream = {}\n\n[stats]\ninterval_secs = 1\n\n[pipeline]\nmode = {}\n\n{renditions}{allow}",
+         [limits]\nmax_viewers_per_stream = {}\n\n[stats]\ninterval_secs = 1\n\n[pipeline]\nmode = {}\n\n[pipeline.source]\nrtsp_frame_end = \"{}\"\n\n{renditions}{allow}",
         toml_string(host),
         toml_string(client_id),
         toml_string(&settings.prefix),
         settings.viewers.max(100) + 10,
         toml_string(&settings.mode),
+        match settings.rtsp_frame_end {
+            RtspFrameEnd::Marker => "marker",
+            RtspFrameEnd::Parser => "parser",
+        },
     )
 }
 
@@ -204,6 +211,7 @@ mod tests {
             viewers: 250,
             url: "rtsp://cam.local:8554/a?b=1".into(),
             renditions: vec![("low".into(), 360, 600)],
+            rtsp_frame_end: RtspFrameEnd::Parser,
         };
         let text = server_config(&settings, "127.0.0.1", 1883, "id-1");
         let dir = std::env::temp_dir().join(format!("bench-config-test-{}", std::process::id()));
@@ -213,6 +221,7 @@ mod tests {
         let config = Config::load(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(config.broker.port, 1883);
+        assert_eq!(config.pipeline.source.rtsp_frame_end, RtspFrameEnd::Parser);
         assert!(!config.gateway.enabled);
         assert_eq!(config.limits.max_viewers_per_stream, 260);
         assert_eq!(config.allow.urls, vec!["rtsp://cam.local:8554/a?b=1".to_string()]);

@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// With --spawn: give the server a rendition NAME:MAX_HEIGHT:BITRATE_KBPS (`low:360:600`); repeatable.
     #[arg(long, value_name = "NAME:MAX_HEIGHT:KBPS")]
     spawn_rendition: Vec<String>,
+    /// With --spawn: where the server ends an RTSP camera's H.264 frames (`pipeline.source.rtsp_frame_end`).
+    #[arg(long, value_enum, default_value = "marker")]
+    rtsp_frame_end: mqtt_video::media::config::RtspFrameEnd,
 }
 
 /// Runs the bench; fails (exit status 1) when the run could not start or any viewer had an error.
@@ -89,6 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .iter()
             .map(|r| bench::spawn::parse_rendition(r).map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?,
+        rtsp_frame_end: args.rtsp_frame_end,
     };
     let tty = std::io::stderr().is_terminal();
     let last_line = Mutex::new(Instant::now() - Duration::from_secs(60));

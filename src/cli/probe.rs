@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mqtt_video::media::config::{Backpressure, Pacing, RtspTransport};
+use mqtt_video::media::config::{Backpressure, Pacing, RtspFrameEnd, RtspTransport};
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
 use mqtt_video::policy::redact;
 use serde::Serialize;
@@ -26,6 +26,10 @@ pub struct ProbeArgs {
     /// config's].
     #[arg(long, value_enum)]
     rtsp_transport: Option<RtspTransport>,
+    /// Where an RTSP camera's H.264 frames end: marker (at each frame's last RTP packet, over TCP) or parser
+    /// (when the next frame starts) [default: marker, or the config's].
+    #[arg(long, value_enum)]
+    rtsp_frame_end: Option<RtspFrameEnd>,
     /// Seconds of media to process (the whole file when it is shorter).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -106,6 +110,9 @@ fn settings(args: &ProbeArgs) -> Result<(String, PipelineConfig)> {
     }
     if let Some(transport) = args.rtsp_transport {
         config.source.rtsp_transport = transport;
+    }
+    if let Some(frame_end) = args.rtsp_frame_end {
+        config.source.rtsp_frame_end = frame_end;
     }
     if let Some(ms) = args.fragment_ms {
         config.fragment.duration_ms = ms;

@@ -5,7 +5,10 @@
 //! libavformat's H.264 parser closes a frame only when the next one starts, so every frame of an RTSP
 //! camera waited one frame interval (33 ms at 30 fps) in the demuxer (docs/design.md, section 6). An access
 //! unit delimiter starts the next access unit: the parser hands out the frame as soon as the delimiter
-//! arrives, right behind the frame's last packet. Pure: the sockets are in `rtsp_relay.rs`.
+//! arrives, right behind the frame's last packet. The parser dates the next frame by the delimiter's packet,
+//! so that packet carries the next frame's expected timestamp: this one's plus the median of the recent frame
+//! intervals. A stream whose timestamps go back (B-frames, sent in decode order) has no such expectation and
+//! is left to the parser. Pure: the sockets are in `rtsp_relay.rs`.
 
 use thiserror::Error;
 
@@ -17,6 +20,8 @@ const MAX_BODY: usize = 1024 * 1024;
 const AUD: [u8; 2] = [0x09, 0xf0];
 /// RTP fixed header length.
 const RTP_HEADER: usize = 12;
+/// Frame intervals the expected next timestamp is the median of.
+const INTERVALS: usize = 9;
 
 /// Why the camera's byte stream cannot be framed; the relay then passes the rest through unchanged.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -36,13 +41,47 @@ pub struct SpliceCounts {
     pub injected: u64,
     /// The camera's own single-NAL delimiters dropped because one was added in their place.
     pub dropped: u64,
+    /// Whether a stream's timestamps went back, which stopped the adding on its channel.
+    pub reordered: bool,
 }
 
-/// Per interleaved channel: how far its sequence numbers are shifted, and whether a delimiter was just added.
+/// Per interleaved channel: how far its sequence numbers are shifted, whether a delimiter was just added, and
+/// the timestamps that date the next one.
 #[derive(Debug, Clone, Copy, Default)]
 struct Channel {
     shift: u16,
     after_injection: bool,
+    last_ts: Option<u32>,
+    intervals: [u32; INTERVALS],
+    known: usize,
+    reordered: bool,
+}
+
+impl Channel {
+    /// Takes a packet's timestamp into the recent frame intervals.
+    fn timestamp(&mut self, ts: u32) {
+        if let Some(last) = self.last_ts.filter(|&last| last != ts) {
+            let step = ts.wrapping_sub(last);
+            // More than half the 32-bit range ahead is behind.
+            if step > u32::MAX / 2 {
+                self.reordered = true;
+            } else {
+                self.intervals[self.known % INTERVALS] = step;
+                self.known += 1;
+            }
+        }
+        self.last_ts = Some(ts);
+    }
+
+    /// The next frame's expected timestamp after one at `ts`, if the stream has one.
+    fn next_timestamp(&self, ts: u32) -> Option<u32> {
+        if self.reordered || self.known == 0 {
+            return None;
+        }
+        let mut recent: Vec<u32> = self.intervals[..self.known.min(INTERVALS)].to_vec();
+        recent.sort_unstable();
+        Some(ts.wrapping_add(recent[recent.len() / 2]))
+    }
 }
 
 /// The rewriter of one RTSP connection's camera-to-client bytes.
@@ -150,18 +189,21 @@ impl MarkerSplice {
             return;
         }
         ch.after_injection = false;
+        let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        ch.timestamp(ts);
+        self.counts.reordered |= ch.reordered;
         let seq = u16::from_be_bytes([packet[2], packet[3]]).wrapping_add(ch.shift);
         let mut shifted = packet.to_vec();
         shifted[2..4].copy_from_slice(&seq.to_be_bytes());
         push_frame(out, channel, &shifted);
-        if packet[1] & 0x80 != 0 {
+        let next = ch.next_timestamp(ts);
+        if let Some(next) = next.filter(|_| packet[1] & 0x80 != 0) {
             let mut aud = Vec::with_capacity(RTP_HEADER + AUD.len());
             aud.push(0x80);
             aud.push(packet[1] & 0x7f);
             aud.extend_from_slice(&seq.wrapping_add(1).to_be_bytes());
-            // The same timestamp as the frame it closes: the parser dates a frame by the packet of its first
-            // slice, so the next frame keeps its own.
-            aud.extend_from_slice(&packet[4..12]);
+            aud.extend_from_slice(&next.to_be_bytes());
+            aud.extend_from_slice(&packet[8..12]);
             aud.extend_from_slice(&AUD);
             push_frame(out, channel, &aud);
             ch.shift = ch.shift.wrapping_add(1);
@@ -290,6 +332,8 @@ mod tests {
         input.extend(framed(1, &[0x80, 200, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
         input.extend(framed(0, &rtp(96, false, 0, 3000, &[0x09, 0xf0])));
         input.extend(framed(0, &rtp(96, true, 1, 3000, &[0x41, 7])));
+        input.extend(framed(0, &rtp(96, false, 2, 6000, &[0x09, 0xf0])));
+        input.extend(framed(0, &rtp(96, true, 3, 6000, &[0x41, 8])));
         input
     }
 
@@ -303,19 +347,64 @@ mod tests {
             frames(&out),
             vec![
                 (0, 96, false, 65534, 0x7c),
+                // no frame interval known yet: nothing to date a delimiter with
                 (0, 96, true, 65535, 0x7c),
-                (0, 96, false, 0, 0x09), // added
-                (2, 97, true, 9, 0x00),  // audio: not H.264, untouched
-                (1, 72, true, 3, 0),     // RTCP (200 = marker bit + 72)
-                // the camera's own delimiter, right after the added one, is dropped
+                (2, 97, true, 9, 0x00), // audio: not H.264, untouched
+                (1, 72, true, 3, 0),    // RTCP (200 = marker bit + 72)
+                (0, 96, false, 0, 0x09),
                 (0, 96, true, 1, 0x41),
-                (0, 96, false, 2, 0x09),
+                (0, 96, false, 2, 0x09), // added
+                // the camera's own delimiter, right after the added one, is dropped
+                (0, 96, true, 3, 0x41),
+                (0, 96, false, 4, 0x09), // added
             ]
         );
-        assert_eq!(splice.counts(), SpliceCounts { injected: 2, dropped: 1 });
+        assert_eq!(splice.counts(), SpliceCounts { injected: 2, dropped: 1, reordered: false });
         let added = &out[out.len() - 14..];
-        assert_eq!(&added[4..12], &rtp(96, true, 1, 3000, &[])[4..12], "the closed frame's timestamp and SSRC");
+        assert_eq!(&added[4..8], &9000u32.to_be_bytes(), "the next frame's expected timestamp");
+        assert_eq!(&added[8..12], &0x1234_5678u32.to_be_bytes(), "the stream's SSRC");
         assert_eq!(&added[12..], &AUD);
+    }
+
+    /// The timestamps of the delimiters added after frames at `stamps`, one packet each.
+    fn added_after(stamps: &[u32]) -> (Vec<u32>, SpliceCounts) {
+        let mut input = describe_reply(SDP);
+        for (seq, &ts) in stamps.iter().enumerate() {
+            input.extend(framed(0, &rtp(96, true, seq as u16, ts, &[0x41])));
+        }
+        let mut splice = MarkerSplice::new();
+        let mut out = Vec::new();
+        splice.feed(&input, &mut out).unwrap();
+        let start = describe_reply(SDP).len();
+        let mut at = start;
+        let mut added = Vec::new();
+        while at < out.len() {
+            let len = usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]]));
+            let p = &out[at + 4..at + 4 + len];
+            if p[12] == 0x09 {
+                added.push(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 4 + len;
+        }
+        (added, splice.counts())
+    }
+
+    #[test]
+    fn the_next_timestamp_is_the_median_interval_ahead() {
+        // A steady camera, one that skips a frame, one whose timestamps wrap, one with jitter.
+        assert_eq!(added_after(&[0, 3000, 6000, 9000]).0, vec![6000, 9000, 12000]);
+        assert_eq!(added_after(&[0, 3000, 6000, 12000, 15000]).0, vec![6000, 9000, 15000, 18000]);
+        let wrap = u32::MAX - 999;
+        assert_eq!(added_after(&[wrap, 2000, 5000]).0, vec![5000, 8000]);
+        assert_eq!(added_after(&[0, 2990, 6010, 9000]).0, vec![5980, 9030, 11990]);
+    }
+
+    #[test]
+    fn timestamps_that_go_back_stop_the_adding() {
+        // B-frames are sent in decode order: I0 P3 B1 B2 P6 (in frame intervals of 3000).
+        let (added, counts) = added_after(&[0, 9000, 3000, 6000, 18000]);
+        assert_eq!(added, vec![18000], "only after the first frame interval, before the reordering shows");
+        assert!(counts.reordered);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::marker_splice::{MarkerSplice, SpliceCounts};
 use ffmpeg_next as ffmpeg;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How often the relay looks for libavformat's connection.
@@ -53,8 +53,7 @@ pub fn relayed(url: &str) -> Option<Relayed> {
 #[derive(Debug)]
 pub struct RtspRelay {
     url: String,
-    injected: Arc<AtomicU64>,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Mutex<SpliceCounts>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -66,7 +65,7 @@ impl RtspRelay {
 
     /// What the splice has done so far.
     pub fn counts(&self) -> SpliceCounts {
-        SpliceCounts { injected: self.injected.load(Ordering::Relaxed), dropped: self.dropped.load(Ordering::Relaxed) }
+        *self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -85,18 +84,17 @@ pub fn start(target: &Relayed, timeout: Duration) -> Result<RtspRelay, ffmpeg::E
     listener.set_nonblocking(true).map_err(io_error)?;
     let relay = RtspRelay {
         url: target.template.replace("{local}", &local.to_string()),
-        injected: Arc::default(),
-        dropped: Arc::default(),
+        counts: Arc::default(),
         closed: Arc::default(),
     };
-    let (injected, dropped, closed) = (relay.injected.clone(), relay.dropped.clone(), relay.closed.clone());
+    let (counts, closed) = (relay.counts.clone(), relay.closed.clone());
     let deadline = Instant::now() + timeout;
     std::thread::Builder::new()
         .name("rtsp-relay".into())
         .spawn(move || {
             let Some(client) = accept(&listener, deadline, &closed) else { return };
             drop(listener);
-            if let Err(e) = relay_session(client, camera, &injected, &dropped) {
+            if let Err(e) = relay_session(client, camera, &counts) {
                 tracing::debug!(error = %e, "the RTSP relay ended");
             }
         })
@@ -139,12 +137,7 @@ fn accept(listener: &TcpListener, deadline: Instant, closed: &AtomicBool) -> Opt
 }
 
 /// Copies libavformat's requests to the camera on a second thread and the camera's bytes, spliced, back.
-fn relay_session(
-    client: TcpStream,
-    camera: TcpStream,
-    injected: &AtomicU64,
-    dropped: &AtomicU64,
-) -> std::io::Result<()> {
+fn relay_session(client: TcpStream, camera: TcpStream, counts: &Mutex<SpliceCounts>) -> std::io::Result<()> {
     // Each frame's last packet and its delimiter leave at once rather than after Nagle's delay.
     client.set_nodelay(true)?;
     camera.set_nodelay(true)?;
@@ -172,9 +165,7 @@ fn relay_session(
         if let Err(e) = to_client.write_all(&out) {
             break Err(e);
         }
-        let counts = splice.counts();
-        injected.store(counts.injected, Ordering::Relaxed);
-        dropped.store(counts.dropped, Ordering::Relaxed);
+        *counts.lock().unwrap_or_else(PoisonError::into_inner) = splice.counts();
     };
     let _ = to_client.shutdown(Shutdown::Both);
     let _ = from_camera.shutdown(Shutdown::Both);
