@@ -97,7 +97,9 @@ fn the_relay_hands_out_the_frames_the_parser_does() {
     let marker = read(&camera.url, RtspFrameEnd::Marker);
     check(&marker, "marker");
     let injected = marker.injected.expect("read through the relay");
-    assert!(injected >= FRAMES as u64, "a delimiter after every frame: {injected}");
+    // Every frame but a first one, which has no interval yet to date a delimiter with; and the relay counts
+    // a delimiter just after it has sent it on, so the last may not be counted yet.
+    assert!(injected >= FRAMES as u64 - 2, "a delimiter after every frame: {injected}");
 
     let parser = read(&camera.url, RtspFrameEnd::Parser);
     check(&parser, "parser");
