@@ -178,7 +178,8 @@ pub fn parse_sps(nal: &[u8]) -> Result<Sps, SpsError> {
     let height = full_height.checked_sub(unit_y * (crop_top + crop_bottom)).filter(|h| *h > 0);
     let (Some(width), Some(height)) = (width, height) else { return Err(SpsError::OutOfRange("frame cropping")) };
     // Level 6.2 allows 139264 macroblocks a frame; anything larger is not a picture.
-    if width_mbs * height_units * (2 - frame_mbs_only) > 139_264 {
+    // Saturating: both counts come from the stream (up to 2^32 each), and their product can overflow.
+    if width_mbs.saturating_mul(height_units).saturating_mul(2 - frame_mbs_only) > 139_264 {
         return Err(SpsError::OutOfRange("picture size"));
     }
     Ok(Sps {
@@ -209,6 +210,17 @@ fn skip_scaling_list(r: &mut Bits<'_>, size: usize) -> Result<(), SpsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_picture_size_too_large_to_multiply_is_refused() {
+        // Found by the media_headers fuzzer: width and height in macroblocks near 2^32 each, whose product
+        // overflowed u64 before the size check.
+        let sps = [
+            0x27, 0x7a, 0x02, 0x1f, 0xbc, 0xd9, 0, 0, 0, 0, 0x36, 0, 0, 0, 0, 0, 0, 0, 0x67, 0xff, 0xa5, 0x64, 0, 0xd3,
+            0, 0, 0, 0, 0, 0x67, 0xff, 0xa5, 0x64, 0, 0xd3, 0x2f,
+        ];
+        assert!(parse_sps(&sps).is_err());
+    }
 
     #[test]
     fn sizes_and_profiles_of_real_encoders() {
