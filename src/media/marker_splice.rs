@@ -196,8 +196,9 @@ impl MarkerSplice {
         let mut shifted = packet.to_vec();
         shifted[2..4].copy_from_slice(&seq.to_be_bytes());
         push_frame(out, channel, &shifted);
-        let next = ch.next_timestamp(ts);
-        if let Some(next) = next.filter(|_| packet[1] & 0x80 != 0) {
+        // Only a frame's last packet is followed by a delimiter, so only it needs the expected timestamp.
+        let marker = packet[1] & 0x80 != 0;
+        if let Some(next) = marker.then(|| ch.next_timestamp(ts)).flatten() {
             let mut aud = Vec::with_capacity(RTP_HEADER + AUD.len());
             aud.push(0x80);
             aud.push(packet[1] & 0x7f);
