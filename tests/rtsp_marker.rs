@@ -81,9 +81,10 @@ fn read(url: &str, frame_end: RtspFrameEnd) -> Read {
 fn check(r: &Read, what: &str) {
     assert_eq!(r.pts.len(), FRAMES, "{what}: frames read");
     for pair in r.pts.windows(2) {
-        // GStreamer's 90 kHz stamps of a 30 fps clock are a tick apart now and then, both ways.
+        // GStreamer's 90 kHz stamps of a 30 fps clock are a tick or two off now and then (3001, 3002 seen);
+        // a frame dated with the wrong packet would be 3000 off.
         let step = pair[1] - pair[0];
-        assert!((step - r.frame_ticks).abs() <= 1, "{what}: one frame interval between frames: {:?}", r.pts);
+        assert!((step - r.frame_ticks).abs() <= 3, "{what}: one frame interval between frames: {:?}", r.pts);
     }
     // The test camera makes a keyframe every 30 frames (rtsp_server.py --gop 30).
     assert_eq!(r.keyframes, vec![0, 30, 60], "{what}: keyframes");
