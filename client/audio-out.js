@@ -11,25 +11,35 @@ export const DEFAULT_AUDIO_RATE = 48000;
 const contexts = new Map();
 
 /**
- * The page's AudioContext at `sampleRate`, made on first use. Making one blocks the page for ~100 ms, so a
- * player prepares it when a play starts, long before its first frame (and the next player finds it made).
+ * The page's AudioContext at `sampleRate`, made on first use ({ctx, loaded}), or null where the page can have
+ * none. Making one blocks the page for ~100 ms, so a player prepares it when a play starts, long before its
+ * first frame (and the next player finds it made). Never throws: without an `audioWorklet` (a page that is
+ * not a secure context) `loaded` resolves to false and the renderer plays no sound.
  */
 export function audioContext(sampleRate = DEFAULT_AUDIO_RATE) {
   let entry = contexts.get(sampleRate);
-  if (!entry) {
-    let ctx;
+  if (entry) return entry;
+  let ctx = null;
+  for (const options of [{ sampleRate, latencyHint: "interactive" }, { latencyHint: "interactive" }]) {
     try {
-      ctx = new AudioContext({ sampleRate, latencyHint: "interactive" });
+      ctx = new AudioContext(options); // without sampleRate when this rate is refused: the worklet resamples
+      break;
     } catch {
-      ctx = new AudioContext({ latencyHint: "interactive" }); // this rate is refused: the worklet resamples
+      // no AudioContext at all, or too many of them
     }
-    const loaded = ctx.audioWorklet.addModule(new URL("./audio-worklet.js", import.meta.url)).then(
+  }
+  if (!ctx) return null;
+  let loaded;
+  try {
+    loaded = ctx.audioWorklet.addModule(new URL("./audio-worklet.js", import.meta.url)).then(
       () => true,
       () => false,
     );
-    entry = { ctx, loaded };
-    contexts.set(sampleRate, entry);
+  } catch {
+    loaded = Promise.resolve(false); // ctx.audioWorklet is undefined outside a secure context
   }
+  entry = { ctx, loaded };
+  contexts.set(sampleRate, entry);
   return entry;
 }
 
@@ -53,7 +63,12 @@ export class AudioOut {
     if (this.ctx && this.rate === sampleRate) return;
     this.close();
     this.rate = sampleRate;
-    const { ctx, loaded } = audioContext(sampleRate);
+    const entry = audioContext(sampleRate);
+    if (!entry) {
+      this.hooks.event("audio", "cannot make an AudioContext: no sound");
+      return;
+    }
+    const { ctx, loaded } = entry;
     this.ctx = ctx;
     this.loaded = loaded.then((ok) => {
       if (!ok) this.hooks.event("audio", "cannot load the audio worklet: no sound");

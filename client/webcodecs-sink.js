@@ -16,28 +16,13 @@
 // What is decoded and shown is decided by feed.js.
 
 import { audioContext, AudioOut, DEFAULT_AUDIO_RATE } from "./audio-out.js";
+import { isAudioCodec, mimeCodecs, videoOutputs, webCodecsBlocker, webCodecsIssue } from "./capabilities.js";
 import { Lateness, VideoGate } from "./feed.js";
 import { Samples } from "./figures.js";
 import { JITTER_DEFAULTS } from "./jitter.js";
 import { boxType, parseInit, parseMessage, sameBytes } from "./mp4.js";
 import { Presentation } from "./presentation.js";
 import { prftPoint, Timeline } from "./timeline.js";
-
-/** The codecs of a MIME type's `codecs` parameter: `video/mp4; codecs="avc1.42C01E, mp4a.40.2"` -> both. */
-function mimeCodecs(mime) {
-  const m = /codecs\s*=\s*"?([^";]*)"?/i.exec(mime ?? "");
-  return m ? m[1].split(",").map((c) => c.trim()).filter(Boolean) : [];
-}
-
-const isAudioCodec = (c) => /^(mp4a|opus|flac|ac-3|ec-3|mp3)/i.test(c);
-
-/** The ways frames can reach the screen: a track generator into the <video>, or a canvas (shown or captured). */
-function videoOutputs() {
-  return {
-    generator: typeof globalThis.MediaStreamTrackGenerator === "function",
-    canvas: typeof globalThis.HTMLCanvasElement === "function" && typeof HTMLCanvasElement.prototype.captureStream === "function",
-  };
-}
 
 /** The values of the `videoOutput` option. */
 export const VIDEO_OUTPUTS = ["auto", "canvas", "generator", "captured"];
@@ -57,30 +42,11 @@ export function chooseVideoOutput(want, have, inDocument) {
 }
 
 /**
- * Whether this browser can play `mime` with WebCodecs (resolves to true or false): a secure context (https or
- * localhost), VideoDecoder and AudioDecoder that accept the codecs (isConfigSupported), an AudioWorklet, and
- * a way to show frames in a <video>.
+ * Whether this browser can play `mime` with WebCodecs (resolves to true or false); webCodecsIssue
+ * (capabilities.js) says why not.
  */
 export async function webCodecsSupports(mime) {
-  if (!globalThis.isSecureContext || typeof globalThis.VideoDecoder !== "function") return false;
-  const out = videoOutputs();
-  if (!out.generator && !out.canvas) return false;
-  const codecs = mimeCodecs(mime);
-  const video = codecs.filter((c) => !isAudioCodec(c));
-  const audio = codecs.filter(isAudioCodec);
-  if (video.length !== 1 || audio.length > 1) return false;
-  try {
-    if (!(await VideoDecoder.isConfigSupported({ codec: video[0], optimizeForLatency: true })).supported) return false;
-    if (audio.length) {
-      if (typeof globalThis.AudioDecoder !== "function" || typeof globalThis.AudioWorkletNode !== "function") return false;
-      // The real rate and channels come with the init segment; these only ask about the codec.
-      const config = { codec: audio[0], sampleRate: 48000, numberOfChannels: 2 };
-      if (!(await AudioDecoder.isConfigSupported(config)).supported) return false;
-    }
-    return true;
-  } catch {
-    return false;
-  }
+  return (await webCodecsIssue(mime)) === null;
 }
 
 const MAX_PENDING = 120; // decode times kept for frames the decoder has not returned
@@ -99,7 +65,8 @@ export class WebCodecsSink {
    * the first frames by ~100 ms if it waited for them (Player.play calls this before its describe).
    */
   static prepare() {
-    if (typeof globalThis.AudioContext === "function" && typeof globalThis.AudioWorkletNode === "function") audioContext();
+    // Not where the renderer cannot play (a non-secure context has no AudioWorklet to load).
+    if (!webCodecsBlocker()) audioContext();
   }
 
   /**
