@@ -28,9 +28,14 @@ import { MseSink, mseSupports } from "./mse-sink.js";
 import { AUTO_RENDITION, describeOutcome, REQUEST_DEFAULTS, startRendition } from "./protocol.js";
 import { Session } from "./session.js";
 import { SWITCH_DEFAULTS } from "./switch.js";
-import { VIDEO_OUTPUTS, webCodecsSupports, WebCodecsSink } from "./webcodecs-sink.js";
+import { webCodecsBlocker, webCodecsIssue } from "./capabilities.js";
+import { brokerUrl } from "./page-urls.js";
+import { VIDEO_OUTPUTS, WebCodecsSink } from "./webcodecs-sink.js";
 
-/** The renderers: `auto` is WebCodecs where the browser can decode the stream with it, else MediaSource. */
+/**
+ * The renderers: `auto` is WebCodecs where the browser can decode the stream with it, else MediaSource;
+ * `webcodecs` asks for WebCodecs, and still plays with MediaSource (saying why) where WebCodecs cannot.
+ */
 export const RENDERERS = ["auto", "webcodecs", "mse"];
 
 export { VIDEO_OUTPUTS };
@@ -48,7 +53,8 @@ export const DEFAULTS = Object.freeze({
    * the page draws without a GPU), "captured" (a canvas's stream into the <video>); "auto" takes the first of
    * them the browser and page allow. */
   videoOutput: "auto",
-  /** MQTT-over-WebSocket URL; null: ws(s)://<page host>/mqtt (the mqtt-video gateway). */
+  /** MQTT-over-WebSocket URL; null: `mqtt` beside the page, ws(s)://<page host>/<page's folder>/mqtt (the
+   * mqtt-video gateway that served it, or the reverse proxy in front of it). */
   broker: null,
   /** Control topic prefix (`topics.prefix` of the server). */
   prefix: "video",
@@ -91,10 +97,9 @@ const MAX_EVENTS = 50;
 const LATENCY_SAMPLES = 600;
 const BITRATE_WINDOW_MS = 3000;
 
-/** ws(s)://<page host>/mqtt: the mqtt-video gateway that served this page. */
+/** The MQTT WebSocket beside this page: `mqtt` in the page's folder, over wss: on an https: page (page-urls.js). */
 export function defaultBrokerUrl(loc = globalThis.location) {
-  const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${loc.host}/mqtt`;
+  return brokerUrl(loc);
 }
 
 export class Player extends EventTarget {
@@ -129,7 +134,10 @@ export class Player extends EventTarget {
     this._resetPlayFigures();
 
     this._sinks = {}; // made when first used, kept for later plays
-    this.media = this._sink(this.options.renderer === "webcodecs" ? "webcodecs" : "mse");
+    // Why WebCodecs does not play (stats().webCodecsOff): known from the page's context now, from the stream's
+    // codecs at its describe; null while it plays.
+    this._webCodecsOff = this.options.renderer === "mse" ? "renderer=mse asked for" : webCodecsBlocker(globalThis, { audio: false });
+    this.media = this._sink(this.options.renderer === "webcodecs" && !this._webCodecsOff ? "webcodecs" : "mse");
     this.session = new Session({ ...this.options, broker: this.broker }, {
       connection: (c) => this._onConnection(c),
       sources: (list) => {
@@ -180,25 +188,28 @@ export class Player extends EventTarget {
   }
 
   /**
-   * The renderer for `mime`: WebCodecs or MediaSource as the `renderer` option says, `auto` preferring
-   * WebCodecs. Resolves to null when the asked one (or, for auto, either) cannot play it.
+   * The renderer for `mime`: WebCodecs where the `renderer` option allows it and it can play the stream, else
+   * MediaSource (an explicit `webcodecs` too: a page that plays beats an error). Resolves to
+   * {kind, why}: kind null when neither can, why: what keeps WebCodecs off (null when it plays).
    */
   async _chooseRenderer(mime) {
-    const want = this.options.renderer;
-    if (want === "mse") return mseSupports(mime) ? "mse" : null;
-    const webcodecs = await webCodecsSupports(mime);
-    if (want === "webcodecs") return webcodecs ? "webcodecs" : null;
-    return webcodecs ? "webcodecs" : mseSupports(mime) ? "mse" : null;
+    const mse = mseSupports(mime) ? "mse" : null;
+    if (this.options.renderer === "mse") return { kind: mse, why: "renderer=mse asked for" };
+    const why = await webCodecsIssue(mime);
+    if (!why) return { kind: "webcodecs", why: null };
+    if (this.options.renderer === "webcodecs" && mse) this._event("renderer", `WebCodecs was asked for, but ${why}; using MediaSource`);
+    return { kind: mse, why };
   }
 
-  /** The WebCodecs renderer met something its decoders refuse: MediaSource takes over (auto), or an error. */
+  /** The WebCodecs renderer met something its decoders refuse: MediaSource takes over, or an error. */
   _onUnsupported(kind, message) {
     if (kind !== "webcodecs" || this.media.kind !== "webcodecs" || !this.url) return;
     const mime = this.media.mime;
-    if (this.options.renderer !== "auto" || !mseSupports(mime)) {
+    if (!mseSupports(mime)) {
       this._fail("unsupported_codec", `WebCodecs cannot play this stream: ${message}`);
       return;
     }
+    this._webCodecsOff = message;
     this._event("renderer", `WebCodecs cannot play this stream (${message}); using MediaSource`);
     const init = this.media.init;
     const hasAudio = this.media.hasAudio;
@@ -224,7 +235,7 @@ export class Player extends EventTarget {
     this._serverReconnecting = false;
     this._resetPlayFigures();
     this.media.close();
-    if (this.options.renderer !== "mse") WebCodecsSink.prepare();
+    if (this.options.renderer !== "mse") WebCodecsSink.prepare(); // (not where WebCodecs cannot play)
     this._setState("connecting", `connecting to ${url}`);
     this.session.play(url);
   }
@@ -301,6 +312,8 @@ export class Player extends EventTarget {
       connected: this.connected,
       replyTopic: this.session.replyTopic,
       renderer: this.media.kind,
+      // why WebCodecs does not play ("not a secure context", "no VideoDecoder", "codec not supported: ..."), or null
+      webCodecsOff: this.media.kind === "webcodecs" ? null : this._webCodecsOff,
       currentTime: round(this.media.currentTime(), 3),
       paused: v.paused,
       playbackRate: sink.playbackRate,
@@ -442,11 +455,13 @@ export class Player extends EventTarget {
     const mime = start ? renditions.find((r) => r.name === start.name).mimeCodec : reply.mimeCodec;
     const playId = this._playId;
     // A describe again (a reconnect) keeps the renderer this play has.
-    const kind = this.media.mime ? this.media.kind : await this._chooseRenderer(mime);
+    const chosen = this.media.mime ? { kind: this.media.kind, why: this._webCodecsOff } : await this._chooseRenderer(mime);
     if (playId !== this._playId || !this.url || this.state === "error") return; // played or stopped meanwhile
+    const { kind, why } = chosen;
+    this._webCodecsOff = why;
     if (!kind) {
-      const how = { auto: "with WebCodecs or MediaSource", webcodecs: "with WebCodecs", mse: "with MediaSource" }[this.options.renderer];
-      this._fail("unsupported_codec", `This browser cannot play ${mime} ${how}.`);
+      const webcodecs = this.options.renderer === "mse" ? "" : ` (WebCodecs: ${why})`;
+      this._fail("unsupported_codec", `This browser cannot play ${mime} with MediaSource${webcodecs}.`);
       return;
     }
     const first = this.describeReply === null;
