@@ -446,6 +446,69 @@ pub struct GatewayConfig {
     pub connect_timeout_secs: u64,
     /// Longest silence from a connected browser, in seconds; its MQTT keep-alive (times 1.5) shortens it.
     pub max_idle_secs: u64,
+    /// HTTPS on the same port as plain HTTP.
+    pub tls: GatewayTlsConfig,
+}
+
+/// The gateway's HTTPS: browsers give WebCodecs and AudioWorklet only to secure contexts, and a page opened
+/// from another machine over plain HTTP is not one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayTlsConfig {
+    /// Serve HTTPS (and WSS) on `gateway.listen`, beside plain HTTP.
+    pub enabled: bool,
+    /// PEM file of the certificate chain, leaf first; with `key_file`. Unset: a certificate made by the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the private key (PKCS#8, RSA or EC).
+    pub key_file: Option<PathBuf>,
+    /// Where the made certificate is kept across restarts, so a browser's exception for it stays valid.
+    pub state_dir: Option<PathBuf>,
+    /// Host names and addresses the made certificate names, beside the machine's own.
+    pub names: Vec<String>,
+    /// What a plain-HTTP page request from another machine gets.
+    pub http: PlainHttp,
+}
+
+impl Default for GatewayTlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert_file: None,
+            key_file: None,
+            state_dir: None,
+            names: Vec::new(),
+            http: PlainHttp::Redirect,
+        }
+    }
+}
+
+/// What the gateway does with a plain-HTTP request for the page when it serves HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainHttp {
+    /// Redirect it to the same URL over HTTPS (loopback and trusted proxies excepted: those are secure already).
+    Redirect,
+    /// Serve the page; it plays with MediaSource and offers the HTTPS link.
+    Serve,
+}
+
+impl GatewayTlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                Err(ConfigError::invalid("gateway.tls.cert_file", "is set without gateway.tls.key_file"))
+            }
+            (None, Some(_)) => {
+                Err(ConfigError::invalid("gateway.tls.key_file", "is set without gateway.tls.cert_file"))
+            }
+            _ => match self.names.iter().find(|n| n.trim().is_empty() || n.contains(char::is_whitespace)) {
+                Some(bad) => {
+                    Err(ConfigError::invalid("gateway.tls.names", format!("has {bad:?}, not a host name or address")))
+                }
+                None => Ok(()),
+            },
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -462,6 +525,7 @@ impl Default for GatewayConfig {
             request_timeout_secs: 5,
             connect_timeout_secs: 5,
             max_idle_secs: 300,
+            tls: GatewayTlsConfig::default(),
         }
     }
 }
@@ -498,7 +562,8 @@ impl GatewayConfig {
         at_least("gateway.request_timeout_secs", self.request_timeout_secs as usize, 1)?;
         at_least("gateway.connect_timeout_secs", self.connect_timeout_secs as usize, 1)?;
         at_least("gateway.max_idle_secs", self.max_idle_secs as usize, 1)?;
-        at_least("gateway.max_message_bytes", self.max_message_bytes, 1024)
+        at_least("gateway.max_message_bytes", self.max_message_bytes, 1024)?;
+        self.tls.validate()
     }
 }
 
@@ -552,10 +617,12 @@ pub enum EnvKind {
     Integer,
     /// `true` or `false` (also `1`, `0`, `yes`, `no`, `on`, `off`).
     Bool,
+    /// Comma-separated words.
+    List,
 }
 
 /// The settings people change most, overridable from the environment (containers): variable, key, kind.
-pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 12] = [
+pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 14] = [
     ("MQTT_VIDEO_BROKER_HOST", "broker.host", EnvKind::Text),
     ("MQTT_VIDEO_BROKER_PORT", "broker.port", EnvKind::Integer),
     ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", EnvKind::Text),
@@ -568,6 +635,8 @@ pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 12] = [
     ("MQTT_VIDEO_VIDEO_MAX_HEIGHT", "pipeline.video.max_height", EnvKind::Integer),
     ("MQTT_VIDEO_MAX_STREAMS", "limits.max_streams", EnvKind::Integer),
     ("MQTT_VIDEO_GUARDED", "topics.guarded", EnvKind::Bool),
+    ("MQTT_VIDEO_TLS", "gateway.tls.enabled", EnvKind::Bool),
+    ("MQTT_VIDEO_TLS_NAMES", "gateway.tls.names", EnvKind::List),
 ];
 
 /// Sets `key` (dotted) in a TOML table from an environment value.
@@ -585,6 +654,9 @@ fn set_from_env(table: &mut toml::Table, var: &str, key: &str, kind: EnvKind, va
             "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
             _ => return Err(ConfigError::invalid(var, format!("must be true or false, not '{value}'"))),
         },
+        EnvKind::List => toml::Value::Array(
+            value.split(',').map(str::trim).filter(|w| !w.is_empty()).map(|w| toml::Value::String(w.into())).collect(),
+        ),
     };
     let mut parts: Vec<&str> = key.split('.').collect();
     let Some(last) = parts.pop() else { return Ok(()) };
@@ -983,6 +1055,12 @@ mod tests {
             "max_idle_secs",
             "handshake_timeout_ms",
             "guarded",
+            "enabled",
+            "cert_file",
+            "key_file",
+            "state_dir",
+            "names",
+            "http",
         ];
         keys.extend(ours.map(String::from));
         for key in keys {

@@ -1,20 +1,24 @@
-//! The gateway: serves the page over HTTP and bridges MQTT-over-WebSocket to the broker's TCP port, byte
-//! for byte. Browsers speak real MQTT through it (the broker's auth and ACLs apply); it only ever connects
+//! The gateway: serves the page over HTTPS and plain HTTP on one port, and bridges MQTT-over-WebSocket to
+//! the broker's TCP port, byte for byte. Browsers speak real MQTT through it (the broker's auth and ACLs apply); it only ever connects
 //! to the configured broker, so it is no open proxy. mosquitto's own WebSocket listener moves about 40 KB/s
 //! (docs/design.md, section 4), far too little for video; this bridge adds about a millisecond.
 
 mod addresses;
 mod bridge;
+mod certificate;
 mod liveness;
 pub mod mqtt_frames;
+mod plain_http;
 pub mod shedding;
+pub mod tls;
 
 use super::health::Health;
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, PlainHttp};
 use addresses::{Addresses, Slot};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -22,6 +26,8 @@ use bridge::BridgeConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
+use tls::Tls;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -38,6 +44,9 @@ pub enum GatewayError {
     /// The page folder configured cannot be served.
     #[error(transparent)]
     Page(#[from] super::assets::AssetsError),
+    /// HTTPS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The listen address could not be bound.
     #[error("gateway: cannot listen on {addr}: {error}")]
     Bind {
@@ -52,6 +61,16 @@ pub enum GatewayError {
 struct Bridge {
     config: BridgeConfig,
     connections: Arc<Semaphore>,
+    addresses: Arc<Addresses>,
+}
+
+/// How a request reached the gateway, for the handlers that care.
+#[derive(Debug, Clone, Copy)]
+struct Connection {
+    /// Over TLS.
+    secure: bool,
+    /// From a trusted proxy or loopback.
+    trusted_peer: bool,
 }
 
 /// A bound gateway, ready to serve.
@@ -60,6 +79,7 @@ pub struct Gateway {
     router: Router,
     addresses: Arc<Addresses>,
     request_timeout: Duration,
+    tls: Option<Tls>,
 }
 
 impl Gateway {
@@ -75,9 +95,13 @@ impl Gateway {
         shed: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Self, GatewayError> {
         let addr = config.listen_addr()?;
-        let page = super::assets::page_router(config.client_dir.as_deref())?;
+        let redirect = config.tls.enabled && config.tls.http == PlainHttp::Redirect;
+        let page = super::assets::page_router(config.client_dir.as_deref())?
+            .layer(axum::middleware::from_fn_with_state(redirect, redirect_plain));
         let listener =
             TcpListener::bind(addr).await.map_err(|error| GatewayError::Bind { addr: config.listen.clone(), error })?;
+        let tls = if config.tls.enabled { Some(Tls::setup(&config.tls, addr.ip())?) } else { None };
+        let addresses = Addresses::new(config.max_connections_per_address, config.trusted_proxies()?);
         let bridge = Arc::new(Bridge {
             config: BridgeConfig {
                 broker: (broker_host.to_string(), broker_port),
@@ -88,19 +112,21 @@ impl Gateway {
                 shed,
             },
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            addresses: Arc::clone(&addresses),
         });
         let router = Router::new()
             .route(&config.path, get(upgrade))
             .with_state(bridge)
+            .route(TLS_INFO_PATH, get(tls_info).with_state(tls.clone()))
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
             .merge(routes)
             .merge(page);
-        Ok(Self {
-            listener,
-            router,
-            addresses: Addresses::new(config.max_connections_per_address, config.trusted_proxies()?),
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
-        })
+        Ok(Self { listener, router, addresses, request_timeout: Duration::from_secs(config.request_timeout_secs), tls })
+    }
+
+    /// The SHA-256 fingerprint of the certificate served now, with HTTPS on.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.tls.as_ref().map(Tls::fingerprint)
     }
 
     /// The address it listens on (useful with port 0).
@@ -109,9 +135,13 @@ impl Gateway {
     }
 
     /// Serves until the task is dropped. Each connection counts against its address until it closes (a
-    /// WebSocket included), and has `request_timeout` for each request's headers, the first one and every
-    /// one after an idle keep-alive alike: a socket that sends nothing is closed then.
+    /// WebSocket included), and has `request_timeout` for its first byte, its TLS handshake and each
+    /// request's headers, the first one and every one after an idle keep-alive alike: a socket that sends
+    /// nothing is closed then. A connection whose first byte opens a TLS handshake is served HTTPS.
     pub async fn serve(self) {
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch());
+        }
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -134,22 +164,83 @@ impl Gateway {
             let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(UNSENT_LIMIT);
             let router = self.router.clone();
             let timeout = self.request_timeout;
+            let tls = self.tls.clone();
+            let trusted_peer = self.addresses.is_trusted(peer.ip());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(slot.clone());
-                    router.clone().oneshot(request)
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "gateway: connection ended");
+                let mut first = [0u8; 1];
+                let opens_tls = match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
+                    Ok(Ok(1)) => first[0] == plain_http::TLS_HANDSHAKE,
+                    _ => return, // closed, failed or silent: nothing to serve
+                };
+                let http = |secure| Http { router, slot, timeout, connection: Connection { secure, trusted_peer } };
+                match tls {
+                    Some(tls) if opens_tls => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+                        Ok(Ok(stream)) => http(true).serve(stream, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gateway: TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "gateway: TLS handshake timed out"),
+                    },
+                    _ => http(false).serve(tcp, peer).await,
                 }
             });
         }
     }
+}
+
+/// One connection's HTTP/1.1, over TCP or TLS.
+struct Http {
+    router: Router,
+    slot: Slot,
+    timeout: Duration,
+    connection: Connection,
+}
+
+impl Http {
+    async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: I, peer: std::net::SocketAddr) {
+        let Self { router, slot, timeout, connection } = self;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(slot.clone());
+            request.extensions_mut().insert(connection);
+            router.clone().oneshot(request)
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        if let Err(e) = served.await {
+            tracing::debug!(%peer, error = %e, "gateway: connection ended");
+        }
+    }
+}
+
+/// Where the page learns whether the gateway serves HTTPS too (to offer it from a plain-HTTP origin).
+pub const TLS_INFO_PATH: &str = "/tls.json";
+
+async fn tls_info(State(tls): State<Option<Tls>>, headers: HeaderMap) -> Response {
+    let body = match tls {
+        Some(tls) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            serde_json::json!({ "https": true, "port": plain_http::host_port(host), "fingerprint": tls.fingerprint() })
+        }
+        None => serde_json::json!({ "https": false }),
+    };
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// Sends a plain-HTTP page request from another machine to the same URL over HTTPS, where WebCodecs works
+/// (`redirect` is off with `gateway.tls.http = "serve"` or without HTTPS). Loopback and trusted proxies are
+/// served as they are: the first is a secure context already, the second decides the scheme itself.
+async fn redirect_plain(State(redirect): State<bool>, request: Request, next: Next) -> Response {
+    let plain_from_afar = request.extensions().get::<Connection>().is_some_and(|c| !c.secure && !c.trusted_peer);
+    if redirect && plain_from_afar {
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Some(location) = plain_http::https_location(host, path) {
+            // Temporary: a browser must not remember it past a configuration without HTTPS.
+            return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Where orchestrators (docker's HEALTHCHECK, Kubernetes probes) ask whether the server can serve.
@@ -160,13 +251,35 @@ async fn healthz(health: Arc<Health>) -> Response {
     (status, axum::Json(health.to_json())).into_response()
 }
 
-async fn upgrade(State(bridge): State<Arc<Bridge>>, slot: Option<Extension<Slot>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(bridge): State<Arc<Bridge>>,
+    slot: Option<Extension<Slot>>,
+    connection: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Behind a trusted proxy every browser comes from the proxy's address: its WebSocket counts against the
+    // client address the proxy forwards, so one client still cannot take the connection limit.
+    let forwarded = connection
+        .filter(|Extension(c)| c.trusted_peer)
+        .and_then(|_| headers.get("x-forwarded-for")?.to_str().ok().map(str::to_owned))
+        .and_then(|value| bridge.addresses.forwarded_client(&value));
+    let forwarded_slot = match forwarded {
+        Some(client) => match bridge.addresses.admit(client) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::debug!(%client, "gateway: WebSocket refused, the forwarded address has its fill of connections");
+                return (StatusCode::TOO_MANY_REQUESTS, "too many connections from your address").into_response();
+            }
+        },
+        None => None,
+    };
     let Ok(permit) = Arc::clone(&bridge.connections).try_acquire_owned() else {
         tracing::warn!("gateway: connection refused, the connection limit is reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     let max = bridge.config.max_message_bytes;
-    let slot = slot.map(|Extension(slot)| slot);
+    let slot = forwarded_slot.or(slot.map(|Extension(slot)| slot));
     ws.protocols(["mqtt"])
         .max_message_size(max)
         .max_frame_size(max)

@@ -143,10 +143,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         )
         .await?;
         if let Ok(addr) = gateway.local_addr() {
-            tracing::info!(
-                "gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{}",
-                config.gateway.path
-            );
+            let path = &config.gateway.path;
+            // Tests and scripts read the address from the first URL of this line.
+            match gateway.fingerprint() {
+                Some(fingerprint) => tracing::info!(
+                    "gateway: the page is at http://{addr}/ and https://{addr}/ (one port), MQTT over WebSocket at \
+                     ws://{addr}{path} and wss://{addr}{path}; certificate SHA-256 {fingerprint}"
+                ),
+                None => {
+                    tracing::info!("gateway: the page is at http://{addr}/, MQTT over WebSocket at ws://{addr}{path}")
+                }
+            }
         }
         tasks.spawn("gateway", gateway.serve());
     }

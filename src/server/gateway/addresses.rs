@@ -60,6 +60,28 @@ impl Addresses {
         Some(Slot { _counted: Arc::new(SlotInner { addresses: Arc::clone(self), ip: Some(ip) }) })
     }
 
+    /// Whether `ip` is a trusted proxy (or loopback), whose `X-Forwarded-For` names the real client.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.contains(&ip.to_canonical())
+    }
+
+    /// The client a trusted proxy forwards for, from its `X-Forwarded-For` value: the nearest address that
+    /// is not itself a trusted proxy, since every hop appends the one it heard from and only the trusted
+    /// hops' words can be believed. `None` when the header names no address.
+    pub fn forwarded_client(&self, forwarded_for: &str) -> Option<IpAddr> {
+        let hops: Vec<IpAddr> = forwarded_for
+            .split(',')
+            .filter_map(|hop| {
+                let hop = hop.trim();
+                // `[v6]:port` and `v4:port` appear from some proxies.
+                let bare = hop.strip_prefix('[').and_then(|h| h.split(']').next()).unwrap_or(hop);
+                bare.parse::<IpAddr>().ok().or_else(|| bare.rsplit_once(':').and_then(|(a, _)| a.parse().ok()))
+            })
+            .map(|ip| ip.to_canonical())
+            .collect();
+        hops.iter().rev().find(|ip| !self.trusted.contains(ip)).or(hops.first()).copied()
+    }
+
     /// Whether no limited address has a connection open.
     #[cfg(test)]
     fn is_empty(&self) -> bool {
@@ -94,5 +116,28 @@ mod tests {
         let _one = addresses.admit(mapped).unwrap();
         let _two = addresses.admit(a).unwrap();
         assert!(addresses.admit(a).is_none());
+    }
+
+    #[test]
+    fn the_forwarded_client_is_the_nearest_untrusted_hop() {
+        let addresses = Addresses::new(2, vec!["127.0.0.1".parse().unwrap(), "198.18.0.9".parse().unwrap()]);
+        let cases = [
+            ("198.51.100.7", Some("198.51.100.7")),
+            // A client may send its own header: only what the trusted hops appended counts.
+            ("6.6.6.6, 198.51.100.7", Some("198.51.100.7")),
+            ("198.51.100.7, 198.18.0.9", Some("198.51.100.7")),
+            (" 2001:db8::7 ", Some("2001:db8::7")),
+            ("[2001:db8::7]:4711", Some("2001:db8::7")),
+            ("198.51.100.7:4711", Some("198.51.100.7")),
+            ("::ffff:198.51.100.7", Some("198.51.100.7")),
+            // Only trusted hops: the first, the client as the first proxy heard it.
+            ("127.0.0.1, 198.18.0.9", Some("127.0.0.1")),
+            ("unknown", None),
+            ("", None),
+        ];
+        for (header, expected) in cases {
+            let expected = expected.map(|e| e.parse::<IpAddr>().unwrap());
+            assert_eq!(addresses.forwarded_client(header), expected, "{header:?}");
+        }
     }
 }
