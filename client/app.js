@@ -9,6 +9,7 @@
 // The broker login comes from the login form (kept in memory, in localStorage with "remember me"), never the URL.
 
 import { keepLogin, rememberedLogin } from "./credentials.js";
+import { fetchTlsInfo, secureOffer } from "./page-urls.js";
 import { defaultBrokerUrl, Player, RENDERERS, VIDEO_OUTPUTS } from "./player.js";
 
 const params = new URLSearchParams(location.search);
@@ -148,9 +149,15 @@ function addPlayer(options = {}) {
   const pip = card.querySelector(".pip");
   pip.hidden = !document.pictureInPictureEnabled;
   pip.addEventListener("click", () => player.pictureInPicture());
-  card.querySelector(".fullscreen").addEventListener("click", () => {
-    if (document.fullscreenElement) document.exitFullscreen();
-    else card.querySelector(".screen").requestFullscreen?.();
+  const fullscreen = card.querySelector(".fullscreen");
+  const screenBox = card.querySelector(".screen");
+  // iPhone Safari has no element full screen, only the <video>'s own (which shows no WebCodecs canvas).
+  fullscreen.hidden = !document.fullscreenEnabled && typeof video.webkitEnterFullscreen !== "function";
+  fullscreen.addEventListener("click", () => {
+    const fail = (e) => console.warn(`full screen: ${e.name}: ${e.message}`);
+    if (document.fullscreenElement) document.exitFullscreen().catch(fail);
+    else if (document.fullscreenEnabled && screenBox.requestFullscreen) screenBox.requestFullscreen().catch(fail);
+    else video.webkitEnterFullscreen?.();
   });
   card.querySelector(".remove").addEventListener("click", () => {
     player.destroy();
@@ -208,7 +215,8 @@ function addPlayer(options = {}) {
     text(stat.rate, s.state === "playing" ? `${s.playbackRate.toFixed(3)}×` : "–");
     text(stat.received, s.receivedBytes ? `${(s.receivedBytes / 1e6).toFixed(1)} MB` : "–");
     text(stat.resets, `${s.stalls} / ${s.jumps} / ${s.resets}`);
-    text(stat.renderer, s.renderer === "webcodecs" ? `WebCodecs (${s.videoOutput ?? "no output"})` : "MediaSource");
+    text(stat.renderer, s.renderer === "webcodecs" ? `WebCodecs (${s.videoOutput ?? "no output"})` : s.webCodecsOff ? `MediaSource (WebCodecs off: ${s.webCodecsOff})` : "MediaSource");
+    stat.renderer.title = s.webCodecsOff ? `WebCodecs is off: ${s.webCodecsOff}` : "";
     text(stat.delivery, s.protocol === 2 ? `stream topic, ${s.skippedFragments} skipped` : "reply topic");
     text(stat.rendition, renditionText(s));
     stat.rendition.title = s.abrReason ?? "";
@@ -222,6 +230,22 @@ function addPlayer(options = {}) {
   if (url && autoplay) player.play(url);
   return player;
 }
+
+/**
+ * On a page that is not a secure context (plain HTTP but on localhost), offers the same page over HTTPS when
+ * the gateway says it serves it (tls.json beside the page); a server that does not say offers nothing.
+ */
+async function offerSecurePage() {
+  if (globalThis.isSecureContext || location.protocol !== "http:") return;
+  const offer = secureOffer(location, globalThis.isSecureContext, await fetchTlsInfo(location));
+  if (!offer) return;
+  document.getElementById("secure-link").href = offer.href;
+  const fingerprint = document.getElementById("secure-fingerprint");
+  fingerprint.hidden = !offer.fingerprint;
+  fingerprint.querySelector("code").textContent = offer.fingerprint ?? "";
+  document.getElementById("secure-notice").hidden = false;
+}
+offerSecurePage();
 
 const count = Math.max(1, Math.min(16, number("players") ?? 1));
 for (let i = 0; i < count; i++) addPlayer({ url: params.get("url") ?? undefined, autoplay: flag("autoplay") });
