@@ -41,6 +41,7 @@ const MAIN = "main";
  * not have (bad_request), one that failed in this run of the source (internal_error). */
 const RENDITION_REFUSALS = new Set(["bad_request", "internal_error"]);
 
+/** `bytes` random bytes in hex. getRandomValues works on any page; crypto.randomUUID only in a secure context. */
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
   crypto.getRandomValues(a);
