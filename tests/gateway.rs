@@ -399,11 +399,9 @@ fn https_and_http_share_one_port_and_the_made_certificate_outlives_a_restart() {
     assert_eq!(body, serde_json::json!({"https": true, "port": 8443, "fingerprint": fingerprint}));
     // WSS on the same origin carries MQTT to the broker.
     let mut wss = https::Conn::open(&addr, "nas.test");
-    assert!(wss.exchange(&format!(
-        "GET /mqtt HTTP/1.1\r\nHost: nas.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-    ))
-    .starts_with("HTTP/1.1 101"));
+    let upgrade = "GET /mqtt HTTP/1.1\r\nHost: nas.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    assert!(wss.exchange(upgrade).starts_with("HTTP/1.1 101"));
     assert!(mqtt_answers(&mut wss.stream, "wss-page"), "MQTT over WSS");
     // Plain HTTP on the same port still serves loopback.
     assert!(http(&addr, &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n")).starts_with("HTTP/1.1 200"));
