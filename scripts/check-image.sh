@@ -61,7 +61,7 @@ mosquitto -c "$root/tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
 # As the image's USER: uid 10001 and its group.
 as_user=(chroot --userspec="$user" "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin
   MQTT_VIDEO_BROKER_HOST=127.0.0.1 MQTT_VIDEO_BROKER_PORT="$mqtt_port" MQTT_VIDEO_BROKER_PASSWORD=unused
-  MQTT_VIDEO_GATEWAY_LISTEN="127.0.0.1:$http_port" MQTT_VIDEO_LOG=info)
+  MQTT_VIDEO_GATEWAY_LISTEN="127.0.0.1:$http_port" MQTT_VIDEO_LOG=info STATE_DIRECTORY=/var/lib/mqtt-video)
 "${as_user[@]}" mqtt-video serve --config /etc/mqtt-video/config.toml > "$root/tmp/serve.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do
   "${as_user[@]}" mqtt-video healthcheck --config /etc/mqtt-video/config.toml >/dev/null 2>&1 && break
@@ -73,6 +73,11 @@ page="$(curl -fsS "http://127.0.0.1:$http_port/")"
 grep -q '<script type="module" src="app.js">' <<<"$page" || { echo "check-image: no page at /" >&2; exit 1; }
 bundle_bytes="$(curl -fsS "http://127.0.0.1:$http_port/node_modules/mqtt/dist/mqtt.esm.js" | wc -c)"
 step "page: index.html and the MQTT.js bundle ($bundle_bytes bytes) from the binary"
+
+# HTTPS on the same port, with the certificate the server made and kept in the image's state volume.
+curl -fsSk "https://127.0.0.1:$http_port/" | grep -q '<script type="module" src="app.js">' || { echo "check-image: no page over https" >&2; exit 1; }
+[ -s "$root/var/lib/mqtt-video/gateway-cert.pem" ] || { echo "check-image: no certificate kept in /var/lib/mqtt-video" >&2; exit 1; }
+step "https: the page, certificate $(grep -o 'fingerprint=[0-9A-F:]*' "$root/tmp/serve.log" | head -1)"
 
 reply="pages/check-image/describe"
 mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -t "$reply" -C 1 -W 30 > "$root/tmp/describe.json" & sub=$!

@@ -32,11 +32,27 @@ client_id = "mqtt-video-demo"
 
 [gateway]
 listen = "$http"
-TOML
-MQTT_VIDEO_LOG="${MQTT_VIDEO_LOG:-info}" ./target/release/mqtt-video serve --config "$run_dir/demo.toml" & pids+=($!)
 
+[gateway.tls]
+# HTTPS beside HTTP on the same port, with a certificate the server makes and keeps (~/.local/state/mqtt-video).
+enabled = true
+TOML
+MQTT_VIDEO_LOG="${MQTT_VIDEO_LOG:-info}" ./target/release/mqtt-video serve --config "$run_dir/demo.toml" \
+  2> >(tee "$run_dir/serve.log" >&2) & pids+=($!)
+for _ in $(seq 100); do grep -q "the page is at" "$run_dir/serve.log" 2>/dev/null && break; sleep 0.1; done
+fingerprint="$(grep -o 'fingerprint=[0-9A-F:]*' "$run_dir/serve.log" | head -1 | cut -d= -f2)"
+
+host="${http%:*}" port="${http##*:}"
+here="$http"
+if [ "$host" = "0.0.0.0" ] || [ "$host" = "::" ]; then here="127.0.0.1:$port"; fi
 echo
-echo "  Open http://$http/?url=builtin://testsrc&autoplay=1&muted=1"
-echo "  (or http://$http/ to pick a source; Ctrl-C stops the demo)"
+echo "  Open http://$here/?url=builtin://testsrc&autoplay=1&muted=1"
+echo "  (or http://$here/ to pick a source; Ctrl-C stops the demo)"
+if [ "$host" = "0.0.0.0" ] || [ "$host" = "::" ]; then
+  echo "  From another machine: https://$(hostname):$port/?url=builtin://testsrc&autoplay=1&muted=1"
+  echo "  (http:// is redirected there; accept the certificate once: SHA-256 $fingerprint)"
+else
+  echo "  For other machines: HTTP=0.0.0.0:8080 bash scripts/demo.sh, then https://$(hostname):8080/"
+fi
 echo
 wait "${pids[-1]}"
