@@ -3,8 +3,8 @@
 # FFmpeg's development files (the server links libav* in-process), the ffmpeg CLI (test fixtures and the
 # benchmark's reference only), GStreamer's RTSP server (the live test source), mosquitto, Node.js with npm
 # (the page's MQTT.js, the browser tests' drivers), the three browser engines the page is tested in (Chromium;
-# Firefox ESR, driven over WebDriver BiDi; WebKitGTK's WebKitWebDriver and MiniBrowser under Xvfb), nginx (the
-# reverse proxy of the sub-path test), rtsp-server-perl (a camera that serves RTP over UDP only), openssl
+# Firefox ESR, driven over WebDriver BiDi; WebKitGTK's WebKitWebDriver and MiniBrowser under Xvfb), nginx and
+# Caddy (the reverse proxies of the sub-path test), rtsp-server-perl (a camera that serves RTP over UDP only), openssl
 # (certificates for the TLS test), iproute2 (the test's LAN-like addresses) and prometheus (its promtool checks
 # /metrics). Idempotent.
 set -euo pipefail
@@ -13,7 +13,7 @@ PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
   ffmpeg fonts-dejavu-core mosquitto chromium rtsp-server-perl openssl prometheus iproute2
-  firefox-esr webkit2gtk-driver xvfb xauth nginx-light
+  firefox-esr webkit2gtk-driver xvfb xauth nginx-light caddy
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )
@@ -28,12 +28,12 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Three of them are daemons that Debian starts where systemd runs (RTSP on 554/5545, Prometheus on 9090, nginx
-  # on 80): the
-  # tests start their own on free ports, so the ones installed here are stopped and not started at boot.
+  # Four of them are daemons that Debian starts where systemd runs (RTSP on 554/5545, Prometheus on 9090, nginx
+  # and Caddy on 80): the tests start their own on free ports, so the ones installed here are stopped and not
+  # started at boot (nginx's service comes with nginx-light).
   if [ -d /run/systemd/system ]; then
-    for service in rtsp-server-perl prometheus nginx; do
-      if [[ " ${missing[*]} " == *" $service "* ]]; then $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+    for service in rtsp-server-perl prometheus nginx caddy; do
+      if [[ " ${missing[*]} " == *" $service"* ]]; then $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
     done
   fi
 fi

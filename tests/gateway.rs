@@ -403,8 +403,11 @@ fn https_and_http_share_one_port_and_the_made_certificate_outlives_a_restart() {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
     assert!(wss.exchange(upgrade).starts_with("HTTP/1.1 101"));
     assert!(mqtt_answers(&mut wss.stream, "wss-page"), "MQTT over WSS");
-    // Plain HTTP on the same port still serves loopback.
+    // Plain HTTP on the same port still serves loopback; through a trusted proxy (loopback here) the proxy's
+    // HTTPS is not the gateway's to tell.
     assert!(http(&addr, &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n")).starts_with("HTTP/1.1 200"));
+    let proxied = http(&addr, "GET /tls.json HTTP/1.1\r\nHost: home.example\r\nConnection: close\r\n\r\n");
+    assert!(proxied.ends_with("{\"https\":false}"), "{proxied}");
     // Restarted, it serves the same certificate: a browser's exception still holds.
     drop(server);
     let (server, addr) = with_tls(&broker, "", &tls);

@@ -216,13 +216,20 @@ impl Http {
 /// Where the page learns whether the gateway serves HTTPS too (to offer it from a plain-HTTP origin).
 pub const TLS_INFO_PATH: &str = "/tls.json";
 
-async fn tls_info(State(tls): State<Option<Tls>>, headers: HeaderMap) -> Response {
+async fn tls_info(
+    State(tls): State<Option<Tls>>,
+    connection: Option<Extension<Connection>>,
+    headers: HeaderMap,
+) -> Response {
+    // Through a proxy speaking plain HTTP to the gateway, the browser's port is the proxy's: whether the
+    // proxy serves HTTPS, and where, is its own business.
+    let proxied = connection.is_some_and(|Extension(c)| c.trusted_peer && !c.secure);
     let body = match tls {
-        Some(tls) => {
+        Some(tls) if !proxied => {
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
             serde_json::json!({ "https": true, "port": plain_http::host_port(host), "fingerprint": tls.fingerprint() })
         }
-        None => serde_json::json!({ "https": false }),
+        _ => serde_json::json!({ "https": false }),
     };
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

@@ -1,8 +1,8 @@
-// Behind a reverse proxy, under a sub-path: Debian's nginx serves HTTPS at https://127.0.0.1:PORT/cameras/ and
-// forwards to the gateway's plain HTTP (the README's nginx configuration, written out here as the README has
-// it). Headless Chromium opens the page there: it derives its WebSocket URL from its own location (wss:, the
-// same /cameras/ prefix), is a secure context, and so plays with WebCodecs; the gateway sees each browser by
-// the address nginx forwards.
+// Behind a reverse proxy, under a sub-path: Debian's nginx, then Debian's Caddy (with its internal CA), serve
+// HTTPS at https://127.0.0.1:PORT/cameras/ and forward to the gateway's plain HTTP, each with the README's
+// configuration read from the README. Headless Chromium opens the page there: it derives its WebSocket URL
+// from its own location (wss:, the same /cameras/ prefix), is a secure context, and so plays with WebCodecs;
+// the gateway sees each browser by the address the proxy forwards.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -26,20 +26,60 @@ import {
 } from "./support.js";
 
 const NGINX = "/usr/sbin/nginx";
+const CADDY = "/usr/bin/caddy";
 const fx = {};
 
-/** The README's nginx `location` block for a sub-path, read from the README so the two cannot drift apart. */
-function readmeNginxLocation() {
+/** The README's block of `language`, read from the README so that the two cannot drift apart. */
+function readmeBlock(language) {
   const readme = readFileSync(path.join(REPO, "README.md"), "utf8");
-  const block = /```nginx\n([\s\S]*?)```/.exec(readme)?.[1];
-  if (!block) throw new Error("README.md has no ```nginx block");
+  const block = new RegExp("```" + language + "\\n([\\s\\S]*?)```").exec(readme)?.[1];
+  if (!block) throw new Error(`README.md has no \`\`\`${language} block`);
   return block;
+}
+
+/** mqtt-video serve behind a proxy: its gateway's port; `gateway` lines go in [gateway]. */
+async function startGateway(name, gateway) {
+  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
+  const config = [
+    "[broker]",
+    `port = ${mqttPort}`,
+    `client_id = "mqtt-video-${name}-${process.pid}"`,
+    "[gateway]",
+    `listen = "127.0.0.1:${httpPort}"`,
+    ...gateway,
+    "[gateway.tls]",
+    `state_dir = ${JSON.stringify(path.join(scratch(), "tls-state"))}`,
+  ].join("\n");
+  const server = await startServer(config);
+  onCleanup(() => server.kill());
+  return { server, httpPort };
+}
+
+/** Opens the page at `base` and waits for it to play; returns {page, stats(), playing, sockets, errors}. */
+async function playAt(base, logs) {
+  const page = await fx.browser.newPage();
+  const errors = [];
+  const sockets = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("websocket", (ws) => sockets.push(ws.url()));
+  await page.goto(`${base}?url=${encodeURIComponent("builtin://testsrc")}&autoplay=1&muted=1`);
+  const stats = () => page.evaluate(() => window.mqttVideo?.players[0]?.stats() ?? null);
+  const playing = await waitFor("the page behind the proxy to play", async () => {
+    const s = await stats();
+    if (s?.state === "error") throw new Error(JSON.stringify(s.errors));
+    return s?.state === "playing" && s.decodedFrames > 30 ? s : false;
+  }, { timeoutMs: 30_000 }).catch((e) => {
+    throw new Error(`${e.message}\n${logs()}`);
+  });
+  assert.equal(await page.evaluate(() => window.isSecureContext), true);
+  assert.equal(playing.renderer, "webcodecs", `WebCodecs over https through the proxy (off: ${playing.webCodecsOff})`);
+  return { page, stats, playing, sockets, errors };
 }
 
 function nginxConfig(dir, port, gatewayPort) {
   // nginx reaches the gateway from 127.0.0.3, the one trusted proxy, so that the browser's own 127.0.0.1 is
   // an ordinary client address, as a LAN browser's is.
-  const location = readmeNginxLocation()
+  const location = readmeBlock("nginx")
     .replaceAll("127.0.0.1:8080", `127.0.0.1:${gatewayPort}`)
     .replace("proxy_http_version 1.1;", "proxy_http_version 1.1;\n    proxy_bind 127.0.0.3;");
   const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
@@ -67,38 +107,7 @@ ${location}
 }
 
 before(async () => {
-  if (!existsSync(NGINX)) throw new Error(`${NGINX} is missing: bash scripts/setup.sh installs nginx-light`);
-  const { mqttPort, httpPort } = await brokerAndGatewayPorts();
-  fx.httpPort = httpPort;
-  const config = [
-    "[broker]",
-    `port = ${mqttPort}`,
-    `client_id = "mqtt-video-proxy-${process.pid}"`,
-    "[gateway]",
-    `listen = "127.0.0.1:${httpPort}"`,
-    // Each browser behind nginx gets one WebSocket: a second from the same forwarded address is refused.
-    "max_connections_per_address = 1",
-    'trusted_proxies = ["127.0.0.3"]',
-    "[gateway.tls]",
-    `state_dir = ${JSON.stringify(path.join(scratch(), "tls-state"))}`,
-  ].join("\n");
-  fx.server = await startServer(config);
-  onCleanup(() => fx.server.kill());
-
-  const dir = path.join(scratch(), "nginx");
-  mkdirSync(dir, { recursive: true });
-  const made = spawnSync("openssl", ["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-days", "2",
-    "-subj", "/CN=home.example", "-addext", "subjectAltName=DNS:home.example,IP:127.0.0.1",
-    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { encoding: "utf8" });
-  assert.equal(made.status, 0, made.stderr);
-  fx.nginxPort = await freePort();
-  writeFileSync(path.join(dir, "nginx.conf"), nginxConfig(dir, fx.nginxPort, httpPort));
-  const nginx = startProcess("nginx", NGINX, ["-c", path.join(dir, "nginx.conf"), "-p", dir]);
-  onCleanup(() => nginx.kill());
-  await waitPort(fx.nginxPort).catch((e) => {
-    throw new Error(`${e.message}\n${nginx.log()}\n${existsSync(path.join(dir, "error.log")) ? readFileSync(path.join(dir, "error.log"), "utf8") : ""}`);
-  });
-  fx.nginxLog = () => readFileSync(path.join(dir, "error.log"), "utf8");
+  for (const bin of [NGINX, CADDY]) if (!existsSync(bin)) throw new Error(`${bin} is missing: bash scripts/setup.sh installs it`);
   fx.browser = await chromium.launch({
     executablePath: chromiumPath(),
     headless: true,
@@ -110,26 +119,26 @@ before(async () => {
 after(stopAll);
 
 test("through nginx at https://host/cameras/ the page connects to wss://host/cameras/mqtt and plays with WebCodecs", { timeout: 90_000 }, async () => {
-  const base = `https://127.0.0.1:${fx.nginxPort}/cameras/`;
-  const page = await fx.browser.newPage();
-  const errors = [];
-  const sockets = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  page.on("websocket", (ws) => sockets.push(ws.url()));
-  await page.goto(`${base}?url=${encodeURIComponent("builtin://testsrc")}&autoplay=1&muted=1`);
-  const stats = () => page.evaluate(() => window.mqttVideo?.players[0]?.stats() ?? null);
-  const playing = await waitFor("the page behind nginx to play", async () => {
-    const s = await stats();
-    if (s?.state === "error") throw new Error(JSON.stringify(s.errors));
-    return s?.state === "playing" && s.decodedFrames > 30 ? s : false;
-  }, { timeoutMs: 30_000 }).catch((e) => {
-    throw new Error(`${e.message}\nserver:\n${fx.server.log().slice(-2000)}\nnginx:\n${fx.nginxLog().slice(-2000)}`);
+  // Each browser behind nginx gets one WebSocket: a second from the same forwarded address is refused.
+  const { server, httpPort } = await startGateway("nginx", ["max_connections_per_address = 1", 'trusted_proxies = ["127.0.0.3"]']);
+  const dir = path.join(scratch(), "nginx");
+  mkdirSync(dir, { recursive: true });
+  const made = spawnSync("openssl", ["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-days", "2",
+    "-subj", "/CN=home.example", "-addext", "subjectAltName=DNS:home.example,IP:127.0.0.1",
+    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { encoding: "utf8" });
+  assert.equal(made.status, 0, made.stderr);
+  const port = await freePort();
+  writeFileSync(path.join(dir, "nginx.conf"), nginxConfig(dir, port, httpPort));
+  const nginx = startProcess("nginx", NGINX, ["-c", path.join(dir, "nginx.conf"), "-p", dir]);
+  onCleanup(() => nginx.kill());
+  const file = (name) => (existsSync(path.join(dir, name)) ? readFileSync(path.join(dir, name), "utf8") : "");
+  const logs = () => `server:\n${server.log().slice(-2000)}\nnginx:\n${nginx.log()}${file("error.log").slice(-2000)}`;
+  await waitPort(port).catch((e) => {
+    throw new Error(`${e.message}\n${logs()}`);
   });
-  assert.deepEqual(sockets, [`wss://127.0.0.1:${fx.nginxPort}/cameras/mqtt`], "one WebSocket, under the page's own prefix");
-  assert.equal(await page.evaluate(() => window.isSecureContext), true);
-  assert.equal(playing.renderer, "webcodecs", `WebCodecs over https through the proxy (off: ${playing.webCodecsOff})`);
-  assert.deepEqual(errors, [], "no page errors");
 
+  const { page, stats, playing, sockets, errors } = await playAt(`https://127.0.0.1:${port}/cameras/`, logs);
+  assert.deepEqual(sockets, [`wss://127.0.0.1:${port}/cameras/mqtt`], "one WebSocket, under the page's own prefix");
   // The gateway counts this browser by the address nginx forwards (nginx's own address is trusted, so it is
   // never limited): a second WebSocket from the browser is refused with 429 at the upgrade.
   const second = await page.evaluate(async (url) => {
@@ -138,11 +147,38 @@ test("through nginx at https://host/cameras/ the page connects to wss://host/cam
       ws.onopen = () => resolve("open");
       ws.onerror = () => resolve("refused");
     });
-  }, `wss://127.0.0.1:${fx.nginxPort}/cameras/mqtt`);
+  }, `wss://127.0.0.1:${port}/cameras/mqtt`);
   assert.equal(second, "refused", "a second WebSocket from one forwarded client");
-  await waitFor("nginx to log the gateway's 429", () => /" 429 /.test(readFileSync(path.join(scratch(), "nginx", "access.log"), "utf8")));
-  const later = await stats();
-  assert.ok(later.state === "playing" && later.decodedFrames > playing.decodedFrames, "the first plays on");
-  console.log(`behind nginx at /cameras/: ${later.renderer}, first frame ${later.firstFrameMs} ms, latency p50 ${later.latencyP50Ms ?? later.latency?.p50 ?? "?"} ms`);
+  await waitFor("nginx to log the gateway's 429", () => /" 429 /.test(file("access.log")));
+  const later = await waitFor("the first WebSocket's page to play on", async () => {
+    const s = await stats();
+    return s.state === "playing" && s.decodedFrames > playing.decodedFrames + 30 ? s : false;
+  }, { timeoutMs: 5_000 });
+  assert.deepEqual(errors, [], "no page errors");
+  console.log(`behind nginx at /cameras/: ${later.renderer}, first frame ${later.firstFrameMs} ms`);
+  await page.close();
+});
+
+test("through Caddy (its internal CA) at https://host/cameras/ the page plays with WebCodecs", { timeout: 90_000 }, async () => {
+  const { server, httpPort } = await startGateway("caddy", []);
+  const dir = path.join(scratch(), "caddy");
+  mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const site = readmeBlock("caddy").replaceAll("127.0.0.1:8080", `127.0.0.1:${httpPort}`).replace("home.example", `https://127.0.0.1:${port}`);
+  // admin off: no fixed admin port; skip_install_trust: the internal CA stays out of the system's store.
+  const caddyfile = `{\n\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n}\n${site}`;
+  writeFileSync(path.join(dir, "Caddyfile"), caddyfile);
+  const caddy = startProcess("caddy", CADDY, ["run", "--config", path.join(dir, "Caddyfile"), "--adapter", "caddyfile"], {
+    env: { ...process.env, XDG_DATA_HOME: path.join(dir, "data"), XDG_CONFIG_HOME: path.join(dir, "config"), HOME: dir },
+  });
+  onCleanup(() => caddy.kill());
+  const logs = () => `server:\n${server.log().slice(-2000)}\ncaddy:\n${caddy.log().slice(-3000)}`;
+  await waitPort(port, 20_000).catch((e) => {
+    throw new Error(`${e.message}\n${logs()}`);
+  });
+  const { page, playing, sockets, errors } = await playAt(`https://127.0.0.1:${port}/cameras/`, logs);
+  assert.deepEqual(sockets, [`wss://127.0.0.1:${port}/cameras/mqtt`], "one WebSocket, under the page's own prefix");
+  assert.deepEqual(errors, [], "no page errors");
+  console.log(`behind Caddy at /cameras/: ${playing.renderer}, first frame ${playing.firstFrameMs} ms`);
   await page.close();
 });
