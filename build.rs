@@ -25,12 +25,36 @@ const BUNDLE: &str = "node_modules/mqtt/dist/mqtt.esm.js";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=client");
+    // The page's own files and the lock, one by one: watching the folder would take in `node_modules`, which
+    // `npm ci` writes anew, and every test binary would be linked again after each install. The bundle is the
+    // one the lock pins, so the lock stands for it. A file added to client/ is seen with the next change of
+    // one that imports it.
+    for name in ["package.json", "package-lock.json"] {
+        println!("cargo:rerun-if-changed=client/{name}");
+    }
+    for (path, _) in page_files(Path::new("client")).unwrap_or_default() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
     check_ffmpeg();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     if let Err(message) = assemble_page(Path::new("client"), &out) {
         fail(&message);
     }
+}
+
+/// The page's files in `client` (HTML, JavaScript, CSS; not the tests), with the names they are served by.
+fn page_files(client: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(client).map_err(|e| format!("reading {}: {e}", client.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let page_file = ["html", "js", "css"].iter().any(|ext| name.ends_with(&format!(".{ext}")));
+        if path.is_file() && page_file && !name.ends_with(".test.js") {
+            files.push((path, PathBuf::from(name)));
+        }
+    }
+    Ok(files)
 }
 
 fn fail(message: &str) -> ! {
@@ -58,16 +82,7 @@ fn check_ffmpeg() {
 fn assemble_page(client: &Path, out: &Path) -> Result<(), String> {
     let version = locked_mqtt_version(&client.join("package-lock.json"))?;
     let bundle = mqtt_bundle(client, out, &version)?;
-    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let entries = std::fs::read_dir(client).map_err(|e| format!("reading {}: {e}", client.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let page_file = ["html", "js", "css"].iter().any(|ext| name.ends_with(&format!(".{ext}")));
-        if path.is_file() && page_file && !name.ends_with(".test.js") {
-            files.push((path, PathBuf::from(name)));
-        }
-    }
+    let mut files = page_files(client)?;
     if !files.iter().any(|(_, name)| name == Path::new("index.html")) {
         return Err(format!("{} has no index.html", client.display()));
     }
