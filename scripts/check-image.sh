@@ -21,6 +21,8 @@ if ((${#missing[@]})); then
 fi
 
 root="${CHROOT:-$(mktemp -d)}"
+# mktemp makes its folder 0700: as the chroot's / that would keep uid 10001 from running anything in it.
+chmod 0755 "$root"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
