@@ -23,7 +23,7 @@ fn in_process(path: &Path, mode: Mode) -> (f64, f64) {
     config.mode = mode;
     config.video.preset = "veryfast".into();
     let started = Instant::now();
-    let pipeline = Pipeline::start(path.to_str().unwrap(), config).expect("start");
+    let mut pipeline = Pipeline::start(path.to_str().unwrap(), config).expect("start");
     let (mut frames, mut media_us) = (0u64, 0i64);
     for event in pipeline.events().iter() {
         match event {
@@ -97,7 +97,7 @@ fn rtsp_in_process(url: &str, mode: Mode, secs: f64) -> (f64, Vec<f64>) {
     let mut config = PipelineConfig { mode, ..Default::default() };
     config.source.pacing = Pacing::Auto;
     let started = Instant::now();
-    let pipeline = Pipeline::start(url, config).expect("start");
+    let mut pipeline = Pipeline::start(url, config).expect("start");
     let (mut first, mut lat) = (None, Vec::new());
     while let Ok(event) = pipeline.events().recv_timeout(Duration::from_secs(10)) {
         if let PipelineEvent::Fragment(f) = event {

@@ -11,7 +11,7 @@ use support::*;
 fn cycle(url: &str, mode: Mode) {
     let mut config = fast_config();
     config.mode = mode;
-    let pipeline = Pipeline::start(url, config).expect("start");
+    let mut pipeline = Pipeline::start(url, config).expect("start");
     loop {
         match pipeline.events().recv_timeout(Duration::from_secs(30)) {
             Ok(PipelineEvent::Fragment(_)) | Ok(PipelineEvent::End(_)) | Err(_) => break,
@@ -58,7 +58,7 @@ fn start_stop_cycles_free_everything() {
     assert!(growth < 16 * 1024, "RSS grew by {growth} KiB over {} cycles", cycles * sources.len());
 
     // A leak per packet (as with a reused ffmpeg Packet) shows within one long run instead.
-    let pipeline = Pipeline::start("builtin://testsrc", fast_config()).expect("start");
+    let mut pipeline = Pipeline::start("builtin://testsrc", fast_config()).expect("start");
     let mut marks = Vec::new();
     for event in pipeline.events().iter() {
         if let PipelineEvent::Fragment(f) = event {

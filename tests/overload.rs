@@ -293,7 +293,7 @@ fn a_copy_that_falls_behind_skips_ahead_to_a_keyframe_and_says_it_is_degraded() 
     let mut config = PipelineConfig { mode: Mode::Copy, backpressure: Backpressure::Block, ..Default::default() };
     config.source.looping = true;
     config.channel_capacity = 4;
-    let pipeline = Pipeline::start(&support::h264_aac_mp4().display().to_string(), config).expect("starts");
+    let mut pipeline = Pipeline::start(&support::h264_aac_mp4().display().to_string(), config).expect("starts");
     let started = Instant::now();
     let mut run =
         support::Run { source: None, init: None, fragments: Vec::new(), end: None, time_to_first_fragment: None };

@@ -316,7 +316,7 @@ fn a_slow_consumer_loses_whole_gops_and_they_are_counted() {
     let mut config = fast_config();
     config.backpressure = Backpressure::Drop;
     config.channel_capacity = 4;
-    let pipeline = Pipeline::start("builtin://testsrc-silent", config).unwrap();
+    let mut pipeline = Pipeline::start("builtin://testsrc-silent", config).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let mut last = None;
     let mut received = 0;
@@ -390,7 +390,7 @@ fn video_fragments_start_with_a_producer_reference_time() {
 #[test]
 fn a_start_offset_continues_the_timeline() {
     // A restarted source must continue where its viewers are, not at 0 (MSE would play it in the past).
-    let pipeline = Pipeline::start_at(h264_aac_mp4().to_str().unwrap(), fast_config(), 20_000_000, 1).unwrap();
+    let mut pipeline = Pipeline::start_at(h264_aac_mp4().to_str().unwrap(), fast_config(), 20_000_000, 1).unwrap();
     let mut fragments = Vec::new();
     let mut init = None;
     for event in pipeline.events().iter() {

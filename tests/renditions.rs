@@ -39,7 +39,7 @@ fn run_with(url: &str, mut config: PipelineConfig, rendition: RenditionConfig, w
     config.channel_capacity = 4;
     let control = Arc::new(RenditionControl::default());
     let start = Start { renditions: vec![Arc::clone(&control)], ..Start::default() };
-    let pipeline = Pipeline::start_with(url, config, start).expect("pipeline starts");
+    let mut pipeline = Pipeline::start_with(url, config, start).expect("pipeline starts");
     let mut out = Outputs::default();
     loop {
         let event = pipeline.events().recv_timeout(Duration::from_secs(30)).expect("an event within 30 s");

@@ -131,7 +131,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let pipeline = Pipeline::start(&url, config)?;
+    let mut pipeline = Pipeline::start(&url, config)?;
     let (mut source, mut output, mut init_len) = (None, None, 0);
     let (mut t_source, mut t_init, mut t_first) = (None, None, None);
     let (mut sizes, mut durations, mut keyframes) = (Vec::new(), Vec::new(), 0);

@@ -3,8 +3,10 @@
 
 pub mod aac;
 pub mod audio;
+pub mod channel;
 pub mod codec_string;
 pub mod config;
+mod emitter;
 pub mod error;
 pub mod events;
 mod ffi;

@@ -2,12 +2,12 @@
 
 use super::aac;
 use super::audio::AudioTranscoder;
+use super::channel::Events;
 use super::codec_string::{self, annex_b_nals};
-use super::config::{Backpressure, Mode, Pacing, PipelineConfig};
+use super::config::{Mode, Pacing, PipelineConfig};
+use super::emitter::Emitter;
 use super::error::MediaError;
-use super::events::{
-    Fragment, InitSegment, OutputInfo, PipelineEvent, PipelineStats, RenditionEvent, SourceInfo, StreamSummary,
-};
+use super::events::{InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
 use super::ffi;
 use super::fmp4::Segment;
 use super::fragments::TimedMuxer;
@@ -20,7 +20,6 @@ use super::source::{self, Source, SourceKind};
 use super::timing::{wallclock_us, LoopClock, Pacer};
 use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
 use ffmpeg::{codec, media, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +58,7 @@ impl Default for Start {
 
 /// A running pipeline. Dropping it stops the worker and waits for it.
 pub struct Pipeline {
-    events: Receiver<PipelineEvent>,
+    events: Events,
     stop: Arc<AtomicBool>,
     stats: Arc<PipelineStats>,
     thread: Option<JoinHandle<()>>,
@@ -88,18 +87,12 @@ impl Pipeline {
         let Start { offset_us, first_sequence, gate, renditions } = start;
         source::classify_for(url, &config.source)?;
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
-        let (tx, rx) = bounded(config.channel_capacity.max(4));
+        let (tx, events) = Events::channel(config.channel_capacity.max(4));
         let stop = Arc::new(AtomicBool::new(false));
         let id = super::threads::next_id();
         let stats = Arc::new(PipelineStats { id, ..PipelineStats::default() });
-        let mut emitter = Emitter {
-            tx,
-            policy: config.backpressure,
-            dropping: false,
-            renditions_dropping: vec![false; config.renditions.len()],
-            stop: Arc::clone(&stop),
-            stats: Arc::clone(&stats),
-        };
+        let mut emitter =
+            Emitter::new(tx, config.backpressure, config.renditions.len(), Arc::clone(&stop), Arc::clone(&stats));
         let url = url.to_string();
         // Thread names and log fields are visible to anyone reading logs or `ps`: never the password.
         let shown = if config.source.listen {
@@ -121,15 +114,17 @@ impl Pipeline {
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),
                     Err(e) => tracing::warn!(error = %e, code = e.code(), "pipeline ended"),
                 }
+                // Everything the run held is freed by now; the end closes the channel, the last thing the
+                // thread does that its consumer can see (`Pipeline::finish` waits for it).
                 emitter.end(result);
             })
             .map_err(|e| MediaError::Processing(format!("spawning the media thread: {e}")))?;
-        Ok(Self { events: rx, stop, stats, thread: Some(thread) })
+        Ok(Self { events, stop, stats, thread: Some(thread) })
     }
 
-    /// The events, in order; the channel closes after `End`.
-    pub fn events(&self) -> &Receiver<PipelineEvent> {
-        &self.events
+    /// The events, in order; they end after `End`, once the worker has freed everything.
+    pub fn events(&mut self) -> &mut Events {
+        &mut self.events
     }
 
     /// The live counters.
@@ -147,9 +142,24 @@ impl Pipeline {
         Stopper(Arc::clone(&self.stop))
     }
 
-    /// Stops the worker and waits until it has freed everything.
+    /// Stops the worker and waits until it has freed everything, from a thread.
     pub fn join(mut self) {
+        self.close_and_join();
+    }
+
+    /// Stops the worker and waits until it has freed everything, from a task: the events that still come are
+    /// read and dropped until they end, which is when the worker has freed everything and has only its own
+    /// exit left; the join that follows waits for that alone, never for FFmpeg.
+    pub async fn finish(mut self) {
         self.stop();
+        while self.events.recv().await.is_some() {}
+        self.close_and_join();
+    }
+
+    fn close_and_join(&mut self) {
+        self.stop();
+        // A worker waiting for room in the channel gives up at once rather than at its next stop check.
+        self.events.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -158,10 +168,7 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close_and_join();
     }
 }
 
@@ -173,102 +180,6 @@ impl Stopper {
     /// Asks the pipeline to stop.
     pub fn stop(&self) {
         self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Sends events to the consumer, dropping whole GOPs of fragments (not control events) when it lags.
-struct Emitter {
-    tx: Sender<PipelineEvent>,
-    policy: Backpressure,
-    dropping: bool,
-    /// The same as `dropping`, for each rendition's fragments.
-    renditions_dropping: Vec<bool>,
-    stop: Arc<AtomicBool>,
-    stats: Arc<PipelineStats>,
-}
-
-impl Emitter {
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    fn control(&self, event: PipelineEvent) -> Result<(), MediaError> {
-        let mut event = event;
-        loop {
-            if self.stopped() {
-                return Err(MediaError::Stopped);
-            }
-            match self.tx.send_timeout(event, Duration::from_millis(100)) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(e)) => event = e,
-                Err(SendTimeoutError::Disconnected(_)) => return Err(MediaError::Stopped),
-            }
-        }
-    }
-
-    fn fragment(&mut self, fragment: Fragment) -> Result<(), MediaError> {
-        if self.dropping && !fragment.keyframe {
-            self.stats.fragments_dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        self.dropping = false;
-        let (len, samples) = (fragment.bytes.len() as u64, u64::from(fragment.video_samples));
-        let sent = match self.policy {
-            Backpressure::Block => self.control(PipelineEvent::Fragment(fragment)).map(|()| true)?,
-            Backpressure::Drop => match self.tx.try_send(PipelineEvent::Fragment(fragment)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    // Whatever follows until the next keyframe would not decode without this fragment.
-                    self.dropping = true;
-                    self.stats.fragments_dropped.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => return Err(MediaError::Stopped),
-            },
-        };
-        if sent {
-            self.stats.fragments_out.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
-            self.stats.video_frames_out.fetch_add(samples, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// A rendition's event: fragments are dropped up to its next keyframe when the consumer lags, like the
-    /// stream's own (but counted apart), the rest always goes.
-    fn rendition(&mut self, index: usize, event: RenditionEvent) -> Result<(), MediaError> {
-        let RenditionEvent::Fragment(fragment) = event else {
-            return self.control(PipelineEvent::Rendition(index, event));
-        };
-        let Some(dropping) = self.renditions_dropping.get_mut(index) else { return Ok(()) };
-        if *dropping && !fragment.keyframe {
-            return Ok(());
-        }
-        *dropping = false;
-        let event = PipelineEvent::Rendition(index, RenditionEvent::Fragment(fragment));
-        match self.policy {
-            Backpressure::Block => self.control(event),
-            Backpressure::Drop => match self.tx.try_send(event) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(_)) => {
-                    *dropping = true;
-                    Ok(())
-                }
-                Err(TrySendError::Disconnected(_)) => Err(MediaError::Stopped),
-            },
-        }
-    }
-
-    fn send_renditions(&mut self, events: &mut rendition::Events) -> Result<(), MediaError> {
-        for (index, event) in events.drain(..) {
-            self.rendition(index, event)?;
-        }
-        Ok(())
-    }
-
-    fn end(&self, result: Result<(), MediaError>) {
-        // The consumer may be gone already; the end event is best effort but never blocks a stop for long.
-        let _ = self.tx.send_timeout(PipelineEvent::End(result), Duration::from_secs(1));
     }
 }
 

@@ -144,7 +144,7 @@ pub fn collect_with_stats(
     deadline: Duration,
 ) -> (Run, mqtt_video::media::events::StatsSnapshot) {
     let started = Instant::now();
-    let pipeline = Pipeline::start(url, config).expect("pipeline starts");
+    let mut pipeline = Pipeline::start(url, config).expect("pipeline starts");
     let stats = std::sync::Arc::clone(pipeline.stats());
     let mut run = Run { source: None, init: None, fragments: Vec::new(), end: None, time_to_first_fragment: None };
     while let Some(left) = deadline.checked_sub(started.elapsed()) {

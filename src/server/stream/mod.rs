@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Latency samples kept for the stats percentiles.
 const LATENCY_SAMPLES: usize = 300;
@@ -859,34 +859,16 @@ impl Stream {
                 gate: self.gate.clone(),
                 renditions: self.outputs[1..].iter().filter_map(|o| o.control.clone()).collect(),
             };
-            let pipeline = match Pipeline::start_with(&self.source_url, self.config.clone(), start) {
+            let mut pipeline = match Pipeline::start_with(&self.source_url, self.config.clone(), start) {
                 Ok(p) => p,
                 Err(e) => return self.fail(error_code(&e), e.to_string()),
             };
-            let stopper = pipeline.stopper();
             let stats = std::sync::Arc::clone(pipeline.stats());
             *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(std::sync::Arc::clone(&stats));
-            let (tx, mut rx) = mpsc::channel(64);
-            let (done_tx, done_rx) = oneshot::channel::<()>();
-            // The pipeline's channel is blocking; a thread of its own bridges it, and exits with it (a
-            // blocking-pool thread would linger after the stream).
-            let bridge = std::thread::Builder::new().name("media bridge".into()).spawn(move || {
-                for event in pipeline.events().iter() {
-                    if tx.blocking_send(event).is_err() {
-                        break;
-                    }
-                }
-                pipeline.join();
-                drop(done_tx);
-            });
-            if let Err(e) = bridge {
-                stopper.stop();
-                return self.fail(ErrorCode::InternalError, format!("cannot start a thread: {e}"));
-            }
             let mut end = None;
             loop {
                 tokio::select! {
-                    event = rx.recv() => match event {
+                    event = pipeline.events().recv() => match event {
                         Some(PipelineEvent::Init(init)) => {
                             self.on_init(init.bytes, init.info);
                             ever_ready = true;
@@ -905,9 +887,8 @@ impl Stream {
                     _ = self.stopped() => break,
                 }
             }
-            stopper.stop();
-            drop(rx);
-            let _ = done_rx.await;
+            // The worker's thread has freed everything when this returns (a stream that ends leaves no thread).
+            pipeline.finish().await;
             *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
             let done = stats.snapshot();
             self.counters.pipeline_drops.fetch_add(done.fragments_dropped, Ordering::Relaxed);
