@@ -2,11 +2,11 @@
 //! server itself run as its real binary with a generated config.
 
 use bytes::Bytes;
-use crossbeam_channel::{unbounded, Receiver};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// A message the page received.
@@ -53,8 +53,8 @@ impl Page {
             options.set_last_will(LastWill::new(topic, payload, QoS::AtMostOnce, false));
         }
         let (client, mut connection) = Client::new(options, 1000);
-        let (tx, rx) = unbounded();
-        let (ready_tx, ready_rx) = unbounded();
+        let (tx, rx) = channel();
+        let (ready_tx, ready_rx) = channel();
         let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let closing = std::sync::Arc::clone(&closed);
         std::thread::spawn(move || {
