@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod ids;
+pub mod supervisor;
 
 use super::viewer::Viewer;
 use crate::config::RetryConfig;
