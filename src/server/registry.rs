@@ -201,9 +201,9 @@ impl Hub {
 
     /// Stops streams nobody watched for the linger time and ends viewers that did not renew in time.
     pub(super) fn sweep(&self) {
-        lock(&self.rate).forget_idle(Instant::now());
-        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         let now = Instant::now();
+        lock(&self.rate).forget_idle(now);
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         if lock(&self.admission).sample_due(now) {
             let ticks = crate::media::threads::cpu_ticks_by_pipeline();
             let mut ledger = lock(&self.admission);
@@ -215,7 +215,7 @@ impl Hub {
         let linger = self.config.limits.linger();
         for stream in streams {
             if let Some(timeout) = self.config.limits.viewer_timeout() {
-                let expired = stream.expire_viewers(timeout);
+                let expired = stream.expire_viewers(timeout, now);
                 if !expired.is_empty() {
                     // The stream knows its viewers by their delivery topics, the hub by their reply topics.
                     lock(&self.viewers).retain(|reply_topic, url| {
@@ -230,7 +230,7 @@ impl Hub {
             // A stream still opening its source has describes waiting on it; it fails by its own timeout.
             let starting = matches!(*stream.phase().borrow(), Phase::Starting);
             let unwatched = stream.viewer_count() == 0 && !stream.is_pinned();
-            if !starting && unwatched && stream.idle_for().is_some_and(|idle| idle >= linger) {
+            if !starting && unwatched && stream.idle_for(now).is_some_and(|idle| idle >= linger) {
                 stream.stop();
             }
         }
