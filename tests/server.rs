@@ -158,6 +158,37 @@ fn stop_ends_the_viewer_and_the_stream_lingers_out() {
     assert_eq!(s.server.threads(), threads_idle, "the media threads exited");
 }
 
+/// The names of the server's threads.
+fn thread_names(server: &Server) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).expect("server /proc");
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().into())
+        .collect()
+}
+
+#[test]
+fn a_playing_stream_adds_only_its_pipelines_threads() {
+    let s = stack("");
+    let idle = thread_names(&s.server);
+    let p = page(&s);
+    let topic = format!("threads/{}", rand_suffix());
+    p.play(&s.rtsp.url, &topic);
+    assert!(p.media_within(&topic, Duration::from_secs(5)));
+    let playing = thread_names(&s.server);
+    // The pipeline's thread and those it starts carry its tag (`mv<id> ...`); the RTSP relay's are its own.
+    // Nothing else: the events go from the pipeline's thread to the stream's task with no thread between.
+    let others: Vec<&String> = playing
+        .iter()
+        .filter(|n| !idle.contains(n))
+        .filter(|n| mqtt_video::media::threads::tag_of(n).is_none() && !n.starts_with("rtsp-relay"))
+        .collect();
+    assert!(others.is_empty(), "threads beside the pipeline's: {others:?} (idle {idle:?}, playing {playing:?})");
+    assert!(playing.len() > idle.len(), "the pipeline's thread is there: {playing:?}");
+    p.stop(&topic);
+}
+
 #[test]
 fn a_closed_tab_ends_its_viewer_through_its_last_will() {
     let s = stack("[limits]\nlinger_secs = 30\n");
