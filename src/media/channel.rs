@@ -1,7 +1,7 @@
 //! The pipeline's event channel, as its consumers see it: tokio's bounded mpsc channel, which the worker
 //! thread sends into and which a server's stream awaits from its task, so no thread relays between them.
 //! A thread can read it too (the probe, tests, benchmarks): tokio's own `blocking_recv` and
-//! `blocking_send` cannot give up at a deadline or when a stop is asked, so [`wait`] polls the channel's
+//! `blocking_send` cannot give up at a deadline or when a stop is asked, so `wait` polls the channel's
 //! future on the calling thread and parks it between polls.
 
 use super::events::PipelineEvent;
