@@ -7,8 +7,8 @@ mod support;
 
 use mqtt_video::bench::ffmpeg_ref::{AAC_ARGS, X264_ARGS};
 use mqtt_video::media::config::Pacing;
-use mqtt_video::media::fmp4::{Segment, Splitter};
 use mqtt_video::media::{Mode, Pipeline, PipelineConfig, PipelineEvent};
+use mqtt_video_wire::fmp4::{Segment, Splitter};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,8 +2,5 @@
 
 pub mod bench;
 pub mod config;
-pub mod ingest;
 pub mod media;
-pub mod policy;
-pub mod protocol;
 pub mod server;

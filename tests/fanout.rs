@@ -6,8 +6,8 @@
 mod support;
 
 use mqtt_video::bench::measure::{MediaCheck, Received, SequenceMerge};
-use mqtt_video::media::fmp4;
 use mqtt_video::media::timing::wallclock_us;
+use mqtt_video_wire::fmp4;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,8 +3,8 @@
 
 mod support;
 
-use mqtt_video::ingest::rtmp::amf0::Value as AmfValue;
-use mqtt_video::media::fmp4::{self, Segment, Splitter, TrackKind};
+use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackKind};
+use mqtt_video_wire::rtmp::amf0::Value as AmfValue;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -371,7 +371,7 @@ fn stopping_a_pipeline_that_is_connecting_is_immediate() {
 
 #[test]
 fn video_fragments_start_with_a_producer_reference_time() {
-    use mqtt_video::media::fmp4::{parse_box_header, parse_init, parse_prft};
+    use mqtt_video_wire::fmp4::{parse_box_header, parse_init, parse_prft};
     let run = collect(h264_aac_mp4().to_str().unwrap(), fast_config(), 100.0, LONG);
     let timescale = i64::from(parse_init(&run.init.as_ref().unwrap().bytes).unwrap()[0].timescale);
     for f in run.fragments.iter().filter(|f| f.video_samples > 0) {
@@ -405,9 +405,9 @@ fn a_start_offset_continues_the_timeline() {
     let first = &fragments[0];
     assert_eq!(first.media_time_us, 20_000_000, "the fragment's own decode time");
     // The bytes say the same: every track's tfdt starts at the offset.
-    let tracks = mqtt_video::media::fmp4::parse_init(&init.unwrap().bytes).unwrap();
-    let moof = mqtt_video::media::fmp4::find_box(&first.bytes[32..], b"moof").unwrap().unwrap();
-    for run in mqtt_video::media::fmp4::parse_moof(moof, &tracks).unwrap() {
+    let tracks = mqtt_video_wire::fmp4::parse_init(&init.unwrap().bytes).unwrap();
+    let moof = mqtt_video_wire::fmp4::find_box(&first.bytes[32..], b"moof").unwrap().unwrap();
+    for run in mqtt_video_wire::fmp4::parse_moof(moof, &tracks).unwrap() {
         let track = tracks.iter().find(|t| t.track_id == run.track_id).unwrap();
         let secs = run.base_decode_time as f64 / f64::from(track.timescale);
         assert!((secs - 20.0).abs() < 0.1, "track {} starts at {secs} s", run.track_id);

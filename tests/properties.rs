@@ -4,11 +4,11 @@
 //! (PROPTEST_CASES raises it for a longer fuzzing run).
 
 use mqtt_video::bench::measure::MediaCheck;
-use mqtt_video::media::fmp4::{Segment, Splitter};
-use mqtt_video::media::keyframe::annex_b_keyframe;
 use mqtt_video::media::snapshot::jpeg_size;
-use mqtt_video::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
-use mqtt_video::server::ratelimit::{RateLimiter, Verdict};
+use mqtt_video_wire::fmp4::{Segment, Splitter};
+use mqtt_video_wire::keyframe::annex_b_keyframe;
+use mqtt_video_wire::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
+use mqtt_video_wire::ratelimit::{RateLimiter, Verdict};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 

@@ -167,7 +167,7 @@ fn a_rendition_nobody_wants_is_never_encoded() {
 
 // --- Served: describe, play, switch and stop over a real broker ---
 
-use mqtt_video::media::fmp4::{self, TrackKind};
+use mqtt_video_wire::fmp4::{self, TrackKind};
 use serde_json::{json, Value};
 use std::time::Instant;
 use support::broker::Broker;

@@ -5,9 +5,9 @@
 
 mod support;
 
-use mqtt_video::ingest::rtmp::amf0::Value;
-use mqtt_video::ingest::rtmp::chunk::{ChunkWriter, Message, ABORT, MAX_MESSAGE_LEN, SET_CHUNK_SIZE};
-use mqtt_video::ingest::rtmp::{flv, PublishSession, RtmpError};
+use mqtt_video_wire::rtmp::amf0::Value;
+use mqtt_video_wire::rtmp::chunk::{ChunkWriter, Message, ABORT, MAX_MESSAGE_LEN, SET_CHUNK_SIZE};
+use mqtt_video_wire::rtmp::{flv, PublishSession, RtmpError};
 use proptest::prelude::*;
 use support::rtmp::{Script, AUDIO, VIDEO};
 
@@ -85,8 +85,8 @@ fn session(name: &str, chunk_size: u32) -> Vec<u8> {
 fn expected_flv() -> Vec<u8> {
     let mut out = flv::header(true, true).to_vec();
     let mut body = Vec::new();
-    mqtt_video::ingest::rtmp::amf0::put_string(&mut body, "onMetaData");
-    mqtt_video::ingest::rtmp::amf0::put(
+    mqtt_video_wire::rtmp::amf0::put_string(&mut body, "onMetaData");
+    mqtt_video_wire::rtmp::amf0::put(
         &mut body,
         &Value::EcmaArray(vec![
             ("width".into(), Value::Number(320.0)),

@@ -3,8 +3,8 @@
 
 mod support;
 
-use mqtt_video::media::codec_string::mime_type;
-use mqtt_video::media::fmp4::{self, Segment, Splitter};
+use mqtt_video_wire::codec_string::mime_type;
+use mqtt_video_wire::fmp4::{self, Segment, Splitter};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::broker::Broker;

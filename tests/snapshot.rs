@@ -6,9 +6,9 @@
 mod support;
 
 use mqtt_video::media::config::Mode;
-use mqtt_video::media::keyframe::{annex_b_keyframe, KeyframeError};
 use mqtt_video::media::snapshot::{jpeg_of_keyframe, jpeg_size, JpegSettings};
 use mqtt_video::media::Fragment;
+use mqtt_video_wire::keyframe::{annex_b_keyframe, KeyframeError};
 use std::process::Command;
 use std::time::Instant;
 use support::*;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::media::fmp4::{self, Segment, Splitter};
+use mqtt_video_wire::fmp4::{self, Segment, Splitter};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, bytes)) = data.split_first() else { return };

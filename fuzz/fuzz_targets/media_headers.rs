@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::ingest::rtmp::flv;
-use mqtt_video::media::{aac, h264};
+use mqtt_video_wire::rtmp::flv;
+use mqtt_video_wire::{aac, h264};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(sps) = h264::parse_sps(data) {

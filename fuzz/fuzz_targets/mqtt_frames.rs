@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::server::gateway::mqtt_frames::{read_connect, Framer};
+use mqtt_video_wire::mqtt_frames::{read_connect, Framer};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, bytes)) = data.split_first() else { return };

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::policy::{AllowList, NamedSource, Policy};
+use mqtt_video_wire::policy::{AllowList, NamedSource, Policy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(url) = std::str::from_utf8(data) else { return };

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
+use mqtt_video_wire::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = RequestLimits { max_request_bytes: 4096, prefix: "video".into(), reply_prefix: "pages/".into() };

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_video::ingest::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
+use mqtt_video_wire::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, bytes)) = data.split_first() else { return };

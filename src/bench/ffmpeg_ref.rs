@@ -9,10 +9,10 @@
 use super::measure::Summary;
 use super::report::FfmpegFigures;
 use super::viewer::JOIN_BURST;
-use crate::media::fmp4::{self, Segment, Splitter, TrackKind};
 use crate::media::source::TestPattern;
 use crate::media::timing::wallclock_us;
 use crate::server::stats::{memory_and_threads_of, CpuMeter};
+use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackKind};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};

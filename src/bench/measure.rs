@@ -1,7 +1,7 @@
 //! Pure figures: percentiles, and what one viewer's media says about delivery (latency from the `prft`
 //! stamps, bitrate, gaps and reordering from the `tfdt` timeline). No I/O: everything takes the receipt time.
 
-use crate::media::fmp4::{self, Fmp4Error, TrackInfo, TrackKind};
+use mqtt_video_wire::fmp4::{self, Fmp4Error, TrackInfo, TrackKind};
 use serde::{Deserialize, Serialize};
 
 /// Distribution of a set of samples (ms unless said otherwise).

@@ -3,10 +3,10 @@
 
 use super::measure::{MediaCheck, Realtime, Received, SequenceMerge, Summary};
 use super::report::ViewerReport;
-use crate::media::fmp4;
 use crate::media::timing::wallclock_us;
-use crate::protocol::status_topic;
 use crate::server::mqtt::MAX_PACKET_BYTES;
+use mqtt_video_wire::fmp4;
+use mqtt_video_wire::protocol::status_topic;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

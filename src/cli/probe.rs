@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mqtt_video::media::config::{Backpressure, Pacing, RtspFrameEnd, RtspTransport};
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
-use mqtt_video::policy::redact;
+use mqtt_video_wire::policy::redact;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The media pipeline's typed errors, worded for the person who asked for the stream.
 
-use super::codec_string::CodecStringError;
-use super::fmp4::Fmp4Error;
+use mqtt_video_wire::codec_string::CodecStringError;
+use mqtt_video_wire::fmp4::Fmp4Error;
 use thiserror::Error;
 
 /// Everything that can stop a media pipeline.
@@ -82,4 +82,26 @@ pub(crate) fn received(result: Result<(), ffmpeg_next::Error>) -> Result<bool, f
 /// Wraps an FFmpeg failure in a processing error that says which step failed.
 pub(crate) fn processing(step: &str) -> impl Fn(ffmpeg_next::Error) -> MediaError + '_ {
     move |e| MediaError::Processing(format!("{step}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_error_codes_map() {
+        let errors = [
+            MediaError::ForbiddenProtocol("concat".into()),
+            MediaError::InvalidUrl("x".into()),
+            MediaError::SourceUnreachable("x".into()),
+            MediaError::Timeout("x".into()),
+            MediaError::Unsupported("x".into()),
+            MediaError::Ended,
+            MediaError::Processing("x".into()),
+            MediaError::Overloaded("x".into()),
+        ];
+        for e in errors {
+            assert!(mqtt_video_wire::protocol::ErrorCode::from_code(e.code()).is_some(), "{}", e.code());
+        }
+    }
 }

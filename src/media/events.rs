@@ -3,6 +3,7 @@
 use super::error::MediaError;
 use super::plan::{AudioPlan, TrackMode};
 use bytes::Bytes;
+pub use mqtt_video_wire::output::{OutputInfo, RenditionInfo};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -54,26 +55,6 @@ pub struct SourceInfo {
     pub video: TrackMode,
     /// Audio: copied, transcoded or dropped (with why).
     pub audio: AudioPlan,
-}
-
-/// Facts about the output stream that a player needs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutputInfo {
-    /// Exact MIME type with RFC 6381 codecs, from the init segment.
-    #[serde(rename = "mimeCodec")]
-    pub mime_codec: String,
-    /// Video width.
-    pub width: u32,
-    /// Video height.
-    pub height: u32,
-    /// Nominal frame rate.
-    pub fps: f64,
-    /// Whether there is an audio track.
-    pub has_audio: bool,
-    /// Video copied or transcoded.
-    pub video: TrackMode,
-    /// Audio copied or transcoded (none without audio).
-    pub audio: Option<TrackMode>,
 }
 
 /// The `ftyp`+`moov` a player needs before any fragment.
@@ -134,24 +115,6 @@ pub enum RenditionEvent {
     Fragment(Fragment),
     /// It failed and is left out until the source's next run (the stream goes on); why, for its viewers.
     Failed(String),
-}
-
-/// A rendition as a player chooses it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RenditionInfo {
-    /// Its name (`main` is the stream's own output).
-    pub name: String,
-    /// Exact MIME type with RFC 6381 codecs.
-    #[serde(rename = "mimeCodec")]
-    pub mime_codec: String,
-    /// Video width.
-    pub width: u32,
-    /// Video height.
-    pub height: u32,
-    /// Nominal frame rate.
-    pub fps: f64,
-    /// Its video bitrate in kbit/s: the configured one, else measured (absent until known).
-    pub bitrate_kbps: Option<u32>,
 }
 
 /// Counters a pipeline keeps while it runs, readable from any thread.

@@ -4,12 +4,12 @@
 
 use super::error::MediaError;
 use super::events::Fragment;
-use super::fmp4::{self, TrackInfo, TrackKind};
 use super::mux::{Muxer, Segments, TrackPlacer};
 use super::timing::{wallclock_us, ArrivalTracker};
 use super::video::VIDEO_TIME_BASE;
 use bytes::Bytes;
 use ffmpeg_next::{Packet, Rational, Rescale};
+use mqtt_video_wire::fmp4::{self, TrackInfo, TrackKind};
 use std::ops::Range;
 
 const MICROS: Rational = Rational(1, 1_000_000);

@@ -1,23 +1,17 @@
 //! Everything that touches FFmpeg, behind a small safe API: open a source, copy or transcode, mux
 //! fragmented MP4 in memory, hand out the init segment and fragments from a worker thread.
 
-pub mod aac;
 pub mod audio;
 pub mod channel;
-pub mod codec_string;
 pub mod config;
 mod emitter;
 pub mod error;
 pub mod events;
 mod ffi;
-pub mod fmp4;
 pub mod fragments;
-pub mod h264;
 pub mod keycheck;
-pub mod keyframe;
 pub mod lag;
 pub mod load;
-pub mod marker_splice;
 pub mod mux;
 pub mod pipeline;
 pub mod plan;

@@ -3,10 +3,10 @@
 
 use super::error::{processing, MediaError};
 use super::ffi;
-use super::fmp4::{self, Segment, Splitter, TrackInfo};
 use ffmpeg::format::context::{Output, StreamIo};
 use ffmpeg::{codec, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackInfo};
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -1,15 +1,12 @@
 //! One media pipeline on its own OS thread: source, copy or transcode, fMP4 muxing, events out.
 
-use super::aac;
 use super::audio::AudioTranscoder;
 use super::channel::Events;
-use super::codec_string::{self, annex_b_nals};
 use super::config::{Mode, Pacing, PipelineConfig};
 use super::emitter::Emitter;
 use super::error::MediaError;
 use super::events::{InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
 use super::ffi;
-use super::fmp4::Segment;
 use super::fragments::TimedMuxer;
 use super::keycheck::KeyframeCheck;
 use super::load::{LoadControl, Step};
@@ -22,6 +19,9 @@ use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
 use bytes::Bytes;
 use ffmpeg::{codec, media, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::aac;
+use mqtt_video_wire::codec_string::{self, annex_b_nals};
+use mqtt_video_wire::fmp4::Segment;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -99,7 +99,7 @@ impl Pipeline {
             // A listening URL carries the stream key in its path: show only where it listens.
             url.split('/').take(3).collect::<Vec<_>>().join("/")
         } else {
-            crate::policy::redact(&url)
+            mqtt_video_wire::policy::redact(&url)
         };
         // Tagged, so that the threads FFmpeg starts from it count as this pipeline's CPU.
         let name = super::threads::thread_name(id, &shown);

@@ -2,17 +2,8 @@
 
 use super::config::Mode;
 use super::error::MediaError;
+pub use mqtt_video_wire::output::TrackMode;
 use serde::Serialize;
-
-/// What happens to one track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrackMode {
-    /// Remuxed as it is.
-    Copy,
-    /// Decoded and re-encoded.
-    Transcode,
-}
 
 /// What the source's video is, as far as the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

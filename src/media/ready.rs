@@ -5,14 +5,14 @@
 //! audio) unknown, the pipeline reads on, up to the connect timeout, until the stream's own keyframe (and
 //! ADTS header) tell, and keeps what it read from that keyframe on.
 
-use super::aac;
-use super::codec_string::annex_b_nals;
 use super::error::MediaError;
 use super::ffi;
-use super::h264;
 use super::source::Source;
 use ffmpeg::{codec, media, Packet};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::aac;
+use mqtt_video_wire::codec_string::annex_b_nals;
+use mqtt_video_wire::h264;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,6 @@ use super::audio::AudioTranscoder;
 use super::config::{AudioEncoderConfig, RenditionConfig, VideoEncoderConfig};
 use super::error::{processing, received, MediaError};
 use super::events::{InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
-use super::fmp4::Segment;
 use super::fragments::TimedMuxer;
 use super::mux::{Muxer, TrackSpec};
 use super::plan::TrackMode;
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::{decoder, frame, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::fmp4::Segment;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -209,7 +209,7 @@ impl Renditions {
                     copied: false,
                 };
                 let (muxer, _) = Muxer::new(std::iter::once(video).chain(audio.cloned()).collect(), 0)?;
-                Ok(super::codec_string::mime_type(muxer.tracks())?)
+                Ok(mqtt_video_wire::codec_string::mime_type(muxer.tracks())?)
             });
             match mime {
                 Ok(mime_codec) => out.push((
@@ -492,7 +492,7 @@ impl Running {
         let specs = std::iter::once(video).chain(audio.filter(|_| self.has_audio)).collect();
         let (muxer, segments) = Muxer::new(specs, stream.fragment_ms)?;
         self.info = Some(OutputInfo {
-            mime_codec: super::codec_string::mime_type(muxer.tracks())?,
+            mime_codec: mqtt_video_wire::codec_string::mime_type(muxer.tracks())?,
             width,
             height,
             fps,

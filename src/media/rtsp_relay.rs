@@ -3,8 +3,8 @@
 //! connection to the camera. libavformat still runs the whole session (authentication, keep-alives,
 //! depacketizing, timestamps); the relay only adds a delimiter after each frame's last packet.
 
-use super::marker_splice::{MarkerSplice, SpliceCounts};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::marker_splice::{MarkerSplice, SpliceCounts};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,13 +4,13 @@
 
 use super::error::{processing, MediaError};
 use super::ffi;
-use super::keyframe::annex_b_keyframe;
 use super::video::output_size;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg::{frame, Packet};
 use ffmpeg_next as ffmpeg;
+use mqtt_video_wire::keyframe::annex_b_keyframe;
 
 /// FFmpeg's lambda per quantiser step (`FF_QP2LAMBDA`).
 const QP2LAMBDA: i32 = 118;

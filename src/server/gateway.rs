@@ -7,9 +7,6 @@ mod addresses;
 mod bridge;
 mod certificate;
 mod liveness;
-pub mod mqtt_frames;
-mod plain_http;
-pub mod shedding;
 pub mod tls;
 
 use super::health::Health;
@@ -24,6 +21,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use bridge::BridgeConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use mqtt_video_wire::plain_http;
 use std::sync::Arc;
 use std::time::Duration;
 use tls::Tls;

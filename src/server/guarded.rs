@@ -3,8 +3,9 @@
 //! receives anything of that stream (docs/PROTOCOL.md, "Who may watch what"). Without it, the reply topic.
 
 use super::stream::Stream;
-use super::{ratelimit, Hub};
-use crate::protocol::{guarded_base, guarded_topic, StreamTopics};
+use super::Hub;
+use mqtt_video_wire::protocol::{guarded_base, guarded_topic, StreamTopics};
+use mqtt_video_wire::ratelimit;
 
 impl Hub {
     /// Whether answers about a stream go under the stream's topics (`topics.guarded`).

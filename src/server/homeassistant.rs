@@ -7,11 +7,12 @@
 //! requests on `<prefix>/snapshot`.
 
 use super::snapshots::{source_ids, Snapshots};
-use super::{lock, mqtt, ratelimit, Hub};
+use super::{lock, mqtt, Hub};
 use crate::config::ConfigError;
-use crate::policy::NamedSource;
-use crate::protocol::{reply_topic_hint, ErrorCode, ErrorReply, Topics};
 use bytes::Bytes;
+use mqtt_video_wire::policy::NamedSource;
+use mqtt_video_wire::protocol::{reply_topic_hint, ErrorCode, ErrorReply, Topics};
+use mqtt_video_wire::ratelimit;
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use serde::Deserialize;
 use serde_json::json;
@@ -72,7 +73,7 @@ impl HomeAssistantConfig {
                 "cannot be used with [cluster] enabled yet: every instance would publish the same cameras",
             ));
         }
-        crate::protocol::validate_prefix(&self.discovery_prefix)
+        mqtt_video_wire::protocol::validate_prefix(&self.discovery_prefix)
             .map_err(|e| invalid("discovery_prefix", e.to_string()))?;
         if self.snapshot_secs == 0 {
             return Err(invalid("snapshot_secs", "must be at least 1"));

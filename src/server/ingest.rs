@@ -10,8 +10,8 @@
 
 use super::stream::Phase;
 use super::{lock, Hub};
-use crate::ingest::rtmp::{PublishSession, RtmpError};
-use crate::ingest::{IngestEndpoint, IngestProtocol};
+use crate::config::ingest::{IngestEndpoint, IngestProtocol};
+use mqtt_video_wire::rtmp::{PublishSession, RtmpError};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -5,11 +5,11 @@
 use super::health::Health;
 use super::stream::{Stream, StreamStats};
 use super::{lock, stats, Hub, LateHub};
-use crate::policy::redact;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use mqtt_video_wire::policy::redact;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -86,7 +86,7 @@ const STREAM_STATES: [&str; 5] = ["starting", "playing", "reconnecting", "failed
 
 /// What a stream's `source` label says: the name it is configured under, else its URL without the password.
 fn source_label(hub: &Hub, url: &str) -> String {
-    if let Some(name) = crate::ingest::name_of(url) {
+    if let Some(name) = crate::config::ingest::name_of(url) {
         return name.to_string();
     }
     hub.config

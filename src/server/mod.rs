@@ -12,7 +12,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 mod ownership;
-pub mod ratelimit;
 mod registry;
 mod requests;
 pub mod snapshots;
@@ -22,8 +21,8 @@ pub mod supervise;
 pub mod viewer;
 
 use crate::config::Config;
-use crate::policy::{redact, Policy, PolicyError};
-use crate::protocol::{source_entry_topic, RequestLimits, TopicError, Topics};
+use mqtt_video_wire::policy::{redact, Policy, PolicyError};
+use mqtt_video_wire::protocol::{source_entry_topic, RequestLimits, TopicError, Topics};
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -89,7 +88,7 @@ pub struct Hub {
     cpu: Mutex<stats::CpuMeter>,
     /// The pipelines' measured CPU, for admission against the CPU budget.
     admission: Mutex<admission::Ledger>,
-    rate: Mutex<ratelimit::RateLimiter>,
+    rate: Mutex<mqtt_video_wire::ratelimit::RateLimiter>,
     /// The instances sharing the requests, with `[cluster] enabled`.
     members: Option<Mutex<cluster::Members>>,
     /// Push ingest endpoints.
@@ -178,7 +177,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         cpu: Mutex::default(),
         admission: Mutex::default(),
         members: cluster_on.then(|| Mutex::new(cluster::Members::new(&client_id))),
-        rate: Mutex::new(ratelimit::RateLimiter::new(
+        rate: Mutex::new(mqtt_video_wire::ratelimit::RateLimiter::new(
             config.limits.requests_per_minute,
             config.limits.requests_per_second,
             Instant::now(),
@@ -271,10 +270,10 @@ impl Hub {
             version: u32,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             guarded: bool,
-            sources: Vec<crate::policy::OfferedSource>,
+            sources: Vec<mqtt_video_wire::policy::OfferedSource>,
         }
         let mut offered = self.policy.offered();
-        offered.extend(self.ingest.iter().filter(|e| e.is_live()).map(|e| crate::policy::OfferedSource {
+        offered.extend(self.ingest.iter().filter(|e| e.is_live()).map(|e| mqtt_video_wire::policy::OfferedSource {
             name: e.config.name.clone(),
             url: e.url(),
             description: e.config.description.clone(),
@@ -289,7 +288,7 @@ impl Hub {
             }
             offered.clear();
         }
-        let sources = Sources { version: crate::protocol::PROTOCOL_VERSION, guarded, sources: offered };
+        let sources = Sources { version: mqtt_video_wire::protocol::PROTOCOL_VERSION, guarded, sources: offered };
         self.publish_json(self.topics.sources(), &sources, true).await;
     }
 
@@ -297,8 +296,8 @@ impl Hub {
     /// without a publisher, whose entry is cleared).
     fn source_entries<'a>(
         &self,
-        offered: &'a [crate::policy::OfferedSource],
-    ) -> Vec<(String, Option<&'a crate::policy::OfferedSource>)> {
+        offered: &'a [mqtt_video_wire::policy::OfferedSource],
+    ) -> Vec<(String, Option<&'a mqtt_video_wire::policy::OfferedSource>)> {
         let topic = |url: &str| source_entry_topic(self.topics.prefix(), &self.ids.id_of(url));
         let mut entries: Vec<_> =
             offered.iter().filter_map(|s| self.allow(&s.url).ok().map(|url| (topic(&url), Some(s)))).collect();
@@ -336,7 +335,7 @@ impl Hub {
         let (rss_kib, threads) = stats::memory_and_threads();
         let cpu = lock(&self.cpu).sample();
         serde_json::json!({
-            "version": crate::protocol::PROTOCOL_VERSION,
+            "version": mqtt_video_wire::protocol::PROTOCOL_VERSION,
             "uptime_secs": self.started.elapsed().as_secs(),
             "streams": streams,
             "viewers": streams.iter().map(|s| s.viewers).sum::<usize>(),

@@ -2,8 +2,8 @@
 //! with backoff, re-subscribes after every connect, and hands control requests to the server.
 
 use crate::config::BrokerConfig;
-use crate::protocol::{RequestKind, Topics};
 use bytes::Bytes;
+use mqtt_video_wire::protocol::{RequestKind, Topics};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 

@@ -2,7 +2,7 @@
 //! comings and goings, and the owner of a request's URL.
 
 use super::{cluster, lock, Hub};
-use crate::protocol::{ProtocolError, Request, RequestKind};
+use mqtt_video_wire::protocol::{ProtocolError, Request, RequestKind};
 use rumqttc::QoS;
 
 impl Hub {

@@ -4,20 +4,20 @@
 use super::admission::{Decision, ADMIT_WAIT};
 use super::stream::{Phase, Stream};
 use super::{ingest, lock, supervise, Hub, SWEEP_EVERY};
-use crate::ingest::IngestEndpoint;
+use crate::config::ingest::IngestEndpoint;
 use crate::media::config::VideoEncoderConfig;
 use crate::media::pipeline::Gate;
 use crate::media::plan::TrackMode;
 use crate::media::SourceInfo;
-use crate::policy::redact;
-use crate::protocol::{ErrorCode, RequestKind};
+use mqtt_video_wire::policy::redact;
+use mqtt_video_wire::protocol::{ErrorCode, RequestKind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Hub {
     /// Which stream a requested URL names: an allowed URL as the policy maps it, or an ingest endpoint's.
     pub(super) fn allow(&self, url: &str) -> Result<String, String> {
-        if let Some(name) = crate::ingest::name_of(url) {
+        if let Some(name) = crate::config::ingest::name_of(url) {
             return self
                 .config
                 .ingest_endpoint(url)
@@ -36,7 +36,7 @@ impl Hub {
         kind: RequestKind,
         requester: Option<&str>,
     ) -> Result<Arc<Stream>, (ErrorCode, String)> {
-        if crate::ingest::name_of(url).is_some() {
+        if crate::config::ingest::name_of(url).is_some() {
             let running = lock(&self.streams).get(url).filter(|s| s.is_alive()).cloned();
             let usable = |s: &Arc<Stream>| s.has_publisher() || (kind == RequestKind::Play && s.viewer_count() > 0);
             return running
@@ -51,7 +51,7 @@ impl Hub {
         let url = endpoint.url();
         let mut config = self.config.pipeline_for(&url);
         config.source.listen = true;
-        let srt = endpoint.config.protocol == crate::ingest::IngestProtocol::Srt;
+        let srt = endpoint.config.protocol == crate::config::ingest::IngestProtocol::Srt;
         if srt {
             config.source.passphrase = endpoint.config.key.clone().map(crate::media::config::Secret);
         }
@@ -121,8 +121,8 @@ impl Hub {
     }
 
     /// The topics of the stream of an allowed URL (protocol v2).
-    pub(super) fn stream_topics(&self, url: &str) -> crate::protocol::StreamTopics {
-        crate::protocol::StreamTopics::new(self.topics.prefix(), &self.ids.id_of(url))
+    pub(super) fn stream_topics(&self, url: &str) -> mqtt_video_wire::protocol::StreamTopics {
+        mqtt_video_wire::protocol::StreamTopics::new(self.topics.prefix(), &self.ids.id_of(url))
     }
 
     /// The running stream for `url`, or a new one from `make`, within the stream limits: in all, and of the

@@ -1,13 +1,14 @@
 //! The control requests: describe, play and stop, from parsing and rate limits to the stream's answer.
 
 use super::stream::{self, Phase};
-use super::{lock, ratelimit, Hub};
-use crate::policy::redact;
-use crate::protocol::{
+use super::{lock, Hub};
+use bytes::Bytes;
+use mqtt_video_wire::policy::redact;
+use mqtt_video_wire::protocol::{
     parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
     GuardedPointer, PlayRequest, ProtocolError, RenditionEntry, Request, RequestKind, Status, StopRequest,
 };
-use bytes::Bytes;
+use mqtt_video_wire::ratelimit;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,14 +7,14 @@ use super::stream::{Phase, Stream};
 use super::{Hub, LateHub};
 use crate::config::ConfigError;
 use crate::media::snapshot::{jpeg_of_keyframe, Jpeg, JpegSettings};
-use crate::policy::NamedSource;
-use crate::protocol::{ErrorCode, RequestKind};
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use mqtt_video_wire::policy::NamedSource;
+use mqtt_video_wire::protocol::{ErrorCode, RequestKind};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,7 +245,7 @@ async fn http_snapshot(hub: LateHub, snapshots: Arc<Snapshots>, file: String) ->
                 ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_GATEWAY,
             };
-            let body = crate::protocol::ErrorReply::new(e.code, e.message);
+            let body = mqtt_video_wire::protocol::ErrorReply::new(e.code, e.message);
             (status, axum::Json(body)).into_response()
         }
     }

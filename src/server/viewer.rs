@@ -166,7 +166,7 @@ impl Viewer {
     pub fn spawn_publisher(&self, client: AsyncClient, qos: QoS) {
         let (queue, notify) = (Arc::clone(&self.queue), Arc::clone(&self.notify));
         let media_topic = self.reply_topic.clone();
-        let status_topic = crate::protocol::status_topic(&self.reply_topic);
+        let status_topic = mqtt_video_wire::protocol::status_topic(&self.reply_topic);
         tokio::spawn(async move {
             loop {
                 let (item, done) = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();

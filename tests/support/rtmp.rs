@@ -2,9 +2,9 @@
 //! ffmpeg opens (handshake, `connect`, `releaseStream`, `FCPublish`, `createStream`, `publish`, metadata,
 //! media) at any chunk size, its hostile variants, and a TCP client that plays such a script to a server.
 
-use mqtt_video::ingest::rtmp::amf0::{self, Value};
-use mqtt_video::ingest::rtmp::chunk::{ChunkWriter, Message, SET_CHUNK_SIZE};
-use mqtt_video::ingest::rtmp::flv;
+use mqtt_video_wire::rtmp::amf0::{self, Value};
+use mqtt_video_wire::rtmp::chunk::{ChunkWriter, Message, SET_CHUNK_SIZE};
+use mqtt_video_wire::rtmp::flv;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};

@@ -5,11 +5,11 @@
 
 use super::addresses::Slot;
 use super::liveness::{Liveness, Silence};
-use super::mqtt_frames::{read_publish, Framer, Packet};
-use super::shedding::{Kind, Limits, Shedder};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use mqtt_video_wire::backlog::{Kind, Limits, Shedder};
+use mqtt_video_wire::mqtt_frames::{read_publish, Framer, Packet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -56,7 +56,7 @@ impl BridgeConfig {
                     && topic.ends_with("/media")
                     && payload.get(4..8) != Some(b"ftyp") =>
             {
-                Kind::Media { keyframe: crate::media::fmp4::starts_with_keyframe(payload) }
+                Kind::Media { keyframe: mqtt_video_wire::fmp4::starts_with_keyframe(payload) }
             }
             _ => Kind::Keep,
         }

@@ -4,7 +4,7 @@
 //! time), then may stay silent for one and a half keep-alive periods, as MQTT itself allows a broker
 //! (MQTT 3.1.1, section 3.1.2.10), and never longer than `max_idle`.
 
-use super::mqtt_frames::{read_connect, Connect, FrameError, Framer};
+use mqtt_video_wire::mqtt_frames::{read_connect, Connect, FrameError, Framer};
 use std::time::{Duration, Instant};
 
 /// The deadline of one browser connection.

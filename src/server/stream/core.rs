@@ -7,8 +7,8 @@
 //! rest from the stream's own topics, published once for all of them, so that the broker fans out.
 
 use crate::media::{Fragment, OutputInfo};
-use crate::protocol::{EndReason, Status, StreamTopics};
 use bytes::Bytes;
+use mqtt_video_wire::protocol::{EndReason, Status, StreamTopics};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,8 @@
 //! (`"Front door"` -> `front-door`); for a pushed source `ingest-<name>`; for any other allowed URL an
 //! opaque id, an HMAC of the URL under a key made at start, which reveals neither the URL nor its password.
 
-use crate::ingest::IngestEndpoint;
-use crate::policy::NamedSource;
+use crate::config::ingest::IngestEndpoint;
+use mqtt_video_wire::policy::NamedSource;
 use ring::hmac;
 use std::collections::HashMap;
 

@@ -23,9 +23,9 @@ pub mod supervisor;
 use crate::media::events::{PipelineStats, RenditionInfo};
 use crate::media::pipeline::Gate;
 use crate::media::{OutputInfo, PipelineConfig};
-use crate::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use bytes::Bytes;
 use core::{Delivery, Effect, Full, StreamCore};
+use mqtt_video_wire::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use outputs::{Outlet, Output, OutputState};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -413,7 +413,7 @@ impl Stream {
 
     /// The stream failed for good: its viewers get the error.
     fn fail(&self, code: ErrorCode, message: String, now: Instant) {
-        tracing::warn!(url = %crate::policy::redact(&self.url), code = code.as_str(), %message, "stream failed");
+        tracing::warn!(url = %mqtt_video_wire::policy::redact(&self.url), code = code.as_str(), %message, "stream failed");
         self.end_viewers(Status::error(code, message.clone()), now);
         self.phase.send_replace(Phase::Failed { code, message });
     }

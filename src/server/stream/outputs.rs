@@ -7,9 +7,9 @@ use super::core::{Effect, StreamCore, Topic};
 use super::stats::Latencies;
 use crate::media::events::RenditionInfo;
 use crate::media::rendition::RenditionControl;
-use crate::protocol::Status;
 use crate::server::viewer::Viewer;
 use bytes::Bytes;
+use mqtt_video_wire::protocol::Status;
 use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,7 +152,7 @@ impl OutputState {
                     // A new init segment in band: never dropped, and only a keyframe may follow it.
                     shared.queue().push_start(payload, &[]);
                 } else {
-                    let keyframe = crate::media::fmp4::starts_with_keyframe(&payload);
+                    let keyframe = mqtt_video_wire::fmp4::starts_with_keyframe(&payload);
                     shared.queue().push_fragment(payload, keyframe);
                 }
                 shared.wake();

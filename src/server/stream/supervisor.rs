@@ -11,7 +11,7 @@
 
 use crate::config::RetryConfig;
 use crate::media::MediaError;
-use crate::protocol::{EndReason, ErrorCode, Status};
+use mqtt_video_wire::protocol::{EndReason, ErrorCode, Status};
 use std::time::{Duration, Instant};
 
 /// A pushed source whose run lasted less than this waits as long before it takes a publisher again, so

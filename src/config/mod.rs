@@ -1,12 +1,14 @@
 //! The server's TOML configuration (`mqtt-video serve --config FILE`): typed, checked at load, and every default
 //! works, so the server runs with no file at all.
 
-use crate::ingest::{IngestEndpoint, RawIngest};
+pub mod ingest;
+
 use crate::media::config::PipelineConfig;
-use crate::policy::{AllowList, NamedSource, Policy, PolicyError};
-use crate::protocol::{self, RequestLimits};
 use crate::server::homeassistant::HomeAssistantConfig;
 use crate::server::snapshots::SnapshotConfig;
+use ingest::{IngestEndpoint, RawIngest};
+use mqtt_video_wire::policy::{AllowList, NamedSource, Policy, PolicyError};
+use mqtt_video_wire::protocol::{self, RequestLimits};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -753,7 +755,7 @@ impl Config {
 
     /// The `[[ingest]]` endpoint an `ingest://NAME` URL names (the name compares case-insensitively).
     pub fn ingest_endpoint(&self, url: &str) -> Option<&IngestEndpoint> {
-        let name = crate::ingest::name_of(url)?;
+        let name = crate::config::ingest::name_of(url)?;
         self.ingest.iter().find(|e| e.name.eq_ignore_ascii_case(name))
     }
 
@@ -827,7 +829,7 @@ fn resolve_ingest(raw: Vec<RawIngest>, global: &PipelineConfig) -> Result<Vec<In
         if endpoints.iter().any(|e| e.name.eq_ignore_ascii_case(&endpoint.name)) {
             return Err(ConfigError::invalid(&key, format!("name {:?} is used twice", endpoint.name)));
         }
-        if let Some(other) = endpoints.iter().find(|e| crate::ingest::same_port(e.listen, endpoint.listen)) {
+        if let Some(other) = endpoints.iter().find(|e| crate::config::ingest::same_port(e.listen, endpoint.listen)) {
             return Err(ConfigError::invalid(&key, format!("listens on the port of ingest {:?}", other.name)));
         }
         endpoints.push(endpoint);
@@ -911,7 +913,7 @@ fn exponential(min_ms: u64, max_ms: u64, attempt: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::media::config::{Backpressure, Mode};
-    use crate::policy::AllowedBy;
+    use mqtt_video_wire::policy::AllowedBy;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text)
@@ -975,7 +977,7 @@ mod tests {
 
     #[test]
     fn example_file_documents_the_defaults() {
-        let example = parse(include_str!("../config.example.toml")).unwrap();
+        let example = parse(include_str!("../../config.example.toml")).unwrap();
         let defaults = Config::default();
         assert_eq!(example.broker, defaults.broker);
         assert_eq!(example.topics, defaults.topics);
@@ -1012,7 +1014,7 @@ mod tests {
 
     #[test]
     fn example_file_mentions_every_key() {
-        let example = include_str!("../config.example.toml");
+        let example = include_str!("../../config.example.toml");
         // Pipeline keys come from the media module's own defaults, so a new one cannot go undocumented.
         let mut keys = leaf_keys(&toml::Table::try_from(PipelineConfig::default()).unwrap());
         let ours = [

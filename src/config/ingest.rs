@@ -2,8 +2,6 @@
 //! source `ingest://NAME` while a publisher is connected. Pure: the endpoint settings and the RTMP server
 //! session that checks the stream key; the listening and relaying live in `server::ingest`.
 
-pub mod rtmp;
-
 use crate::media::config::PipelineConfig;
 use serde::Deserialize;
 use std::fmt;

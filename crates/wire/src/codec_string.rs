@@ -1,6 +1,6 @@
 //! RFC 6381 codec strings (`avc1.64001F`, `mp4a.40.2`) read from the real parameter sets, never guessed.
 
-use super::fmp4::{self, Fmp4Error, Reader, TrackInfo, TrackKind};
+use crate::fmp4::{self, Fmp4Error, Reader, TrackInfo, TrackKind};
 use thiserror::Error;
 
 /// Why no codec string could be derived.
@@ -192,7 +192,7 @@ pub fn mime_type(tracks: &[TrackInfo]) -> Result<String, CodecStringError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::fmp4::tests::make_box;
+    use crate::fmp4::tests::make_box;
 
     #[test]
     fn avcc_and_annex_b() {

@@ -1,7 +1,7 @@
 //! Protocol v1: the JSON control messages pages and server exchange, and the rules for topic names.
 //! Pure: parses and checks bytes, never touches the broker.
 
-use crate::media::events::{OutputInfo, RenditionInfo};
+use crate::output::{OutputInfo, RenditionInfo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -711,7 +711,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::plan::TrackMode;
+    use crate::output::TrackMode;
     use serde_json::{json, Value};
 
     fn limits() -> RequestLimits {
@@ -966,24 +966,6 @@ mod tests {
             assert_eq!(code.to_string(), code.as_str());
         }
         assert_eq!(ErrorCode::from_code("stopped"), None);
-    }
-
-    #[test]
-    fn media_error_codes_map() {
-        use crate::media::MediaError;
-        let errors = [
-            MediaError::ForbiddenProtocol("concat".into()),
-            MediaError::InvalidUrl("x".into()),
-            MediaError::SourceUnreachable("x".into()),
-            MediaError::Timeout("x".into()),
-            MediaError::Unsupported("x".into()),
-            MediaError::Ended,
-            MediaError::Processing("x".into()),
-            MediaError::Overloaded("x".into()),
-        ];
-        for e in errors {
-            assert!(ErrorCode::from_code(e.code()).is_some(), "{}", e.code());
-        }
     }
 
     #[test]

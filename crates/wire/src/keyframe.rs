@@ -2,8 +2,8 @@
 //! segment's `avcC`, then the frame's NAL units), ready for a decoder: what a snapshot decodes, and nothing
 //! more. Pure, over the bytes the server already holds for late joiners (init segment, GOP cache).
 
-use super::codec_string::{self, CodecStringError};
-use super::fmp4::{self, Fmp4Error, Reader, TrackKind};
+use crate::codec_string::{self, CodecStringError};
+use crate::fmp4::{self, Fmp4Error, Reader, TrackKind};
 use thiserror::Error;
 
 /// Why a fragment yields no decodable keyframe.
