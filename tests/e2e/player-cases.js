@@ -10,12 +10,12 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { parseInit, parseMessage } from "../../client/mp4.js";
 import { MqttStreamEditor } from "./mqtt-stream.js";
-import { decodePng, lumaStats } from "./png.js";
+import { assertPictureMoves as assertPictureMovesOf, playerStats, waitPlayerState } from "./page-checks.js";
 import {
   CHROMIUM_ARGS,
   chromiumPath,
@@ -60,20 +60,12 @@ function pageErrors() {
 
 /** stats() of player i on the page (the test's main page unless another is given). */
 function stats(i = 0, page = fx.page) {
-  return page.evaluate((i) => window.mqttVideo.players[i]?.stats() ?? null, i);
+  return playerStats(page, i);
 }
 
 /** Waits until player i is in `state` (and `extra(stats)` holds); returns its stats. */
 function waitState(i, state, timeoutMs, extra = () => true, page = fx.page) {
-  return waitFor(
-    `player ${i} to be ${state}`,
-    async () => {
-      const s = await stats(i, page);
-      if (s && state !== "error" && s.state === "error") throw new Error(`player ${i} failed: ${JSON.stringify(s.errors)}`);
-      return s && s.state === state && extra(s) ? s : false;
-    },
-    { timeoutMs, everyMs: 50 },
-  );
+  return waitPlayerState(page, i, state, timeoutMs, extra);
 }
 
 /** The RTSP test source's keyframe interval (tests/support/rtsp_server.py --gop 30 at 30 fps), ms. */
@@ -112,19 +104,8 @@ function damageFragment(damage, topic, payload) {
  * Two screenshots of a <video> 400 ms apart: the first is not blank and the two differ (the picture moves).
  * Keeps the first in `file` when given. Returns {width, height, luma} of the first.
  */
-async function assertPictureMoves(video, file = null) {
-  const shotA = await video.screenshot();
-  await sleep(400);
-  const shotB = await video.screenshot();
-  if (file) writeFileSync(file, shotA);
-  const a = decodePng(shotA);
-  const b = decodePng(shotB);
-  const luma = lumaStats(a);
-  assert.ok(luma.std > 20, `the video screenshot looks blank: luma mean ${luma.mean.toFixed(1)}, std ${luma.std.toFixed(1)}`);
-  let diff = 0;
-  for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i] - b.pixels[i]);
-  assert.ok(diff / a.pixels.length > 0.05, "two screenshots 400 ms apart differ (the picture moves)");
-  return { width: a.width, height: a.height, luma };
+function assertPictureMoves(video, file = null) {
+  return assertPictureMovesOf(() => video.screenshot(), { between: () => sleep(400), file });
 }
 
 /**
