@@ -229,13 +229,6 @@ impl Ledger {
     }
 }
 
-/// The default budget: three quarters of the machine's cores, in percent of one core (150 on 2 cores), so
-/// that the broker, the server's own tasks and the machine keep a share.
-pub fn default_budget_percent() -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores as u32).saturating_mul(75)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +345,6 @@ mod tests {
         l.sample(&HashMap::from([(2, 70)]), at(2500));
         l.forget("b");
         assert_eq!(l.request("c", 4, true, P720, 150, 0, at(2500), false), Decision::Admit, "room again");
-        assert!(default_budget_percent() >= 75);
+        assert!(crate::config::default_budget_percent() >= 75);
     }
 }

@@ -5,7 +5,6 @@
 
 use super::stream::{Phase, Stream};
 use super::{Hub, LateHub};
-use crate::config::ConfigError;
 use crate::media::snapshot::{jpeg_of_keyframe, Jpeg, JpegSettings};
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -15,48 +14,10 @@ use axum::Router;
 use bytes::Bytes;
 use mqtt_video_wire::policy::NamedSource;
 use mqtt_video_wire::protocol::{ErrorCode, RequestKind};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// `[snapshots]`: JPEG pictures of the named sources.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SnapshotConfig {
-    /// Answer `GET /snapshot/<id>.jpg` on the gateway.
-    pub http: bool,
-    /// Largest width; larger pictures are scaled down keeping their aspect ratio. 0: the source's own.
-    pub max_width: u32,
-    /// Largest height. 0: the source's own.
-    pub max_height: u32,
-    /// JPEG quality, 1 (smallest) to 100 (best).
-    pub quality: u8,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        let jpeg = JpegSettings::default();
-        Self { http: true, max_width: jpeg.max_width, max_height: jpeg.max_height, quality: jpeg.quality }
-    }
-}
-
-impl SnapshotConfig {
-    /// The JPEG settings.
-    pub fn jpeg(&self) -> JpegSettings {
-        JpegSettings { max_width: self.max_width, max_height: self.max_height, quality: self.quality }
-    }
-
-    /// Checks what the types alone do not.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=100).contains(&self.quality) {
-            let message = format!("must be from 1 to 100, not {}", self.quality);
-            return Err(ConfigError::Invalid { key: "snapshots.quality".into(), message });
-        }
-        Ok(())
-    }
-}
 
 /// The id of each named source in topics, URLs and Home Assistant: its name in lower case, every run of other
 /// characters than `a-z0-9` made one `_`; a repeated id gets `_2`, `_3`, ...
@@ -273,12 +234,5 @@ mod tests {
                 .map(|(id, _)| id)
                 .collect();
         assert_eq!(ids, ["front_door", "front_door_2", "garage_north", "t", "source", "front_door_3"]);
-    }
-
-    #[test]
-    fn quality_is_checked() {
-        assert!(SnapshotConfig::default().validate().is_ok());
-        let e = SnapshotConfig { quality: 0, ..Default::default() }.validate().unwrap_err().to_string();
-        assert_eq!(e, "snapshots.quality must be from 1 to 100, not 0");
     }
 }
