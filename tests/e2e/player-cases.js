@@ -414,7 +414,7 @@ export function playerTests(renderer) {
     }),
   );
 
-  test("a damaged frame: playback resumes at the next keyframe, and the target is not raised", { timeout: 60_000 }, () =>
+  test("a damaged frame (Chromium only: page.routeWebSocket): playback resumes at the next keyframe, and the target is not raised", { timeout: 60_000 }, () =>
     withLogs(async () => {
       // A page of its own, whose WebSocket goes through the test: one video fragment gets damaged.
       const page = await fx.browser.newPage({ viewport: { width: 800, height: 600 } });
