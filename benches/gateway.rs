@@ -2,7 +2,7 @@
 //! gateway's WebSocket bridge to that port, (c) mosquitto's own WebSocket listener, measured in one run for
 //! 4 KB, 64 KB and 1 MB messages. Run: `cargo bench --bench gateway`.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! (alternating runs), copy speed, and time to first fragment plus arrival-to-fragment latency on a live
 //! RTSP source. Prints figures; asserts nothing about speed. Run: `cargo bench --bench pipeline`.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use mqtt_video::bench::ffmpeg_ref::{AAC_ARGS, X264_ARGS};

@@ -3,7 +3,7 @@
 //! encoded as JPEG at the source's size or a smaller one; broken input is an error, never a panic. Prints the
 //! time one snapshot takes.
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::config::Mode;
 use mqtt_video::media::snapshot::{jpeg_of_keyframe, jpeg_size, JpegSettings};

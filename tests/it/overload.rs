@@ -4,7 +4,7 @@
 //! budget, the overloaded streams shed frames and skip ahead instead of falling behind. And one pipeline
 //! too slow for real time on its own: fewer frames, keyframes on time, skips, output that still decodes.
 
-mod support;
+use crate::support;
 
 use mqtt_video::bench::measure::{MediaCheck, Realtime, Received as Got};
 use mqtt_video::media::config::Mode;

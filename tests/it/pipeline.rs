@@ -1,7 +1,7 @@
 //! The media pipeline against real media: fixtures made by the ffmpeg CLI, a live GStreamer RTSP server, a
 //! local HTTP server, and broken sources. Outputs are checked independently with ffmpeg and ffprobe.
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::config::{Backpressure, Pacing};
 use mqtt_video::media::plan::{AudioPlan, TrackMode};

@@ -3,7 +3,7 @@
 //! the source's size, refreshed; snapshots come on request over MQTT and from `GET /snapshot/<id>.jpg`; and
 //! the availability topic turns `offline` when the server is killed with SIGKILL (its last will).
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::snapshot::jpeg_size;
 use serde_json::{json, Value};

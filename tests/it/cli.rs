@@ -1,6 +1,6 @@
 //! The binary's edges: what a person sees when a command fails, and `probe`'s options.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 

@@ -3,7 +3,7 @@
 //! the server runs docker/mqtt-video.toml (broker address moved), and pages prove what the ACL allows and
 //! refuses; the server's own reply-prefix check and rate limit answer as documented.
 
-mod support;
+use crate::support;
 
 use mqtt_video::config::Config;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! source's next keyframe with the parameters the stream itself carries, and damaged input (datagrams lost
 //! on the way) never reaches the output: what comes out decodes without a single error.
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::config::Mode;
 use mqtt_video::media::{MediaError, PipelineConfig};

@@ -3,7 +3,7 @@
 //! command, interleaved chunk streams, huge declared lengths. The right key always gets its media through
 //! byte for byte; any other name never gets a byte of media to libavformat.
 
-mod support;
+use crate::support;
 
 use mqtt_video_wire::rtmp::amf0::Value;
 use mqtt_video_wire::rtmp::chunk::{ChunkWriter, Message, ABORT, MAX_MESSAGE_LEN, SET_CHUNK_SIZE};

@@ -1,7 +1,7 @@
 //! Two `serve` instances with `[cluster] enabled` on one real mosquitto: every request is handled exactly
 //! once, each stream runs on one instance, and when an instance is killed the other takes its URLs.
 
-mod support;
+use crate::support;
 
 use mqtt_video::bench::measure::{MediaCheck, Received};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! Hundreds of pipeline start/stop cycles leave no threads and no memory behind. Its own test binary, so
 //! that no other test shares the process whose memory it reads.
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::{Mode, Pipeline, PipelineEvent};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! keyframes where the camera put them, every one decoding to a picture, and a delimiter added after each
 //! frame. The latency it saves is measured by `tests/e2e/bench.js --frame-end marker,parser`.
 
-mod support;
+use crate::support;
 
 use ffmpeg_next as ffmpeg;
 use mqtt_video::media::config::{RtspFrameEnd, RtspTransport, SourceConfig};

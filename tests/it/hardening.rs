@@ -2,7 +2,7 @@
 //! gets its error (or, with no usable reply topic, nothing), floods are cut by the rate limits, and the
 //! viewer's stream goes on without a gap. Killing viewers and the source leaves no thread or memory behind.
 
-mod support;
+use crate::support;
 
 use mqtt_video::bench::measure::MediaCheck;
 use mqtt_video::server::stats::memory_and_threads_of;

@@ -3,7 +3,7 @@
 //! topic with no gap and no duplicate (the `mfhd` sequence numbers run on); brokers bridged to the one the
 //! server uses carry viewers without the server writing more.
 
-mod support;
+use crate::support;
 
 use mqtt_video::bench::measure::{MediaCheck, Received, SequenceMerge};
 use mqtt_video::media::timing::wallclock_us;

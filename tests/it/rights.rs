@@ -4,7 +4,7 @@
 //! pattern", bob "Test pattern 720p". Each plays their own camera and gets nothing of the other's on any
 //! topic their login can read: a second connection of theirs subscribed to `#` is the witness.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The gateway of `mqtt-video serve`: the page over HTTP, and MQTT over WebSocket bridged byte for byte to a
 //! real mosquitto, used the way a browser uses it.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! `mqtt-video serve` end to end: a real mosquitto started by the test, the GStreamer RTSP source, the
 //! server's real binary, and MQTT clients acting as pages.
 
-mod support;
+use crate::support;
 
 use mqtt_video_wire::codec_string::mime_type;
 use mqtt_video_wire::fmp4::{self, Segment, Splitter};

@@ -1,7 +1,7 @@
 //! Push ingest end to end: the ffmpeg CLI publishes (as an external encoder would) over TCP, RTMP and SRT into
 //! `mqtt-video serve`, and MQTT clients acting as pages watch `ingest://NAME` through a real mosquitto.
 
-mod support;
+use crate::support;
 
 use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackKind};
 use mqtt_video_wire::rtmp::amf0::Value as AmfValue;

@@ -2,7 +2,7 @@
 //! `broker.tls` and `broker.ca_file`. The build compiles one crypto provider (rustls with ring); this proves it
 //! is installed and verifies a real chain, and that a broker signed by another CA is refused.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

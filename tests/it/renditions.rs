@@ -1,7 +1,7 @@
 //! Renditions from one real pipeline: encoded only while wanted, from the stream's own frames, with keyframes
 //! where the stream has them, on its media timeline, with its audio; each decodes on its own.
 
-mod support;
+use crate::support;
 
 use mqtt_video::media::config::RenditionConfig;
 use mqtt_video::media::events::{Fragment, InitSegment, RenditionEvent, RenditionInfo};

@@ -2,7 +2,7 @@
 //! `--rtsp-transport auto` (TCP is refused, UDP works) and with `udp`, fails with `tcp` saying which transport
 //! it tried and what to change, and `serve` plays it with its default settings.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::process::{Command, Output};

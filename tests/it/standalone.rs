@@ -2,7 +2,7 @@
 //! files byte for byte, with the locked MQTT.js bundle, revalidation by ETag, and 404 for anything else; a
 //! `gateway.client_dir` that does not exist stops the server at start, saying so.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

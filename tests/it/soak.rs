@@ -6,7 +6,7 @@
 //! `cargo test --release --test soak -- --ignored --nocapture` (SOAK_SECS to change its length, SOAK_ONLY=copy
 //! or SOAK_ONLY=transcode: one stream only).
 
-mod support;
+use crate::support;
 
 use mqtt_video::bench::measure::MediaCheck;
 use mqtt_video::server::stats::memory_and_threads_of;

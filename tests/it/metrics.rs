@@ -2,7 +2,7 @@
 //! and a pushed source passes `promtool check metrics` (Debian's prometheus package), carries the figures the
 //! streams really have, labels sources by name, and never shows a password.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! reference, a running server found through the broker (copy mode from a live RTSP source), and the two
 //! ways it must fail fast: a broker with no server, and no broker at all.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::process::{Command, Output};
