@@ -9,6 +9,7 @@ mod guarded;
 pub mod health;
 pub mod homeassistant;
 pub mod ingest;
+mod intake;
 pub mod metrics;
 pub mod mqtt;
 mod ownership;

@@ -1,34 +1,29 @@
 //! Who handles a request in a pool of instances (`[cluster]`): this instance's announcement, the others'
 //! comings and goings, and the owner of a request's URL.
 
+use super::intake::Ownership;
 use super::{cluster, lock, Hub};
-use mqtt_video_wire::protocol::{ProtocolError, Request, RequestKind};
+use mqtt_video_wire::protocol::{ProtocolError, Request};
 use rumqttc::QoS;
 
 impl Hub {
-    /// In a cluster, whether this instance handles the request: the owner of its URL (as the allow-list
-    /// maps it), or for a request without a usable URL the owner of its reply topic. Every instance handles
-    /// stops (only the one with the viewer acts), and renewals of its own viewers.
-    pub(super) fn is_mine(
+    /// Who handles the request, as far as a pool of instances goes (`intake::mine` decides): in a pool, whether
+    /// its reply topic is a viewer here, and whether this instance owns its key: its URL as the allow-list
+    /// maps it, or for a request without a usable URL its reply topic.
+    pub(super) fn ownership(
         &self,
-        kind: RequestKind,
         payload: &[u8],
         parsed: &Result<Request, ProtocolError>,
         reply_topic: Option<&str>,
-    ) -> bool {
-        let Some(members) = &self.members else { return true };
-        if kind == RequestKind::Stop {
-            return true;
-        }
+    ) -> Ownership {
+        let Some(members) = &self.members else { return Ownership::Alone };
         let request = parsed.as_ref().ok();
-        if request.is_some_and(|r| lock(&self.viewers).contains_key(r.reply_topic())) {
-            return true;
-        }
+        let known_viewer = request.is_some_and(|r| lock(&self.viewers).contains_key(r.reply_topic()));
         let key = match request.and_then(Request::url).map(|u| self.allow(u)) {
             Some(Ok(url)) => cluster::url_key(&url),
             _ => cluster::fnv1a64(reply_topic.map_or(payload, str::as_bytes)),
         };
-        lock(members).is_mine(key)
+        Ownership::Pool { known_viewer, owns_key: lock(members).is_mine(key) }
     }
 
     /// Publishes this instance's announcement (retained) with the streams it runs.

@@ -3,7 +3,7 @@
 
 use super::admission::{Decision, ADMIT_WAIT};
 use super::stream::{Phase, Stream};
-use super::{ingest, lock, supervise, Hub, SWEEP_EVERY};
+use super::{ingest, intake, lock, supervise, Hub, SWEEP_EVERY};
 use crate::config::ingest::IngestEndpoint;
 use crate::media::config::VideoEncoderConfig;
 use crate::media::pipeline::Gate;
@@ -134,25 +134,13 @@ impl Hub {
         starter: Option<&str>,
         make: impl FnOnce() -> Stream,
     ) -> Result<Arc<Stream>, String> {
-        let limits = &self.config.limits;
+        // Checked and added under one lock: two requests cannot both take the last place.
         let mut streams = lock(&self.streams);
         if let Some(s) = streams.get(url).filter(|s| s.is_alive()) {
             return Ok(Arc::clone(s));
         }
-        let running = streams.values().filter(|s| s.is_alive()).count();
-        if running >= limits.max_streams {
-            return Err(format!("the server already runs its maximum of {running} streams"));
-        }
-        if let Some(who) = starter {
-            let theirs = streams.values().filter(|s| s.is_alive() && s.starter() == Some(who)).count();
-            if theirs >= limits.max_streams_per_requester {
-                return Err(format!(
-                    "{who} already started {theirs} streams that still run, the most one page may; wait for them \
-                     to stop ({} s after their last viewer)",
-                    limits.linger_secs
-                ));
-            }
-        }
+        let running = streams.values().filter(|s| s.is_alive()).map(|s| s.starter());
+        intake::start(running, starter, &self.config.limits).map_err(|refusal| refusal.to_string())?;
         let stream = Arc::new(make().started_by(starter));
         streams.insert(url.to_string(), Arc::clone(&stream));
         drop(streams);

@@ -1,5 +1,6 @@
 //! The control requests: describe, play and stop, from parsing and rate limits to the stream's answer.
 
+use super::intake::{self, Arrival, Refusal};
 use super::stream::{self, Phase};
 use super::{lock, Hub};
 use bytes::Bytes;
@@ -37,11 +38,20 @@ impl Hub {
             Ok(r) => Some(r.reply_topic().to_string()),
             Err(_) => reply_topic_hint(&payload, &self.limits),
         };
-        if !self.is_mine(kind, &payload, &parsed, reply_topic.as_deref()) {
-            return;
-        }
-        if !self.within_rate(kind, reply_topic.as_deref()).await {
-            return;
+        let ownership = self.ownership(&payload, &parsed, reply_topic.as_deref());
+        let arrival = intake::arrive(kind, reply_topic.as_deref(), ownership, &mut lock(&self.rate), Instant::now());
+        match arrival {
+            Arrival::NotMine => return,
+            Arrival::Drop => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(kind = kind.as_str(), "request dropped by the rate limits");
+                return;
+            }
+            Arrival::Refuse { reply_topic, refusal } => {
+                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return self.answer_error(kind, &reply_topic, refusal.code(), refusal.to_string()).await;
+            }
+            Arrival::Handle => {}
         }
         let request = match parsed {
             Ok(r) => r,
@@ -51,31 +61,6 @@ impl Hub {
             Request::Describe(d) => self.describe(d).await,
             Request::Play(p) => self.play(p).await,
             Request::Stop(s) => self.stop(s),
-        }
-    }
-
-    /// Applies the rate limits; false when the request must go no further (it was refused or dropped).
-    /// Stops count toward the total only: dropping one would leave a viewer playing to nobody.
-    pub(super) async fn within_rate(&self, kind: RequestKind, reply_topic: Option<&str>) -> bool {
-        let key = reply_topic.filter(|_| kind != RequestKind::Stop);
-        let verdict = lock(&self.rate).check(key, Instant::now());
-        match (verdict, key) {
-            (ratelimit::Verdict::Allow, _) => true,
-            (ratelimit::Verdict::RefuseOnce, Some(topic)) => {
-                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let message = format!(
-                    "more than {} requests a minute from {}; wait before asking again",
-                    self.config.limits.requests_per_minute,
-                    ratelimit::requester(topic)
-                );
-                self.answer_error(kind, topic, ErrorCode::RateLimited, message).await;
-                false
-            }
-            _ => {
-                self.requests.rate_limited.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(kind = kind.as_str(), "request dropped by the rate limits");
-                false
-            }
         }
     }
 
@@ -94,8 +79,11 @@ impl Hub {
         self.requests.describe.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Describe;
         // A JSON reply on a viewer's media topic (or inside it) would corrupt that viewer's stream.
-        let taken = lock(&self.viewers).contains_key(&request.reply_topic);
-        if taken || self.nesting_conflict(&request.reply_topic).is_some() {
+        let taken = {
+            let viewers = lock(&self.viewers);
+            viewers.contains_key(&request.reply_topic) || intake::nested(&viewers, &request.reply_topic)
+        };
+        if taken {
             self.requests.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(reply_topic = %request.reply_topic, "describe refused, not answered: its reply topic belongs to a viewer");
             return;
@@ -178,30 +166,23 @@ impl Hub {
         let Some(target) = self.answer_topic(&topic, &self.ids.id_of(&url)) else {
             return self.unanswerable(kind, &topic);
         };
-        if let Some(message) = self.nesting_conflict(&topic) {
-            // Its status topic lies inside another viewer's subscription: refuse without answering there.
-            self.requests.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(kind = kind.as_str(), reply_topic = %topic, %message, "request refused, not answered");
-            return;
-        }
         let requester = ratelimit::requester(&topic);
-        // A new viewer (not a renewal) must fit in its requester's share.
-        let (known, theirs) = {
-            let viewers = lock(&self.viewers);
-            (viewers.contains_key(&topic), viewers.keys().filter(|t| ratelimit::requester(t) == requester).count())
+        // The requester's share is checked and the viewer recorded under one lock, with the stream found or
+        // started in between (lock order: viewers, then streams): two plays cannot both take its last place.
+        let admitted = {
+            let mut viewers = lock(&self.viewers);
+            intake::play(&viewers, &topic, &self.config.limits).map_err(Err).and_then(|_| {
+                let stream = self.stream_of(&url, kind, Some(requester)).map_err(Ok)?;
+                // The hub knows the viewer by its reply topic; the stream by the topic its media and statuses
+                // go to (the same one unless guarded).
+                Ok((stream, viewers.insert(topic.clone(), url.clone())))
+            })
         };
-        let most = self.config.limits.max_viewers_per_requester;
-        if !known && theirs >= most {
-            let message = format!("{requester} already plays {theirs} streams, the most one page may; stop one first");
-            return self.answer_error(kind, &topic, ErrorCode::Overloaded, message).await;
-        }
-        let stream = match self.stream_of(&url, kind, Some(requester)) {
-            Ok(s) => s,
-            Err((code, m)) => return self.answer_error(kind, &target, code, m).await,
+        let (stream, previous) = match admitted {
+            Ok(admitted) => admitted,
+            Err(Err(refusal)) => return self.play_refused(&topic, refusal).await,
+            Err(Ok((code, m))) => return self.answer_error(kind, &target, code, m).await,
         };
-        // The hub knows the viewer by its reply topic; the stream by the topic its media and statuses go to
-        // (the same one unless guarded).
-        let previous = lock(&self.viewers).insert(topic.clone(), url.clone());
         match previous {
             // Playing again what it already plays renews the viewer; delivery goes on undisturbed.
             Some(old) if old == url && stream.has_viewer(&target, rendition) => {
@@ -254,13 +235,15 @@ impl Hub {
         );
     }
 
-    /// A reply topic nested in another viewer's (or the other way round) would receive that viewer's media too.
-    pub(super) fn nesting_conflict(&self, topic: &str) -> Option<String> {
-        let viewers = lock(&self.viewers);
-        viewers.keys().find(|other| {
-            *other != topic && (topic.starts_with(&format!("{other}/")) || other.starts_with(&format!("{topic}/")))
-        })?;
-        Some("the reply topic is nested in another viewer's reply topic (or contains one)".to_string())
+    /// A play the hub's viewers refuse: over its requester's share (answered), or nested in another
+    /// viewer's reply topic, whose status topic lies inside that viewer's subscription (not answered).
+    async fn play_refused(&self, topic: &str, refusal: Refusal) {
+        let kind = RequestKind::Play;
+        if refusal.answered() {
+            return self.answer_error(kind, topic, refusal.code(), refusal.to_string()).await;
+        }
+        self.requests.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(kind = kind.as_str(), reply_topic = %topic, message = %refusal, "request refused, not answered");
     }
 
     pub(super) fn stop(&self, request: StopRequest) {

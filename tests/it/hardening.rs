@@ -305,3 +305,58 @@ fn a_stream_whose_task_panics_is_forgotten_and_its_viewers_told() {
     assert_eq!(check.gaps, 0);
     drop(server);
 }
+
+/// Each topic's first answer to its play: its first status's state (`buffering`, `playing`, ...), or the code
+/// of an `error`; the topics that got nothing within `within` are left out.
+fn first_answers(page: &Page, topics: &[String], within: Duration) -> std::collections::HashMap<String, String> {
+    let mut got = std::collections::HashMap::new();
+    let deadline = Instant::now() + within;
+    while got.len() < topics.len() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        let Ok(m) = page.inbox.recv_timeout(left) else { break };
+        let Some(topic) = m.topic.strip_suffix("/status") else { continue };
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        let answer = match v["state"].as_str() {
+            Some("error") => v["code"].as_str().unwrap_or("?").to_string(),
+            Some(state) => state.to_string(),
+            None => continue,
+        };
+        got.entry(topic.to_string()).or_insert(answer);
+    }
+    got
+}
+
+/// A server whose cameras (`<cams>camN`) accept connections and never answer, so that their streams stay
+/// `starting` (no CPU, no media) for 15 s; `limits` goes into its `[limits]`.
+fn silent_cameras(broker: &Broker, limits: &str) -> (Server, std::net::TcpListener, String) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent listener");
+    let cams = format!("rtsp://127.0.0.1:{}/", silent.local_addr().expect("its address").port());
+    let config = format!("[limits]\n{limits}\n\n[pipeline.source]\nconnect_timeout_ms = 15000\n");
+    (Server::start(&server_config(broker.port, &[&cams], &config)), silent, cams)
+}
+
+#[test]
+fn concurrent_plays_of_one_page_get_exactly_its_share() {
+    let broker = Broker::start();
+    // Every play names a camera of its own, so each one that gets past the share starts a stream (the
+    // longest a play takes): the stream limits are high so that only the share refuses.
+    let limits = "max_viewers_per_requester = 2\nmax_streams = 200\nmax_streams_per_requester = 64\n\
+                  requests_per_minute = 6000\nrequests_per_second = 10000";
+    let (server, silent, cams) = silent_cameras(&broker, limits);
+    let page = Page::connect(broker.port, &format!("crowd-{}", rand_suffix()), None);
+    page.subscribe("pages/#");
+    // Two plays race for microseconds, on two cores at best: 40 pages try, 24 plays each at once.
+    for p in 0..40 {
+        let topics: Vec<String> = (0..24).map(|i| format!("pages/crowd{p}/v{i}")).collect();
+        for (i, t) in topics.iter().enumerate() {
+            page.publish("video/play", &json!({"url": format!("{cams}p{p}cam{i}"), "reply_topic": t}));
+        }
+        let got = first_answers(&page, &topics, Duration::from_secs(10));
+        let joined = got.values().filter(|a| *a == "buffering").count();
+        let refused = got.values().filter(|a| *a == "overloaded").count();
+        assert_eq!((joined, refused), (2, 22), "page {p}: {got:?}");
+    }
+    let stats = page.stats_where(|s| s["viewers"].as_u64().is_some_and(|n| n >= 80));
+    assert_eq!(stats["viewers"], json!(80), "{stats}");
+    drop((server, silent));
+}

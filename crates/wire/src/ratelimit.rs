@@ -53,6 +53,11 @@ impl RateLimiter {
         }
     }
 
+    /// Requests a minute one requester may send (0: no limit).
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
     fn burst(&self) -> f64 {
         f64::from((self.per_minute / 4).max(5))
     }
