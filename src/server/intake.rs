@@ -2,8 +2,9 @@
 //! its own: who in a pool handles it, the rate limits, a requester's share of viewers and of streams. The
 //! hub reads the clock and its state, asks here, and carries the answer out (src/server/requests.rs).
 //!
-//! The hub records what a decision admits under the lock the decision read, so that two requests cannot
-//! pass a cap together.
+//! The hub decides one request at a time, in the order the broker delivered them, and records what a
+//! decision admits in the same step (under the lock the decision read), so that two requests can neither
+//! pass a cap together nor be applied out of order (docs/design.md, "Requests in order").
 
 use crate::config::LimitsConfig;
 use mqtt_video_wire::protocol::{ErrorCode, RequestKind};

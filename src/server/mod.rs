@@ -226,8 +226,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 }
                 Some(mqtt::SessionEvent::Instance(id, payload)) => hub.instance_event(&id, &payload),
                 Some(mqtt::SessionEvent::Request(kind, payload)) => {
-                    let hub = Arc::clone(&hub);
-                    tokio::spawn(async move { hub.handle(kind, payload).await });
+                    // Decided and applied here, one at a time in the broker's order, so that a page's
+                    // requests take effect in the order it sent them (a stop after the play before it).
+                    // Only what waits runs on, in a task of its own: publishing the answer, and a
+                    // describe's wait for its source, which can take seconds and must hold up nobody.
+                    // Deciding never waits (no await, short locks) and takes microseconds, so one line
+                    // of decisions is no bottleneck; a worker per requester would order a page's
+                    // requests no better, and would need a queue, a task and a refusal of its own for
+                    // each page, where the rate limits already refuse a flooding page (`rate_limited`)
+                    // and the total cap and this channel's bound drop the rest (docs/design.md).
+                    if let Some(followup) = hub.decide(kind, &payload, Instant::now()) {
+                        tokio::spawn(Arc::clone(&hub).follow_up(followup));
+                    }
                 }
                 None => break,
             },

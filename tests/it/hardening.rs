@@ -360,3 +360,68 @@ fn concurrent_plays_of_one_page_get_exactly_its_share() {
     assert_eq!(stats["viewers"], json!(80), "{stats}");
     drop((server, silent));
 }
+
+#[test]
+fn a_stop_right_after_a_play_leaves_no_viewer() {
+    let broker = Broker::start();
+    let limits = "max_streams = 64\nmax_streams_per_requester = 16";
+    let (server, silent, cams) = silent_cameras(&broker, limits);
+    let page = Page::connect(broker.port, &format!("quick-{}", rand_suffix()), None);
+    page.subscribe("pages/#");
+    // Four pages play and at once change their minds, eight times each; each play starts a stream of its own.
+    let topics: Vec<String> = (0..32).map(|i| format!("pages/quick{}/v{i}", i / 8)).collect();
+    for (i, t) in topics.iter().enumerate() {
+        page.publish("video/play", &json!({"url": format!("{cams}cam{i}"), "reply_topic": t}));
+        page.stop(t);
+    }
+    // Each play was answered, then ended by its stop: in that order, and nothing after.
+    let mut states: std::collections::HashMap<String, Vec<String>> = Default::default();
+    while let Ok(m) = page.inbox.recv_timeout(Duration::from_secs(3)) {
+        let Some(topic) = m.topic.strip_suffix("/status") else { continue };
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        states.entry(topic.to_string()).or_default().push(v["state"].as_str().unwrap_or("?").to_string());
+    }
+    let expected = ["buffering".to_string(), "ended".to_string()];
+    for t in &topics {
+        assert_eq!(states.get(t).map(Vec::as_slice), Some(&expected[..]), "{t}: {states:?}");
+    }
+    let stats = page.stats_where(|s| s["streams"].as_array().is_some_and(|a| a.len() == 32));
+    assert_eq!(stats["viewers"], json!(0), "{stats}");
+    drop((server, silent));
+}
+
+#[test]
+fn a_slow_describe_holds_up_nobody() {
+    let broker = Broker::start();
+    let (server, silent, cams) = silent_cameras(&broker, "");
+    let page = Page::connect(broker.port, &format!("slow-{}", rand_suffix()), None);
+    page.subscribe("pages/#");
+    // The camera never answers: this describe waits for it up to connect_timeout_ms + 5 s.
+    page.publish("video/describe", &json!({"url": format!("{cams}slow"), "reply_topic": "pages/a/slow"}));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    // Meanwhile the same page and another one are answered at once.
+    for page_id in ["a", "b"] {
+        let (describe, play) = (format!("pages/{page_id}/d"), format!("pages/{page_id}/v"));
+        page.publish("video/describe", &json!({"url": "file:///etc/passwd", "reply_topic": describe}));
+        page.publish("video/play", &json!({"url": format!("{cams}cam-{page_id}"), "reply_topic": play}));
+        // Whichever comes first: the describe's error reply and the play's first status.
+        let (mut described, mut played) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while described.is_none() || played.is_none() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            let Ok(m) = page.inbox.recv_timeout(left) else { break };
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if m.topic == describe {
+                described = v["error"]["code"].as_str().map(String::from);
+            } else if m.topic == format!("{play}/status") {
+                played = played.or_else(|| v["state"].as_str().map(String::from));
+            }
+        }
+        assert_eq!(described.as_deref(), Some("forbidden_url"), "{describe}");
+        assert_eq!(played.as_deref(), Some("buffering"), "{play}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(page.next_on("pages/a/slow", Duration::from_millis(500)).is_none(), "the slow describe was still waiting");
+    drop((server, silent));
+}
