@@ -5,15 +5,15 @@
 # (the page's MQTT.js, the browser tests' drivers), the three browser engines the page is tested in (Chromium;
 # Firefox ESR, driven over WebDriver BiDi; WebKitGTK's WebKitWebDriver and MiniBrowser under Xvfb), nginx and
 # Caddy (the reverse proxies of the sub-path test), rtsp-server-perl (a camera that serves RTP over UDP only), openssl
-# (certificates for the TLS test), iproute2 (the test's LAN-like addresses) and prometheus (its promtool checks
-# /metrics). Idempotent.
+# (certificates for the TLS test), iproute2 (the test's LAN-like addresses), debootstrap, mosquitto-clients and
+# curl (the docker image's check in a chroot) and prometheus (its promtool checks /metrics). Idempotent.
 set -euo pipefail
 
 PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
   ffmpeg fonts-dejavu-core mosquitto chromium rtsp-server-perl openssl prometheus iproute2
-  firefox-esr webkit2gtk-driver xvfb xauth nginx-light caddy
+  firefox-esr webkit2gtk-driver xvfb xauth nginx-light caddy debootstrap mosquitto-clients curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )
