@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs each coverage-guided fuzz target (fuzz/fuzz_targets, libFuzzer through cargo-fuzz) for a bounded time,
-# starting from the committed seed corpora (fuzz/seeds, real captures: bash fuzz/seeds.sh). A crash stops
-# the run with the input that caused it under fuzz/artifacts/.
+# starting from the committed seed corpora (fuzz/seeds, real captures: bash fuzz/seeds.sh), one target per
+# core at a time (FUZZ_JOBS to change). A crash fails the run, with the input that caused it under
+# fuzz/artifacts/. The targets build against the wire crate alone (crates/wire: no FFmpeg).
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]     (default 60 s, every target)
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
 set -euo pipefail
@@ -21,13 +22,26 @@ corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 cd fuzz
 cargo fuzz build --sanitizer none
-for t in "${targets[@]}"; do
+# One target per core at a time: each libFuzzer run is one process on one core.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+run() {
+  local t="$1"
   mkdir -p "$corpus/$t"
+  cargo fuzz run --sanitizer none "$t" "$corpus/$t" "seeds/$t" -- -max_total_time="$secs" -print_final_stats=1 \
+    >"$corpus/$t.log" 2>&1 || true
   echo "fuzz: $t for ${secs} s"
-  cargo fuzz run --sanitizer none "$t" "$corpus/$t" "seeds/$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 \
-    | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)|ERROR|panicked|deadly" || true
+  grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)|ERROR|panicked|deadly" "$corpus/$t.log" || true
+}
+for t in "${targets[@]}"; do
+  while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+  run "$t" &
+done
+wait
+crashed=0
+for t in "${targets[@]}"; do
   if ls artifacts/"$t"/crash-* >/dev/null 2>&1; then
     echo "fuzz: $t crashed; inputs in fuzz/artifacts/$t/" >&2
-    exit 1
+    crashed=1
   fi
 done
+exit "$crashed"
