@@ -21,7 +21,7 @@
 //   ENGINES=firefox,webkit          engines to run (default all three)
 //   ENGINES_ORIGINS=secure          origins to run (default secure,lan)
 //   ENGINES_SECURE_ORIGIN=http      the secure origin over plain HTTP on loopback instead of HTTPS; `http,https`: both
-//   ENGINES_TRACE=1                 every sample of the cold play, and the page's events when a case fails
+//   ENGINES_TRACE=1                 every sample of the cold play
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -347,7 +347,21 @@ function rendererCases(engine, origin, renderer, { eng, at, openPage, preconditi
   const expected = renderer === "auto" ? "mse" : renderer;
   const label = `${engine} ${origin.name} ${renderer === "auto" ? "auto (MediaSource)" : renderer === "mse" ? "MediaSource" : "WebCodecs"}`;
   const g = { page: null, broken: null, fig: { engine, origin: origin.name, renderer: renderer === "auto" ? "auto: mse" : renderer } };
-  const events = () => g.page?.evaluate(() => window.mqttVideo?.players.map((p) => p.events.slice(-25))).catch((e) => e.message);
+  const events = () =>
+    g.page
+      ?.evaluate(() =>
+        window.mqttVideo?.players.map((p) => {
+          const v = p.video;
+          const buffered = Array.from({ length: v.buffered.length }, (_, i) => [v.buffered.start(i), v.buffered.end(i)].map((t) => Number(t.toFixed(3))));
+          return {
+            state: p.state,
+            message: p.message,
+            video: { readyState: v.readyState, networkState: v.networkState, paused: v.paused, currentTime: v.currentTime, buffered, error: v.error?.message ?? null },
+            events: p.events.slice(-15).map((e) => `${e.at.slice(11)} ${e.kind}: ${e.detail}`),
+          };
+        }),
+      )
+      .catch((e) => e.message);
 
   /** A case of this page: skipped once an earlier one left nothing to go on; a failure says why and adds the logs. */
   function pageCase(name, timeout, fn, { breaks = false } = {}) {
@@ -363,7 +377,7 @@ function rendererCases(engine, origin, renderer, { eng, at, openPage, preconditi
         if (breaks) g.broken = `${name} failed`;
         const known = knownFailure(engine, expected, e, eng.browser?.log?.() ?? "");
         if (known) t.todo(known);
-        if (TRACE) e.message += `\n--- player events ---\n${JSON.stringify(await events(), null, 1)}`;
+        if (!e.fatal) e.message += `\n--- the page: state and last events ---\n${JSON.stringify(await events())}`;
         e.message += `\n--- mqtt-video serve ---\n${at.fx?.server.log().slice(-3000)}`;
         throw e;
       }
