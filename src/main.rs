@@ -47,8 +47,13 @@ fn run() -> Result<()> {
     // One TLS stack: rustls with ring (which rumqttc's webpki needs anyway), chosen here for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     mqtt_video::media::init_process();
+    let filter = std::env::var("MQTT_VIDEO_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| "info".into());
+    // rustls warns at every handshake of a client that sends an IP address as its server name (WebKit does,
+    // for https://192.168.1.5:8080/): the connection is fine, so its warnings are kept out of the log unless
+    // the filter names rustls itself.
+    let filter = if filter.contains("rustls") { filter } else { format!("{filter},rustls=error") };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("MQTT_VIDEO_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,rustls=error")))
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald, `docker logs` and log files get plain text.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
