@@ -31,12 +31,28 @@ export function hasAudioWorklet(g = globalThis) {
 }
 
 /**
+ * Whether `navigator` is Linux WebKit's: WebKitGTK (Epiphany, MiniBrowser, ...) or WPE, not Apple's Safari
+ * (macOS, iOS) and not Chromium on Linux (which says "AppleWebKit/537.36 ... Chrome/"). By the user agent:
+ * the engine's bug below cannot be detected by trying it, since trying it kills the page.
+ */
+export function isLinuxWebKit(navigator) {
+  const ua = navigator?.userAgent ?? "";
+  if (!/AppleWebKit\//.test(ua) || /Android|Chrome\/|Chromium\/|CriOS\/|Edg\/|OPR\//.test(ua)) return false;
+  return /\b(X11|Linux|FreeBSD|OpenBSD|NetBSD)\b/.test(ua) || /\bWPE\b/.test(ua);
+}
+
+/**
  * Why this page cannot use WebCodecs at all, whatever the stream (a short reason), or null when it can;
  * `audio`: the stream has sound (an AudioDecoder and an AudioWorklet are needed too).
  */
 export function webCodecsBlocker(g = globalThis, { audio = true } = {}) {
   // First: in a non-secure context everything below is missing, and this is the reason to tell.
   if (!g.isSecureContext) return "not a secure context";
+  // WebKitGTK 2.50 (and WPE, the same code) kills the web process ("free(): invalid pointer") on
+  // AudioData.copyTo(), which the renderer calls for every audio frame (audio-out.js). Off for video-only
+  // streams too: the same play can gain sound later (a source restart, a rendition switch), and the renderer
+  // cannot change then without a visible restart. MediaSource plays there.
+  if (isLinuxWebKit(g.navigator)) return "AudioData.copyTo crashes WebKitGTK";
   if (typeof g.VideoDecoder !== "function") return "no VideoDecoder";
   const out = videoOutputs(g);
   if (!out.generator && !out.canvas) return "no way to show decoded frames";

@@ -4,7 +4,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { hasAudioWorklet, mimeCodecs, videoOutputs, webCodecsBlocker, webCodecsIssue } from "../../client/capabilities.js";
+import { hasAudioWorklet, isLinuxWebKit, mimeCodecs, videoOutputs, webCodecsBlocker, webCodecsIssue } from "../../client/capabilities.js";
 
 const H264_AAC = 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"';
 const H264 = 'video/mp4; codecs="avc1.42C01E"';
@@ -103,4 +103,37 @@ test("the parts: codecs of a MIME type, the ways to show frames, the worklet", (
   assert.equal(hasAudioWorklet(chromium), true);
   assert.equal(hasAudioWorklet(chromiumInsecure), false);
   assert.equal(hasAudioWorklet({}), false);
+});
+
+// Real user agents: Linux WebKit (WebKitGTK, WPE) crashes on AudioData.copyTo, Apple's Safari and Chromium
+// on Linux (which also says AppleWebKit) do not. [what, userAgent, vendor, Linux WebKit]
+const AGENTS = [
+  ["WebKitGTK 2.50 MiniBrowser (Debian 12)", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Safari/605.1.15", "Apple Computer, Inc.", true],
+  ["Epiphany (Ubuntu)", "Mozilla/5.0 (X11; Ubuntu; Linux x86_64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15 Epiphany/605.1.15", "Apple Computer, Inc.", true],
+  ["WPE (Cog, aarch64)", "Mozilla/5.0 (Linux; aarch64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15 WPE", "Apple Computer, Inc.", true],
+  ["WebKitGTK on Wayland (no X11 token)", "Mozilla/5.0 (Linux x86_64) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Safari/605.1.15", "Apple Computer, Inc.", true],
+  ["Safari 18 (macOS)", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15", "Apple Computer, Inc.", false],
+  ["Safari (iPhone)", "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1", "Apple Computer, Inc.", false],
+  ["Chrome on iPhone (WebKit, Apple's)", "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/131.0.6778.73 Mobile/15E148 Safari/604.1", "Apple Computer, Inc.", false],
+  ["Chromium (Linux)", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36", "Google Inc.", false],
+  ["headless Chromium (Linux)", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36", "Google Inc.", false],
+  ["Chrome (Android)", "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36", "Google Inc.", false],
+  ["Edge (Linux)", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0", "Google Inc.", false],
+  ["Firefox ESR (Linux)", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "", false],
+  ["no navigator (node)", undefined, undefined, false],
+];
+
+test("Linux WebKit (WebKitGTK, WPE) by its user agent, and WebCodecs off there with the reason", async () => {
+  for (const [what, userAgent, vendor, linuxWebKit] of AGENTS) {
+    const navigator = userAgent === undefined ? undefined : { userAgent, vendor };
+    assert.equal(isLinuxWebKit(navigator), linuxWebKit, what);
+    // Everything else that WebCodecs needs is there (WebKitGTK 2.50 has it all on a secure origin).
+    const g = { ...chromium, navigator };
+    const reason = linuxWebKit ? "AudioData.copyTo crashes WebKitGTK" : null;
+    assert.equal(webCodecsBlocker(g, { audio: true }), reason, `${what}, with sound`);
+    assert.equal(webCodecsBlocker(g, { audio: false }), reason, `${what}, video only (the play may gain sound later)`);
+    assert.equal(await webCodecsIssue(H264_AAC, g), reason, `${what}: a stream`);
+  }
+  // Not a secure context stays the reason there: it is what the page tells (and offers the https link for).
+  assert.equal(webCodecsBlocker({ ...chromiumInsecure, navigator: { userAgent: AGENTS[0][1] } }), "not a secure context");
 });
