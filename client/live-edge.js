@@ -42,6 +42,11 @@ export const LIVE_EDGE_DEFAULTS = Object.freeze({
   rateGain: 0.5,
   /** No rate change while the distance to the target is within ± this many seconds. */
   rateDeadband: 0.01,
+  /** A paused or not-yet-playable <video> (readyState under 2) with more than recoverAhead seconds beyond
+   * the target buffered, and no playback for recoverAfterMs: jump to the live edge and play() again. WebKitGTK
+   * under CPU load can leave the element paused at readyState 1 with 20 s buffered, for good. */
+  recoverAhead: 0.5,
+  recoverAfterMs: 2000,
   /** Seconds of media kept behind the playhead; older media is removed from the SourceBuffer. */
   keepBuffer: 10,
   /** Start playing (video.play()) as soon as there is something to show. */
@@ -76,6 +81,7 @@ export class LiveEdge {
     this.forgiveUntil = -Infinity; // stalls before this are a failure's aftermath
     this.stalls = 0;
     this.jumps = 0;
+    this.recoveries = 0; // jumps with a play() out of a stuck paused <video>
     this.linkJitter = 0; // seconds the link delays fragments beyond its pace (link-meter.js), a floor for the boost
     this.attach(-Infinity);
   }
@@ -117,6 +123,9 @@ export class LiveEdge {
     this.lastAdvanceAt = -Infinity; // the playhead last moved by playing (not by a seek)
     this.lastProgressAt = now; // ... by playing or by a seek: for the stall watchdog
     this.lastSeekAt = -Infinity;
+    this.lastPlayedAt = -Infinity; // the playhead last moved with the element playing (for the recovery)
+    this.failedRecoveries = 0; // recoveries since the element last played
+    this.lastRecoverAt = -Infinity;
     this.playRequested = false;
     this.joinedAt = now;
     this.switchedAt = -Infinity; // the last rendition switch
@@ -211,14 +220,15 @@ export class LiveEdge {
     return { ahead, before, after: this.target() };
   }
 
-  _seek(to, why, now) {
+  /** A seek action; `recovery`: with a play() out of a stuck <video> (the sink tells it apart). */
+  _seek(to, why, now, recovery = false) {
     this.jumps++;
     this.smoothedBehind = null;
     this.farSince = null;
     this.lastSeekAt = now;
     this.lastTime = to; // a seek is not playback progress
     this.lastProgressAt = now;
-    return { type: "seek", to, why };
+    return recovery ? { type: "seek", to, why, recovery } : { type: "seek", to, why };
   }
 
   /**
@@ -239,6 +249,11 @@ export class LiveEdge {
       this.lastTime = t;
       this.lastAdvanceAt = now;
       this.lastProgressAt = now;
+      // (WebKit may round a seek's target: only a playing element's moves are playback for the recovery.)
+      if (!view.paused && view.readyState >= 2) {
+        this.lastPlayedAt = now;
+        this.failedRecoveries = 0;
+      }
     }
     if (this.gap && t >= this.gap.end) this.gap = null;
     if (this.gap && (this.skipToGap || t >= this.gap.start - 0.25) && end >= this.gap.end && !view.busy) {
@@ -264,6 +279,24 @@ export class LiveEdge {
       return actions;
     }
     const behind = end - t;
+    // Stuck: paused (or with nothing to show) long after the playhead last played, with plenty buffered: no
+    // event will come to start it again (the play() may have been refused or aborted, or the engine paused
+    // itself). Jump to the live edge and ask to play again, at most once per recoverAfterMs; muted
+    // autoplay is the sink's policy as for the first play. Not with autoplay off: a paused player is the user's.
+    // One that did not help waits twice as long before the next (a page the browser keeps paused, e.g. hidden).
+    const stuck = view.paused || view.readyState < 2;
+    const sincePlayed = now - Math.max(this.lastPlayedAt, this.joinedAt);
+    const wait = o.recoverAfterMs * 2 ** Math.min(4, this.failedRecoveries);
+    if (o.autoplay && stuck && behind > target + o.recoverAhead && sincePlayed > o.recoverAfterMs && now - this.lastRecoverAt > wait) {
+      this.failedRecoveries++; // (back to 0 once it plays)
+      this.recoveries++;
+      this.lastRecoverAt = now;
+      this.playRequested = true;
+      const state = `${view.paused ? "paused" : "playing"} at readyState ${view.readyState}`;
+      actions.push(this._seek(end - target, `stuck ${state} with ${behind.toFixed(2)} s buffered ahead for ${(sincePlayed / 1000).toFixed(1)} s`, now, true));
+      actions.push({ type: "play" });
+      return actions;
+    }
     if (behind > o.maxBehind) {
       actions.push(this._seek(end - target, `${behind.toFixed(2)} s behind the live edge`, now));
       return actions;

@@ -414,7 +414,7 @@ export class MseSink {
     for (const action of this.edge.tick(this._view(), performance.now())) {
       if (action.type === "play") this._play();
       else if (action.type === "seek") {
-        this.hooks.event("jump", `${action.why}: ${v.currentTime.toFixed(3)} -> ${action.to.toFixed(3)}`);
+        this.hooks.event(action.recovery ? "recovery" : "jump", `${action.why}: ${v.currentTime.toFixed(3)} -> ${action.to.toFixed(3)}`);
         v.currentTime = action.to;
       } else if (action.type === "rate") {
         if (v.playbackRate !== action.rate) v.playbackRate = action.rate;
@@ -449,6 +449,7 @@ export class MseSink {
       queuedSegments: this.queue.length,
       resets: this.counters.resets,
       jumps: this.edge.jumps,
+      recoveries: this.edge.recoveries,
       stalls: this.edge.stalls,
       skippedToKeyframe: this.counters.skippedToKeyframe,
     };

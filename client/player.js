@@ -346,6 +346,8 @@ export class Player extends EventTarget {
       receivedBytes: this._receivedBytes,
       resets: sink.resets,
       jumps: sink.jumps,
+      // MediaSource: jumps that also played again a <video> left paused with media buffered (live-edge.js)
+      recoveries: sink.recoveries ?? 0,
       stalls: sink.stalls,
       skippedToKeyframe: sink.skippedToKeyframe,
       decodeP50Ms: round(sink.decodeP50Ms ?? null, 1),

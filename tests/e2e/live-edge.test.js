@@ -294,3 +294,64 @@ test("renditions: the link's keyframe delay is kept in the target; after a switc
   s.tick(view(59.95, [[50, 60]]), 100_200);
   assert.ok(stallAt(s, view(59.95, [[50, 60]]), 100_300), "a stall 200 ms after a switch counts");
 });
+
+test("a <video> left paused with media buffered is recovered: a jump to the live edge and a play, backing off", () => {
+  const recoveryOf = (actions) => {
+    const seek = actions.find((a) => a.type === "seek");
+    return seek?.recovery ? { to: seek.to, play: actions.some((a) => a.type === "play"), why: seek.why } : null;
+  };
+  // Played until 100 s, then WebKitGTK under load: paused at readyState 1, the buffer growing to 20 s ahead.
+  const edge = settled();
+  edge.tick(view(50.1, [[40, 50.3]]), 99_900); // playing: moved with the element playing
+  const stuck = (t, end, extra = {}) => view(t, [[40, end]], { paused: true, readyState: 1, ...extra });
+  // [now, view, recovered (to), why]
+  const rows = [
+    [100_500, stuck(50.1, 50.8), null, "not for a moment"],
+    [101_900, stuck(50.1, 52), null, "not before recoverAfterMs"],
+    [102_100, stuck(50.1, 70.1), 69.98, "2 s without playing, 20 s ahead"],
+    [103_000, stuck(69.98, 71), null, "did not help, but not again at once"],
+    [106_000, stuck(69.98, 74), null, "the next waits twice as long: 4 s"],
+    [106_200, stuck(69.98, 74.2), 74.08, "4 s after the first"],
+    [113_000, stuck(74.08, 81), null, "then 8 s"],
+    [114_300, stuck(74.08, 82.3), 82.18, "8 s after the second"],
+  ];
+  for (const [now, v, to, why] of rows) {
+    const r = recoveryOf(edge.tick(v, now));
+    if (to === null) assert.equal(r, null, why);
+    else {
+      assert.ok(r && Math.abs(r.to - to) < 1e-9 && r.play, `${why}: ${JSON.stringify(r)}`);
+      assert.match(r.why, /stuck paused at readyState 1 with [\d.]+ s buffered ahead/);
+    }
+  }
+  assert.equal(edge.recoveries, 3);
+  // Playing again resets the back-off: a later stuck spell is recovered after 2 s.
+  edge.tick(view(82.2, [[40, 82.4]]), 115_000);
+  assert.equal(recoveryOf(edge.tick(stuck(82.3, 84), 116_900)), null);
+  assert.ok(recoveryOf(edge.tick(stuck(82.3, 85), 117_100)));
+  assert.equal(edge.recoveries, 4);
+});
+
+test("no recovery: playing, a thin buffer, just joined, seeking, or autoplay off", () => {
+  const anySeek = (actions) => actions.some((a) => a.type === "seek" && a.recovery);
+  // [what, options, view at 110 s (joined at 0, played at 99.9 s)]
+  const rows = [
+    ["playing (readyState 4)", {}, view(60, [[50, 60.5]])],
+    ["paused with a thin buffer (starved: nothing to recover to)", {}, view(60, [[50, 60.4]], { paused: true, readyState: 1 })],
+    ["seeking", {}, view(60, [[50, 70]], { paused: true, readyState: 1, seeking: true })],
+    ["autoplay off: a paused player is the user's", { autoplay: false }, view(60, [[50, 70]], { paused: true, readyState: 4 })],
+  ];
+  for (const [what, options, v] of rows) {
+    const edge = settled(options);
+    edge.tick(view(59.9, [[50, 60]]), 99_900);
+    assert.equal(anySeek(edge.tick(v, 110_000)), false, what);
+  }
+  // just joined (a new MediaSource): the first frame may take a moment
+  const edge = fresh();
+  edge.joined(109_000);
+  assert.equal(anySeek(edge.tick(view(60, [[50, 70]], { paused: true, readyState: 1 }), 110_000)), false, "just joined");
+  assert.ok(anySeek(edge.tick(view(60, [[50, 71]], { paused: true, readyState: 1 }), 111_100)), "... until recoverAfterMs after the join");
+  // playing at readyState 1 (nothing to show, not paused) with media ahead: recovered too
+  const r = fresh();
+  r.joined(0);
+  assert.ok(anySeek(r.tick(view(60, [[50, 70]], { readyState: 1 }), 110_000)), "readyState 1, not paused");
+});
