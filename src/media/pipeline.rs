@@ -20,8 +20,9 @@ use bytes::Bytes;
 use ffmpeg::{codec, media, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
 use mqtt_video_wire::aac;
-use mqtt_video_wire::codec_string::{self, annex_b_nals};
+use mqtt_video_wire::codec_string;
 use mqtt_video_wire::fmp4::Segment;
+use mqtt_video_wire::h264::in_band_parameter_sets;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -963,28 +964,9 @@ impl DtsFiller {
     }
 }
 
-/// Annex B extradata (SPS and PPS with start codes) from the NAL units of a keyframe.
-pub fn in_band_parameter_sets(keyframe: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for nal in annex_b_nals(keyframe) {
-        if matches!(nal.first().map(|h| h & 0x1f), Some(7 | 8)) {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(nal);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parameter_sets_from_a_keyframe() {
-        let key = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88];
-        assert_eq!(in_band_parameter_sets(&key), vec![0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 0, 1, 0x68, 0xce]);
-        assert!(in_band_parameter_sets(&[0, 0, 1, 0x65, 1]).is_empty());
-    }
 
     #[test]
     fn fills_missing_dts_like_the_decoder_would() {

@@ -120,7 +120,7 @@ fn fill_video(source: &mut Source, index: usize, keyframe: &Packet) -> bool {
     let profile = h264_profile(sps.profile_idc, sps.constraints);
     ffi::set_video_facts(&mut parameters, sps.width, sps.height, profile, i32::from(sps.level_idc));
     if ffi::extradata(&parameters).is_empty() {
-        let sets = super::pipeline::in_band_parameter_sets(data);
+        let sets = h264::in_band_parameter_sets(data);
         if ffi::set_extradata(&mut parameters, &sets).is_err() {
             return false;
         }

@@ -1,7 +1,9 @@
 //! H.264 sequence parameter sets: the picture size and profile a stream declares, read from its SPS when a
-//! source (MPEG-TS joined mid-stream, a camera without `sprop-parameter-sets`) gives them only in-band.
+//! source (MPEG-TS joined mid-stream, a camera without `sprop-parameter-sets`) gives them only in-band, and
+//! the SPS and PPS lifted out of such a keyframe to serve as the stream's extradata.
 //! Pure: bytes of network origin in, a result or a specific error out.
 
+use crate::codec_string::annex_b_nals;
 use thiserror::Error;
 
 /// Why an SPS could not be read.
@@ -86,6 +88,18 @@ pub fn rbsp(nal: &[u8]) -> Vec<u8> {
         }
         zeros = if b == 0 { zeros + 1 } else { 0 };
         out.push(b);
+    }
+    out
+}
+
+/// Annex B extradata (SPS and PPS with start codes) from the NAL units of a keyframe; empty when it has none.
+pub fn in_band_parameter_sets(keyframe: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nal in annex_b_nals(keyframe) {
+        if matches!(nal.first().map(|h| h & 0x1f), Some(7 | 8)) {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(nal);
+        }
     }
     out
 }
@@ -210,6 +224,13 @@ fn skip_scaling_list(r: &mut Bits<'_>, size: usize) -> Result<(), SpsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_sets_from_a_keyframe() {
+        let key = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88];
+        assert_eq!(in_band_parameter_sets(&key), vec![0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 0, 1, 0x68, 0xce]);
+        assert!(in_band_parameter_sets(&[0, 0, 1, 0x65, 1]).is_empty());
+    }
 
     #[test]
     fn a_picture_size_too_large_to_multiply_is_refused() {
