@@ -1,7 +1,7 @@
 //! `[snapshots]`: the settings of the JPEG pictures of the named sources (`server::snapshots`).
 
 use super::ConfigError;
-use crate::media::snapshot::JpegSettings;
+use crate::media::encode::snapshot::JpegSettings;
 use serde::Deserialize;
 
 /// `[snapshots]`: JPEG pictures of the named sources.

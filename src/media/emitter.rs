@@ -7,9 +7,9 @@
 
 use super::channel::{wait, Until};
 use super::config::Backpressure;
+use super::encode::rendition;
 use super::error::MediaError;
 use super::events::{Fragment, PipelineEvent, PipelineStats, RenditionEvent};
-use super::rendition;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};

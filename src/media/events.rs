@@ -134,7 +134,7 @@ pub struct PipelineStats {
     /// a transcode conceals and a copy keeps back, with (in copy mode) the video after one up to the next
     /// keyframe that decodes cleanly.
     pub damaged: AtomicU64,
-    /// How far the pipeline is behind real time now, in µs (see `lag.rs`); 0 for an input that is not
+    /// How far the pipeline is behind real time now, in µs (see `load/lag.rs`); 0 for an input that is not
     /// read in real time.
     pub lag_us: AtomicU64,
     /// Per million of the source's frames left out before the encoder now (a lower frame rate), 0 for all
@@ -150,7 +150,7 @@ pub struct PipelineStats {
     pub skipped_us: AtomicU64,
     /// Source packets dropped unread while skipping ahead.
     pub packets_skipped: AtomicU64,
-    /// Which pipeline this is: its number in the process, which also names its threads (see `threads.rs`).
+    /// Which pipeline this is: its number in the process, which also names its threads (see `load/threads.rs`).
     pub id: u64,
 }
 

@@ -1,30 +1,34 @@
 //! Everything that touches FFmpeg, behind a small safe API: open a source, copy or transcode, mux
 //! fragmented MP4 in memory, hand out the init segment and fragments from a worker thread.
+//!
+//! The folders follow a packet through:
+//!
+//! - [`source`]: open a URL (the allow-list's protocols, options, the stall watchdog, RTSP's transports and
+//!   marker relay) and read until its parameters are known;
+//! - [`copy`]: the source's packets passed on as they are, checked and retimed;
+//! - [`encode`]: decode and encode (H.264, AAC), the renditions, and JPEG snapshots;
+//! - [`mux`]: fragmented MP4 in memory, fragments numbered and dated;
+//! - [`pipeline`]: the worker thread that runs the path for one source, and its handle;
+//! - [`load`]: how far behind real time the pipeline is, what it gives up then, and whose CPU it is.
+//!
+//! Beside them, shared by the path: its settings ([`config`]), decisions ([`plan`]), errors ([`error`]),
+//! events out ([`events`], and the channel they cross), time bookkeeping ([`timing`]), and the FFmpeg calls
+//! ffmpeg-next does not wrap (`ffi.rs`, the only `unsafe` code).
 
-pub mod audio;
 pub mod channel;
 pub mod config;
+pub mod copy;
 mod emitter;
+pub mod encode;
 pub mod error;
 pub mod events;
 mod ffi;
-pub mod fragments;
-pub mod keycheck;
-pub mod lag;
 pub mod load;
 pub mod mux;
 pub mod pipeline;
 pub mod plan;
-pub mod ready;
-pub mod rendition;
-pub mod rtsp_relay;
-pub mod rtsp_transport;
-pub mod shedding;
-pub mod snapshot;
 pub mod source;
-pub mod threads;
 pub mod timing;
-pub mod video;
 
 pub use config::{Mode, PipelineConfig};
 pub use error::MediaError;

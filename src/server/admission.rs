@@ -1,7 +1,7 @@
 //! Admission against the CPU budget (`limits.cpu_budget_percent`): a stream whose video needs a transcode
 //! starts only if the transcodes already running leave room for it, by what they are measured to use.
 //!
-//! Each pipeline's CPU is read from its threads (see `media/threads.rs`), sampled by the [`Ledger`]. A
+//! Each pipeline's CPU is read from its threads (see `media/load/threads.rs`), sampled by the [`Ledger`]. A
 //! transcode that sheds frames would need more to encode them all, and one that falls behind (a machine busy
 //! with other work gives it less CPU than it needs) more to keep up: its need is its cost divided by the
 //! share it encodes and by its speed (1 minus how fast its lag grew over the window). A new stream's need is estimated from the measured ones, per pixel of output per second,

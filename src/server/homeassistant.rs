@@ -177,7 +177,7 @@ async fn refresh_forever(
     source: NamedSource,
 ) {
     let every = Duration::from_secs(hub.config.homeassistant.snapshot_secs);
-    let mut last: Option<Arc<crate::media::snapshot::Jpeg>> = None;
+    let mut last: Option<Arc<crate::media::encode::snapshot::Jpeg>> = None;
     let (mut failures, mut failing) = (0u32, None::<String>);
     while !hub.is_closing() {
         match snapshots.of(&hub, &source).await {

@@ -96,7 +96,7 @@ impl Hub {
         let deadline = Instant::now() + ADMIT_WAIT;
         loop {
             let now = Instant::now();
-            let ticks = crate::media::threads::cpu_ticks_by_pipeline();
+            let ticks = crate::media::load::threads::cpu_ticks_by_pipeline();
             let own = ticks.get(&pipeline).copied().unwrap_or(0);
             let decision = {
                 let mut ledger = lock(&self.admission);
@@ -193,7 +193,7 @@ impl Hub {
         lock(&self.rate).forget_idle(now);
         let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         if lock(&self.admission).sample_due(now) {
-            let ticks = crate::media::threads::cpu_ticks_by_pipeline();
+            let ticks = crate::media::load::threads::cpu_ticks_by_pipeline();
             let mut ledger = lock(&self.admission);
             ledger.sample(&ticks, now);
             for stream in &streams {
@@ -229,7 +229,7 @@ impl Hub {
 /// frame rate (capped by `max_fps`).
 fn output_pixel_rate(info: &SourceInfo, video: &VideoEncoderConfig) -> f64 {
     let Some(stream) = info.streams.get(info.video_stream) else { return 0.0 };
-    let (w, h) = crate::media::video::output_size(
+    let (w, h) = crate::media::encode::video::output_size(
         stream.width.unwrap_or(0),
         stream.height.unwrap_or(0),
         video.max_width,

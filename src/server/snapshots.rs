@@ -5,7 +5,7 @@
 
 use super::stream::{Phase, Stream};
 use super::{Hub, LateHub};
-use crate::media::snapshot::{jpeg_of_keyframe, Jpeg, JpegSettings};
+use crate::media::encode::snapshot::{jpeg_of_keyframe, Jpeg, JpegSettings};
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

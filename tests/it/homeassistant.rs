@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use mqtt_video::media::snapshot::jpeg_size;
+use mqtt_video::media::encode::snapshot::jpeg_size;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

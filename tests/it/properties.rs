@@ -4,7 +4,7 @@
 //! (PROPTEST_CASES raises it for a longer fuzzing run).
 
 use mqtt_video::bench::measure::MediaCheck;
-use mqtt_video::media::snapshot::jpeg_size;
+use mqtt_video::media::encode::snapshot::jpeg_size;
 use mqtt_video_wire::fmp4::{Segment, Splitter};
 use mqtt_video_wire::keyframe::annex_b_keyframe;
 use mqtt_video_wire::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};

@@ -4,9 +4,9 @@
 use crate::support;
 
 use mqtt_video::media::config::RenditionConfig;
+use mqtt_video::media::encode::rendition::RenditionControl;
 use mqtt_video::media::events::{Fragment, InitSegment, RenditionEvent, RenditionInfo};
 use mqtt_video::media::pipeline::Start;
-use mqtt_video::media::rendition::RenditionControl;
 use mqtt_video::media::{Mode, Pipeline, PipelineConfig, PipelineEvent};
 use std::sync::Arc;
 use std::time::Duration;

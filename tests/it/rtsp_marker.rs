@@ -125,5 +125,5 @@ fn rtsps_and_udp_do_not_go_through_the_relay() {
     let udp = SourceConfig { rtsp_transport: RtspTransport::Udp, ..SourceConfig::default() };
     let s = source::open(&camera.url, &udp, Arc::new(AtomicBool::new(false))).expect("opening over UDP");
     assert!(s.relay.is_none(), "UDP packets do not cross the RTSP connection");
-    assert!(mqtt_video::media::rtsp_relay::relayed(&camera.url.replacen("rtsp://", "rtsps://", 1)).is_none());
+    assert!(mqtt_video::media::source::rtsp_relay::relayed(&camera.url.replacen("rtsp://", "rtsps://", 1)).is_none());
 }

@@ -182,7 +182,7 @@ fn a_playing_stream_adds_only_its_pipelines_threads() {
     let others: Vec<&String> = playing
         .iter()
         .filter(|n| !idle.contains(n))
-        .filter(|n| mqtt_video::media::threads::tag_of(n).is_none() && !n.starts_with("rtsp-relay"))
+        .filter(|n| mqtt_video::media::load::threads::tag_of(n).is_none() && !n.starts_with("rtsp-relay"))
         .collect();
     assert!(others.is_empty(), "threads beside the pipeline's: {others:?} (idle {idle:?}, playing {playing:?})");
     assert!(playing.len() > idle.len(), "the pipeline's thread is there: {playing:?}");

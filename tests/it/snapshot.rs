@@ -6,7 +6,7 @@
 use crate::support;
 
 use mqtt_video::media::config::Mode;
-use mqtt_video::media::snapshot::{jpeg_of_keyframe, jpeg_size, JpegSettings};
+use mqtt_video::media::encode::snapshot::{jpeg_of_keyframe, jpeg_size, JpegSettings};
 use mqtt_video::media::Fragment;
 use mqtt_video_wire::keyframe::{annex_b_keyframe, KeyframeError};
 use std::process::Command;

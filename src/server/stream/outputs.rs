@@ -5,8 +5,8 @@
 
 use super::core::{Effect, StreamCore, Topic};
 use super::stats::Latencies;
+use crate::media::encode::rendition::RenditionControl;
 use crate::media::events::RenditionInfo;
-use crate::media::rendition::RenditionControl;
 use crate::server::viewer::Viewer;
 use bytes::Bytes;
 use mqtt_video_wire::protocol::Status;

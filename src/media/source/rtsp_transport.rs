@@ -1,13 +1,13 @@
 //! Which RTSP lower transports to try for a setting, when a failure means "try the next one", and what the
-//! final error tells the person. Pure: the opening itself is in `source.rs`.
+//! final error tells the person. Pure: the opening itself is in `source/mod.rs`.
 //!
 //! `auto` tries TCP first (it crosses NAT and firewalls and loses nothing), then UDP when the camera answered
 //! but refused TCP: Debian's rtsp-server-perl, for one, serves RTP over UDP only and answers a TCP SETUP with
 //! `400 Bad Request`. FFmpeg's own multi-transport setting (`rtsp_transport=udp+tcp`) tries UDP first and moves
 //! on only after `461 Unsupported Transport`, so it does not cover such a camera.
 
-use super::config::RtspTransport;
-use super::error::MediaError;
+use crate::media::config::RtspTransport;
+use crate::media::error::MediaError;
 use ffmpeg_next as ffmpeg;
 
 impl RtspTransport {

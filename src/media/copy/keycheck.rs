@@ -4,7 +4,7 @@
 //! picture (or break the browser's decoder) for a whole GOP, so the stream waits for the next one instead.
 //! A few milliseconds per (re)start; nothing per frame.
 
-use super::ffi;
+use crate::media::ffi;
 use ffmpeg::{codec, decoder, frame, Dictionary, Packet};
 use ffmpeg_next as ffmpeg;
 

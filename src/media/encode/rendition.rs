@@ -6,14 +6,14 @@
 //! between them at a keyframe with no gap and no overlap.
 
 use super::audio::AudioTranscoder;
-use super::config::{AudioEncoderConfig, RenditionConfig, VideoEncoderConfig};
-use super::error::{processing, received, MediaError};
-use super::events::{InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
-use super::fragments::TimedMuxer;
-use super::mux::{Muxer, TrackSpec};
-use super::plan::TrackMode;
-use super::timing::ArrivalTracker;
 use super::video::{self, EncodedPacket, FrameEncoder, VIDEO_TIME_BASE};
+use crate::media::config::{AudioEncoderConfig, RenditionConfig, VideoEncoderConfig};
+use crate::media::error::{processing, received, MediaError};
+use crate::media::events::{InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
+use crate::media::mux::fragments::TimedMuxer;
+use crate::media::mux::{Muxer, TrackSpec};
+use crate::media::plan::TrackMode;
+use crate::media::timing::ArrivalTracker;
 use bytes::Bytes;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::{decoder, frame, Packet, Rational, Rescale};
@@ -305,7 +305,7 @@ impl Renditions {
                 Err(e) => return Err(processing("decoding video for the renditions")(e)),
             }
             let Some(pts) = decoded.timestamp() else { continue };
-            let arrival = copy.arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
+            let arrival = copy.arrivals.take(pts).unwrap_or_else(crate::media::timing::wallclock_us);
             let frame = (pts, arrival, decoded.is_key());
             let audio = self.audio_source.as_ref();
             encode_all(&mut self.outs, &decoded, frame, (self.decode_ahead, audio), stream, events);

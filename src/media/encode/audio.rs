@@ -1,7 +1,7 @@
 //! Audio transcoding: decode anything libavcodec knows (G.711, MP2, AAC, ...), resample, encode AAC-LC.
 
-use super::config::AudioEncoderConfig;
-use super::error::{processing, received, MediaError};
+use crate::media::config::AudioEncoderConfig;
+use crate::media::error::{processing, received, MediaError};
 use ffmpeg::channel_layout::ChannelLayout;
 use ffmpeg::format::Sample;
 use ffmpeg::{codec, decoder, encoder, filter, frame, Dictionary, Packet, Rational, Rescale};

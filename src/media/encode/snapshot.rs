@@ -2,9 +2,9 @@
 //! thread, scaled, and encoded as JPEG by libavcodec. One frame decoded per snapshot, whether the stream is
 //! copied or transcoded; nothing runs between snapshots.
 
-use super::error::{processing, MediaError};
-use super::ffi;
 use super::video::output_size;
+use crate::media::error::{processing, MediaError};
+use crate::media::ffi;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;

@@ -1,13 +1,14 @@
 //! What a live pipeline that cannot keep up gives up, decided from its lag (see [`super::lag`]). Pure: lag
-//! readings and `now` in, decisions out.
+//! readings and `now` in, decisions out. (What a browser that falls behind loses is the gateway's:
+//! `mqtt_video_wire::backlog`.)
 //!
 //! First frames: a transcode encodes a smaller share of the source's frames (a lower frame rate; the
-//! keyframe cadence stays, see [`super::video`]), chosen from how fast the lag grows. Then, when the lag
-//! still passes [`SKIP_LAG_US`] (a copy has no frames to give up, so it goes straight there), the pipeline
-//! skips ahead: it drops what it reads, decoding nothing, up to a keyframe close to real time again, and the
-//! stream counts as degraded until it has gone [`CLEAR_AFTER`] without a skip. The lag therefore never
-//! grows past about `SKIP_LAG_US`. Once the lag has stayed low for a while, a share is given back; a share
-//! that soon has to be taken again is next tried only after twice as long.
+//! keyframe cadence stays, see [`crate::media::encode::video`]), chosen from how fast the lag grows. Then,
+//! when the lag still passes [`SKIP_LAG_US`] (a copy has no frames to give up, so it goes straight there),
+//! the pipeline skips ahead: it drops what it reads, decoding nothing, up to a keyframe close to real time
+//! again, and the stream counts as degraded until it has gone [`CLEAR_AFTER`] without a skip. The lag
+//! therefore never grows past about `SKIP_LAG_US`. Once the lag has stayed low for a while, a share is given
+//! back; a share that soon has to be taken again is next tried only after twice as long.
 
 use std::time::{Duration, Instant};
 

@@ -1,21 +1,21 @@
 //! One media pipeline on its own OS thread: source, copy or transcode, fMP4 muxing, events out.
 
-use super::audio::AudioTranscoder;
-use super::channel::Events;
-use super::config::{Mode, Pacing, PipelineConfig};
-use super::emitter::Emitter;
-use super::error::MediaError;
-use super::events::{InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
-use super::ffi;
-use super::fragments::TimedMuxer;
-use super::keycheck::KeyframeCheck;
-use super::load::{LoadControl, Step};
-use super::mux::{Muxer, TrackSpec};
-use super::plan::{self, AudioPlan, TrackMode, VideoFacts};
-use super::rendition::{self, AudioSource, RenditionControl, Renditions, StreamOutput};
-use super::source::{self, Source, SourceKind};
-use super::timing::{wallclock_us, LoopClock, Pacer};
-use super::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
+use crate::media::channel::Events;
+use crate::media::config::{Mode, Pacing, PipelineConfig};
+use crate::media::copy::keycheck::KeyframeCheck;
+use crate::media::emitter::Emitter;
+use crate::media::encode::audio::AudioTranscoder;
+use crate::media::encode::rendition::{self, AudioSource, RenditionControl, Renditions, StreamOutput};
+use crate::media::encode::video::{EncodedPacket, VideoTranscoder, VIDEO_TIME_BASE};
+use crate::media::error::MediaError;
+use crate::media::events::{InitSegment, OutputInfo, PipelineEvent, PipelineStats, SourceInfo, StreamSummary};
+use crate::media::ffi;
+use crate::media::load::{LoadControl, Step};
+use crate::media::mux::fragments::TimedMuxer;
+use crate::media::mux::{Muxer, TrackSpec};
+use crate::media::plan::{self, AudioPlan, TrackMode, VideoFacts};
+use crate::media::source::{self, Source, SourceKind};
+use crate::media::timing::{wallclock_us, LoopClock, Pacer};
 use bytes::Bytes;
 use ffmpeg::{codec, media, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
@@ -35,7 +35,7 @@ const MICROS: Rational = Rational(1, 1_000_000);
 const LIVE_WAIT: Duration = Duration::from_millis(5);
 
 /// Asked once a pipeline knows what its source needs (the source's facts, and the pipeline's number, see
-/// `threads.rs`), before any decoding: `Err` says why the server cannot take it on, and the pipeline ends
+/// `load/threads.rs`), before any decoding: `Err` says why the server cannot take it on, and the pipeline ends
 /// with [`MediaError::Overloaded`].
 pub type Gate = Arc<dyn Fn(&SourceInfo, u64) -> Result<(), String> + Send + Sync>;
 
@@ -90,7 +90,7 @@ impl Pipeline {
         ffmpeg::init().map_err(|e| MediaError::Processing(format!("initialising FFmpeg: {e}")))?;
         let (tx, events) = Events::channel(config.channel_capacity.max(4));
         let stop = Arc::new(AtomicBool::new(false));
-        let id = super::threads::next_id();
+        let id = crate::media::load::threads::next_id();
         let stats = Arc::new(PipelineStats { id, ..PipelineStats::default() });
         let mut emitter =
             Emitter::new(tx, config.backpressure, config.renditions.len(), Arc::clone(&stop), Arc::clone(&stats));
@@ -103,7 +103,7 @@ impl Pipeline {
             mqtt_video_wire::policy::redact(&url)
         };
         // Tagged, so that the threads FFmpeg starts from it count as this pipeline's CPU.
-        let name = super::threads::thread_name(id, &shown);
+        let name = crate::media::load::threads::thread_name(id, &shown);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -281,7 +281,7 @@ fn run(
         },
     };
     // Packets read while the source's own parameters were awaited go first.
-    let mut held = super::ready::wait_for_parameters(&mut source, config.source.connect_timeout())?;
+    let mut held = crate::media::source::ready::wait_for_parameters(&mut source, config.source.connect_timeout())?;
     let info = analyse(&source, config, paced)?;
     if let Some(gate) = gate {
         gate(&info, em.stats.id).map_err(MediaError::Overloaded)?;
@@ -763,7 +763,8 @@ impl<'a> Session<'a> {
                     if extradata.is_empty() {
                         return Err(MediaError::Unsupported("H.264 stream without SPS/PPS".into()));
                     }
-                    ffi::set_extradata(parameters, &extradata).map_err(super::error::processing("setting SPS/PPS"))?;
+                    ffi::set_extradata(parameters, &extradata)
+                        .map_err(crate::media::error::processing("setting SPS/PPS"))?;
                 }
                 let facts = ffi::codec_facts(parameters);
                 let spec = TrackSpec {
@@ -800,7 +801,8 @@ impl<'a> Session<'a> {
                                 facts.sample_rate, facts.channels
                             ))
                         })?;
-                    ffi::set_extradata(parameters, &asc).map_err(super::error::processing("setting the AAC config"))?;
+                    ffi::set_extradata(parameters, &asc)
+                        .map_err(crate::media::error::processing("setting the AAC config"))?;
                 }
                 specs.push(TrackSpec {
                     parameters: parameters.clone(),

@@ -1,8 +1,11 @@
 //! Fragmented MP4 muxing into memory: libavformat's mov muxer writes into a shared buffer, the pure
 //! splitter cuts it into the init segment and fragments.
 
-use super::error::{processing, MediaError};
-use super::ffi;
+pub mod fragments;
+
+use crate::media::error::{processing, MediaError};
+use crate::media::ffi;
+use crate::media::timing::DurationFixer;
 use ffmpeg::format::context::{Output, StreamIo};
 use ffmpeg::{codec, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
@@ -168,11 +171,11 @@ impl Muxer {
     }
 }
 
-/// Each track's decode times, kept increasing and contiguous (see [`DurationFixer`](super::timing::DurationFixer)) before the muxer.
+/// Each track's decode times, kept increasing and contiguous (see [`DurationFixer`]) before the muxer.
 #[derive(Debug, Default)]
 pub struct TrackPlacer {
     last_dts: [Option<i64>; 2],
-    durations: [super::timing::DurationFixer; 2],
+    durations: [DurationFixer; 2],
 }
 
 impl TrackPlacer {

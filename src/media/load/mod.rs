@@ -2,9 +2,13 @@
 //! they decide published in the pipeline's [`PipelineStats`] for the server's stats and the stream's status.
 //! No FFmpeg and no clock of its own: the pipeline hands in each packet's facts and `now`.
 
-use super::events::PipelineStats;
-use super::lag::LagMeter;
-use super::shedding::{Governor, Verdict};
+pub mod frame_shedding;
+pub mod lag;
+pub mod threads;
+
+use crate::media::events::PipelineStats;
+use frame_shedding::{Governor, Verdict};
+use lag::LagMeter;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 

@@ -1,13 +1,16 @@
 //! Opening a source: URL classification, the protocol whitelist, options, and the stall watchdog.
 
-use super::config::{RtspFrameEnd, RtspTransport, SourceConfig};
-use super::error::MediaError;
-use super::ffi;
-use super::rtsp_relay::{self, RtspRelay};
-use super::rtsp_transport;
+pub mod ready;
+pub mod rtsp_relay;
+pub mod rtsp_transport;
+
+use crate::media::config::{RtspFrameEnd, RtspTransport, SourceConfig};
+use crate::media::error::MediaError;
+use crate::media::ffi;
 use ffmpeg::format::context::Input;
 use ffmpeg::Dictionary;
 use ffmpeg_next as ffmpeg;
+use rtsp_relay::RtspRelay;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

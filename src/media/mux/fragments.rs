@@ -2,11 +2,11 @@
 //! bytes, its keyframe flag and media time read back from the `moof`, its number written into `mfhd`, and a
 //! `prft` box with the source wall clock of its first frame.
 
-use super::error::MediaError;
-use super::events::Fragment;
-use super::mux::{Muxer, Segments, TrackPlacer};
-use super::timing::{wallclock_us, ArrivalTracker};
-use super::video::VIDEO_TIME_BASE;
+use super::{Muxer, Segments, TrackPlacer};
+use crate::media::encode::video::VIDEO_TIME_BASE;
+use crate::media::error::MediaError;
+use crate::media::events::Fragment;
+use crate::media::timing::{wallclock_us, ArrivalTracker};
 use bytes::Bytes;
 use ffmpeg_next::{Packet, Rational, Rescale};
 use mqtt_video_wire::fmp4::{self, TrackInfo, TrackKind};

@@ -1,9 +1,9 @@
 //! Video transcoding: decode, scale and convert when needed, encode H.264 with libx264.
 
-use super::config::VideoEncoderConfig;
-use super::error::{processing, received, MediaError};
-use super::shedding::Schedule;
-use super::timing::ArrivalTracker;
+use crate::media::config::VideoEncoderConfig;
+use crate::media::error::{processing, received, MediaError};
+use crate::media::load::frame_shedding::Schedule;
+use crate::media::timing::ArrivalTracker;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
 use ffmpeg::{decoder, encoder, filter, frame, picture, Dictionary, Packet, Rational};
@@ -52,7 +52,7 @@ pub struct VideoTranscoder {
     decode_arrivals: ArrivalTracker,
     last_pts: Option<i64>,
     frame_duration: i64,
-    /// The share of the decoded frames to encode (see `shedding.rs`), and which ones.
+    /// The share of the decoded frames to encode (see `load/frame_shedding.rs`), and which ones.
     share: f64,
     frames: Schedule,
     /// Keyframes by time, whatever the share: one every `key_interval` ticks.
@@ -198,7 +198,7 @@ impl VideoTranscoder {
                 Err(e) => return Err(processing("decoding video")(e)),
             }
             let Some(ts) = decoded.timestamp() else { continue };
-            let arrival = self.decode_arrivals.take(ts).unwrap_or_else(super::timing::wallclock_us);
+            let arrival = self.decode_arrivals.take(ts).unwrap_or_else(crate::media::timing::wallclock_us);
             let ts_us = ts.rescale(self.input_time_base, Rational(1, 1_000_000));
             let Some(rel_us) = to_rel_us(ts_us) else { continue };
             let pts = rel_us.rescale(Rational(1, 1_000_000), VIDEO_TIME_BASE);
@@ -307,7 +307,7 @@ impl FrameEncoder {
                 return Ok(());
             }
             let pts = packet.pts().unwrap_or(0);
-            let arrival = self.arrivals.take(pts).unwrap_or_else(super::timing::wallclock_us);
+            let arrival = self.arrivals.take(pts).unwrap_or_else(crate::media::timing::wallclock_us);
             packet.set_duration(spacing);
             out.push(EncodedPacket { packet, arrival_us: arrival });
         }

@@ -5,9 +5,9 @@
 //! audio) unknown, the pipeline reads on, up to the connect timeout, until the stream's own keyframe (and
 //! ADTS header) tell, and keeps what it read from that keyframe on.
 
-use super::error::MediaError;
-use super::ffi;
-use super::source::Source;
+use super::Source;
+use crate::media::error::MediaError;
+use crate::media::ffi;
 use ffmpeg::{codec, media, Packet};
 use ffmpeg_next as ffmpeg;
 use mqtt_video_wire::aac;
