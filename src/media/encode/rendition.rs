@@ -6,12 +6,12 @@
 //! between them at a keyframe with no gap and no overlap.
 
 use super::audio::AudioTranscoder;
-use super::video::{self, EncodedPacket, FrameEncoder, VIDEO_TIME_BASE};
+use super::video::{self, EncodedPacket, FrameEncoder};
 use crate::media::config::{AudioEncoderConfig, RenditionConfig, VideoEncoderConfig};
 use crate::media::error::{processing, received, MediaError};
 use crate::media::events::{InitSegment, OutputInfo, RenditionEvent, RenditionInfo};
 use crate::media::mux::fragments::TimedMuxer;
-use crate::media::mux::{Muxer, TrackSpec};
+use crate::media::mux::{Muxer, TrackSpec, VIDEO_TIME_BASE};
 use crate::media::plan::TrackMode;
 use crate::media::timing::ArrivalTracker;
 use bytes::Bytes;

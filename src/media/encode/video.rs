@@ -3,14 +3,12 @@
 use crate::media::config::VideoEncoderConfig;
 use crate::media::error::{processing, received, MediaError};
 use crate::media::load::frame_shedding::Schedule;
+use crate::media::mux::VIDEO_TIME_BASE;
 use crate::media::timing::ArrivalTracker;
 use ffmpeg::codec::{self, threading};
 use ffmpeg::format::Pixel;
 use ffmpeg::{decoder, encoder, filter, frame, picture, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
-
-/// Time base of encoded video: the RTP/MPEG-TS clock, fine enough for any frame rate.
-pub const VIDEO_TIME_BASE: Rational = Rational(1, 90_000);
 
 /// A video packet ready for the muxer: timestamps in [`VIDEO_TIME_BASE`], relative to the stream origin.
 pub struct EncodedPacket {

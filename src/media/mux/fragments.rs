@@ -2,8 +2,7 @@
 //! bytes, its keyframe flag and media time read back from the `moof`, its number written into `mfhd`, and a
 //! `prft` box with the source wall clock of its first frame.
 
-use super::{Muxer, Segments, TrackPlacer};
-use crate::media::encode::video::VIDEO_TIME_BASE;
+use super::{Muxer, Segments, TrackPlacer, VIDEO_TIME_BASE};
 use crate::media::error::MediaError;
 use crate::media::events::Fragment;
 use crate::media::timing::{wallclock_us, ArrivalTracker};

@@ -13,6 +13,9 @@ use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackInfo};
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Time base of the output's video, copied or encoded: the RTP/MPEG-TS clock, fine enough for any frame rate.
+pub const VIDEO_TIME_BASE: Rational = Rational(1, 90_000);
+
 /// The muxer's byte sink. FFmpeg needs a `Write + Send + 'static`; the worker thread reads it back.
 #[derive(Clone, Default)]
 struct SharedBuf(Arc<Mutex<Vec<u8>>>);
