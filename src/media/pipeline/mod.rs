@@ -99,7 +99,12 @@ impl Pipeline {
             .spawn(move || {
                 let span = tracing::info_span!("pipeline", url = %shown);
                 let _enter = span.enter();
-                let result = worker::run(&url, &config, (offset_us, first_sequence), gate, &renditions, &mut emitter);
+                // The worker asks the server's gate, if any, without knowing it: its number is this pipeline's.
+                let admit = move |info: &SourceInfo| match &gate {
+                    Some(gate) => gate(info, id).map_err(MediaError::Overloaded),
+                    None => Ok(()),
+                };
+                let result = worker::run(&url, &config, (offset_us, first_sequence), admit, &renditions, &mut emitter);
                 match &result {
                     Ok(()) => tracing::info!("source finished"),
                     Err(MediaError::Stopped) => tracing::debug!("pipeline stopped"),

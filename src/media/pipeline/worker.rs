@@ -4,12 +4,11 @@
 
 use super::analyse::analyse;
 use super::session::Session;
-use super::Gate;
 use crate::media::config::{Pacing, PipelineConfig};
 use crate::media::emitter::Emitter;
 use crate::media::encode::rendition::RenditionControl;
 use crate::media::error::MediaError;
-use crate::media::events::PipelineEvent;
+use crate::media::events::{PipelineEvent, SourceInfo};
 use crate::media::ffi;
 use crate::media::load::{LoadControl, Step};
 use crate::media::source::{self, ready, Source, SourceKind};
@@ -26,12 +25,13 @@ const MICROS: Rational = Rational(1, 1_000_000);
 /// behind then.
 const LIVE_WAIT: Duration = Duration::from_millis(5);
 
-/// Runs the pipeline; `start` is where the output timeline (µs) and the fragment numbering begin.
+/// Runs the pipeline; `start` is where the output timeline (µs) and the fragment numbering begin, and `admit`
+/// says whether the work the analysed source needs may start.
 pub(super) fn run(
     url: &str,
     config: &PipelineConfig,
     start: (i64, u64),
-    gate: Option<Gate>,
+    admit: impl Fn(&SourceInfo) -> Result<(), MediaError>,
     renditions: &[Arc<RenditionControl>],
     em: &mut Emitter,
 ) -> Result<(), MediaError> {
@@ -48,9 +48,7 @@ pub(super) fn run(
     // Packets read while the source's own parameters were awaited go first.
     let mut held = ready::wait_for_parameters(&mut source, config.source.connect_timeout())?;
     let info = analyse(&source, config, paced)?;
-    if let Some(gate) = gate {
-        gate(&info, em.stats.id).map_err(MediaError::Overloaded)?;
-    }
+    admit(&info)?;
     tracing::info!(
         format = %info.format,
         video = ?info.video,
