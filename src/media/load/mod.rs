@@ -1,6 +1,7 @@
 //! One pipeline's load control: the [`LagMeter`] and the [`Governor`] driven packet by packet, with what
 //! they decide published in the pipeline's [`PipelineStats`] for the server's stats and the stream's status.
-//! No FFmpeg and no clock of its own: the pipeline hands in each packet's facts and `now`.
+//! No FFmpeg and no clock of its own: the pipeline hands in each packet's facts and `now`. Beside it,
+//! [`threads`] tags a pipeline's threads so that its CPU can be read.
 
 pub mod frame_shedding;
 pub mod lag;

@@ -1,5 +1,6 @@
 //! Fragmented MP4 muxing into memory: libavformat's mov muxer writes into a shared buffer, the pure
-//! splitter cuts it into the init segment and fragments.
+//! splitter cuts it into the init segment and fragments; [`fragments`] numbers and dates them on the
+//! stream's timeline.
 
 pub mod fragments;
 

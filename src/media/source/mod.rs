@@ -1,4 +1,6 @@
-//! Opening a source: URL classification, the protocol whitelist, options, and the stall watchdog.
+//! Opening a source: URL classification, the protocol whitelist, options, and the stall watchdog. Then
+//! [`ready`] reads on until the source's parameters are known; an RTSP camera is opened over the transports
+//! [`rtsp_transport`] picks, and over TCP through the marker relay of [`rtsp_relay`] when the settings ask for it.
 
 pub mod ready;
 pub mod rtsp_relay;

@@ -54,7 +54,7 @@ pub fn wait_for_parameters(source: &mut Source, connect_timeout: Duration) -> Re
     let started = Instant::now();
     let mut video_ready_at = (!missing.video).then_some(started);
     let mut held = VecDeque::new();
-    // libavformat's parser flags the frame before a damaged one (see `Damage` in the pipeline).
+    // libavformat's parser flags the frame before a damaged one (see `Damage` in `copy/mod.rs`).
     let mut after_damage = false;
     while missing.video || missing.audio {
         if started.elapsed() > connect_timeout {
