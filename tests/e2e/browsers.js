@@ -8,6 +8,7 @@
 //   await page.click(".player .stop"); await page.fill("#login-user", "viewer");
 //   await page.screenshot(".player .screen");                 // an element's picture: {width, height, channels, pixels}
 //   await page.close(); await browser.close();
+//   browser.pids();                                           // the browser's own processes (roots), for processTree()
 //
 // All from Debian 12 packages, nothing downloaded:
 //   chromium     /usr/bin/chromium (package chromium) through playwright-core, headless, over CDP;
@@ -32,7 +33,7 @@
 //   player-cases.js, Chromium only.
 
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import puppeteer from "puppeteer-core";
@@ -81,6 +82,60 @@ export async function launchBrowser(engine) {
   return launchWebKit();
 }
 
+/** The pids whose parent is `parent` (from /proc/<pid>/stat). */
+export function childPids(parent = process.pid) {
+  return allStats().filter((s) => s.ppid === parent).map((s) => s.pid);
+}
+
+/** `roots` and every descendant of theirs alive now. */
+export function processTree(roots) {
+  const stats = allStats();
+  const tree = new Set(roots);
+  // Parents before children is not guaranteed by pid order (pids wrap): repeat until nothing is added.
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const s of stats) {
+      if (!tree.has(s.pid) && tree.has(s.ppid)) {
+        tree.add(s.pid);
+        grew = true;
+      }
+    }
+  }
+  return [...tree];
+}
+
+/**
+ * CPU time (s) of `pids` so far: user + system, with their reaped children's (cutime, cstime: a renderer or
+ * decoder process that exits inside a window is still counted, in its parent's figure).
+ */
+export function cpuSeconds(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    const s = readStat(pid);
+    if (s) ticks += s.utime + s.stime + s.cutime + s.cstime;
+  }
+  return ticks / CLOCK_TICKS;
+}
+
+/** sysconf(_SC_CLK_TCK): 100 on every Linux this runs on (not readable from Node itself). */
+const CLOCK_TICKS = 100;
+
+function readStat(pid) {
+  let text;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return null; // gone meanwhile
+  }
+  // The command name is in parentheses and may hold spaces or parentheses: the fields follow the last ")".
+  const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return { pid, ppid: Number(f[1]), utime: Number(f[11]), stime: Number(f[12]), cutime: Number(f[13]), cstime: Number(f[14]) };
+}
+
+function allStats() {
+  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map((d) => readStat(Number(d))).filter(Boolean);
+}
+
 /** Marks an error that says the page or its browser is gone (crashed, closed) as `fatal`: no use waiting on. */
 function fatalIfGone(e) {
   if (/invalid session id|page crash|script timeout|aborted due to timeout|Target crashed|Target closed|Session closed|has been closed|browser has disconnected|No target with given id/i.test(e?.message ?? "")) {
@@ -111,10 +166,14 @@ const call = (fn) => `(${typeof fn === "function" ? fn.toString() : `() => (${fn
 // ----- Chromium: playwright-core over CDP ------------------------------------------------------------------
 
 async function launchChromium() {
+  // playwright's Browser does not say its process: the child of this process that the launch added.
+  const before = new Set(childPids());
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
+  const roots = childPids().filter((pid) => !before.has(pid));
   return {
     engine: "chromium",
     version: `Chromium ${browser.version()}`,
+    pids: () => roots,
     async newPage({ width = 1280, height = 900 } = {}) {
       // A context each: its own storage, as a fresh profile (the login cases look at localStorage).
       const context = await browser.newContext({ viewport: { width, height }, ignoreHTTPSErrors: true });
@@ -158,6 +217,7 @@ async function launchFirefox() {
   return {
     engine: "firefox",
     version: version.replace(/^firefox\//i, "Firefox "),
+    pids: () => [browser.process().pid],
     async newPage({ width = 1280, height = 900 } = {}) {
       const context = await browser.createBrowserContext();
       const page = await context.newPage();
@@ -262,6 +322,9 @@ async function launchWebKit() {
     get version() {
       return version;
     },
+    // WebKitWebDriver starts MiniBrowser (whose web and network processes are its children); Xvfb is counted
+    // too: it is where WebKitGTK's windows are drawn, work the headless engines do in their own processes.
+    pids: () => [driver.child.pid, xvfb.proc.child.pid],
     /** The end of MiniBrowser's own output (its messages, a crash). */
     log: () => (existsSync(browserLog) ? readFileSync(browserLog, "utf8").slice(-4000) : ""),
     async newPage({ width = 1280, height = 900 } = {}) {
