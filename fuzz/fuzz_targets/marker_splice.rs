@@ -1,4 +1,4 @@
-//! The RTSP marker splice (src/media/marker_splice.rs): any camera bytes, in any pieces, never panic, and
+//! The RTSP marker splice (crates/wire/src/marker_splice.rs): any camera bytes, in any pieces, never panic, and
 //! the output does not depend on where the pieces were cut.
 #![no_main]
 

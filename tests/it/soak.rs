@@ -3,7 +3,7 @@
 //! server's RSS and threads are sampled every 10 s; at the end threads must be back, nothing may have failed,
 //! and in a run of 3 minutes or more memory must be flat after warm-up.
 //! A minute of it runs in every test run, so that it cannot rot; the 10-minute one on purpose:
-//! `cargo test --release --test soak -- --ignored --nocapture` (SOAK_SECS to change its length, SOAK_ONLY=copy
+//! `cargo test --release --test it soak -- --ignored --nocapture` (SOAK_SECS to change its length, SOAK_ONLY=copy
 //! or SOAK_ONLY=transcode: one stream only).
 
 use crate::support;
