@@ -126,6 +126,7 @@ export class LiveEdge {
     this.lastPlayedAt = -Infinity; // the playhead last moved with the element playing (for the recovery)
     this.failedRecoveries = 0; // recoveries since the element last played
     this.lastRecoverAt = -Infinity;
+    this.seekingSince = null; // when the <video> was first seen seeking in the seek that runs
     this.playRequested = false;
     this.joinedAt = now;
     this.switchedAt = -Infinity; // the last rendition switch
@@ -232,18 +233,46 @@ export class LiveEdge {
   }
 
   /**
+   * The recovery of a stuck <video> (see recoverAfterMs): appends a seek to `to` and a play to `actions` and
+   * returns true when it is due; `behind`: seconds from the playhead to the end of the newest range.
+   */
+  _recover(view, behind, to, now, actions) {
+    const o = this.options;
+    const sincePlayed = now - Math.max(this.lastPlayedAt, this.joinedAt);
+    const wait = o.recoverAfterMs * 2 ** Math.min(4, this.failedRecoveries);
+    if (!o.autoplay || behind <= this.target() + o.recoverAhead || sincePlayed <= o.recoverAfterMs || now - this.lastRecoverAt <= wait) return false;
+    this.failedRecoveries++; // (back to 0 once it plays)
+    this.recoveries++;
+    this.lastRecoverAt = now;
+    this.seekingSince = null; // the new seek has its own time
+    this.playRequested = true;
+    const state = `${view.paused ? "paused" : "playing"}${view.seeking ? ", seeking" : ""} at readyState ${view.readyState}`;
+    actions.push(this._seek(to, `stuck ${state} with ${behind.toFixed(2)} s buffered ahead for ${(sincePlayed / 1000).toFixed(1)} s`, now, true));
+    actions.push({ type: "play" });
+    return true;
+  }
+
+  /**
    * One control step; runs on every append and on a timer. Returns the actions to take, in order:
    * {type: "play"}, {type: "seek", to, why}, {type: "rate", rate}, {type: "remove", start, end}.
    * @param {View} view
    */
   tick(view, now) {
     const actions = [];
-    if (view.seeking || !view.ranges.length) return actions;
+    if (!view.ranges.length) return actions;
     const o = this.options;
     const t = view.currentTime;
     const [start, end] = view.ranges[view.ranges.length - 1];
     const target = this.target();
     const live = Math.max(start, end - target);
+    if (view.seeking) {
+      // A seek runs: nothing to decide until it ends, unless it never does (WebKitGTK under CPU load: paused
+      // at readyState 1, seeking, with 20 s buffered, for good): then the recovery below, seeking again.
+      this.seekingSince ??= now;
+      if (now - this.seekingSince > o.recoverAfterMs) this._recover(view, end - t, end - target, now, actions);
+      return actions;
+    }
+    this.seekingSince = null;
 
     if (t !== this.lastTime) {
       this.lastTime = t;
@@ -284,19 +313,7 @@ export class LiveEdge {
     // itself). Jump to the live edge and ask to play again, at most once per recoverAfterMs; muted
     // autoplay is the sink's policy as for the first play. Not with autoplay off: a paused player is the user's.
     // One that did not help waits twice as long before the next (a page the browser keeps paused, e.g. hidden).
-    const stuck = view.paused || view.readyState < 2;
-    const sincePlayed = now - Math.max(this.lastPlayedAt, this.joinedAt);
-    const wait = o.recoverAfterMs * 2 ** Math.min(4, this.failedRecoveries);
-    if (o.autoplay && stuck && behind > target + o.recoverAhead && sincePlayed > o.recoverAfterMs && now - this.lastRecoverAt > wait) {
-      this.failedRecoveries++; // (back to 0 once it plays)
-      this.recoveries++;
-      this.lastRecoverAt = now;
-      this.playRequested = true;
-      const state = `${view.paused ? "paused" : "playing"} at readyState ${view.readyState}`;
-      actions.push(this._seek(end - target, `stuck ${state} with ${behind.toFixed(2)} s buffered ahead for ${(sincePlayed / 1000).toFixed(1)} s`, now, true));
-      actions.push({ type: "play" });
-      return actions;
-    }
+    if ((view.paused || view.readyState < 2) && this._recover(view, behind, end - target, now, actions)) return actions;
     if (behind > o.maxBehind) {
       actions.push(this._seek(end - target, `${behind.toFixed(2)} s behind the live edge`, now));
       return actions;

@@ -355,3 +355,24 @@ test("no recovery: playing, a thin buffer, just joined, seeking, or autoplay off
   r.joined(0);
   assert.ok(anySeek(r.tick(view(60, [[50, 70]], { readyState: 1 }), 110_000)), "readyState 1, not paused");
 });
+
+test("a seek that never ends (WebKitGTK under load: paused, seeking, readyState 1, 20 s buffered) is recovered", () => {
+  const edge = fresh();
+  // The join's jump to 0.055; the seek never completes while the buffer grows.
+  const seeking = (end) => view(0.055, [[0.004, end]], { paused: true, readyState: 1, seeking: true });
+  const recovery = (actions) => actions.find((a) => a.type === "seek" && a.recovery);
+  edge.joined(100_000);
+  assert.deepEqual(edge.tick(seeking(1), 100_100), [], "a seek that runs: nothing to decide");
+  assert.deepEqual(edge.tick(seeking(2), 101_000), []);
+  assert.deepEqual(edge.tick(seeking(3), 102_000), [], "not before recoverAfterMs of seeking");
+  const actions = edge.tick(seeking(19.78), 102_200);
+  const seek = recovery(actions);
+  assert.ok(seek && Math.abs(seek.to - 19.66) < 1e-9, JSON.stringify(actions));
+  assert.match(seek.why, /stuck paused, seeking at readyState 1 with 19\.73 s buffered ahead/);
+  assert.ok(actions.some((a) => a.type === "play"));
+  // The new seek gets its own time, and the next recovery backs off (4 s after the first).
+  assert.deepEqual(edge.tick(view(19.66, [[0.004, 20.5]], { paused: true, readyState: 1, seeking: true }), 104_500), []);
+  assert.deepEqual(edge.tick(view(19.66, [[0.004, 24]], { paused: true, readyState: 1, seeking: true }), 106_300), [], "seeking for 1.8 s only");
+  assert.ok(recovery(edge.tick(view(19.66, [[0.004, 24.3]], { paused: true, readyState: 1, seeking: true }), 106_600)));
+  assert.equal(edge.recoveries, 2);
+});
