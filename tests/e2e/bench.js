@@ -238,6 +238,19 @@ async function runCase(browser, host, name, { mode, audio }, renderer, mqttPort,
       events: await page.evaluate(() => window.mqttVideo.players[0].events),
       errors: [...last.errors.map((e) => `${e.code}: ${e.message}`), ...(await page.errors())],
     };
+  } catch (e) {
+    // What the page's players were doing: a <video> left paused at readyState 1 (WebKitGTK under load) says so.
+    const players = await page
+      ?.evaluate(() =>
+        window.mqttVideo?.players.map((p) => ({
+          state: p.state,
+          video: { readyState: p.video.readyState, paused: p.video.paused, currentTime: p.video.currentTime, buffered: p.video.buffered.length ? [p.video.buffered.start(0), p.video.buffered.end(p.video.buffered.length - 1)] : [] },
+          events: p.events.slice(-8).map((ev) => `${ev.at.slice(11)} ${ev.kind}: ${ev.detail}`),
+        })),
+      )
+      .catch(() => null);
+    if (players) e.message += `\n--- the page's players ---\n${JSON.stringify(players)}`;
+    throw e;
   } finally {
     await page?.close().catch(() => {});
     await server.kill();
