@@ -1,11 +1,13 @@
 // The page in three browser engines (issue 25): Chromium (playwright-core), Firefox ESR (puppeteer-core over
 // WebDriver BiDi) and WebKitGTK (WebKitWebDriver and MiniBrowser on Xvfb), all Debian packages, driven through
-// browsers.js; each on two kinds of origin:
+// browsers.js; each on three origins:
 //
 //   secure   https://127.0.0.1:PORT/ with the gateway's own self-signed certificate (the browsers accept it),
 //            or http://127.0.0.1:PORT/ (also a secure context) with ENGINES_SECURE_ORIGIN=http (see below);
 //   lan      http://198.18.0.1:PORT/, an address of this run's veth pair (lan.js): plain HTTP from "another
-//            machine", not a secure context, gateway.tls.http = "serve" so that it is not redirected to https.
+//            machine", not a secure context, gateway.tls.http = "serve" so that it is not redirected to https;
+//   lan-https https://198.18.0.1:PORT/, the same address over the gateway's TLS (its made certificate names the
+//            address; the browsers accept it): a secure context from "another machine", both renderers.
 //
 // Per engine and origin one broker (logins required), one live RTSP source and one server with a `low`
 // rendition; on each page load, in order: the login (anonymous is refused, the form logs in and the play
@@ -19,7 +21,7 @@
 //
 //   cd tests/e2e && node --test engines.test.js
 //   ENGINES=firefox,webkit          engines to run (default all three)
-//   ENGINES_ORIGINS=secure          origins to run (default secure,lan)
+//   ENGINES_ORIGINS=secure          origins to run (default secure,lan,lan-https)
 //   ENGINES_SECURE_ORIGIN=http      the secure origin over plain HTTP on loopback instead of HTTPS; `http,https`: both
 //   ENGINES_TRACE=1                 every sample of the cold play
 
@@ -41,7 +43,7 @@ import { CLIENT_DIR, freePort, Mosquitto, percentile, scratch, startRtspSource, 
 const SECURE_ORIGIN_DEFAULT = "https";
 
 const engines = (process.env.ENGINES ?? ENGINES.join(",")).split(",").map((e) => e.trim()).filter(Boolean);
-const originKinds = (process.env.ENGINES_ORIGINS ?? "secure,lan").split(",").map((e) => e.trim()).filter(Boolean);
+const originKinds = (process.env.ENGINES_ORIGINS ?? "secure,lan,lan-https").split(",").map((e) => e.trim()).filter(Boolean);
 const secureSchemes = (process.env.ENGINES_SECURE_ORIGIN ?? SECURE_ORIGIN_DEFAULT).split(",").map((e) => e.trim()).filter(Boolean);
 const TRACE = !!process.env.ENGINES_TRACE;
 for (const e of engines) assert.ok(ENGINES.includes(e), `ENGINES: unknown engine ${e}`);
@@ -51,7 +53,9 @@ for (const s of secureSchemes) assert.ok(["http", "https"].includes(s), `ENGINES
 const ORIGINS = [
   ...(originKinds.includes("secure") ? secureSchemes.map((scheme) => ({ name: `${scheme}://127.0.0.1`, kind: "secure", scheme, secure: true })) : []),
   ...(originKinds.includes("lan") ? [{ name: "http://198.18.0.1", kind: "lan", scheme: "http", secure: false }] : []),
+  ...(originKinds.includes("lan-https") ? [{ name: "https://198.18.0.1", kind: "lan", scheme: "https", secure: true }] : []),
 ];
+for (const k of originKinds) assert.ok(["secure", "lan", "lan-https"].includes(k), `ENGINES_ORIGINS: unknown origin ${k}`);
 
 const MAX_LATENCY_MS = 1000;
 /**
