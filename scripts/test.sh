@@ -14,11 +14,12 @@ PARALLEL="${TEST_THREADS:-4}"
 
 times=()
 stage() {
-  local name="$1" start=$SECONDS
+  local name="$1" start=$SECONDS rc=0
   shift
   echo "== $name"
-  "$@"
-  times+=("$(printf '%-28s %4d s' "$name" $((SECONDS - start)))")
+  "$@" || rc=$?
+  times+=("$(printf '%-28s %4d s%s' "$name" $((SECONDS - start)) "$( ((rc)) && echo "  FAILED ($rc)")")")
+  return "$rc"
 }
 report() {
   echo "== stage times"
