@@ -55,6 +55,14 @@ image() {
 }
 stage "docker image (chroot)" image
 stage "npm ci (e2e)" bash -c 'cd tests/e2e && npm ci --silent --no-audit --no-fund'
-stage "browser tests" bash -c 'cd tests/e2e && node --test'
+stage "browser tests" bash -c 'cd tests/e2e && ENGINES=chromium,firefox node --test'
+# WebKitGTK under Xvfb, software-drawn on two shared cores, now and then hangs a page or stalls a <video>
+# (tests/e2e/README.md): its run gets a second try, and the first failure stays in the log above it.
+webkit() {
+  (cd tests/e2e && ENGINES=webkit node --test engines.test.js) && return 0
+  echo "== WebKit: the run above failed; once more"
+  (cd tests/e2e && ENGINES=webkit node --test engines.test.js)
+}
+stage "browser tests, WebKit" webkit
 # A short coverage-guided run of every fuzz target from its seed corpus (longer: bash scripts/fuzz.sh 600).
 stage fuzz bash scripts/fuzz.sh 15
