@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::broker::{free_port, Broker};
+use support::closed_by_server;
 use support::page::{rand_suffix, server_config, Page, Server};
 use support::RtspServer;
 
@@ -145,22 +146,6 @@ fn ws_frame(payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
-}
-
-/// Whether the server closes `socket` within `limit`.
-fn closed_by_server(socket: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut buf = [0u8; 4096];
-    while std::time::Instant::now() < deadline {
-        match socket.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[test]

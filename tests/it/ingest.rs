@@ -6,7 +6,7 @@ use crate::support;
 use mqtt_video_wire::fmp4::{self, Segment, Splitter, TrackKind};
 use mqtt_video_wire::rtmp::amf0::Value as AmfValue;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -402,10 +402,16 @@ fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
     for port in [stack.tcp_port, stack.rtmp_port] {
         let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let _ = socket.write_all(&noise);
-        assert!(closed_within(socket, Duration::from_secs(10)), "garbage on port {port} was not cut off");
-        let silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        assert!(
+            support::closed_by_server(&mut socket, Duration::from_secs(10)),
+            "garbage on port {port} was not cut off"
+        );
+        let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let started = Instant::now();
-        assert!(closed_within(silent, Duration::from_secs(10)), "a silent publisher on {port} was kept");
+        assert!(
+            support::closed_by_server(&mut silent, Duration::from_secs(10)),
+            "a silent publisher on {port} was kept"
+        );
         eprintln!("silent publisher on port {port} disconnected after {:?}", started.elapsed());
     }
     stack.server.wait_for_log("refused: not an RTMP client", Duration::from_secs(5));
@@ -441,22 +447,6 @@ fn garbage_silence_and_cut_streams_leave_the_endpoints_listening() {
     assert!(fragments.len() > 45, "{} fragments", fragments.len());
     decodes(init, fragments, "ingest-after-garbage.mp4");
     drop(stack.server);
-}
-
-/// Whether the server closes the connection within `limit` (reading until EOF or a reset).
-fn closed_within(mut socket: TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match socket.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 /// 6 s of 320x240 H.264 + AAC as the ffmpeg CLI writes FLV: the media an RTMP publisher sends.
@@ -633,12 +623,12 @@ fn silent_trickling_and_flooding_connections_never_keep_a_publisher_out() {
     stack.server.wait_for_log("refused: sent no publish with the stream key within 2s", Duration::from_secs(5));
 
     // The TCP endpoint: a silent connection does not hold it either.
-    let silent = TcpStream::connect(("127.0.0.1", stack.tcp_port)).expect("connect");
+    let mut silent = TcpStream::connect(("127.0.0.1", stack.tcp_port)).expect("connect");
     let started = Instant::now();
     let _publisher = Publisher::start("320x240", "mpegts", &format!("tcp://127.0.0.1:{}", stack.tcp_port));
     sources_where(&stack, |s| s.iter().any(|u| u == "ingest://desk"));
     eprintln!("TCP publisher offered after {:?} beside a silent connection", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(closed_within(silent, Duration::from_secs(4)), "the silent TCP connection was kept");
+    assert!(support::closed_by_server(&mut silent, Duration::from_secs(4)), "the silent TCP connection was kept");
     drop(stack.server);
 }

@@ -320,3 +320,19 @@ pub fn connect_from(ip: &str, port: u16) -> std::net::TcpStream {
         stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)).expect("a blocking socket")
     })
 }
+
+/// Whether the server closes `socket` within `limit` (reading until EOF or a reset).
+pub fn closed_by_server(socket: &mut std::net::TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match std::io::Read::read(socket, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
