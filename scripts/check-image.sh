@@ -77,9 +77,11 @@ bundle_bytes="$(curl -fsS "http://127.0.0.1:$http_port/node_modules/mqtt/dist/mq
 step "page: index.html and the MQTT.js bundle ($bundle_bytes bytes) from the binary"
 
 # HTTPS on the same port, with the certificate the server made and kept in the image's state volume.
-curl -fsSk "https://127.0.0.1:$http_port/" | grep -q '<script type="module" src="app.js">' || { echo "check-image: no page over https" >&2; exit 1; }
+# Read whole before matching: `curl | grep -q` fails under pipefail when grep stops reading first (curl: 23).
+page="$(curl -fsSk "https://127.0.0.1:$http_port/")"
+grep -q '<script type="module" src="app.js">' <<<"$page" || { echo "check-image: no page over https" >&2; exit 1; }
 [ -s "$root/var/lib/mqtt-video/gateway-cert.pem" ] || { echo "check-image: no certificate kept in /var/lib/mqtt-video" >&2; exit 1; }
-step "https: the page, certificate $(grep -o 'fingerprint=[0-9A-F:]*' "$root/tmp/serve.log" | head -1)"
+step "https: the page, certificate $(grep -m1 -o 'fingerprint=[0-9A-F:]*' "$root/tmp/serve.log")"
 
 reply="pages/check-image/describe"
 mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -t "$reply" -C 1 -W 30 > "$root/tmp/describe.json" & sub=$!

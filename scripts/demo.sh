@@ -40,7 +40,7 @@ TOML
 MQTT_VIDEO_LOG="${MQTT_VIDEO_LOG:-info}" ./target/release/mqtt-video serve --config "$run_dir/demo.toml" \
   2> >(tee "$run_dir/serve.log" >&2) & pids+=($!)
 for _ in $(seq 100); do grep -q "the page is at" "$run_dir/serve.log" 2>/dev/null && break; sleep 0.1; done
-fingerprint="$(grep -o 'fingerprint=[0-9A-F:]*' "$run_dir/serve.log" | head -1 | cut -d= -f2)"
+fingerprint="$(grep -m1 -o 'fingerprint=[0-9A-F:]*' "$run_dir/serve.log" | cut -d= -f2)"
 
 host="${http%:*}" port="${http##*:}"
 here="$http"
