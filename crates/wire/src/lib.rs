@@ -9,11 +9,13 @@
 //! - Control: [`protocol`] (the JSON requests and replies, topics, statuses, errors).
 //! - Policy: [`policy`] (which URLs may be opened), [`ratelimit`] (requests per page), [`backlog`] (what a
 //!   browser that falls behind loses).
+//! - [`fuzz_checks`]: what each fuzz target asserts on any bytes, shared with the seed replay test.
 
 pub mod aac;
 pub mod backlog;
 pub mod codec_string;
 pub mod fmp4;
+pub mod fuzz_checks;
 pub mod h264;
 pub mod keyframe;
 pub mod marker_splice;

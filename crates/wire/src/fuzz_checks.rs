@@ -1,0 +1,165 @@
+//! What each fuzz target checks, on any bytes: never a panic, and the target's own invariant (asserted).
+//!
+//! The libFuzzer targets in `fuzz/` are one line each around these, and `tests/fuzz_seeds.rs` replays every
+//! committed seed through them in the ordinary test run, so a seed that once crashed stays checked even where
+//! the fuzzer does not run. The first byte of most inputs says where to cut the rest into pieces: a parser fed
+//! in pieces must behave as one fed whole.
+
+use crate::fmp4::{self, Segment, Splitter};
+use crate::marker_splice::MarkerSplice;
+use crate::mqtt_frames::{read_connect, Framer};
+use crate::policy::{AllowList, NamedSource, Policy};
+use crate::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
+use crate::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
+use crate::rtmp::{flv, PublishSession};
+use crate::{aac, h264};
+
+/// One target's checks: any bytes in; a failed check panics, as libFuzzer expects.
+pub type Check = fn(&[u8]);
+
+/// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
+pub const TARGETS: [(&str, Check); 8] = [
+    ("fmp4", fmp4),
+    ("marker_splice", marker_splice),
+    ("media_headers", media_headers),
+    ("mqtt_frames", mqtt_frames),
+    ("policy", policy),
+    ("request", request),
+    ("rtmp_chunks", rtmp_chunks),
+    ("rtmp_session", rtmp_session),
+];
+
+/// The input's first byte as a piece length (at least 1) and the rest.
+fn cut(data: &[u8]) -> Option<(usize, &[u8])> {
+    data.split_first().map(|(&cut, rest)| (usize::from(cut).max(1), rest))
+}
+
+/// The fMP4 box splitter and the init, moof and prft parsers, as the bench and the tests read server output.
+pub fn fmp4(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut splitter = Splitter::new();
+    let mut tracks = Vec::new();
+    for piece in bytes.chunks(step * 13) {
+        let Ok(segments) = splitter.push(piece) else { return };
+        for segment in segments {
+            match segment {
+                Segment::Init(init) => tracks = fmp4::parse_init(&init).unwrap_or_default(),
+                Segment::Fragment { bytes, moof } => {
+                    if let Some(moof) = bytes.get(moof) {
+                        let _ = fmp4::parse_moof(moof, &tracks);
+                    }
+                    if let Ok(Some(prft)) = fmp4::find_box(&bytes, b"prft") {
+                        let _ = fmp4::parse_prft(prft);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The RTSP marker splice: the output does not depend on where a camera's bytes were cut.
+pub fn marker_splice(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut whole = Vec::new();
+    let whole_result = MarkerSplice::new().feed(bytes, &mut whole);
+    let mut splice = MarkerSplice::new();
+    let mut pieces = Vec::new();
+    let mut first_error = None;
+    for piece in bytes.chunks(step) {
+        if let Err(e) = splice.feed(piece, &mut pieces) {
+            first_error.get_or_insert(e);
+        }
+    }
+    if whole_result.is_ok() && first_error.is_none() {
+        assert_eq!(whole, pieces);
+    }
+}
+
+/// What the pipeline reads itself from a source: an H.264 SPS, ADTS headers, an RTMP aggregate's FLV tags.
+pub fn media_headers(data: &[u8]) {
+    if let Ok(sps) = h264::parse_sps(data) {
+        assert!(sps.width > 0 && sps.height > 0);
+    }
+    let _ = aac::adts_config(data);
+    let _ = flv::tags(data);
+}
+
+/// MQTT packets from a browser cut into WebSocket messages anywhere, and the CONNECT read for its keep-alive.
+pub fn mqtt_frames(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut framer = Framer::new(64 * 1024);
+    let mut packets = Vec::new();
+    for piece in bytes.chunks(step) {
+        if framer.push(piece, &mut packets).is_err() {
+            return;
+        }
+    }
+    for p in &packets {
+        let _ = read_connect(p);
+    }
+}
+
+/// The URL allow-list: what it allows is under an allowed prefix or a named source.
+pub fn policy(data: &[u8]) {
+    let Ok(url) = std::str::from_utf8(data) else { return };
+    let sources = [NamedSource::new("Door", "rtsp://viewer:secret@192.168.1.20:554/stream1", "")];
+    let allow = AllowList {
+        urls: vec!["https://example.com/live.m3u8".into()],
+        prefixes: vec!["rtsp://cameras.example.net/".into(), "http://[::1]:8000/hls/".into()],
+    };
+    let Ok(policy) = Policy::new(&sources, &allow) else { return };
+    if let Ok(allowed) = policy.check(url) {
+        let u = allowed.url.to_ascii_lowercase();
+        assert!(
+            u.starts_with("rtsp://cameras.example.net/")
+                || u.starts_with("http://[::1]:8000/hls/")
+                || u == "https://example.com/live.m3u8"
+                || u.starts_with("rtsp://viewer:secret@192.168.1.20:554/stream1"),
+            "allowed outside the list: {}",
+            allowed.url
+        );
+    }
+}
+
+/// Control requests as pages publish them: what parses obeys the topic rules.
+pub fn request(data: &[u8]) {
+    let limits = RequestLimits { max_request_bytes: 4096, prefix: "video".into(), reply_prefix: "pages/".into() };
+    for kind in RequestKind::ALL {
+        if let Ok(request) = parse_request(kind, data, &limits) {
+            assert!(validate_reply_topic(request.reply_topic(), "video").is_ok());
+        }
+    }
+    if let Some(topic) = reply_topic_hint(data, &limits) {
+        assert!(validate_reply_topic(&topic, "video").is_ok());
+    }
+}
+
+/// The RTMP chunk stream reader alone, with a verified publisher's limits.
+pub fn rtmp_chunks(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut reader = ChunkReader::new(MAX_MESSAGE_LEN, 1 << 20);
+    let mut out = Vec::new();
+    for piece in bytes.chunks(step) {
+        if reader.push(piece, &mut out).is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// The RTMP endpoint's server side: media only after a publish with the right key.
+pub fn rtmp_session(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut session = PublishSession::new(Some("the-right-key-42"));
+    let mut published = false;
+    for piece in bytes.chunks(step * 7) {
+        let Ok(out) = session.push(piece) else { return };
+        assert!(published || out.media.is_empty(), "media before a verified publish");
+        if out.publish {
+            published = true;
+            if session.accept().is_err() {
+                return;
+            }
+        }
+    }
+}
