@@ -12,14 +12,15 @@ use crate::policy::{AllowList, NamedSource, Policy};
 use crate::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 use crate::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
 use crate::rtmp::{flv, PublishSession};
-use crate::{aac, h264};
+use crate::{aac, h264, hevc};
 
 /// One target's checks: any bytes in; a failed check panics, as libFuzzer expects.
 pub type Check = fn(&[u8]);
 
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
-pub const TARGETS: [(&str, Check); 8] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("fmp4", fmp4),
+    ("hevc_parameter_sets", hevc_parameter_sets),
     ("marker_splice", marker_splice),
     ("media_headers", media_headers),
     ("mqtt_frames", mqtt_frames),
@@ -82,6 +83,22 @@ pub fn media_headers(data: &[u8]) {
     }
     let _ = aac::adts_config(data);
     let _ = flv::tags(data);
+}
+
+/// An HEVC `hvcC` and the SPS in it or in any bytes (a camera's in-band parameter sets): what parses has a
+/// size, its codec string names its sample entry, and the `hvcC` header and its SPS agree.
+pub fn hevc_parameter_sets(data: &[u8]) {
+    if let Ok(sps) = hevc::parse_sps(data) {
+        assert!(sps.width > 0 && sps.height > 0);
+        assert!(sps.ptl.codec_string("hvc1").starts_with("hvc1."));
+    }
+    let Ok(hvcc) = hevc::parse_hvcc(data) else { return };
+    for nal in &hvcc.nals {
+        if let Ok(sps) = hevc::parse_sps(nal) {
+            let _ = sps.browser_decodable();
+        }
+    }
+    let _ = hevc::in_band_parameter_sets(data);
 }
 
 /// MQTT packets from a browser cut into WebSocket messages anywhere, and the CONNECT read for its keep-alive.

@@ -3,6 +3,8 @@
 //! the SPS and PPS lifted out of such a keyframe to serve as the stream's extradata.
 //! Pure: bytes of network origin in, a result or a specific error out.
 
+pub use crate::bits::rbsp;
+use crate::bits::{Bits, BitsError};
 use crate::codec_string::annex_b_nals;
 use thiserror::Error;
 
@@ -39,57 +41,13 @@ pub struct Sps {
     pub height: u32,
 }
 
-/// Reads bits MSB first from an RBSP (emulation prevention bytes already removed).
-struct Bits<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Bits<'_> {
-    fn bit(&mut self) -> Result<u32, SpsError> {
-        let byte = self.data.get(self.at / 8).ok_or(SpsError::Truncated)?;
-        let bit = (byte >> (7 - self.at % 8)) & 1;
-        self.at += 1;
-        Ok(u32::from(bit))
-    }
-
-    fn bits(&mut self, n: u32) -> Result<u32, SpsError> {
-        (0..n).try_fold(0, |acc, _| Ok(acc << 1 | self.bit()?))
-    }
-
-    /// Unsigned exp-Golomb.
-    fn ue(&mut self) -> Result<u32, SpsError> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(SpsError::OutOfRange("exp-Golomb code"));
-            }
+impl From<BitsError> for SpsError {
+    fn from(e: BitsError) -> Self {
+        match e {
+            BitsError::Truncated => SpsError::Truncated,
+            BitsError::ExpGolomb => SpsError::OutOfRange("exp-Golomb code"),
         }
-        let rest = self.bits(zeros)?;
-        Ok(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
     }
-
-    /// Signed exp-Golomb.
-    fn se(&mut self) -> Result<i64, SpsError> {
-        let k = i64::from(self.ue()?);
-        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
-}
-
-/// The RBSP of a NAL unit: its payload with the emulation prevention bytes (`00 00 03`) taken out.
-pub fn rbsp(nal: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nal.len());
-    let mut zeros = 0;
-    for &b in nal {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
 }
 
 /// Annex B extradata (SPS and PPS with start codes) from the NAL units of a keyframe; empty when it has none.
@@ -111,7 +69,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<Sps, SpsError> {
         return Err(SpsError::NotSps(header & 0x1f));
     }
     let data = rbsp(&nal[1..]);
-    let mut r = Bits { data: &data, at: 0 };
+    let mut r = Bits::new(&data);
     let profile_idc = r.bits(8)? as u8;
     let constraints = r.bits(8)? as u8;
     let level_idc = r.bits(8)? as u8;

@@ -2,7 +2,7 @@
 //! and the policies that decide from them. No FFmpeg, no tokio, no clock of its own (a `now` is passed in):
 //! what the fuzzers and property tests depend on, building in seconds.
 //!
-//! - Media: [`fmp4`] (boxes in and out), [`h264`] and [`aac`] headers, [`codec_string`] (RFC 6381), [`keyframe`]
+//! - Media: [`fmp4`] (boxes in and out), [`h264`], [`hevc`] and [`aac`] headers, [`codec_string`] (RFC 6381), [`keyframe`]
 //!   (a GOP's keyframe as an access unit), [`output`] (what a browser is told about a stream).
 //! - Transport: [`marker_splice`] (RTP over RTSP/TCP, frames ended at the marker), [`rtmp`] (a publisher's
 //!   session), [`mqtt_frames`] (MQTT packets in WebSocket messages), [`plain_http`] (HTTP beside TLS).
@@ -13,10 +13,12 @@
 
 pub mod aac;
 pub mod backlog;
+mod bits;
 pub mod codec_string;
 pub mod fmp4;
 pub mod fuzz_checks;
 pub mod h264;
+pub mod hevc;
 pub mod keyframe;
 pub mod marker_splice;
 pub mod mqtt_frames;
