@@ -1,4 +1,4 @@
-//! An RTSP camera's H.264 read through the marker relay (`rtsp_frame_end = "marker"`, the default) comes out
+//! An RTSP camera's H.264 or HEVC read through the marker relay (`rtsp_frame_end = "marker"`, the default) comes out
 //! as the same frames as through libavformat's parser alone: one packet per frame, a frame interval apart,
 //! keyframes where the camera put them, every one decoding to a picture, and a delimiter added after each
 //! frame. The latency it saves is measured by `tests/e2e/bench.js --frame-end marker,parser`.
@@ -49,7 +49,7 @@ fn read(url: &str, frame_end: RtspFrameEnd) -> Read {
     let frame_ticks = i64::from(tb.denominator()) / 30 / i64::from(tb.numerator());
     let mut decoder = ffmpeg::codec::context::Context::from_parameters(video.parameters())
         .and_then(|c| c.decoder().video())
-        .expect("an H.264 decoder");
+        .expect("a decoder for the camera's video");
     let (mut pts, mut keyframes, mut decoded) = (Vec::new(), Vec::new(), 0);
     let mut frame = ffmpeg::frame::Video::empty();
     for (stream, packet) in source.input.packets() {
@@ -94,7 +94,17 @@ fn check(r: &Read, what: &str) {
 
 #[test]
 fn the_relay_hands_out_the_frames_the_parser_does() {
-    let camera = RtspServer::start(&[]);
+    relay_matches_parser(&RtspServer::start(&[]));
+}
+
+#[test]
+fn an_hevc_cameras_frames_end_at_their_marker_too() {
+    // x265 through rtph265pay: the relay adds HEVC delimiters (NAL type 35), which end a frame for
+    // libavformat's HEVC parser as type 9 does for H.264's.
+    relay_matches_parser(&RtspServer::start(&["--codec", "h265"]));
+}
+
+fn relay_matches_parser(camera: &RtspServer) {
     let marker = read(&camera.url, RtspFrameEnd::Marker);
     check(&marker, "marker");
     let injected = marker.injected.expect("read through the relay");

@@ -1,12 +1,12 @@
 #!/usr/bin/python3
 """Live RTSP test source for integration tests.
 
-Serves one shared live stream (H.264 + optional AAC) on 127.0.0.1 and prints
+Serves one shared live stream (H.264, or HEVC with --codec h265, + optional AAC) on 127.0.0.1 and prints
 `READY rtsp://127.0.0.1:PORT/PATH` on stdout once clients can connect.
 
 Run with /usr/bin/python3 (the system interpreter is the one that has `gi`):
     /usr/bin/python3 tests/support/rtsp_server.py --port 8554 [--path /live]
-        [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--pattern ball] [--no-audio]
+        [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--codec h264] [--pattern ball] [--no-audio]
 --port 0 picks a free port; the READY line then carries the real one.
 """
 import argparse
@@ -45,6 +45,16 @@ def build_launch(args):
         "! h264parse config-interval=-1 "
         "! rtph264pay name=pay0 pt=96 config-interval=-1"
     )
+    if args.codec == "h265":
+        # As an HEVC camera sends (most new ones): Main profile, no B-frames, the
+        # VPS/SPS/PPS in-band before every IRAP and in the SDP (sprop-vps/sps/pps).
+        video = video[: video.index("! x264enc")] + (
+            "! x265enc tune=zerolatency speed-preset=ultrafast "
+            f"key-int-max={args.gop} bitrate={args.bitrate} option-string=scenecut=0:pools=1:frame-threads=1 "
+            "! video/x-h265,profile=main "
+            "! h265parse config-interval=-1 "
+            "! rtph265pay name=pay0 pt=96 config-interval=-1"
+        )
     if args.no_audio:
         return f"( {video} )"
     audio = (
@@ -80,6 +90,7 @@ def main():
     p.add_argument("--bitrate", type=int, default=1500, help="video bitrate in kbit/s")
     # The ball compresses to a few hundred kbit/s whatever the bitrate; `snow` (noise) fills it, as a busy
     # camera picture does.
+    p.add_argument("--codec", default="h264", choices=["h264", "h265"], help="video codec (x264 or x265)")
     p.add_argument("--pattern", default="ball", help="videotestsrc pattern (ball, snow, smpte, ...)")
     p.add_argument("--no-audio", action="store_true")
     args = p.parse_args()

@@ -1,8 +1,9 @@
-//! Ends each H.264 access unit on its RTP marker for libavformat: a rewriter of the bytes an RTSP camera
-//! sends over TCP (RTSP messages and `$`-interleaved RTP) that adds, after every H.264 packet carrying the
-//! marker bit, one packet holding an access unit delimiter, and renumbers the packets after it.
+//! Ends each H.264 or HEVC access unit on its RTP marker for libavformat: a rewriter of the bytes an RTSP
+//! camera sends over TCP (RTSP messages and `$`-interleaved RTP) that adds, after every H.264 or H.265 packet
+//! carrying the marker bit, one packet holding an access unit delimiter of that codec (NAL type 9 or 35), and
+//! renumbers the packets after it.
 //!
-//! libavformat's H.264 parser closes a frame only when the next one starts, so every frame of an RTSP
+//! libavformat's H.264 and HEVC parsers close a frame only when the next one starts, so every frame of an RTSP
 //! camera waited one frame interval (33 ms at 30 fps) in the demuxer (docs/design.md, section 6). An access
 //! unit delimiter starts the next access unit: the parser hands out the frame as soon as the delimiter
 //! arrives, right behind the frame's last packet. The parser dates the next frame by the delimiter's packet,
@@ -16,8 +17,11 @@ use thiserror::Error;
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest RTSP message body (an SDP) taken.
 const MAX_BODY: usize = 1024 * 1024;
-/// The injected NAL unit: an access unit delimiter (type 9), any slice type (`primary_pic_type` 7).
-const AUD: [u8; 2] = [0x09, 0xf0];
+/// The injected H.264 NAL unit: an access unit delimiter (type 9), any slice type (`primary_pic_type` 7).
+const H264_AUD: [u8; 2] = [0x09, 0xf0];
+/// The injected HEVC NAL unit: an access unit delimiter (type 35, layer 0, temporal id 0), any slice type
+/// (`pic_type` 2) and the RBSP stop bit.
+const HEVC_AUD: [u8; 3] = [35 << 1, 0x01, 0x50];
 /// RTP fixed header length.
 const RTP_HEADER: usize = 12;
 /// Frame intervals the expected next timestamp is the median of.
@@ -84,12 +88,20 @@ impl Channel {
     }
 }
 
+/// The video codec of an RTP payload type, as the SDP maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    H264,
+    Hevc,
+}
+
 /// The rewriter of one RTSP connection's camera-to-client bytes.
 #[derive(Debug)]
 pub struct MarkerSplice {
     pending: Vec<u8>,
     /// RTP payload types the SDP maps to H.264 (and to nothing else), as a bit set.
     h264_types: u128,
+    hevc_types: u128,
     channels: [Channel; 256],
     counts: SpliceCounts,
     broken: bool,
@@ -100,6 +112,7 @@ impl Default for MarkerSplice {
         Self {
             pending: Vec::new(),
             h264_types: 0,
+            hevc_types: 0,
             channels: [Channel::default(); 256],
             counts: SpliceCounts::default(),
             broken: false,
@@ -167,7 +180,9 @@ impl MarkerSplice {
         let total = head_end + 4 + body_len;
         let Some(message) = buf.get(..total) else { return Ok(None) };
         if is_sdp(head) {
-            self.h264_types = h264_payload_types(&message[head_end + 4..]);
+            let sdp = &message[head_end + 4..];
+            self.h264_types = payload_types(sdp, "H264");
+            self.hevc_types = payload_types(sdp, "H265");
         }
         out.extend_from_slice(message);
         Ok(Some(total))
@@ -175,13 +190,17 @@ impl MarkerSplice {
 
     fn interleaved(&mut self, channel: u8, packet: &[u8], out: &mut Vec<u8>) {
         let ch = &mut self.channels[usize::from(channel)];
-        let h264 =
-            packet.len() >= RTP_HEADER && packet[0] >> 6 == 2 && self.h264_types & (1u128 << (packet[1] & 0x7f)) != 0;
-        if !h264 {
-            push_frame(out, channel, packet);
-            return;
-        }
-        if ch.after_injection && is_single_aud(packet) {
+        let rtp = packet.len() >= RTP_HEADER && packet[0] >> 6 == 2;
+        let payload_type = 1u128 << (packet.get(1).map_or(0, |b| b & 0x7f));
+        let codec = match (rtp, self.h264_types & payload_type != 0, self.hevc_types & payload_type != 0) {
+            (true, true, _) => Codec::H264,
+            (true, _, true) => Codec::Hevc,
+            _ => {
+                push_frame(out, channel, packet);
+                return;
+            }
+        };
+        if ch.after_injection && is_single_aud(packet, codec) {
             // The camera's own delimiter would be a second one in the access unit the added one opened.
             ch.after_injection = false;
             ch.shift = ch.shift.wrapping_sub(1);
@@ -199,13 +218,17 @@ impl MarkerSplice {
         // Only a frame's last packet is followed by a delimiter, so only it needs the expected timestamp.
         let marker = packet[1] & 0x80 != 0;
         if let Some(next) = marker.then(|| ch.next_timestamp(ts)).flatten() {
-            let mut aud = Vec::with_capacity(RTP_HEADER + AUD.len());
+            let delimiter: &[u8] = match codec {
+                Codec::H264 => &H264_AUD,
+                Codec::Hevc => &HEVC_AUD,
+            };
+            let mut aud = Vec::with_capacity(RTP_HEADER + delimiter.len());
             aud.push(0x80);
             aud.push(packet[1] & 0x7f);
             aud.extend_from_slice(&seq.wrapping_add(1).to_be_bytes());
             aud.extend_from_slice(&next.to_be_bytes());
             aud.extend_from_slice(&packet[8..12]);
-            aud.extend_from_slice(&AUD);
+            aud.extend_from_slice(delimiter);
             push_frame(out, channel, &aud);
             ch.shift = ch.shift.wrapping_add(1);
             ch.after_injection = true;
@@ -216,20 +239,23 @@ impl MarkerSplice {
 
 fn push_frame(out: &mut Vec<u8>, channel: u8, packet: &[u8]) {
     out.extend_from_slice(&[b'$', channel]);
-    // A packet read from a `$` frame is at most u16::MAX long, and the added one is 14 bytes.
+    // A packet read from a `$` frame is at most u16::MAX long, and the added one is 14 or 15 bytes.
     out.extend_from_slice(&u16::try_from(packet.len()).unwrap_or(u16::MAX).to_be_bytes());
     out.extend_from_slice(packet);
 }
 
 /// Whether an RTP packet carries exactly one NAL unit and it is an access unit delimiter.
-fn is_single_aud(packet: &[u8]) -> bool {
+fn is_single_aud(packet: &[u8], codec: Codec) -> bool {
     let csrcs = usize::from(packet[0] & 0x0f) * 4;
     let mut at = RTP_HEADER + csrcs;
     if packet[0] & 0x10 != 0 {
         let Some(ext) = packet.get(at + 2..at + 4) else { return false };
         at += 4 + usize::from(u16::from_be_bytes([ext[0], ext[1]])) * 4;
     }
-    packet.get(at).is_some_and(|&nal| nal & 0x1f == 9)
+    packet.get(at).is_some_and(|&nal| match codec {
+        Codec::H264 => nal & 0x1f == 9,
+        Codec::Hevc => (nal >> 1) & 0x3f == crate::hevc::AUD,
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -260,10 +286,10 @@ fn is_sdp(head: &[u8]) -> bool {
         .any(|(name, value)| name == "content-type" && value.to_ascii_lowercase().starts_with("application/sdp"))
 }
 
-/// The dynamic payload types an SDP maps to H.264, leaving out any that another media section maps to
-/// something else (packets of that type could then be either).
-fn h264_payload_types(sdp: &[u8]) -> u128 {
-    let (mut h264, mut other) = (0u128, 0u128);
+/// The dynamic payload types an SDP maps to `encoding` (H264, H265), leaving out any that another media
+/// section maps to something else (packets of that type could then be either).
+fn payload_types(sdp: &[u8], encoding_name: &str) -> u128 {
+    let (mut wanted, mut other) = (0u128, 0u128);
     for line in String::from_utf8_lossy(sdp).lines() {
         let Some(map) = line.trim().strip_prefix("a=rtpmap:") else { continue };
         let Some((pt, encoding)) = map.split_once(' ') else { continue };
@@ -272,13 +298,13 @@ fn h264_payload_types(sdp: &[u8]) -> u128 {
             continue;
         }
         let name = encoding.trim().split('/').next().unwrap_or("");
-        if name.eq_ignore_ascii_case("H264") {
-            h264 |= 1 << pt;
+        if name.eq_ignore_ascii_case(encoding_name) {
+            wanted |= 1 << pt;
         } else {
             other |= 1 << pt;
         }
     }
-    h264 & !other
+    wanted & !other
 }
 
 #[cfg(test)]
@@ -364,7 +390,34 @@ mod tests {
         let added = &out[out.len() - 14..];
         assert_eq!(&added[4..8], &9000u32.to_be_bytes(), "the next frame's expected timestamp");
         assert_eq!(&added[8..12], &0x1234_5678u32.to_be_bytes(), "the stream's SSRC");
-        assert_eq!(&added[12..], &AUD);
+        assert_eq!(&added[12..], &H264_AUD);
+    }
+
+    #[test]
+    fn hevc_gets_hevc_delimiters_and_h264_beside_it_its_own() {
+        // A camera with an H.265 main stream (RFC 7798 payload headers: 2 bytes, type in bits 1-6) and an
+        // H.264 one on the same connection.
+        let sdp = "v=0\r\ns=x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/90000\r\n\
+                   m=video 0 RTP/AVP 98\r\na=rtpmap:98 H264/90000\r\n";
+        let mut input = describe_reply(sdp);
+        let idr = [19 << 1, 1, 0xaf];
+        let trail = [1 << 1, 1, 0xd0];
+        let camera_aud = [35 << 1, 1, 0x50];
+        for (seq, ts) in [(0u16, 0u32), (1, 3000)] {
+            input.extend(framed(0, &rtp(96, true, seq, ts, if seq == 0 { &idr } else { &trail })));
+            input.extend(framed(2, &rtp(98, true, seq, ts, &[0x41])));
+        }
+        input.extend(framed(0, &rtp(96, false, 2, 6000, &camera_aud)));
+        input.extend(framed(0, &rtp(96, true, 3, 6000, &trail)));
+        let mut splice = MarkerSplice::new();
+        let mut out = Vec::new();
+        splice.feed(&input, &mut out).unwrap();
+        let hevc: Vec<_> = frames(&out).into_iter().filter(|f| f.0 == 0).map(|f| (f.3, f.4 >> 1 & 0x3f)).collect();
+        assert_eq!(hevc, vec![(0, 19), (1, 1), (2, 35), (3, 1), (4, 35)], "(seq, NAL type); the camera's AUD dropped");
+        let h264: Vec<_> = frames(&out).into_iter().filter(|f| f.0 == 2).map(|f| f.4).collect();
+        assert_eq!(h264, vec![0x41, 0x41, 0x09], "H.264's own delimiter on its channel");
+        assert_eq!(splice.counts(), SpliceCounts { injected: 3, dropped: 1, reordered: false });
+        assert_eq!(&out[out.len() - 3..], &HEVC_AUD);
     }
 
     /// The timestamps of the delimiters added after frames at `stamps`, one packet each.
@@ -424,10 +477,10 @@ mod tests {
     }
 
     #[test]
-    fn without_an_sdp_naming_h264_nothing_changes() {
+    fn without_an_sdp_naming_h264_or_h265_nothing_changes() {
         let cases = [
             "",
-            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/90000\r\n",
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
             // one payload type for two codecs: a packet of it could be either
             "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP 96\r\na=rtpmap:96 PCMA/8000\r\n",
         ];
@@ -438,7 +491,9 @@ mod tests {
             MarkerSplice::new().feed(&input, &mut out).unwrap();
             assert_eq!(out, input, "{sdp:?}");
         }
-        assert_eq!(h264_payload_types(b"a=rtpmap:98 h264/90000\na=rtpmap:300 H264/90000\na=rtpmap:x H264"), 1 << 98);
+        let sdp = b"a=rtpmap:98 h264/90000\na=rtpmap:300 H264/90000\na=rtpmap:x H264\na=rtpmap:99 H265/90000";
+        assert_eq!(payload_types(sdp, "H264"), 1 << 98);
+        assert_eq!(payload_types(sdp, "H265"), 1 << 99);
     }
 
     #[test]
@@ -469,9 +524,15 @@ mod tests {
         p.extend_from_slice(&[0, 0, 0, 1]); // one CSRC
         p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0, 0, 0, 0]); // a one-word extension
         p.push(0x09);
-        assert!(is_single_aud(&p));
+        assert!(is_single_aud(&p, Codec::H264));
+        assert!(!is_single_aud(&p, Codec::Hevc), "type 4 in HEVC's header bits");
         p.truncate(p.len() - 1);
-        assert!(!is_single_aud(&p));
-        assert!(!is_single_aud(&rtp(96, false, 1, 0, &[0x18, 0, 2, 0x09, 0xf0])), "a STAP-A is left alone");
+        assert!(!is_single_aud(&p, Codec::H264));
+        p.extend_from_slice(&[35 << 1, 1, 0x50]);
+        assert!(is_single_aud(&p, Codec::Hevc));
+        let stap = rtp(96, false, 1, 0, &[0x18, 0, 2, 0x09, 0xf0]);
+        assert!(!is_single_aud(&stap, Codec::H264), "a STAP-A is left alone");
+        let aggregation = rtp(96, false, 1, 0, &[48 << 1, 1, 0, 3, 35 << 1, 1, 0x50]);
+        assert!(!is_single_aud(&aggregation, Codec::Hevc), "an HEVC aggregation packet too");
     }
 }
