@@ -118,9 +118,28 @@ export function parseInit(bytes) {
 const hex2 = (n) => n.toString(16).toUpperCase().padStart(2, "0");
 
 /**
+ * The codec string of an HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 annex E), as the server's mimeCodec
+ * spells it: profile space as a letter (none for 0) and profile idc, the 32 compatibility flags in reverse bit
+ * order in hex, L or H (the tier) and the level idc, then the 6 constraint bytes in hex without trailing zero
+ * bytes. E.g. "hvc1.1.6.L93.B0".
+ */
+export function hevcCodec(format, hvcC) {
+  const space = ["", "A", "B", "C"][hvcC[1] >> 6];
+  const tier = hvcC[1] & 0x20 ? "H" : "L";
+  const profile = hvcC[1] & 0x1f;
+  let flags = ((hvcC[2] << 24) | (hvcC[3] << 16) | (hvcC[4] << 8) | hvcC[5]) >>> 0;
+  let reversed = 0;
+  for (let i = 0; i < 32; i++, flags >>>= 1) reversed = ((reversed << 1) | (flags & 1)) >>> 0;
+  const constraints = Array.from(hvcC.subarray(6, 12));
+  while (constraints.length && constraints[constraints.length - 1] === 0) constraints.pop();
+  const tail = constraints.map((b) => `.${hex2(b)}`).join("");
+  return `${format}.${space}${profile}.${reversed.toString(16).toUpperCase()}.${tier}${hvcC[12]}${tail}`;
+}
+
+/**
  * The first sample entry of an stsd box: {format, codec, description, ...}. For avc1/avc3: codec
  * "avc1.PPCCLL" (RFC 6381, as the server's mimeCodec spells it), description = the avcC payload, width,
- * height. For mp4a: codec "mp4a.40.<audio object type>", description = the AudioSpecificConfig, sampleRate
+ * height. For hvc1/hev1 the same with the hvcC (hevcCodec). For mp4a: codec "mp4a.40.<audio object type>", description = the AudioSpecificConfig, sampleRate
  * and channels (from the AudioSpecificConfig when it says, else from the entry). Other formats: {format,
  * codec: null, description: null}.
  */
@@ -145,6 +164,14 @@ function sampleEntry(bytes, stsd) {
       width,
       height,
     };
+  }
+  if (format === "hvc1" || format === "hev1") {
+    const width = dv.getUint16(entry.body + 24);
+    const height = dv.getUint16(entry.body + 26);
+    const hvcC = boxes(bytes, entry.body + 78, entry.end).find((b) => b.type === "hvcC");
+    if (!hvcC || hvcC.end - hvcC.body < 13) return { format, codec: null, description: null, width, height };
+    const description = bytes.slice(hvcC.body, hvcC.end);
+    return { format, codec: hevcCodec(format, description), description, width, height };
   }
   if (format === "mp4a") {
     // AudioSampleEntry: 8 bytes SampleEntry, 8 reserved, channelcount, samplesize, 4 more, samplerate 16.16.

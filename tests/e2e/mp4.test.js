@@ -3,10 +3,12 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import {
   audioSpecificConfig,
   boxes,
   boxType,
+  hevcCodec,
   NTP_UNIX_OFFSET_SECS,
   parseFragment,
   parseInit,
@@ -132,6 +134,22 @@ test("parseInit reads the sample entries a WebCodecs decoder is configured with"
   assert.deepEqual([...audio.description], ASC);
   // the AudioSpecificConfig wins over the sample entry's own (often placeholder) rate and channel count
   assert.deepEqual([audio.sampleRate, audio.channels], [48000, 2]);
+});
+
+test("hevcCodec spells an hvcC's codec string as the server does (annex E), for four libx265 records", () => {
+  // The records of crates/wire/testdata, whose strings the server's Rust unit tests check too.
+  const records = {
+    "hevc-main.hvcc": "hvc1.1.6.L63.90",
+    "hevc-main10.hvcc": "hvc1.2.4.L120.90",
+    "hevc-high.hvcc": "hvc1.1.6.H153.90",
+    "hevc-rext444.hvcc": "hvc1.4.10.L93.9E.08",
+  };
+  for (const [file, expected] of Object.entries(records)) {
+    const record = new Uint8Array(readFileSync(new URL(`../../crates/wire/testdata/${file}`, import.meta.url)));
+    assert.equal(hevcCodec("hvc1", record), expected, file);
+  }
+  const b0 = new Uint8Array([1, 0x01, 0x60, 0, 0, 0, 0xb0, 0, 0, 0, 0, 0, 93]);
+  assert.equal(hevcCodec("hev1", b0), "hev1.1.6.L93.B0", "the issue's example");
 });
 
 test("audioSpecificConfig reads escaped object types and explicit rates", () => {

@@ -1,5 +1,5 @@
 //! Snapshots from real streams: the keyframe a stream holds for late joiners, in copy mode (an H.264 file,
-//! never decoded by the pipeline) and transcode mode (the built-in pattern through x264), decoded once and
+//! never decoded by the pipeline; HEVC fragments from libx265) and transcode mode (the built-in pattern through x264), decoded once and
 //! encoded as JPEG at the source's size or a smaller one; broken input is an error, never a panic. Prints the
 //! time one snapshot takes.
 
@@ -8,7 +8,7 @@ use crate::support;
 use mqtt_video::media::config::Mode;
 use mqtt_video::media::encode::snapshot::{jpeg_of_keyframe, jpeg_size, JpegSettings};
 use mqtt_video::media::Fragment;
-use mqtt_video_wire::keyframe::{annex_b_keyframe, KeyframeError};
+use mqtt_video_wire::keyframe::{annex_b_keyframe, KeyframeError, VideoCodec};
 use std::process::Command;
 use std::time::Instant;
 use support::*;
@@ -39,8 +39,9 @@ fn a_copied_stream_gives_a_jpeg_of_its_keyframe_at_its_size_or_smaller() {
     let init = &run.init.as_ref().expect("init").bytes;
     let key = keyframe(&run);
 
-    let access_unit = annex_b_keyframe(init, &key.bytes).expect("an access unit");
-    assert_eq!(probed_size(&access_unit, "keyframe.h264"), "320,240,1", "one decodable frame");
+    let keyframe = annex_b_keyframe(init, &key.bytes).expect("an access unit");
+    assert_eq!(keyframe.codec, VideoCodec::H264);
+    assert_eq!(probed_size(&keyframe.access_unit, "keyframe.h264"), "320,240,1", "one decodable frame");
 
     let started = Instant::now();
     let jpeg = jpeg_of_keyframe(init, &key.bytes, &JpegSettings::default()).expect("a JPEG");
@@ -60,6 +61,33 @@ fn a_copied_stream_gives_a_jpeg_of_its_keyframe_at_its_size_or_smaller() {
     assert_eq!(annex_b_keyframe(init, &delta.bytes), Err(KeyframeError::NotAKeyframe));
     assert!(annex_b_keyframe(init, &key.bytes[..key.bytes.len() / 2]).is_err());
     assert!(jpeg_of_keyframe(&key.bytes, &key.bytes, &JpegSettings::default()).is_err());
+}
+
+#[test]
+fn an_hevc_fragments_keyframe_decodes_to_a_jpeg() {
+    // Fragmented MP4 as the server writes it (hvc1, parameter sets in the hvcC, moof-relative offsets), from
+    // libx265 through FFmpeg's own muxer.
+    let file = fixture(
+        "hevc_fragmented.mp4",
+        &[VIDEO],
+        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"]
+            .into_iter()
+            .chain(["-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"])
+            .collect::<Vec<_>>(),
+    );
+    let bytes = std::fs::read(file).expect("the fixture");
+    let mut splitter = mqtt_video_wire::fmp4::Splitter::new();
+    let mut segments = splitter.push(&bytes).expect("fMP4").into_iter();
+    let Some(mqtt_video_wire::fmp4::Segment::Init(init)) = segments.next() else { panic!("an init segment first") };
+    let Some(mqtt_video_wire::fmp4::Segment::Fragment { bytes: key, .. }) = segments.next() else {
+        panic!("a fragment")
+    };
+    let keyframe = annex_b_keyframe(&init, &key).expect("an access unit");
+    assert_eq!(keyframe.codec, VideoCodec::Hevc);
+    assert_eq!(probed_size(&keyframe.access_unit, "keyframe.hevc"), "320,240,1", "one decodable frame");
+    let jpeg = jpeg_of_keyframe(&init, &key, &JpegSettings::default()).expect("a JPEG");
+    assert_eq!(jpeg_size(&jpeg.bytes), Some((320, 240)));
+    assert_eq!(probed_size(&jpeg.bytes, "snapshot-hevc.jpg"), "320,240,1");
 }
 
 #[test]

@@ -12,6 +12,9 @@ pub enum CodecStringError {
     /// The `avcC` record is too short or has the wrong version.
     #[error("invalid avcC record")]
     BadAvcC,
+    /// The `hvcC` record is missing or malformed.
+    #[error("invalid hvcC record: {0}")]
+    BadHvcC(String),
     /// The `esds` descriptor chain is malformed.
     #[error("invalid esds descriptor")]
     BadEsds,
@@ -160,6 +163,16 @@ pub fn avcc_of(entry: &[u8]) -> Result<&[u8], CodecStringError> {
     }
 }
 
+/// The `hvcC` payload (HEVCDecoderConfigurationRecord) of an `hvc1`/`hev1` sample entry box.
+pub fn hvcc_of(entry: &[u8]) -> Result<&[u8], CodecStringError> {
+    match sample_entry_children(entry)? {
+        (header, body) if &header.kind == b"hvc1" || &header.kind == b"hev1" => {
+            fmp4::find_box(body, b"hvcC")?.ok_or(CodecStringError::BadHvcC("none".into()))
+        }
+        (header, _) => Err(CodecStringError::UnknownSampleEntry(header.kind_str())),
+    }
+}
+
 /// The codec string of one sample entry box (`avc1`, `mp4a`, ...), header included.
 pub fn from_sample_entry(entry: &[u8]) -> Result<String, CodecStringError> {
     let (header, body) = sample_entry_children(entry)?;
@@ -169,6 +182,11 @@ pub fn from_sample_entry(entry: &[u8]) -> Result<String, CodecStringError> {
         b"avc1" | b"avc3" => {
             let name = from_avcc(avcc_of(entry)?)?;
             Ok(name.replacen("avc1", std::str::from_utf8(&kind).unwrap_or("avc1"), 1))
+        }
+        b"hvc1" | b"hev1" => {
+            let record =
+                crate::hevc::parse_hvcc(hvcc_of(entry)?).map_err(|e| CodecStringError::BadHvcC(e.to_string()))?;
+            Ok(record.ptl.codec_string(if &kind == b"hvc1" { "hvc1" } else { "hev1" }))
         }
         b"mp4a" => {
             let esds = fmp4::find_box(body, b"esds")?.ok_or(CodecStringError::BadEsds)?;
@@ -193,6 +211,19 @@ pub fn mime_type(tracks: &[TrackInfo]) -> Result<String, CodecStringError> {
 mod tests {
     use super::*;
     use crate::fmp4::tests::make_box;
+
+    #[test]
+    fn hevc_sample_entries_are_named_from_their_hvcc() {
+        let record = include_bytes!("../testdata/hevc-main10.hvcc");
+        for (kind, expected) in [(b"hvc1", "hvc1.2.4.L120.90"), (b"hev1", "hev1.2.4.L120.90")] {
+            let entry = make_box(kind, &[vec![0; 78], make_box(b"hvcC", record)].concat());
+            assert_eq!(from_sample_entry(&entry).unwrap(), expected);
+        }
+        let without = make_box(b"hvc1", &[0; 78]);
+        assert_eq!(from_sample_entry(&without), Err(CodecStringError::BadHvcC("none".into())));
+        let broken = make_box(b"hvc1", &[vec![0; 78], make_box(b"hvcC", &record[..30])].concat());
+        assert!(matches!(from_sample_entry(&broken), Err(CodecStringError::BadHvcC(_))));
+    }
 
     #[test]
     fn avcc_and_annex_b() {
@@ -256,10 +287,12 @@ mod tests {
         let both = [track(TrackKind::Audio, &mp4a), track(TrackKind::Video, &avc1)];
         assert_eq!(mime_type(&both).unwrap(), "video/mp4; codecs=\"avc1.4D401F, mp4a.40.2\"");
         assert_eq!(mime_type(&both[1..]).unwrap(), "video/mp4; codecs=\"avc1.4D401F\"");
-        let hevc = make_box(b"hvc1", &[0u8; 90]);
+        let hevc = make_box(b"hvc1", &[0u8; 78]);
+        assert_eq!(mime_type(&[track(TrackKind::Video, &hevc)]), Err(CodecStringError::BadHvcC("none".into())));
+        let vp9 = make_box(b"vp09", &[0u8; 90]);
         assert_eq!(
-            mime_type(&[track(TrackKind::Video, &hevc)]),
-            Err(CodecStringError::UnknownSampleEntry("hvc1".into()))
+            mime_type(&[track(TrackKind::Video, &vp9)]),
+            Err(CodecStringError::UnknownSampleEntry("vp09".into()))
         );
         let short = make_box(b"avc1", &[0u8; 10]);
         assert!(mime_type(&[track(TrackKind::Video, &short)]).is_err());

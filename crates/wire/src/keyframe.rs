@@ -1,6 +1,7 @@
-//! The first video frame of a keyframe fragment as an Annex B H.264 access unit (SPS and PPS from the init
-//! segment's `avcC`, then the frame's NAL units), ready for a decoder: what a snapshot decodes, and nothing
-//! more. Pure, over the bytes the server already holds for late joiners (init segment, GOP cache).
+//! The first video frame of a keyframe fragment as an Annex B access unit, H.264 or HEVC (the parameter sets
+//! from the init segment's `avcC` or `hvcC`, then the frame's NAL units), ready for a decoder: what a snapshot
+//! decodes, and nothing more. Pure, over the bytes the server already holds for late joiners (init segment,
+//! GOP cache).
 
 use crate::codec_string::{self, CodecStringError};
 use crate::fmp4::{self, Fmp4Error, Reader, TrackKind};
@@ -15,20 +16,41 @@ pub enum KeyframeError {
     /// The video track's sample entry holds no usable `avcC`.
     #[error(transparent)]
     CodecString(#[from] CodecStringError),
-    /// The init segment has no H.264 video track.
-    #[error("the stream has no H.264 video track")]
+    /// The init segment has no video track.
+    #[error("the stream has no video track")]
     NoVideo,
+    /// A video track of a codec other than H.264 and HEVC.
+    #[error("no keyframe decoding for sample entry '{0}'")]
+    UnknownCodec(String),
     /// The fragment has no video, or its first video sample is not a keyframe.
     #[error("the fragment does not start with a video keyframe")]
     NotAKeyframe,
-    /// The `avcC` record or the sample's NAL lengths do not add up.
-    #[error("malformed H.264 data: {0}")]
+    /// The `avcC` or `hvcC` record or the sample's NAL lengths do not add up.
+    #[error("malformed video data: {0}")]
     Malformed(&'static str),
+}
+
+/// The codecs whose keyframes can be made Annex B access units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// H.264/AVC (`avc1`, `avc3`).
+    H264,
+    /// H.265/HEVC (`hvc1`, `hev1`).
+    Hevc,
+}
+
+/// A keyframe as a decoder takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyframe {
+    /// Which decoder.
+    pub codec: VideoCodec,
+    /// The parameter sets, then the frame's NAL units, each after a start code.
+    pub access_unit: Vec<u8>,
 }
 
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
-/// Parameter sets and NAL length size of an `avcC` payload.
+/// Parameter sets and NAL length size of an `avcC` or `hvcC` payload.
 struct AvcConfig<'a> {
     length_size: usize,
     parameter_sets: Vec<&'a [u8]>,
@@ -90,11 +112,25 @@ fn first_video_sample<'a>(fragment: &'a [u8], video_track: &fmp4::TrackInfo) -> 
     Err(KeyframeError::NotAKeyframe)
 }
 
-/// The Annex B access unit of the keyframe that starts `fragment`, with the parameter sets of `init`.
-pub fn annex_b_keyframe(init: &[u8], fragment: &[u8]) -> Result<Vec<u8>, KeyframeError> {
+/// The parameter sets and NAL length size of an `hvcC` payload.
+fn parse_hvcc(hvcc: &[u8]) -> Result<AvcConfig<'_>, KeyframeError> {
+    let record = crate::hevc::parse_hvcc(hvcc).map_err(|_| KeyframeError::Malformed("hvcC record"))?;
+    if record.nals.is_empty() {
+        return Err(KeyframeError::Malformed("hvcC without parameter sets"));
+    }
+    Ok(AvcConfig { length_size: usize::from(record.nal_length_size), parameter_sets: record.nals })
+}
+
+/// The keyframe that starts `fragment` as an Annex B access unit, with the parameter sets of `init`.
+pub fn annex_b_keyframe(init: &[u8], fragment: &[u8]) -> Result<Keyframe, KeyframeError> {
     let tracks = fmp4::parse_init(init)?;
     let video = tracks.iter().find(|t| t.kind == TrackKind::Video).ok_or(KeyframeError::NoVideo)?;
-    let config = parse_avcc(codec_string::avcc_of(&video.sample_entry)?)?;
+    let kind = video.sample_entry.get(4..8).unwrap_or_default();
+    let (codec, config) = match kind {
+        b"avc1" | b"avc3" => (VideoCodec::H264, parse_avcc(codec_string::avcc_of(&video.sample_entry)?)?),
+        b"hvc1" | b"hev1" => (VideoCodec::Hevc, parse_hvcc(codec_string::hvcc_of(&video.sample_entry)?)?),
+        other => return Err(KeyframeError::UnknownCodec(String::from_utf8_lossy(other).into_owned())),
+    };
     let mut sample = first_video_sample(fragment, video)?;
     let mut out = Vec::with_capacity(sample.len() + 64);
     for set in &config.parameter_sets {
@@ -109,7 +145,7 @@ pub fn annex_b_keyframe(init: &[u8], fragment: &[u8]) -> Result<Vec<u8>, Keyfram
         out.extend_from_slice(nal);
         sample = rest;
     }
-    Ok(out)
+    Ok(Keyframe { codec, access_unit: out })
 }
 
 #[cfg(test)]

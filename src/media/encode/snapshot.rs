@@ -10,7 +10,7 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg::{frame, Packet};
 use ffmpeg_next as ffmpeg;
-use mqtt_video_wire::keyframe::annex_b_keyframe;
+use mqtt_video_wire::keyframe::{annex_b_keyframe, Keyframe, VideoCodec};
 
 /// FFmpeg's lambda per quantiser step (`FF_QP2LAMBDA`).
 const QP2LAMBDA: i32 = 118;
@@ -53,18 +53,23 @@ pub struct Jpeg {
 
 /// Decodes the keyframe that starts `fragment` (with the parameter sets of `init`) and encodes it as JPEG.
 pub fn jpeg_of_keyframe(init: &[u8], fragment: &[u8], settings: &JpegSettings) -> Result<Jpeg, MediaError> {
-    let access_unit = annex_b_keyframe(init, fragment).map_err(|e| MediaError::Processing(format!("snapshot: {e}")))?;
-    let picture = decode(&access_unit)?;
+    let keyframe = annex_b_keyframe(init, fragment).map_err(|e| MediaError::Processing(format!("snapshot: {e}")))?;
+    let picture = decode(&keyframe)?;
     encode(&picture, settings)
 }
 
-fn decode(access_unit: &[u8]) -> Result<frame::Video, MediaError> {
-    let h264 =
-        codec::decoder::find(codec::Id::H264).ok_or_else(|| MediaError::Processing("no H.264 decoder".into()))?;
-    let mut context = codec::context::Context::new_with_codec(h264);
+fn decode(keyframe: &Keyframe) -> Result<frame::Video, MediaError> {
+    let (id, name) = match keyframe.codec {
+        VideoCodec::H264 => (codec::Id::H264, "H.264"),
+        VideoCodec::Hevc => (codec::Id::HEVC, "HEVC"),
+    };
+    let found = codec::decoder::find(id).ok_or_else(|| MediaError::Processing(format!("no {name} decoder")))?;
+    let mut context = codec::context::Context::new_with_codec(found);
     // One thread: a snapshot never takes more than one core, whatever the picture's size.
     context.set_threading(threading::Config { kind: threading::Type::Slice, count: 1, ..Default::default() });
-    let mut decoder = context.decoder().video().map_err(processing("snapshot: opening the H.264 decoder"))?;
+    let opening = format!("snapshot: opening the {name} decoder");
+    let mut decoder = context.decoder().video().map_err(|e| MediaError::Processing(format!("{opening}: {e}")))?;
+    let access_unit = &keyframe.access_unit;
     decoder.send_packet(&Packet::copy(access_unit)).map_err(processing("snapshot: decoding the keyframe"))?;
     decoder.send_eof().map_err(processing("snapshot: decoding the keyframe"))?;
     let mut picture = frame::Video::empty();
