@@ -73,10 +73,11 @@ pub fn flush_io(output: &mut Output) {
     }
 }
 
-/// Clears a copied stream's codec tag so the MP4 muxer picks its own (`avc1`, `mp4a`).
-pub fn clear_codec_tag(parameters: &mut ffmpeg::codec::Parameters) {
+/// Sets a copied stream's codec tag for the MP4 muxer: 0 lets it pick its own (`avc1`, `mp4a`), and HEVC
+/// gets `hvc1` (parameter sets in the `hvcC` only), the sample entry Safari plays; the muxer's own would be `hev1`.
+pub fn set_codec_tag(parameters: &mut ffmpeg::codec::Parameters, tag: [u8; 4]) {
     // SAFETY: the parameters are owned by a live output stream; codec_tag is a plain integer field.
-    unsafe { (*parameters.as_mut_ptr()).codec_tag = 0 };
+    unsafe { (*parameters.as_mut_ptr()).codec_tag = u32::from_le_bytes(tag) };
 }
 
 /// The codec extradata of stream parameters (SPS/PPS for H.264, AudioSpecificConfig for AAC).

@@ -14,19 +14,22 @@ pub struct VideoFacts {
     pub browser_h264: bool,
     /// H.264 at all (any profile).
     pub h264: bool,
+    /// HEVC at all (any profile): copied in copy mode, for the browsers that decode it.
+    pub hevc: bool,
     /// Within the configured maximum size and frame rate (else copying would ignore them).
     pub within_limits: bool,
 }
 
-/// Copy or transcode the video, or refuse (copy mode with video that is not H.264).
+/// Copy or transcode the video, or refuse (copy mode with video that is neither H.264 nor HEVC). `auto` copies
+/// only what every browser decodes (H.264), so an HEVC camera is converted there.
 pub fn video(mode: Mode, facts: &VideoFacts) -> Result<TrackMode, MediaError> {
     match mode {
         Mode::Transcode => Ok(TrackMode::Transcode),
         Mode::Auto if facts.browser_h264 && facts.within_limits => Ok(TrackMode::Copy),
         Mode::Auto => Ok(TrackMode::Transcode),
-        Mode::Copy if facts.h264 => Ok(TrackMode::Copy),
+        Mode::Copy if facts.h264 || facts.hevc => Ok(TrackMode::Copy),
         Mode::Copy => Err(MediaError::Unsupported(format!(
-            "copy mode needs H.264 video, the source has {}; use mode auto or transcode",
+            "copy mode needs H.264 or HEVC video, the source has {}; use mode auto or transcode",
             facts.codec
         ))),
     }
@@ -78,6 +81,7 @@ mod tests {
         VideoFacts {
             codec: if h264 { "h264" } else { "mpeg2video" }.into(),
             h264,
+            hevc: false,
             browser_h264: browser,
             within_limits: true,
         }
@@ -95,6 +99,9 @@ mod tests {
         assert_eq!(video(Mode::Copy, &facts(true, false)).unwrap(), TrackMode::Copy);
         let err = video(Mode::Copy, &facts(false, false)).unwrap_err();
         assert!(err.to_string().contains("mpeg2video"), "{err}");
+        let hevc = VideoFacts { codec: "hevc".into(), hevc: true, ..facts(false, false) };
+        assert_eq!(video(Mode::Copy, &hevc).unwrap(), TrackMode::Copy, "HEVC copied when asked");
+        assert_eq!(video(Mode::Auto, &hevc).unwrap(), TrackMode::Transcode, "not every browser decodes it");
     }
 
     #[test]

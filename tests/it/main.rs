@@ -11,6 +11,7 @@ mod deploy;
 mod fanout;
 mod gateway;
 mod hardening;
+mod hevc;
 mod homeassistant;
 mod ingest;
 mod lifecycle;

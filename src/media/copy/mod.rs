@@ -17,7 +17,7 @@ use ffmpeg::{codec, Packet, Rational, Rescale};
 use ffmpeg_next as ffmpeg;
 use keycheck::KeyframeCheck;
 use mqtt_video_wire::aac;
-use mqtt_video_wire::h264::in_band_parameter_sets;
+use mqtt_video_wire::{h264, hevc};
 use std::sync::atomic::Ordering;
 
 const MICROS: Rational = Rational(1, 1_000_000);
@@ -126,13 +126,18 @@ impl CopyVideo {
 
     /// The output's video track, with the picture's width and height; `first` is the first keyframe passed on.
     pub fn track(&mut self, first: &Packet) -> Result<(TrackSpec, u32, u32), MediaError> {
-        // Some cameras send SPS/PPS only in-band: lift them from the first keyframe.
+        // Some cameras send their parameter sets only in-band: lift them from the first keyframe.
         if ffi::extradata(&self.parameters).is_empty() {
-            let extradata = in_band_parameter_sets(first.data().unwrap_or_default());
+            let keyframe = first.data().unwrap_or_default();
+            let (extradata, name) = if self.parameters.id() == codec::Id::HEVC {
+                (hevc::in_band_parameter_sets(keyframe), "HEVC stream without VPS/SPS/PPS")
+            } else {
+                (h264::in_band_parameter_sets(keyframe), "H.264 stream without SPS/PPS")
+            };
             if extradata.is_empty() {
-                return Err(MediaError::Unsupported("H.264 stream without SPS/PPS".into()));
+                return Err(MediaError::Unsupported(name.into()));
             }
-            ffi::set_extradata(&mut self.parameters, &extradata).map_err(processing("setting SPS/PPS"))?;
+            ffi::set_extradata(&mut self.parameters, &extradata).map_err(processing("setting parameter sets"))?;
         }
         let facts = ffi::codec_facts(&self.parameters);
         let spec =

@@ -82,7 +82,8 @@ impl Muxer {
                 output.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(processing("adding an MP4 track"))?;
             let mut parameters = spec.parameters;
             if spec.copied {
-                ffi::clear_codec_tag(&mut parameters);
+                let tag = if parameters.id() == codec::Id::HEVC { *b"hvc1" } else { [0; 4] };
+                ffi::set_codec_tag(&mut parameters, tag);
             }
             stream.set_parameters(parameters);
             stream.set_time_base(spec.time_base);

@@ -46,6 +46,7 @@ pub(super) fn analyse(source: &Source, config: &PipelineConfig, paced: bool) -> 
     let facts = VideoFacts {
         codec: streams[video_stream].codec.clone(),
         h264,
+        hevc: video_params.id() == codec::Id::HEVC,
         browser_h264: h264 && chroma_ok && plan::browser_h264_profile(profile),
         within_limits: limit(config.video.max_width, f64::from(size.width))
             && limit(config.video.max_height, f64::from(size.height))

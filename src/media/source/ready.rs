@@ -12,7 +12,7 @@ use ffmpeg::{codec, media, Packet};
 use ffmpeg_next as ffmpeg;
 use mqtt_video_wire::aac;
 use mqtt_video_wire::codec_string::annex_b_nals;
-use mqtt_video_wire::h264;
+use mqtt_video_wire::{h264, hevc};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ pub fn wait_for_parameters(source: &mut Source, connect_timeout: Duration) -> Re
         video: input.stream(video).is_some_and(|s| {
             let p = s.parameters();
             let facts = ffi::codec_facts(&p);
-            p.id() == codec::Id::H264 && (facts.width == 0 || facts.height == 0)
+            matches!(p.id(), codec::Id::H264 | codec::Id::HEVC) && (facts.width == 0 || facts.height == 0)
         }),
         audio: audio.and_then(|i| input.stream(i)).is_some_and(|s| {
             let p = s.parameters();
@@ -111,21 +111,26 @@ pub fn wait_for_parameters(source: &mut Source, connect_timeout: Duration) -> Re
     Ok(held)
 }
 
-/// Sets the video's size, profile, level and (if it had none) SPS/PPS from a keyframe that carries them.
+/// Sets the video's size, profile, level and (if it had none) parameter sets from a keyframe that carries
+/// them: an H.264 SPS and PPS, or an HEVC VPS, SPS and PPS.
 fn fill_video(source: &mut Source, index: usize, keyframe: &Packet) -> bool {
     let data = keyframe.data().unwrap_or_default();
-    let Some(sps) = annex_b_nals(data).find_map(|nal| h264::parse_sps(nal).ok()) else { return false };
     let Some(stream) = source.input.stream(index) else { return false };
     let mut parameters = stream.parameters();
-    let profile = h264_profile(sps.profile_idc, sps.constraints);
-    ffi::set_video_facts(&mut parameters, sps.width, sps.height, profile, i32::from(sps.level_idc));
-    if ffi::extradata(&parameters).is_empty() {
-        let sets = h264::in_band_parameter_sets(data);
-        if ffi::set_extradata(&mut parameters, &sets).is_err() {
-            return false;
-        }
+    let (width, height, profile, level, sets) = if parameters.id() == codec::Id::HEVC {
+        let Some(sps) = annex_b_nals(data).find_map(|nal| hevc::parse_sps(nal).ok()) else { return false };
+        let profile = i32::from(sps.ptl.profile_idc);
+        (sps.width, sps.height, profile, i32::from(sps.ptl.level_idc), hevc::in_band_parameter_sets(data))
+    } else {
+        let Some(sps) = annex_b_nals(data).find_map(|nal| h264::parse_sps(nal).ok()) else { return false };
+        let profile = h264_profile(sps.profile_idc, sps.constraints);
+        (sps.width, sps.height, profile, i32::from(sps.level_idc), h264::in_band_parameter_sets(data))
+    };
+    ffi::set_video_facts(&mut parameters, width, height, profile, level);
+    if ffi::extradata(&parameters).is_empty() && ffi::set_extradata(&mut parameters, &sets).is_err() {
+        return false;
     }
-    tracing::debug!(width = sps.width, height = sps.height, profile = sps.profile_idc, "read the source's SPS");
+    tracing::debug!(width, height, profile, "read the source's SPS");
     true
 }
 

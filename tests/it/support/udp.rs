@@ -23,6 +23,17 @@ pub struct UdpSource {
 impl UdpSource {
     /// Starts sending at once: keyframes every `gop` frames, `loss` (0 to 1) of the datagrams dropped.
     pub fn start(gop: u32, loss: f64) -> Self {
+        Self::start_encoded(gop, loss, &["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"])
+    }
+
+    /// The same with HEVC video (libx265, no B-frames), as an HEVC camera's TS.
+    pub fn start_hevc(gop: u32) -> Self {
+        let x265 =
+            ["-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency", "-x265-params", "log-level=error"];
+        Self::start_encoded(gop, 0.0, &x265)
+    }
+
+    fn start_encoded(gop: u32, loss: f64, video_codec: &[&str]) -> Self {
         let inlet = UdpSocket::bind("127.0.0.1:0").expect("a UDP port for the forwarder");
         let inlet_port = inlet.local_addr().expect("address").port();
         let outlet = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket to forward from");
@@ -54,7 +65,8 @@ impl UdpSource {
         let child = Command::new("ffmpeg")
             .args(["-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p"])
+            .args(video_codec)
+            .args(["-pix_fmt", "yuv420p"])
             .args(["-g", &gop.to_string(), "-c:a", "aac", "-f", "mpegts"])
             .arg(format!("udp://127.0.0.1:{inlet_port}?pkt_size=1316"))
             .stdin(Stdio::null())
