@@ -25,7 +25,7 @@ import { JITTER_DEFAULTS } from "./jitter.js";
 import { LinkMeter, METER_DEFAULTS } from "./link-meter.js";
 import { LIVE_EDGE_DEFAULTS } from "./live-edge.js";
 import { MseSink, mseSupports } from "./mse-sink.js";
-import { AUTO_RENDITION, describeOutcome, REQUEST_DEFAULTS, startRendition } from "./protocol.js";
+import { AUTO_RENDITION, decodableStart, describeOutcome, renditionLadder, REQUEST_DEFAULTS, startRendition } from "./protocol.js";
 import { Session } from "./session.js";
 import { SWITCH_DEFAULTS } from "./switch.js";
 import { webCodecsBlocker, webCodecsIssue } from "./capabilities.js";
@@ -193,12 +193,27 @@ export class Player extends EventTarget {
    * {kind, why}: kind null when neither can, why: what keeps WebCodecs off (null when it plays).
    */
   async _chooseRenderer(mime) {
+    const chosen = await this._rendererFor(mime);
+    if (this.options.renderer === "webcodecs" && chosen.kind === "mse") this._event("renderer", `WebCodecs was asked for, but ${chosen.why}; using MediaSource`);
+    return chosen;
+  }
+
+  /** The renderer that plays `mime` here ({kind, why}; kind null when none does), saying nothing. */
+  async _rendererFor(mime) {
     const mse = mseSupports(mime) ? "mse" : null;
     if (this.options.renderer === "mse") return { kind: mse, why: "renderer=mse asked for" };
     const why = await webCodecsIssue(mime);
-    if (!why) return { kind: "webcodecs", why: null };
-    if (this.options.renderer === "webcodecs" && mse) this._event("renderer", `WebCodecs was asked for, but ${why}; using MediaSource`);
-    return { kind: mse, why };
+    return why ? { kind: mse, why } : { kind: "webcodecs", why: null };
+  }
+
+  /** The names of the renditions `kind` decodes here (any renderer when kind is null). */
+  async _decodable(renditions, kind) {
+    const names = new Set();
+    for (const r of renditions) {
+      const ok = kind === "mse" ? mseSupports(r.mimeCodec) : kind === "webcodecs" ? !(await webCodecsIssue(r.mimeCodec)) : !!(await this._rendererFor(r.mimeCodec)).kind;
+      if (ok) names.add(r.name);
+    }
+    return names;
   }
 
   /** The WebCodecs renderer met something its decoders refuse: MediaSource takes over, or an error. */
@@ -451,13 +466,26 @@ export class Player extends EventTarget {
       this._fail(error.code, error.message);
       return;
     }
-    // With renditions, the one the play starts with (a reconnect: the one that played) says the codec.
+    // With renditions, the one the play starts with (a reconnect: the one that played) says the codec; one
+    // this browser cannot decode (HEVC without a decoder for it) gives way to one it can.
     const renditions = this.session.renditions;
-    const start = renditions ? startRendition(renditions, this.options.rendition, this.session.lastRendition) : null;
-    const mime = start ? renditions.find((r) => r.name === start.name).mimeCodec : reply.mimeCodec;
     const playId = this._playId;
+    let start = renditions ? startRendition(renditions, this.options.rendition, this.session.lastRendition) : null;
+    if (renditions && !this.media.mime) {
+      const decodable = await this._decodable(renditions, null);
+      if (playId !== this._playId || !this.url || this.state === "error") return;
+      const decoded = decodableStart(renditions, start, decodable);
+      if (decoded?.undecodable) {
+        const passed = renditions.find((r) => r.name === decoded.undecodable).mimeCodec;
+        this._event("rendition", `this browser does not decode ${decoded.undecodable} (${passed}); playing ${decoded.name}`);
+      }
+      start = decoded ?? start;
+    }
+    const mime = start ? renditions.find((r) => r.name === start.name).mimeCodec : reply.mimeCodec;
     // A describe again (a reconnect) keeps the renderer this play has.
     const chosen = this.media.mime ? { kind: this.media.kind, why: this._webCodecsOff } : await this._chooseRenderer(mime);
+    // What the controller may switch between: the renditions this renderer decodes.
+    const ladderNames = renditions && chosen.kind ? await this._decodable(renditions, chosen.kind) : new Set();
     if (playId !== this._playId || !this.url || this.state === "error") return; // played or stopped meanwhile
     const { kind, why } = chosen;
     this._webCodecsOff = why;
@@ -477,7 +505,7 @@ export class Player extends EventTarget {
     } else if (!renditions && this.options.rendition !== AUTO_RENDITION) {
       this._event("rendition", `this stream has no renditions; rendition "${this.options.rendition}" is ignored`);
     }
-    this._startAbr(renditions, start, kind);
+    this._startAbr(renditions, start, ladderNames);
     this.session.acceptDescribe(start?.name ?? null);
   }
 
@@ -485,11 +513,11 @@ export class Player extends EventTarget {
    * With `rendition: "auto"` and two renditions or more the renderer can play, a controller picks which plays
    * from now on (a fresh one per describe: a reconnect starts measuring again).
    */
-  _startAbr(renditions, start, kind) {
+  _startAbr(renditions, start, decodable) {
     this._abr = null;
     this._meter = null;
     if (!renditions || this.options.rendition !== AUTO_RENDITION) return;
-    const playable = renditions.filter((r) => kind !== "mse" || mseSupports(r.mimeCodec));
+    const playable = renditionLadder(renditions, decodable, start.name);
     if (playable.length < 2 || !playable.some((r) => r.name === start.name)) return;
     const now = performance.now();
     this._abr = new AbrController(playable, start.name, now, this.options);

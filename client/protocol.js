@@ -74,6 +74,38 @@ export function startRendition(renditions, wanted, previous = null) {
   return { name: previous && has(previous) ? previous : renditions[0].name, unknown: null };
 }
 
+/** The sample entry of a MIME type's first codec (`video/mp4; codecs="hvc1.1.6.L93.B0, mp4a.40.2"` -> "hvc1"). */
+export function videoCodecOf(mime) {
+  const codecs = /codecs\s*=\s*"?([^";]*)/i.exec(mime ?? "")?.[1] ?? "";
+  return codecs.split(",")[0].trim().split(".")[0];
+}
+
+/**
+ * The rendition a play starts with when this browser may not decode every one (`decodable`: a Set of
+ * names): `start` (startRendition's choice) when it decodes, else the first listed that does (an HEVC
+ * `main` in a browser without HEVC: the stream's H.264 rendition), with `undecodable` naming the one passed
+ * over; null when none decodes.
+ */
+export function decodableStart(renditions, start, decodable) {
+  if (decodable.has(start.name)) return start;
+  const first = renditions.find((r) => decodable.has(r.name));
+  return first ? { name: first.name, unknown: start.unknown, undecodable: start.name } : null;
+}
+
+/**
+ * The renditions the page's controller may move between: those it decodes, less any that only repeats
+ * another at the same size in another codec (an H.264 copy of an HEVC `main`, made for browsers without
+ * HEVC): the start's codec is kept, so a browser that decodes both never asks the server to encode it.
+ */
+export function renditionLadder(renditions, decodable, startName) {
+  const family = videoCodecOf(renditions.find((r) => r.name === startName)?.mimeCodec);
+  const ok = renditions.filter((r) => decodable.has(r.name));
+  const repeats = (r) =>
+    videoCodecOf(r.mimeCodec) !== family &&
+    ok.some((q) => videoCodecOf(q.mimeCodec) === family && q.width === r.width && q.height === r.height);
+  return ok.filter((r) => !repeats(r));
+}
+
 /**
  * The stream topic a version 2 viewer subscribes to, from a describe reply or a `playing` status (their
  * `stream` object), or null when the server does not name one (a version 1 server).

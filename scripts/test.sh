@@ -98,9 +98,9 @@ rust_tests() {
 # WebKitGTK under Xvfb, software-drawn on two shared cores, now and then hangs a page or stalls a <video>
 # (tests/e2e/README.md): its run gets a second try, and the first failure stays in the log above it.
 webkit() {
-  (cd tests/e2e && ENGINES=webkit node --test engines.test.js) && return 0
+  (cd tests/e2e && ENGINES=webkit node --test engines.test.js hevc.test.js) && return 0
   echo "== WebKit: the run above failed; once more"
-  (cd tests/e2e && ENGINES=webkit node --test engines.test.js)
+  (cd tests/e2e && ENGINES=webkit node --test engines.test.js hevc.test.js)
 }
 stage "other Rust tests, fuzzing" rust_tests
 lanes=("${image_lanes[@]}")

@@ -12,6 +12,9 @@ import {
   playRequest,
   replyTopics,
   startRendition,
+  decodableStart,
+  renditionLadder,
+  videoCodecOf,
   stopRequest,
   streamMediaTopic,
 } from "../../client/protocol.js";
@@ -202,4 +205,24 @@ test("nothing is sent once the play is finished", () => {
   assert.deepEqual(r.play(200), []);
   assert.deepEqual(r.tick(60_000), []);
   assert.deepEqual(r.serverBack(60_000), []);
+});
+
+test("a rendition this browser cannot decode gives way to one it can, and codec repeats stay off the ladder", () => {
+  const r = (name, codec, width, height) => ({ name, mimeCodec: `video/mp4; codecs="${codec}, mp4a.40.2"`, width, height });
+  // An HEVC camera copied as main, with an H.264 copy of it and a small H.264 rendition.
+  const list = [r("main", "hvc1.1.6.L120.90", 1920, 1080), r("h264", "avc1.640028", 1920, 1080), r("low", "avc1.42C01E", 640, 360)];
+  assert.equal(videoCodecOf(list[0].mimeCodec), "hvc1");
+  assert.equal(videoCodecOf("video/mp4"), "");
+  const firefox = new Set(["main", "h264", "low"]);
+  const chromium = new Set(["h264", "low"]);
+  const start = { name: "main", unknown: null };
+  assert.deepEqual(decodableStart(list, start, firefox), start, "HEVC decoded: main");
+  assert.deepEqual(decodableStart(list, start, chromium), { name: "h264", unknown: null, undecodable: "main" });
+  assert.equal(decodableStart(list, start, new Set()), null, "nothing decodes");
+  const names = (ladder) => ladder.map((x) => x.name);
+  assert.deepEqual(names(renditionLadder(list, firefox, "main")), ["main", "low"], "the H.264 copy is never asked for");
+  assert.deepEqual(names(renditionLadder(list, chromium, "h264")), ["h264", "low"]);
+  // H.264 streams as before: every rendition decodable is on the ladder.
+  const plain = [r("main", "avc1.64001F", 1280, 720), r("low", "avc1.42C01E", 640, 360)];
+  assert.deepEqual(names(renditionLadder(plain, new Set(["main", "low"]), "main")), ["main", "low"]);
 });

@@ -70,3 +70,65 @@ fn hevc_over_udp_ts_joined_mid_stream_is_copied_from_its_next_keyframe() {
     let run = collect(&source.url, config, 3.0, Duration::from_secs(30));
     check_copied_hevc(&run, "udp-ts-hevc");
 }
+
+#[test]
+fn an_h264_rendition_of_a_copied_hevc_stream_is_made_while_wanted_for_browsers_without_hevc() {
+    use mqtt_video::media::config::RenditionConfig;
+    use mqtt_video::media::encode::rendition::RenditionControl;
+    use mqtt_video::media::events::RenditionEvent;
+    use mqtt_video::media::pipeline::Start;
+    use mqtt_video::media::{Pipeline, PipelineEvent};
+    use std::sync::Arc;
+    // The shape an HEVC camera is served in: main copied as hvc1, and a full-size H.264 rendition ("h264"),
+    // decoded from the copied source and encoded only while some viewer wants it.
+    let file = fixture(
+        "hevc_aac.mp4",
+        &[VIDEO, TONE],
+        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    );
+    let mut config = copy();
+    config.renditions = vec![toml::from_str::<RenditionConfig>("name = \"h264\"").expect("rendition")];
+    config.channel_capacity = 4;
+    let control = Arc::new(RenditionControl::default());
+    let start = Start { renditions: vec![Arc::clone(&control)], ..Start::default() };
+    let mut pipeline = Pipeline::start_with(&file.display().to_string(), config, start).expect("pipeline starts");
+    let (mut main_mime, mut facts_mime, mut init, mut fragments) = (None, None, None, Vec::new());
+    let mut main_fragments = 0;
+    loop {
+        match pipeline.events().recv_timeout(Duration::from_secs(30)).expect("an event within 30 s") {
+            PipelineEvent::Init(i) => main_mime = Some(i.info.mime_codec.clone()),
+            PipelineEvent::Fragment(f) => {
+                main_fragments += 1;
+                // Wanted from 1 s of media on.
+                control.set_wanted(f.media_time_us >= 1_000_000);
+            }
+            PipelineEvent::Rendition(0, RenditionEvent::Facts(info)) => facts_mime = Some(info.mime_codec.clone()),
+            PipelineEvent::Rendition(0, RenditionEvent::Init(i)) => init = Some(i),
+            PipelineEvent::Rendition(0, RenditionEvent::Fragment(f)) => fragments.push(f),
+            PipelineEvent::Rendition(_, RenditionEvent::Failed(why)) => panic!("the rendition failed: {why}"),
+            PipelineEvent::End(result) => {
+                result.expect("the file plays to its end");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let main_mime = main_mime.expect("main's init");
+    assert!(main_mime.starts_with("video/mp4; codecs=\"hvc1.1.6.L"), "{main_mime}");
+    let init = init.expect("the rendition's init segment, once wanted");
+    assert!(init.info.mime_codec.starts_with("video/mp4; codecs=\"avc1."), "{}", init.info.mime_codec);
+    assert_eq!(Some(init.info.mime_codec.clone()), facts_mime, "the describe's codec string is the init's");
+    assert_eq!((init.info.width, init.info.height), (320, 240), "the size of main");
+    assert!(fragments.len() > 40 && fragments[0].keyframe, "{} fragments", fragments.len());
+    assert!(fragments[0].media_time_us >= 1_000_000, "not encoded before it was wanted");
+    let mut bytes = init.bytes.to_vec();
+    for f in &fragments {
+        bytes.extend_from_slice(&f.bytes);
+    }
+    assert_bytes_decode(&bytes, "hevc-h264-rendition.mp4");
+    println!(
+        "hevc main {main_mime} ({main_fragments} fragments); h264 rendition {} ({} fragments)",
+        init.info.mime_codec,
+        fragments.len()
+    );
+}
