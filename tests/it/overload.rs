@@ -272,7 +272,9 @@ fn a_transcode_too_slow_for_real_time_sheds_frames_keeps_keyframes_on_time_and_s
     let frames: u32 = f[start..].iter().map(|x| x.video_samples).sum();
     println!("{media:.1} s of media in {wall:.1} s, {frames} frames ({:.1} fps)", f64::from(frames) / wall);
     assert!(media / wall >= 0.95, "{media:.1} s of media in {wall:.1} s");
-    assert!(f64::from(frames) / wall < 20.0, "no frames shed: {frames} in {wall:.1} s");
+    // Fewer frames than the source's 25 a second: some were shed. (How many depends on how fast x264 runs
+    // here: 17-20 a second in most runs, 20.3 in one, which the old bound of 20 failed.)
+    assert!(f64::from(frames) / wall < 0.92 * 25.0, "no frames shed: {frames} in {wall:.1} s");
     // Keyframes every second of media still, whatever the frame rate (a skip may leave a longer gap).
     let keys: Vec<i64> = f.iter().filter(|x| x.keyframe).map(|x| x.media_time_us).collect();
     let spacing: Vec<i64> = keys.windows(2).map(|w| w[1] - w[0]).collect();
