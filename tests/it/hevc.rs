@@ -33,6 +33,15 @@ fn check_copied_hevc(run: &Run, name: &str) -> String {
     mime
 }
 
+/// 4 s of libx265 Main video (a keyframe a second, B-frames as x265 places them) and AAC in MP4.
+fn hevc_aac_mp4() -> std::path::PathBuf {
+    fixture(
+        "hevc_aac.mp4",
+        &[VIDEO, TONE],
+        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    )
+}
+
 fn copy() -> mqtt_video::media::PipelineConfig {
     let mut config = fast_config();
     config.mode = Mode::Copy;
@@ -52,11 +61,7 @@ fn an_hevc_rtsp_camera_is_copied_as_hvc1_with_its_exact_codec_string() {
 
 #[test]
 fn an_hevc_file_is_copied() {
-    let file = fixture(
-        "hevc_aac.mp4",
-        &[VIDEO, TONE],
-        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"],
-    );
+    let file = hevc_aac_mp4();
     let run = collect(&file.display().to_string(), copy(), 3.0, Duration::from_secs(30));
     check_copied_hevc(&run, "file-hevc");
 }
@@ -81,11 +86,7 @@ fn an_h264_rendition_of_a_copied_hevc_stream_is_made_while_wanted_for_browsers_w
     use std::sync::Arc;
     // The shape an HEVC camera is served in: main copied as hvc1, and a full-size H.264 rendition ("h264"),
     // decoded from the copied source and encoded only while some viewer wants it.
-    let file = fixture(
-        "hevc_aac.mp4",
-        &[VIDEO, TONE],
-        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"],
-    );
+    let file = hevc_aac_mp4();
     let mut config = copy();
     config.renditions = vec![toml::from_str::<RenditionConfig>("name = \"h264\"").expect("rendition")];
     config.channel_capacity = 4;
