@@ -9,6 +9,7 @@
 use super::intake::{self, Arrival, Refusal};
 use super::stream::{self, Phase, Stream};
 use super::{lock, Hub};
+use mqtt_video_wire::output::{self, TrackMode};
 use mqtt_video_wire::policy::redact;
 use mqtt_video_wire::protocol::{
     parse_request, reply_topic_hint, status_topic, DescribeReply, DescribeRequest, EndReason, ErrorCode, ErrorReply,
@@ -211,8 +212,14 @@ impl Hub {
                 stream.touch();
                 let topics = self.stream_topics_for(&stream.topics().id, &request.reply_topic);
                 let mut reply = DescribeReply::new(&request.url, &info, &topics);
-                reply.renditions = stream
-                    .renditions()
+                let renditions = stream.renditions();
+                // A version 1 client reads the top-level facts and plays what they say: an HEVC main's H.264
+                // repeat, when the stream has one (version 2 pages choose from the renditions).
+                if let Some(repeat) = output::h264_repeat(&renditions) {
+                    reply.info.mime_codec = repeat.mime_codec.clone();
+                    reply.info.video = TrackMode::Transcode;
+                }
+                reply.renditions = renditions
                     .into_iter()
                     .map(|info| {
                         let stream = if info.name == "main" { topics.clone() } else { topics.rendition(&info.name) };
@@ -233,7 +240,6 @@ impl Hub {
         self.requests.play.fetch_add(1, Ordering::Relaxed);
         let kind = RequestKind::Play;
         let shared = request.shared();
-        let rendition = request.rendition.as_deref();
         let topic = request.reply_topic.clone();
         if self.guarded() && !shared {
             // A version 1 play sends everything to the reply topic, around the broker's ACL on the stream.
@@ -264,6 +270,9 @@ impl Hub {
                 return self.refused(kind, &target, code, m);
             }
         };
+        // Version 1 plays what its describe said: an HEVC main's H.264 repeat where the stream has one.
+        let repeat = if shared { None } else { output::h264_repeat(&stream.renditions()).map(|r| r.name.clone()) };
+        let rendition = request.rendition.as_deref().or(repeat.as_deref());
         // The hub knows the viewer by its reply topic; the stream by the topic its media and statuses go to
         // (the same one unless guarded).
         let previous = viewers.insert(topic.clone(), url.clone());

@@ -9,6 +9,8 @@ use mqtt_video::media::config::Mode;
 use mqtt_video_wire::output::TrackMode;
 use mqtt_video_wire::{codec_string, fmp4, hevc};
 use std::time::Duration;
+use support::broker::Broker;
+use support::page::{rand_suffix, server_config, Page, Server};
 use support::udp::UdpSource;
 use support::*;
 
@@ -132,4 +134,44 @@ fn an_h264_rendition_of_a_copied_hevc_stream_is_made_while_wanted_for_browsers_w
         init.info.mime_codec,
         fragments.len()
     );
+}
+
+#[test]
+fn served_an_hevc_camera_is_hevc_for_version_2_pages_and_h264_for_version_1_clients() {
+    use mqtt_video_wire::fmp4::{Segment, Splitter};
+    let broker = Broker::start();
+    let camera = RtspServer::start(&["--codec", "h265"]);
+    let prefix = format!("rtsp://127.0.0.1:{}/", camera.port());
+    let extra = "[pipeline]\nmode = \"copy\"\n\n[[pipeline.renditions]]\nname = \"h264\"\n";
+    let server = Server::start(&server_config(broker.port, &[&prefix], extra));
+    let page = Page::connect(broker.port, &format!("hevc-page-{}", rand_suffix()), None);
+    let reply = page.describe(&camera.url, &format!("pages/{}/describe", rand_suffix()));
+    let renditions = reply["renditions"].as_array().expect("renditions").clone();
+    let mime = |v: &serde_json::Value| v["mimeCodec"].as_str().unwrap_or("").to_string();
+    assert!(mime(&renditions[0]).contains("hvc1.1.6."), "main is the camera's HEVC for version 2: {reply}");
+    assert_eq!(renditions[1]["name"], "h264");
+    assert_eq!(mime(&reply), mime(&renditions[1]), "the top level (version 1's) is the H.264 repeat: {reply}");
+    assert_eq!(reply["video"], "transcode");
+
+    // A version 1 play gets that H.264, whole on its reply topic, and it decodes.
+    let topic = format!("pages/{}/v1", rand_suffix());
+    page.play(&camera.url, &topic);
+    let received = page.collect(&topic, Duration::from_secs(4));
+    let mut splitter = Splitter::new();
+    let (mut init, mut fragments) = (Vec::new(), Vec::new());
+    for m in &received.media {
+        for segment in splitter.push(&m.payload).expect("whole fMP4 boxes") {
+            match segment {
+                Segment::Init(bytes) => init = bytes,
+                Segment::Fragment { bytes, .. } => fragments.push(bytes),
+            }
+        }
+    }
+    let tracks = fmp4::parse_init(&init).expect("an init segment");
+    let mime_v1 = codec_string::mime_type(&tracks).expect("a MIME type");
+    assert_eq!(mime_v1, mime(&reply), "version 1 gets what its describe said");
+    assert!(fragments.len() > 30, "{} fragments", fragments.len());
+    assert_bytes_decode(&[init, fragments.concat()].concat(), "served-hevc-v1.mp4");
+    println!("hevc camera: version 2 main {}, version 1 {mime_v1}", mime(&renditions[0]));
+    drop(server);
 }

@@ -50,3 +50,48 @@ pub struct RenditionInfo {
     /// Its video bitrate in kbit/s: the configured one, else measured (absent until known).
     pub bitrate_kbps: Option<u32>,
 }
+
+/// The sample entry of a MIME type's first codec: `video/mp4; codecs="hvc1.1.6.L93.B0, mp4a.40.2"` -> `hvc1`.
+pub fn video_codec(mime: &str) -> &str {
+    let codecs = mime.split_once("codecs=").map_or("", |(_, c)| c.trim_start_matches('"'));
+    let first = codecs.split([',', '"']).next().unwrap_or("").trim();
+    first.split('.').next().unwrap_or("")
+}
+
+/// What a version 1 client gets instead of `main` (listed first): when `main` is not H.264 (an HEVC camera
+/// copied), a rendition in H.264 at `main`'s size. Version 1 has no renditions, and its clients were always
+/// given H.264.
+pub fn h264_repeat(renditions: &[RenditionInfo]) -> Option<&RenditionInfo> {
+    let (main, others) = renditions.split_first()?;
+    let h264 = |r: &RenditionInfo| matches!(video_codec(&r.mime_codec), "avc1" | "avc3");
+    if h264(main) {
+        return None;
+    }
+    others.iter().find(|r| h264(r) && r.width == main.width && r.height == main.height)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendition(name: &str, codec: &str, width: u32, height: u32) -> RenditionInfo {
+        let mime_codec = format!("video/mp4; codecs=\"{codec}, mp4a.40.2\"");
+        RenditionInfo { name: name.into(), mime_codec, width, height, fps: 30.0, bitrate_kbps: None }
+    }
+
+    #[test]
+    fn version_1_clients_get_an_h264_repeat_of_a_main_in_another_codec() {
+        assert_eq!(video_codec("video/mp4; codecs=\"hvc1.1.6.L93.B0, mp4a.40.2\""), "hvc1");
+        assert_eq!(video_codec("video/mp4; codecs=avc1.42C01E"), "avc1");
+        assert_eq!(video_codec("video/mp4"), "");
+        let hevc = rendition("main", "hvc1.1.6.L120.90", 1920, 1080);
+        let repeat = rendition("h264", "avc1.640028", 1920, 1080);
+        let low = rendition("low", "avc1.42C01E", 640, 360);
+        let name = |list: &[RenditionInfo]| h264_repeat(list).map(|r| r.name.clone());
+        assert_eq!(name(&[hevc.clone(), low.clone(), repeat.clone()]), Some("h264".into()));
+        assert_eq!(name(&[hevc.clone(), low.clone()]), None, "no H.264 at main's size: main");
+        assert_eq!(name(&[rendition("main", "avc1.64001F", 1920, 1080), repeat]), None, "main is H.264 already");
+        assert_eq!(name(&[hevc]), None);
+        assert_eq!(name(&[]), None);
+    }
+}
