@@ -60,7 +60,7 @@ pub struct BenchArgs {
     /// With --spawn: give the server a rendition NAME:MAX_HEIGHT:BITRATE_KBPS (`low:360:600`); repeatable.
     #[arg(long, value_name = "NAME:MAX_HEIGHT:KBPS")]
     spawn_rendition: Vec<String>,
-    /// With --spawn: where the server ends an RTSP camera's H.264 frames (`pipeline.source.rtsp_frame_end`).
+    /// With --spawn: where the server ends an RTSP camera's H.264 or HEVC frames (`pipeline.source.rtsp_frame_end`).
     #[arg(long, value_enum, default_value = "marker")]
     rtsp_frame_end: mqtt_video::media::config::RtspFrameEnd,
 }

@@ -26,7 +26,7 @@ pub struct ProbeArgs {
     /// config's].
     #[arg(long, value_enum)]
     rtsp_transport: Option<RtspTransport>,
-    /// Where an RTSP camera's H.264 frames end: marker (at each frame's last RTP packet, over TCP) or parser
+    /// Where an RTSP camera's H.264 or HEVC frames end: marker (at each frame's last RTP packet, over TCP) or parser
     /// (when the next frame starts) [default: marker, or the config's].
     #[arg(long, value_enum)]
     rtsp_frame_end: Option<RtspFrameEnd>,

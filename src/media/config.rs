@@ -10,7 +10,7 @@ pub enum Mode {
     /// Copy what browsers can play, transcode the rest.
     #[default]
     Auto,
-    /// Remux H.264 (and AAC) without decoding; fails on other video.
+    /// Remux H.264 or HEVC (and AAC) without decoding; fails on other video.
     Copy,
     /// Always decode and re-encode to H.264 + AAC.
     Transcode,
@@ -42,7 +42,7 @@ pub enum RtspTransport {
     Udp,
 }
 
-/// Where the frames of an RTSP camera's H.264 end.
+/// Where the frames of an RTSP camera's H.264 or HEVC end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RtspFrameEnd {
@@ -63,7 +63,7 @@ pub struct SourceConfig {
     pub stall_timeout_ms: u64,
     /// RTSP transport.
     pub rtsp_transport: RtspTransport,
-    /// Where an RTSP camera's H.264 frames end.
+    /// Where an RTSP camera's H.264 or HEVC frames end.
     pub rtsp_frame_end: RtspFrameEnd,
     /// Bytes libavformat may read to identify the streams of a live source (RTSP, RTMP, SRT, UDP).
     pub probe_size: u32,
