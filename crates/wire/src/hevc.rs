@@ -182,8 +182,9 @@ fn read_sps(b: &mut Bits<'_>) -> Result<Result<Sps, HevcError>, BitsError> {
     if b.bit()? == 1 {
         (left, right, top, bottom) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
     }
-    let bit_depth_luma = b.ue()? + 8;
-    let bit_depth_chroma = b.ue()? + 8;
+    // ue(v) reaches u32::MAX on hostile input: saturate, and the range check refuses it.
+    let bit_depth_luma = b.ue()?.saturating_add(8);
+    let bit_depth_chroma = b.ue()?.saturating_add(8);
     if bit_depth_luma > 16 || bit_depth_chroma > 16 {
         return Ok(Err(HevcError::OutOfRange("bit_depth")));
     }
@@ -349,5 +350,9 @@ mod tests {
             assert!(parse_sps(&sps[..cut]).is_err(), "cut at {cut}, in the profile, tier and level");
         }
         assert_eq!(parse_sps(&[0x40, 1, 0]), Err(HevcError::WrongNal { expected: "SPS", found: VPS }));
+        // Found by the fuzzer: a bit depth whose exp-Golomb code is u32::MAX overflowed `+ 8`.
+        let huge_depth =
+            include_bytes!("../../../fuzz/seeds/hevc_parameter_sets/crash-86a035ee2880926e948c3486b466b90b32cdbcbe");
+        assert!(parse_sps(huge_depth).is_err());
     }
 }
