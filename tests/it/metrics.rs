@@ -79,14 +79,25 @@ fn a_scrape_passes_promtool_and_carries_the_real_figures() {
         .stderr(Stdio::null())
         .spawn();
     let mut publisher = publisher.expect("ffmpeg");
-    // Scraped until every source has a second of frames (within 20 s), as Prometheus would find it.
+    // Scraped until every source has a second of frames and 10 kB, the two watched ones have published 10 kB,
+    // and the ingest and the pattern's bitrate are past what is checked (within 20 s), as Prometheus would find them.
     let sources = ["Front door", "Test pattern", "desk"];
-    let frames_in =
-        |text: &str, source: &str| value(text, &format!("mqtt_video_stream_frames_total{{source=\"{source}\"}}"));
+    let at_least = |text: &str, series: &str, source: &str, least: f64| {
+        value(text, &format!("mqtt_video_stream_{series}{{source=\"{source}\"}}")).is_some_and(|v| v >= least)
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let text = loop {
         let text = scrape(&addr);
-        let ready = sources.iter().all(|s| frames_in(&text, s).is_some_and(|f| f >= 30.0));
+        let ready = sources.iter().all(|s| {
+            at_least(&text, "frames_total", s, 30.0)
+                && at_least(&text, "bytes_total", s, 10_001.0)
+                && (*s == "desk" || at_least(&text, "published_bytes_total", s, 10_001.0))
+        }) && [
+            ("mqtt_video_ingest_received_bytes_total{endpoint=\"desk\"}", 10_000.0),
+            ("mqtt_video_rendition_bitrate_bytes_per_second{source=\"Test pattern\",rendition=\"main\"}", 6_000.0),
+        ]
+        .iter()
+        .all(|(series, least)| value(&text, series).is_some_and(|v| v > *least));
         if ready || std::time::Instant::now() > deadline {
             break text;
         }
