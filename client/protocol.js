@@ -2,6 +2,8 @@
 // request messages, reading the server's JSON, and when to send (or repeat) describe and play. No MQTT and no
 // clock: session.js does the I/O, tests/e2e/protocol.test.js drives the scheduler with tables.
 
+import { isAudioCodec, mimeCodecs } from "./capabilities.js";
+
 /** The newest protocol version this page speaks (docs/PROTOCOL.md): 2 with a server whose describe reply names
  * the stream's topics, else 1. */
 export const PROTOCOL_VERSION = 2;
@@ -74,10 +76,9 @@ export function startRendition(renditions, wanted, previous = null) {
   return { name: previous && has(previous) ? previous : renditions[0].name, unknown: null };
 }
 
-/** The sample entry of a MIME type's first codec (`video/mp4; codecs="hvc1.1.6.L93.B0, mp4a.40.2"` -> "hvc1"). */
+/** The sample entry of a MIME type's video codec (`video/mp4; codecs="hvc1.1.6.L93.B0, mp4a.40.2"` -> "hvc1"). */
 export function videoCodecOf(mime) {
-  const codecs = /codecs\s*=\s*"?([^";]*)/i.exec(mime ?? "")?.[1] ?? "";
-  return codecs.split(",")[0].trim().split(".")[0];
+  return (mimeCodecs(mime).find((c) => !isAudioCodec(c)) ?? "").split(".")[0];
 }
 
 /**
