@@ -6,7 +6,8 @@
 # Firefox ESR, driven over WebDriver BiDi; WebKitGTK's WebKitWebDriver and MiniBrowser under Xvfb), nginx and
 # Caddy (the reverse proxies of the sub-path test), rtsp-server-perl (a camera that serves RTP over UDP only), openssl
 # (certificates for the TLS test), iproute2 (the test's LAN-like addresses), debootstrap, mosquitto-clients and
-# curl (the docker image's check in a chroot) and prometheus (its promtool checks /metrics). Idempotent.
+# curl (the docker image's check in a chroot), prometheus (its promtool checks /metrics) and cargo-nextest
+# (the Rust tests' runner). Idempotent.
 set -euo pipefail
 
 PACKAGES=(
@@ -47,4 +48,11 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "setup: Rust is missing. Install it from https://rustup.rs (rustup), then run this again." >&2
   exit 1
+fi
+
+# The test command runs the Rust tests under cargo-nextest (one process per test). CI machines have it; a
+# machine with only rustup's cargo gets it from crates.io here, once (a few minutes of compiling).
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked --quiet
 fi
