@@ -5,11 +5,13 @@
 # behind nginx and Caddy, over throttled and lossy links), and a short run of each fuzz target. CI runs
 # exactly this. Each stage's and each lane's time is printed at the end.
 #
-# On two cores, in this order: the builds; the tests that measure this machine's CPU, alone; the other Rust
-# tests (four at a time), with the image check and the fuzzing beneath them at the lowest priority (nice 19,
-# taking only idle CPU); then the browser tests, one file at a time. Browser files side by side, or beside the
-# Rust tests, failed timing checks in every such run here (docs/testing.md): the pages decode and draw video
-# in software on the same two cores.
+# On two cores, in this order (docs/testing.md has the measurements behind it): the test build; the tests that
+# measure this machine's CPU, alone; the other Rust tests (four at a time) beside the browser files that check
+# behaviour rather than time (lossy links, logins, proxies, the page's units), with the image check and the
+# fuzzing beneath them at the lowest priority (nice 19, taking only idle CPU); then the browser files that
+# measure latency, frame rate and recovery, in pairs that were measured not to disturb each other, with clippy
+# beneath them at nice 19; the heavy ones (WebKitGTK drawing in software, a 720p page on a throttled link)
+# keep the machine to themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,10 +75,9 @@ stage setup bash scripts/setup.sh
 # MQTT.js from npm with its lock file (build.rs embeds it with the page in the binary), and the browser drivers.
 stage "npm ci" bash -c 'cd client && npm ci --silent --no-audit --no-fund && cd ../tests/e2e && npm ci --silent --no-audit --no-fund'
 stage "cargo fmt" cargo fmt --all --check
-stage "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 stage "build tests" cargo nextest run --workspace --no-run --cargo-quiet
 stage "CPU-measuring tests, alone" cargo nextest run --workspace --no-fail-fast -j 1 -E "$ALONE"
-# The image check mostly downloads (debootstrap); it starts now and is waited for at the end.
+# The image check mostly downloads (debootstrap); it starts now and is waited for after the Rust tests.
 if [ "$(id -u)" -eq 0 ]; then
   start_lane "docker image (chroot)" nice -n 19 bash scripts/check-image.sh target/debug/mqtt-video
 else
@@ -85,25 +86,59 @@ fi
 image_lanes=("${lanes[@]}")
 lanes=()
 
-# The Rust tests, with what is niced beside them.
+# Browser test files, one at a time, in tests/e2e: `browser_files ENGINES FILE...`.
+browser_files() {
+  local engines="$1"
+  shift
+  (cd tests/e2e && ENGINES="$engines" node --test --test-concurrency=1 "$@")
+}
+# Files whose checks are of behaviour (no reset, a refusal, a page that plays), not of time; and the pure
+# units of the page.
+BESIDE_RUST=(lossy.test.js rights.test.js standalone.test.js proxy.test.js abr.test.js capabilities.test.js
+  feed.test.js jitter.test.js live-edge.test.js login.test.js merge.test.js mp4.test.js page-urls.test.js
+  presentation.test.js protocol.test.js switch.test.js)
+# Each browser file is in exactly one list (checked below), so none is left out of the command.
+PAIRED_A=(engines.test.js)
+PAIRED_B=(player-mse.test.js player-webcodecs.test.js hevc.test.js)
+ALONE_BROWSER=(slow.test.js renditions.test.js)
+every_file_once() {
+  local listed missing
+  listed="$(printf '%s\n' "${BESIDE_RUST[@]}" "${PAIRED_A[@]}" "${PAIRED_B[@]}" "${ALONE_BROWSER[@]}" | sort)"
+  missing="$(cd tests/e2e && ls ./*.test.js | sed 's|^\./||' | sort | comm -3 - <(echo "$listed"))"
+  [ -z "$missing" ] || { echo "test.sh: browser test files not listed exactly once: $missing"; return 1; }
+}
+stage "browser files listed" every_file_once
+
+# The Rust tests, with the behaviour-checking browser files beside them and what is niced beneath.
 rust_tests() {
   local rc=0
   start_lane fuzz nice -n 19 bash scripts/fuzz.sh 15
+  start_lane "browser files beside the Rust tests" browser_files chromium,firefox "${BESIDE_RUST[@]}"
   (lane "Rust tests" cargo nextest run --workspace --no-fail-fast -j "${TEST_THREADS:-4}" -E "not ($ALONE)") || rc=1
   echo "== lane Rust tests"
   cat "$logs/Rust tests.log"
   wait_lanes || rc=1
   return "$rc"
 }
+# Chromium's and Firefox's engine suite beside the player files, clippy beneath.
+paired_browsers() {
+  local rc=0
+  start_lane "cargo clippy" nice -n 19 cargo clippy --workspace --all-targets --quiet -- -D warnings
+  start_lane "engines (Chromium, Firefox)" browser_files chromium,firefox "${PAIRED_A[@]}"
+  start_lane "player files" browser_files chromium,firefox "${PAIRED_B[@]}"
+  wait_lanes || rc=1
+  return "$rc"
+}
 # WebKitGTK under Xvfb, software-drawn on two shared cores, now and then hangs a page or stalls a <video>
 # (tests/e2e/README.md): its run gets a second try, and the first failure stays in the log above it.
 webkit() {
-  (cd tests/e2e && ENGINES=webkit node --test engines.test.js hevc.test.js) && return 0
+  browser_files webkit engines.test.js hevc.test.js && return 0
   echo "== WebKit: the run above failed; once more"
-  (cd tests/e2e && ENGINES=webkit node --test engines.test.js hevc.test.js)
+  browser_files webkit engines.test.js hevc.test.js
 }
-stage "other Rust tests, fuzzing" rust_tests
+stage "other Rust tests, browser files beside, fuzzing" rust_tests
 lanes=("${image_lanes[@]}")
 stage "docker image (chroot), waited for" wait_lanes
-stage "browser tests" bash -c 'cd tests/e2e && ENGINES=chromium,firefox node --test'
+stage "browser tests, paired; clippy" paired_browsers
+stage "browser tests on throttled links" browser_files chromium,firefox "${ALONE_BROWSER[@]}"
 stage "browser tests, WebKit" webkit

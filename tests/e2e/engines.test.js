@@ -65,8 +65,8 @@ const MAX_LATENCY_MS = 1000;
 const MIN_FPS = 20;
 /** The same with two players on the page (the late joiner's case). */
 const MIN_FPS_TWO = 5;
-/** Frames the cold play samples over (5 s of the 30 fps source). */
-const COLD_FRAMES = 150;
+/** Frames the cold play samples over (3 s of the 30 fps source). */
+const COLD_FRAMES = 90;
 const VIEWER = { username: "viewer", password: "viewer-pw" };
 const SERVER_PASSWORD = "server-pw";
 /** The source's size (tests/support/rtsp_server.py's default) and its `low` rendition's. */

@@ -35,7 +35,7 @@ const SECONDS = Number(process.env.LOSSY_SECONDS ?? 0);
  * LOSSY_RENDERER=mse runs the same with MediaSource, which after each freeze stands further behind and whose
  * state more often falls on "buffering" in a sample. */
 const RENDERER = process.env.LOSSY_RENDERER ?? "auto";
-const SAMPLE_MS = 5000;
+const SAMPLE_MS = 2500;
 
 after(stopAll);
 
@@ -146,23 +146,23 @@ async function playLossy(loss, mode, seconds) {
 
 // Latency is printed, not asserted: it is a figure of the machine as much as of the code (see the README).
 test("1 % of the datagrams lost, copy: no reset, no decoder error, still playing", { timeout: 150_000 }, async () => {
-  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.01, "copy", 60);
+  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.01, "copy", 30);
   assert.ok(figure.lost > 0 && figure.damagedOnServer > 0, JSON.stringify(figure));
   assert.equal(figure.resets, 0, JSON.stringify(figure));
   assert.deepEqual(decodeErrors, [], JSON.stringify(figure));
   // 1 % of ~140 datagrams a second damages a frame or two a second, and the server holds back the rest of each
   // damaged GOP: about half the frames never come (955-1001 of 1800 in 60 s), and the picture freezes until
-  // the next keyframe several times a minute. A 5 s sample falls in such a freeze 1-4 times in 12 (measured),
-  // so what is checked is that the page keeps coming back: it plays at most samples, decodes at least 40 % of
+  // the next keyframe several times a minute. A sample falls in such a freeze 1-4 times in 12 (measured), so
+  // what is checked is that the page keeps coming back: it plays at most samples, decodes at least 40 % of
   // the source's frames, and is never in error or reconnecting.
   assert.ok(states.filter((st) => st === "playing").length > states.length / 2, JSON.stringify(figure));
-  assert.ok(figure.decoded >= 0.4 * 30 * (SECONDS || 60), JSON.stringify(figure));
+  assert.ok(figure.decoded >= 0.4 * 30 * (SECONDS || 30), JSON.stringify(figure));
   assert.ok(states.every((st) => st === "playing" || st === "buffering"), JSON.stringify(figure));
   assert.deepEqual(pageErrors, []);
 });
 
 test("3 % of the datagrams lost, copy: at most one reset, no decoder error", { timeout: 150_000 }, async () => {
-  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.03, "copy", 30);
+  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.03, "copy", 20);
   assert.ok(figure.damagedOnServer > 0, JSON.stringify(figure));
   assert.ok(figure.resets <= 1, JSON.stringify(figure));
   assert.deepEqual(decodeErrors, [], JSON.stringify(figure));
@@ -171,7 +171,7 @@ test("3 % of the datagrams lost, copy: at most one reset, no decoder error", { t
 });
 
 test("1 % lost, transcoded: the decoder conceals the damage and every frame plays", { timeout: 150_000 }, async () => {
-  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.01, "transcode", 30);
+  const { figure, states, decodeErrors, pageErrors } = await playLossy(0.01, "transcode", 20);
   assert.ok(figure.damagedOnServer > 0, JSON.stringify(figure));
   assert.equal(figure.resets, 0, JSON.stringify(figure));
   assert.deepEqual(decodeErrors, [], JSON.stringify(figure));
