@@ -3,6 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mqtt_video::media::config::{Backpressure, Pacing, RtspFrameEnd, RtspTransport};
+use mqtt_video::media::events::{RenditionEvent, RenditionInfo};
+use mqtt_video::media::plan::TrackMode;
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
 use mqtt_video_wire::policy::redact;
 use serde::Serialize;
@@ -55,6 +57,8 @@ struct Report {
     url: String,
     source: SourceInfo,
     output: OutputInfo,
+    /// The stream's renditions as a server would offer them (each converted, and only while watched).
+    renditions: Vec<RenditionInfo>,
     init_segment_bytes: usize,
     fragments: usize,
     keyframe_fragments: usize,
@@ -120,7 +124,8 @@ fn settings(args: &ProbeArgs) -> Result<(String, PipelineConfig)> {
     if let Some(ms) = args.analyze_ms {
         config.source.analyze_duration_ms = ms;
     }
-    Ok((url, config))
+    // As `serve` runs it: in `auto`, an HEVC camera is copied with an H.264 rendition for the other browsers.
+    Ok((url, config.with_codec_repeat()))
 }
 
 /// Runs the probe and prints its report.
@@ -138,6 +143,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     let mut media_end_us = 0i64;
     let limit_us = (args.seconds * 1e6) as i64;
     let mut ended = String::from("stopped after --seconds");
+    let mut renditions = Vec::new();
     for event in pipeline.events().iter() {
         match event {
             PipelineEvent::Source(info) => {
@@ -167,7 +173,9 @@ pub fn run(args: ProbeArgs) -> Result<()> {
                     break;
                 }
             }
-            // Renditions are encoded only for a server's viewers: a probe never asks for one.
+            // Renditions are encoded only for a server's viewers: a probe never asks for one, but says what
+            // each would be.
+            PipelineEvent::Rendition(_, RenditionEvent::Facts(info)) => renditions.push(info),
             PipelineEvent::Rendition(..) => {}
             PipelineEvent::End(result) => {
                 ended = match result {
@@ -191,6 +199,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         url: redact(&url),
         source,
         output,
+        renditions,
         init_segment_bytes: init_len,
         fragments: sizes.len(),
         keyframe_fragments: keyframes,
@@ -224,6 +233,9 @@ fn print_text(r: &Report) {
     println!("mode         video {:?}, audio {:?}", r.source.video, r.source.audio);
     println!("mime         {}", r.output.mime_codec);
     println!("output       {}x{} @ {:.2} fps", r.output.width, r.output.height, r.output.fps);
+    for line in viewer_lines(&r.output, &r.renditions) {
+        println!("{line}");
+    }
     println!("init         {} bytes", r.init_segment_bytes);
     println!(
         "fragments    {} ({} start with a keyframe), {:.0}/{:.0}/{:.0} bytes min/avg/max, {:.1}/{:.1}/{:.1} ms",
@@ -241,4 +253,27 @@ fn print_text(r: &Report) {
         "timing       source {:.0} ms, init {:.0} ms, first fragment {:.0} ms",
         r.time_to_source_ms, r.time_to_init_ms, r.time_to_first_fragment_ms
     );
+}
+
+/// Who gets what: `main` and each rendition, with what is done to the video for it.
+fn viewer_lines(main: &OutputInfo, renditions: &[RenditionInfo]) -> Vec<String> {
+    let video = |mode: TrackMode| match mode {
+        TrackMode::Copy => "video copied",
+        TrackMode::Transcode => "video converted",
+    };
+    let main_codec = mqtt_video_wire::output::video_codec(&main.mime_codec);
+    let h264 = mqtt_video_wire::output::is_h264(&main.mime_codec);
+    let who = if h264 { "every browser" } else { "browsers that decode it" };
+    let mut lines = vec![format!("viewers      main ({main_codec}, {}): {who}", video(main.video))];
+    for r in renditions {
+        let repeat = !h264
+            && mqtt_video_wire::output::is_h264(&r.mime_codec)
+            && (r.width, r.height) == (main.width, main.height);
+        let who = if repeat { "browsers that do not decode main, and version 1 clients" } else { "pages that pick it" };
+        lines.push(format!(
+            "             {} ({}x{}, {}, video converted while watched): {who}",
+            r.name, r.width, r.height, r.mime_codec
+        ));
+    }
+    lines
 }

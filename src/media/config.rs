@@ -7,7 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Copy what browsers can play, transcode the rest.
+    /// Copy what browsers can play, transcode the rest. HEVC within the size limits is copied, with an H.264
+    /// rendition at its size ([`CODEC_REPEAT`]) made while a browser without HEVC watches.
     #[default]
     Auto,
     /// Remux H.264 or HEVC (and AAC) without decoding; fails on other video.
@@ -262,6 +263,11 @@ const RESERVED_RENDITION_NAMES: [&str; 6] = ["main", "init", "media", "state", "
 /// Most renditions per stream: each watched one is a whole encoder.
 pub const MAX_RENDITIONS: usize = 4;
 
+/// The rendition `auto` adds to every stream: H.264 at `main`'s size, offered only when `main` is not H.264
+/// (an HEVC camera copied) and encoded only while someone watches it. A configured rendition of this name
+/// takes its place, with that entry's settings.
+pub const CODEC_REPEAT: &str = "h264";
+
 /// A `[[pipeline.renditions]]` entry: a named copy of the stream's video, encoded from the same decoded
 /// frames with its own size, frame rate and bitrate. Unset keys are the `[pipeline.video]` ones; keyframes
 /// are always the stream's own (so that a page can switch at any of them), hence no keyframe interval here.
@@ -306,9 +312,32 @@ pub struct RenditionConfig {
     /// AAC bitrate in kbit/s of an audio track of its own; unset, it shares the stream's audio track.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_bitrate_kbps: Option<u32>,
+    /// Added by `auto` ([`CODEC_REPEAT`]), not configured: offered only when `main` is not H.264.
+    #[serde(skip)]
+    pub implicit: bool,
 }
 
 impl RenditionConfig {
+    /// A rendition of this name with every setting the stream's own.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            preset: None,
+            tune: None,
+            profile: None,
+            level: None,
+            crf: None,
+            bitrate_kbps: None,
+            max_bitrate_kbps: None,
+            max_width: None,
+            max_height: None,
+            max_fps: None,
+            threads: None,
+            audio_bitrate_kbps: None,
+            implicit: false,
+        }
+    }
+
     /// The encoder settings: this entry's keys over the stream's own `video`.
     pub fn video(&self, main: &VideoEncoderConfig) -> VideoEncoderConfig {
         let pick = |mine: &Option<String>, theirs: &String| mine.clone().unwrap_or_else(|| theirs.clone());
@@ -331,6 +360,21 @@ impl RenditionConfig {
 }
 
 impl PipelineConfig {
+    /// The renditions a stream runs with: the configured ones and, in `auto` mode, the [`CODEC_REPEAT`]
+    /// unless one of that name is configured.
+    pub fn with_codec_repeat(mut self) -> Self {
+        if self.mode == Mode::Auto && !self.renditions.iter().any(|r| r.name == CODEC_REPEAT) {
+            self.renditions.push(RenditionConfig { implicit: true, ..RenditionConfig::named(CODEC_REPEAT) });
+        }
+        self
+    }
+
+    /// Whether it has an H.264 rendition for browsers that do not decode `main`'s codec (`auto` copies HEVC
+    /// only then).
+    pub fn has_codec_repeat(&self) -> bool {
+        self.renditions.iter().any(|r| r.name == CODEC_REPEAT)
+    }
+
     /// Checks the renditions: valid, distinct names, at most [`MAX_RENDITIONS`]; the message says what is wrong.
     pub fn check_renditions(&self) -> Result<(), String> {
         if self.renditions.len() > MAX_RENDITIONS {
@@ -359,5 +403,30 @@ impl PipelineConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_adds_the_h264_repeat_unless_configured_and_the_other_modes_never_do() {
+        let names = |c: &PipelineConfig| c.renditions.iter().map(|r| (r.name.clone(), r.implicit)).collect::<Vec<_>>();
+        let auto = PipelineConfig::default().with_codec_repeat();
+        assert_eq!(names(&auto), [(CODEC_REPEAT.to_string(), true)]);
+        assert!(auto.has_codec_repeat());
+        let low = RenditionConfig { max_height: Some(360), ..RenditionConfig::named("low") };
+        let with_low =
+            PipelineConfig { renditions: vec![low.clone()], ..PipelineConfig::default() }.with_codec_repeat();
+        assert_eq!(names(&with_low), [("low".to_string(), false), (CODEC_REPEAT.to_string(), true)]);
+        let own = RenditionConfig { bitrate_kbps: Some(4000), ..RenditionConfig::named(CODEC_REPEAT) };
+        let configured =
+            PipelineConfig { renditions: vec![own.clone()], ..PipelineConfig::default() }.with_codec_repeat();
+        assert_eq!(configured.renditions, [own], "a configured h264 rendition takes its place, settings and all");
+        for mode in [Mode::Copy, Mode::Transcode] {
+            let c = PipelineConfig { mode, ..PipelineConfig::default() }.with_codec_repeat();
+            assert!(c.renditions.is_empty() && !c.has_codec_repeat(), "{mode:?}");
+        }
     }
 }

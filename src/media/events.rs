@@ -115,6 +115,8 @@ pub enum RenditionEvent {
     Fragment(Fragment),
     /// It failed and is left out until the source's next run (the stream goes on); why, for its viewers.
     Failed(String),
+    /// Not offered in this run of the source: the implicit H.264 repeat of a `main` that is H.264 already.
+    NotOffered,
 }
 
 /// Counters a pipeline keeps while it runs, readable from any thread.

@@ -18,14 +18,18 @@ pub struct VideoFacts {
     pub hevc: bool,
     /// Within the configured maximum size and frame rate (else copying would ignore them).
     pub within_limits: bool,
+    /// The stream has an H.264 rendition (`config::CODEC_REPEAT`) for the browsers that do not decode HEVC.
+    pub codec_repeat: bool,
 }
 
 /// Copy or transcode the video, or refuse (copy mode with video that is neither H.264 nor HEVC). `auto` copies
-/// only what every browser decodes (H.264), so an HEVC camera is converted there.
+/// what every browser decodes (H.264), and HEVC when the stream has an H.264 rendition for the browsers that do
+/// not decode it; it converts the rest.
 pub fn video(mode: Mode, facts: &VideoFacts) -> Result<TrackMode, MediaError> {
     match mode {
         Mode::Transcode => Ok(TrackMode::Transcode),
         Mode::Auto if facts.browser_h264 && facts.within_limits => Ok(TrackMode::Copy),
+        Mode::Auto if facts.hevc && facts.codec_repeat && facts.within_limits => Ok(TrackMode::Copy),
         Mode::Auto => Ok(TrackMode::Transcode),
         Mode::Copy if facts.h264 || facts.hevc => Ok(TrackMode::Copy),
         Mode::Copy => Err(MediaError::Unsupported(format!(
@@ -84,6 +88,7 @@ mod tests {
             hevc: false,
             browser_h264: browser,
             within_limits: true,
+            codec_repeat: false,
         }
     }
 
@@ -102,6 +107,13 @@ mod tests {
         let hevc = VideoFacts { codec: "hevc".into(), hevc: true, ..facts(false, false) };
         assert_eq!(video(Mode::Copy, &hevc).unwrap(), TrackMode::Copy, "HEVC copied when asked");
         assert_eq!(video(Mode::Auto, &hevc).unwrap(), TrackMode::Transcode, "not every browser decodes it");
+        let with_repeat = VideoFacts { codec_repeat: true, ..hevc.clone() };
+        assert_eq!(video(Mode::Auto, &with_repeat).unwrap(), TrackMode::Copy, "copied, H.264 for the others");
+        let too_big = VideoFacts { within_limits: false, ..with_repeat.clone() };
+        assert_eq!(video(Mode::Auto, &too_big).unwrap(), TrackMode::Transcode, "beyond the limits: converted");
+        let mpeg2 = VideoFacts { codec_repeat: true, ..facts(false, false) };
+        assert_eq!(video(Mode::Auto, &mpeg2).unwrap(), TrackMode::Transcode, "no browser decodes it");
+        assert_eq!(video(Mode::Transcode, &with_repeat).unwrap(), TrackMode::Transcode);
     }
 
     #[test]

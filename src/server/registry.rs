@@ -49,7 +49,7 @@ impl Hub {
     /// The stream of a pushed source, started for its publisher if it is not running.
     pub(crate) fn ingest_stream(self: &Arc<Self>, endpoint: &ingest::Endpoint) -> Result<Arc<Stream>, String> {
         let url = endpoint.url();
-        let mut config = self.config.pipeline_for(&url);
+        let mut config = self.config.pipeline_for(&url).with_codec_repeat();
         config.source.listen = true;
         let srt = endpoint.config.protocol == crate::config::ingest::IngestProtocol::Srt;
         if srt {
@@ -67,7 +67,7 @@ impl Hub {
 
     /// Finds the running stream for an allowed URL or starts it for `requester`.
     pub(super) fn stream_for(self: &Arc<Self>, url: &str, requester: Option<&str>) -> Result<Arc<Stream>, String> {
-        let (config, client, qos) = (self.config.pipeline_for(url), self.client.clone(), self.qos);
+        let (config, client, qos) = (self.config.pipeline_for(url).with_codec_repeat(), self.client.clone(), self.qos);
         let capacity = self.config.limits.viewer_queue_fragments;
         let topics = self.stream_topics(url);
         let gate = self.gate_for(url, &config.video);

@@ -1,5 +1,6 @@
-// An HEVC camera in every engine (issue 27): the server copies the camera's HEVC as `main` (hvc1) and offers
-// a full-size H.264 rendition, `h264`, made from it only while someone watches it. Each engine plays what it
+// An HEVC camera in every engine (issue 27), with the server's defaults (`mode = "auto"`): the server copies
+// the camera's HEVC as `main` (hvc1) and offers a full-size H.264 rendition, `h264`, made from it only while
+// someone watches it. Each engine plays what it
 // decodes: `main` where its MediaSource or WebCodecs takes the stream's own codec string (Firefox and WebKit
 // here), the `h264` rendition where neither does (headless Chromium, without a platform HEVC decoder), and
 // says so. What each engine decodes is asked of the engine itself, not assumed.
@@ -20,8 +21,7 @@ async function startHevcServer() {
   const camera = await startRtspSource(["--codec", "h265", "--width", "1280", "--height", "720", "--bitrate", "1500"]);
   onCleanup(() => camera.proc.kill());
   const { mqttPort, httpPort } = await brokerAndGatewayPorts();
-  const extra = ["[[pipeline.renditions]]", 'name = "h264"'];
-  const server = await startServer(gatewayConfig({ mqttPort, httpPort, name: "hevc", urls: [camera.url], mode: "copy", extra }));
+  const server = await startServer(gatewayConfig({ mqttPort, httpPort, name: "hevc", urls: [camera.url], mode: "auto" }));
   onCleanup(() => server.kill());
   return { camera, httpPort, server };
 }

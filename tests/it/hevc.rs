@@ -69,6 +69,33 @@ fn an_hevc_file_is_copied() {
 }
 
 #[test]
+fn probe_says_main_is_the_copied_hevc_and_h264_is_made_for_the_other_browsers() {
+    let file = hevc_aac_mp4();
+    let probe = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
+            .args(["probe", &file.display().to_string(), "--seconds", "1"])
+            .args(extra)
+            .output()
+            .expect("mqtt-video probe runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report: serde_json::Value = serde_json::from_str(&probe(&["--json"])).expect("JSON");
+    assert_eq!(report["source"]["video"], "copy", "auto copies HEVC: {report}");
+    let renditions = report["renditions"].as_array().expect("renditions");
+    assert_eq!(renditions.len(), 1, "{report}");
+    assert_eq!(renditions[0]["name"], "h264");
+    assert!(renditions[0]["mimeCodec"].as_str().is_some_and(|m| m.contains("avc1.")), "{report}");
+    assert_eq!(renditions[0]["width"], report["output"]["width"]);
+    let text = probe(&[]);
+    assert!(text.contains("main (hvc1, video copied): browsers that decode it"), "{text}");
+    assert!(text.contains("h264 (") && text.contains("version 1 clients"), "{text}");
+    let transcoded: serde_json::Value = serde_json::from_str(&probe(&["--json", "--mode", "transcode"])).expect("JSON");
+    assert_eq!(transcoded["source"]["video"], "transcode");
+    assert_eq!(transcoded["renditions"], serde_json::json!([]), "no H.264 repeat of an H.264 main: {transcoded}");
+}
+
+#[test]
 fn hevc_over_udp_ts_joined_mid_stream_is_copied_from_its_next_keyframe() {
     let source = UdpSource::start_hevc(30);
     std::thread::sleep(Duration::from_millis(700));
@@ -136,22 +163,40 @@ fn an_h264_rendition_of_a_copied_hevc_stream_is_made_while_wanted_for_browsers_w
     );
 }
 
+/// The camera's entry in the stats' renditions, once `ok` holds for it.
+fn rendition_stats(page: &Page, url: &str, name: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let find = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        let stream = v["streams"].as_array()?.iter().find(|s| s["url"] == url)?;
+        stream["renditions"].as_array()?.iter().find(|r| r["name"] == name).cloned()
+    };
+    let stats = page.stats_where(|v| find(v).is_some_and(|r| ok(&r)));
+    find(&stats).unwrap_or_default()
+}
+
 #[test]
-fn served_an_hevc_camera_is_hevc_for_version_2_pages_and_h264_for_version_1_clients() {
+fn served_in_auto_an_hevc_camera_is_hevc_for_version_2_pages_and_an_h264_rendition_for_the_rest() {
     use mqtt_video_wire::fmp4::{Segment, Splitter};
     let broker = Broker::start();
     let camera = RtspServer::start(&["--codec", "h265"]);
     let prefix = format!("rtsp://127.0.0.1:{}/", camera.port());
-    let extra = "[pipeline]\nmode = \"copy\"\n\n[[pipeline.renditions]]\nname = \"h264\"\n";
-    let server = Server::start(&server_config(broker.port, &[&prefix], extra));
+    // No [pipeline] at all: `auto`, the default, copies the HEVC and adds the H.264 rendition itself.
+    let server = Server::start(&server_config(broker.port, &[&prefix], ""));
     let page = Page::connect(broker.port, &format!("hevc-page-{}", rand_suffix()), None);
     let reply = page.describe(&camera.url, &format!("pages/{}/describe", rand_suffix()));
     let renditions = reply["renditions"].as_array().expect("renditions").clone();
     let mime = |v: &serde_json::Value| v["mimeCodec"].as_str().unwrap_or("").to_string();
+    let names: Vec<&str> = renditions.iter().map(|r| r["name"].as_str().unwrap_or("?")).collect();
+    assert_eq!(names, ["main", "h264"], "{reply}");
     assert!(mime(&renditions[0]).contains("hvc1.1.6."), "main is the camera's HEVC for version 2: {reply}");
-    assert_eq!(renditions[1]["name"], "h264");
+    assert!(mime(&renditions[1]).contains("avc1."), "{reply}");
+    assert_eq!(
+        (&renditions[1]["width"], &renditions[1]["height"]),
+        (&renditions[0]["width"], &renditions[0]["height"])
+    );
     assert_eq!(mime(&reply), mime(&renditions[1]), "the top level (version 1's) is the H.264 repeat: {reply}");
     assert_eq!(reply["video"], "transcode");
+    let idle = rendition_stats(&page, &camera.url, "h264", |r| r["viewers"] == 0);
+    assert_eq!(idle["encoding"], false, "nobody watches the H.264 rendition, so it is not made: {idle}");
 
     // A version 1 play gets that H.264, whole on its reply topic, and it decodes.
     let topic = format!("pages/{}/v1", rand_suffix());
@@ -172,6 +217,36 @@ fn served_an_hevc_camera_is_hevc_for_version_2_pages_and_h264_for_version_1_clie
     assert_eq!(mime_v1, mime(&reply), "version 1 gets what its describe said");
     assert!(fragments.len() > 30, "{} fragments", fragments.len());
     assert_bytes_decode(&[init, fragments.concat()].concat(), "served-hevc-v1.mp4");
+    let watched = rendition_stats(&page, &camera.url, "h264", |r| r["viewers"] == 1);
+    assert_eq!(watched["encoding"], true, "{watched}");
     println!("hevc camera: version 2 main {}, version 1 {mime_v1}", mime(&renditions[0]));
     drop(server);
+}
+
+#[test]
+fn served_in_auto_an_h264_camera_offers_no_rendition_and_a_play_of_the_h264_one_is_refused() {
+    let broker = Broker::start();
+    let camera = RtspServer::start(&[]);
+    let prefix = format!("rtsp://127.0.0.1:{}/", camera.port());
+    let _server = Server::start(&server_config(broker.port, &[&prefix], ""));
+    let page = Page::connect(broker.port, &format!("h264-page-{}", rand_suffix()), None);
+    let reply = page.describe(&camera.url, &format!("pages/{}/describe", rand_suffix()));
+    assert!(reply["mimeCodec"].as_str().is_some_and(|m| m.contains("avc1.")), "{reply}");
+    assert_eq!(reply["video"], "copy", "{reply}");
+    assert!(reply.get("renditions").is_none(), "nothing to choose from: {reply}");
+    let stats = page.stats_where(|v| v["streams"].as_array().is_some_and(|s| s.iter().any(|s| s["url"] == camera.url)));
+    let stream = stats["streams"].as_array().and_then(|s| s.iter().find(|s| s["url"] == camera.url)).cloned();
+    let listed = stream.as_ref().and_then(|s| s["renditions"].as_array()).map_or(0, Vec::len);
+    assert_eq!(listed, 0, "no renditions in the stats: {stats}");
+
+    let topic = format!("pages/{}/v2", rand_suffix());
+    page.subscribe(&format!("{topic}/status"));
+    page.publish(
+        "video/play",
+        &serde_json::json!({"url": camera.url, "reply_topic": topic, "version": 2, "rendition": "h264"}),
+    );
+    let status = page.next_on(&format!("{topic}/status"), Duration::from_secs(10)).expect("a status");
+    let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("status JSON");
+    assert_eq!(status["code"], "bad_request", "{status}");
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("\"h264\"")), "{status}");
 }

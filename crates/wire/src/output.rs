@@ -58,16 +58,20 @@ pub fn video_codec(mime: &str) -> &str {
     first.split('.').next().unwrap_or("")
 }
 
+/// Whether a MIME type's video is H.264 (`avc1`, `avc3`), which every browser decodes.
+pub fn is_h264(mime: &str) -> bool {
+    matches!(video_codec(mime), "avc1" | "avc3")
+}
+
 /// What a version 1 client gets instead of `main` (listed first): when `main` is not H.264 (an HEVC camera
 /// copied), a rendition in H.264 at `main`'s size. Version 1 has no renditions, and its clients were always
 /// given H.264.
 pub fn h264_repeat(renditions: &[RenditionInfo]) -> Option<&RenditionInfo> {
     let (main, others) = renditions.split_first()?;
-    let h264 = |r: &RenditionInfo| matches!(video_codec(&r.mime_codec), "avc1" | "avc3");
-    if h264(main) {
+    if is_h264(&main.mime_codec) {
         return None;
     }
-    others.iter().find(|r| h264(r) && r.width == main.width && r.height == main.height)
+    others.iter().find(|r| is_h264(&r.mime_codec) && r.width == main.width && r.height == main.height)
 }
 
 #[cfg(test)]

@@ -127,8 +127,10 @@ struct Out {
     running: Option<Box<Running>>,
     /// An audio encoder of its own at this bitrate, instead of the stream's audio packets.
     audio: Option<AudioEncoderConfig>,
-    /// It failed in this pipeline run: left out until the next.
-    failed: bool,
+    /// The implicit H.264 repeat (`config::CODEC_REPEAT`), offered only when `main` is not H.264.
+    implicit: bool,
+    /// It failed in this pipeline run, or is not offered in it: left out until the next.
+    left_out: bool,
 }
 
 /// A rendition being encoded.
@@ -172,7 +174,8 @@ impl Renditions {
                     fps,
                     control: controls.get(i).cloned().unwrap_or_default(),
                     running: None,
-                    failed: false,
+                    implicit: c.implicit,
+                    left_out: false,
                     audio: match (c.audio_bitrate_kbps, &audio) {
                         (Some(bitrate_kbps), Some(a)) => Some(AudioEncoderConfig { bitrate_kbps, ..a.config.clone() }),
                         _ => None,
@@ -196,10 +199,16 @@ impl Renditions {
     }
 
     /// What each rendition will be, for a source of `width` x `height` whose output is `main` (its audio
-    /// part is theirs too): an encoder is opened and closed for its exact codec string.
-    pub fn facts(&mut self, width: u32, height: u32, audio: Option<&TrackSpec>) -> Events {
+    /// part is theirs too): an encoder is opened and closed for its exact codec string. The implicit H.264
+    /// repeat is left out of a run whose `main` is H.264 already (`main_h264`).
+    pub fn facts(&mut self, width: u32, height: u32, audio: Option<&TrackSpec>, main_h264: bool) -> Events {
         let mut out = Vec::new();
         for (i, o) in self.outs.iter_mut().enumerate() {
+            if o.implicit && main_h264 {
+                o.left_out = true;
+                out.push((i, RenditionEvent::NotOffered));
+                continue;
+            }
             let (w, h) = video::output_size(width, height, o.config.max_width, o.config.max_height);
             let mime = video::open_x264(w, h, o.fps, &o.config, NO_OWN_KEYFRAMES).and_then(|enc| {
                 let video = TrackSpec {
@@ -260,7 +269,7 @@ impl Renditions {
             if let Some(copy) = self.copy.as_mut() {
                 copy.decoder = None;
             }
-            for (i, o) in self.outs.iter_mut().enumerate().filter(|(_, o)| o.control.wanted() && !o.failed) {
+            for (i, o) in self.outs.iter_mut().enumerate().filter(|(_, o)| o.control.wanted() && !o.left_out) {
                 o.fail(i, &e, events);
             }
         }
@@ -277,7 +286,7 @@ impl Renditions {
         if let (true, Some(pts), Some(dts)) = (packet.is_key(), packet.pts(), packet.dts()) {
             self.decode_ahead = (pts - dts).max(0);
         }
-        if !self.outs.iter().any(|o| o.running.is_some() || (o.control.wanted() && !o.failed)) {
+        if !self.outs.iter().any(|o| o.running.is_some() || (o.control.wanted() && !o.left_out)) {
             copy.decoder = None;
             return Ok(());
         }
@@ -397,7 +406,7 @@ fn encode_one(
     events: &mut Events,
 ) -> Result<(), MediaError> {
     {
-        if o.failed {
+        if o.left_out {
             return Ok(());
         }
         let wanted = o.control.wanted();
@@ -450,7 +459,7 @@ impl Out {
     fn fail(&mut self, index: usize, error: &MediaError, events: &mut Events) {
         tracing::warn!(rendition = %self.name, %error, "the rendition stops for this run of the source");
         self.running = None;
-        self.failed = true;
+        self.left_out = true;
         events.push((index, RenditionEvent::Failed(format!("rendition {:?}: {error}", self.name))));
     }
 }

@@ -51,6 +51,7 @@ pub(super) fn analyse(source: &Source, config: &PipelineConfig, paced: bool) -> 
         within_limits: limit(config.video.max_width, f64::from(size.width))
             && limit(config.video.max_height, f64::from(size.height))
             && limit(config.video.max_fps, fps),
+        codec_repeat: config.has_codec_repeat(),
     };
     // The built-in patterns are raw video and PCM: encoded whatever the mode, as nothing can be copied.
     let mode = match (config.mode, source.kind) {

@@ -308,7 +308,8 @@ impl<'a> Session<'a> {
         });
         self.muxer = Some(TimedMuxer::new(muxer));
         // Before the init segment: a describe answered once it is in lists the renditions too.
-        let mut facts = self.renditions.facts(width, height, self.audio_spec.as_ref());
+        let main_h264 = self.output.as_ref().is_some_and(|o| mqtt_video_wire::output::is_h264(&o.mime_codec));
+        let mut facts = self.renditions.facts(width, height, self.audio_spec.as_ref(), main_h264);
         em.send_renditions(&mut facts)?;
         self.emit(segments, em)
     }

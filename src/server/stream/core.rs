@@ -159,6 +159,11 @@ impl StreamCore {
         Self { rendition: Some(name.to_string()), ..self }
     }
 
+    /// Names the rendition its topics carry from now on (`main`, once the stream offers another).
+    pub fn name(&mut self, name: &str) {
+        self.rendition = Some(name.to_string());
+    }
+
     /// Whether its media is needed now: it has viewers, or viewers that moved away are handing over.
     pub fn is_wanted(&self, now: Instant) -> bool {
         !self.viewers.is_empty() || self.handed_over_until.is_some_and(|t| now < t)

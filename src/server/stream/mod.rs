@@ -122,12 +122,14 @@ impl Stream {
         viewer_capacity: usize,
     ) -> Self {
         let now = Instant::now();
-        let named = !config.renditions.is_empty();
+        // Main tells its viewers its name once the stream offers another; the implicit repeat names it when
+        // offered (`run::on_rendition`).
+        let named = config.renditions.iter().any(|r| !r.implicit);
         let main = StreamCore::new(topics.clone(), now);
-        let mut outputs = vec![Output::new("main", None, if named { main.named("main") } else { main })];
+        let mut outputs = vec![Output::new("main", None, false, if named { main.named("main") } else { main })];
         for r in &config.renditions {
             let core = StreamCore::new(topics.rendition(&r.name), now).named(&r.name);
-            outputs.push(Output::new(&r.name, Some(Arc::default()), core));
+            outputs.push(Output::new(&r.name, Some(Arc::default()), r.implicit, core));
         }
         Self {
             source_url: url.clone(),
@@ -229,8 +231,9 @@ impl Stream {
     /// The output a play asks for: `None` and `main` are the stream's own.
     fn output(&self, rendition: Option<&str>) -> Result<&Output, JoinRefused> {
         let name = rendition.unwrap_or("main");
-        self.outputs.iter().find(|o| o.name == name).ok_or_else(|| {
-            let names: Vec<&str> = self.outputs.iter().map(|o| o.name.as_str()).collect();
+        let offered = |o: &&Output| o.offered(&o.lock());
+        self.outputs.iter().filter(offered).find(|o| o.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.outputs.iter().filter(offered).map(|o| o.name.as_str()).collect();
             let has = if names.len() > 1 { format!("it has {}", names.join(", ")) } else { "it has none".into() };
             JoinRefused::UnknownRendition(format!("the stream has no rendition {name:?}: {has}"))
         })
@@ -239,7 +242,7 @@ impl Stream {
     /// What a player can choose from: `main` (the stream's output) and each rendition whose facts are
     /// known; empty for a stream without renditions or before its source is open.
     pub fn renditions(&self) -> Vec<RenditionInfo> {
-        if self.outputs.len() < 2 {
+        if !self.has_renditions() {
             return Vec::new();
         }
         let main = {
@@ -261,6 +264,12 @@ impl Stream {
         };
         let rest = self.outputs[1..].iter().filter_map(|o| o.lock().info.clone().ok().flatten());
         std::iter::once(main).chain(rest).collect()
+    }
+
+    /// Whether players are offered a choice: a configured rendition, or the implicit H.264 repeat of a `main`
+    /// in another codec.
+    pub fn has_renditions(&self) -> bool {
+        self.outputs[1..].iter().any(|o| o.offered(&o.lock()))
     }
 
     /// Watches the phase (describe waits for `Ready` or `Failed`).

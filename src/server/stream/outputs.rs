@@ -33,6 +33,8 @@ pub(super) struct Output {
     pub name: String,
     /// A rendition's switch and numbering, shared with each pipeline run; `None` for main (always encoded).
     pub control: Option<Arc<RenditionControl>>,
+    /// The implicit H.264 repeat (`auto`), listed and playable only while the pipeline offers it.
+    pub implicit: bool,
     state: Mutex<OutputState>,
 }
 
@@ -53,8 +55,8 @@ pub(super) struct OutputState {
 }
 
 impl Output {
-    /// An output whose state is `core`; `control` for a rendition.
-    pub fn new(name: &str, control: Option<Arc<RenditionControl>>, core: StreamCore) -> Self {
+    /// An output whose state is `core`; `control` for a rendition, `implicit` for the H.264 repeat.
+    pub fn new(name: &str, control: Option<Arc<RenditionControl>>, implicit: bool, core: StreamCore) -> Self {
         let state = OutputState {
             core,
             info: Ok(None),
@@ -63,7 +65,13 @@ impl Output {
             shared: None,
             drops_gone: 0,
         };
-        Self { name: name.to_string(), control, state: Mutex::new(state) }
+        Self { name: name.to_string(), control, implicit, state: Mutex::new(state) }
+    }
+
+    /// Whether players are told of it: a configured rendition always; the implicit repeat once the pipeline
+    /// said what it is (or why it failed), never when `main` is H.264 itself.
+    pub fn offered(&self, state: &OutputState) -> bool {
+        !self.implicit || !matches!(state.info, Ok(None))
     }
 
     /// Its state, locked.

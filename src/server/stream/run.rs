@@ -178,6 +178,19 @@ impl Stream {
         let effects = match event {
             RenditionEvent::Facts(info) => {
                 s.info = Ok(Some(info));
+                drop(s);
+                if o.implicit {
+                    // Main's viewers are told its name from now on, as with configured renditions.
+                    self.main().lock().core.name("main");
+                }
+                return;
+            }
+            RenditionEvent::NotOffered => {
+                s.info = Ok(None);
+                let message = format!("the stream no longer offers {:?}: its video is H.264, play main", o.name);
+                let effects = s.core.on_end(Status::error(ErrorCode::BadRequest, message), now);
+                self.apply(&mut s, effects);
+                o.update_wanted(&s, now);
                 return;
             }
             RenditionEvent::Init(init) => s.core.on_init(init.bytes, init.info),

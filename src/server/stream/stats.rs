@@ -144,12 +144,13 @@ impl Stream {
         let now = Instant::now();
         let (mut viewers, mut shared_viewers, mut dropped_by_viewers) = (0, 0, 0);
         let mut renditions = Vec::new();
+        let listed = self.has_renditions();
         for o in &self.outputs {
             let s = o.lock();
             viewers += s.core.viewer_count();
             shared_viewers += s.core.shared_count();
             dropped_by_viewers += s.dropped();
-            if self.outputs.len() > 1 {
+            if listed && o.offered(&s) {
                 renditions.push(RenditionStats {
                     name: o.name.clone(),
                     viewers: s.core.viewer_count(),
