@@ -92,8 +92,10 @@ pub struct Renditions {
     /// In copy mode, the source's video, decoded for the renditions only while one is watched.
     copy: Option<CopyDecoder>,
     /// How long before its presentation the stream's keyframes decode (a copied source with B-frames), in
-    /// ticks: the renditions' frames decode that much before theirs too, so that a keyframe has the same
-    /// decode time (`tfdt`) and presentation time in every rendition.
+    /// ticks, the most seen in this run: the renditions' frames decode that much before theirs too, so that a
+    /// keyframe has the same decode time (`tfdt`) and presentation time in every rendition. An open GOP's
+    /// keyframes (x265's CRA) decode further ahead than the IDR the stream starts with; never shrinking, it
+    /// changes once and the renditions' decode times stay in order ([`decode_time`]).
     decode_ahead: i64,
     /// The source's audio (parameters, time base), for renditions with an audio bitrate of their own.
     audio_source: Option<(codec::Parameters, Rational)>,
@@ -139,6 +141,7 @@ struct Running {
     muxer: Option<TimedMuxer>,
     info: Option<OutputInfo>,
     last_pts: Option<i64>,
+    last_dts: Option<i64>,
     end_us: i64,
     has_audio: bool,
     fps: f64,
@@ -284,7 +287,7 @@ impl Renditions {
     ) -> Result<(), MediaError> {
         let Some(copy) = self.copy.as_mut() else { return Ok(()) };
         if let (true, Some(pts), Some(dts)) = (packet.is_key(), packet.pts(), packet.dts()) {
-            self.decode_ahead = (pts - dts).max(0);
+            self.decode_ahead = self.decode_ahead.max(pts - dts);
         }
         if !self.outs.iter().any(|o| o.running.is_some() || (o.control.wanted() && !o.left_out)) {
             copy.decoder = None;
@@ -428,6 +431,7 @@ fn encode_one(
                 muxer: None,
                 info: None,
                 last_pts: None,
+                last_dts: None,
                 end_us: 0,
                 has_audio: stream.audio.is_some(),
                 fps: f64::from(o.fps),
@@ -446,11 +450,20 @@ fn encode_one(
         o.control.encode_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
         for mut p in packets {
             let pts = p.packet.pts();
-            p.packet.set_dts(pts.map(|t| t - decode_ahead));
+            let dts = pts.map(|t| decode_time(t, decode_ahead, r.last_dts));
+            r.last_dts = dts.or(r.last_dts);
+            p.packet.set_dts(dts);
             r.write_video(p, (i, &o.control), stream, events)?;
         }
     }
     Ok(())
+}
+
+/// A rendition frame's decode time: `decode_ahead` before its presentation `pts`, after the one before it
+/// (`last`) even when the stream's keyframes came to decode further ahead.
+fn decode_time(pts: i64, decode_ahead: i64, last: Option<i64>) -> i64 {
+    let dts = pts - decode_ahead;
+    last.map_or(dts, |last| dts.max(last + 1))
 }
 
 impl Out {
@@ -560,5 +573,26 @@ impl Running {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_time;
+
+    #[test]
+    fn decode_times_keep_their_order_when_keyframes_come_to_decode_further_ahead() {
+        // 40 ms frames at 90 kHz; an IDR 2 frames ahead, then a CRA 5 frames ahead (x265's open GOP).
+        let mut last = None;
+        let mut out = Vec::new();
+        for (pts, ahead) in
+            [(7200, 7200), (10_800, 7200), (14_400, 18_000), (18_000, 18_000), (21_600, 18_000), (25_200, 18_000)]
+        {
+            let dts = decode_time(pts, ahead, last);
+            out.push(dts);
+            last = Some(dts);
+        }
+        assert_eq!(out, [0, 3600, 3601, 3602, 3603, 7200], "in order, then back to 5 frames ahead");
+        assert_eq!(decode_time(7200, 0, None), 7200, "no B-frames: as presented");
     }
 }

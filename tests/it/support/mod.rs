@@ -179,13 +179,14 @@ pub fn assert_decodes(run: &Run, name: &str) -> PathBuf {
 pub fn assert_bytes_decode(bytes: &[u8], name: &str) -> PathBuf {
     let path = work_dir().join(name);
     std::fs::write(&path, bytes).expect("writing the output");
-    // passthrough: the null output keeps the file's own timestamps. A transcode that sheds frames writes a
-    // variable frame rate (valid MP4), and the CLI's default constant-rate output put two frames 27 ms apart
-    // into one tick of 1/25 s and failed a run in about ten (non monotonically increasing dts).
+    // passthrough and the file's own time base: the null output keeps the file's timestamps. A transcode that
+    // sheds frames writes a variable frame rate (valid MP4), and the CLI's default constant-rate output put two
+    // frames 27 ms apart into one tick of 1/25 s and failed a run in about ten (non monotonically increasing
+    // dts); a rendition of an open-GOP source steps its decode times by a tick once (`decode_time`).
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i"])
         .arg(&path)
-        .args(["-fps_mode", "passthrough", "-f", "null", "-"])
+        .args(["-fps_mode", "passthrough", "-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .expect("running ffmpeg");
     let stderr = String::from_utf8_lossy(&out.stderr);
