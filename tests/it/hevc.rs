@@ -36,7 +36,7 @@ fn check_copied_hevc(run: &Run, name: &str) -> String {
 }
 
 /// 4 s of libx265 Main video (a keyframe a second, B-frames as x265 places them) and AAC in MP4.
-fn hevc_aac_mp4() -> std::path::PathBuf {
+pub(crate) fn hevc_aac_mp4() -> std::path::PathBuf {
     fixture(
         "hevc_aac.mp4",
         &[VIDEO, TONE],

@@ -338,6 +338,60 @@ fn rtmp_push_needs_the_key_and_takes_one_publisher_at_a_time() {
 }
 
 #[test]
+fn an_enhanced_rtmp_hevc_publisher_as_obs_sends_is_copied_as_hvc1_with_an_h264_rendition() {
+    let stack = stack();
+    let page = page(&stack);
+    // x265's defaults (B-frames: the composition times matter), AAC beside it, 12 s.
+    let file = fixture(
+        "hevc_aac_12s.mp4",
+        &["testsrc2=size=320x240:rate=25:duration=12", "sine=frequency=440:sample_rate=44100:duration=12"],
+        &["-c:v", "libx265", "-x265-params", "log-level=error", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    );
+    let tags = support::rtmp::enhanced_hevc_tags(&file);
+    let hvcc = &tags[0].2[5..];
+    let expected = mqtt_video_wire::hevc::parse_hvcc(hvcc).expect("the file's hvcC").ptl.codec_string("hvc1");
+    let mut c = Connection::open(stack.rtmp_port, None);
+    let mut script = Script::ffmpeg_opening(KEY, 4096);
+    c.send(&script.take());
+    assert!(c.wait_for(b"NetStream.Publish.Start", Duration::from_secs(5)), "the right key was not let in");
+    script.metadata();
+    c.send(&script.take());
+    let sender = std::thread::spawn(move || {
+        let sent = c.send_media(&mut script, &tags, Duration::from_secs(12));
+        (sent, c)
+    });
+    sources_where(&stack, |s| s.iter().any(|u| u == "ingest://studio"));
+
+    // Version 2 pages are offered the publisher's HEVC as it came, and H.264 made from it.
+    let reply = page.describe("ingest://studio", &format!("pages/{}/d", rand_suffix()));
+    let renditions = reply["renditions"].as_array().unwrap_or_else(|| panic!("no renditions: {reply}"));
+    let mime = |v: &Value| v["mimeCodec"].as_str().unwrap_or("").to_string();
+    assert_eq!(mime(&renditions[0]), format!("video/mp4; codecs=\"{expected}, mp4a.40.2\""), "{reply}");
+    assert_eq!(renditions[1]["name"], "h264", "{reply}");
+    let stats = page.stats_where(|v| {
+        v["streams"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["url"] == "ingest://studio" && s["output"]["video"] == "copy"))
+    });
+    assert!(stats["streams"].as_array().is_some_and(|s| !s.is_empty()), "{stats}");
+
+    // A version 1 viewer gets the H.264, decoded from the HEVC and encoded again, and it plays.
+    let topic = format!("pages/{}/media", rand_suffix());
+    page.play("ingest://studio", &topic);
+    let mut watched = Watched::default();
+    watched.watch(&page, &topic, Duration::from_secs(10), |w| w.fragments() > 60);
+    let (sent, _c) = sender.join().expect("the publisher thread");
+    let (init, fragments) = &watched.runs[0];
+    let tracks = fmp4::parse_init(init).expect("an init segment");
+    let v1 = mqtt_video_wire::codec_string::mime_type(&tracks).expect("a MIME type");
+    assert!(v1.contains("avc1.") && v1.contains("mp4a.40.2"), "{v1}");
+    assert!(fragments.len() > 60, "{} fragments from {sent} tags", fragments.len());
+    decodes(init, fragments, "ingest-rtmp-hevc-v1.mp4");
+    eprintln!("enhanced RTMP HEVC: {sent} tags; main {expected}, version 1 {v1}, {} fragments", fragments.len());
+    drop(stack.server);
+}
+
+#[test]
 fn srt_push_needs_the_passphrase_and_survives_its_publisher_leaving() {
     let stack = stack();
     let page = page(&stack);

@@ -36,6 +36,21 @@ pub fn adts_config(frame: &[u8]) -> Option<(i32, u32, u32)> {
     (channels > 0).then_some((profile, rate, channels))
 }
 
+/// The sample rate and channel count an AudioSpecificConfig gives (escaped object types and explicit rates
+/// included); None when it is too short or names neither.
+pub fn config_rate_and_channels(asc: &[u8]) -> Option<(u32, u32)> {
+    let mut b = crate::bits::Bits::new(asc);
+    if b.bits(5).ok()? == 31 {
+        b.bits(6).ok()?;
+    }
+    let rate = match b.bits(4).ok()? {
+        15 => b.bits(24).ok()?,
+        index => *FREQUENCIES.get(index as usize)?,
+    };
+    let channels = b.bits(4).ok()?;
+    (rate > 0 && channels > 0).then_some((rate, channels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +64,19 @@ mod tests {
         assert_eq!(audio_specific_config(1, 12345, 2), None, "no index for that rate");
         assert_eq!(audio_specific_config(-99, 48000, 2), None, "unknown profile");
         assert_eq!(audio_specific_config(1, 48000, 0), None);
+    }
+
+    #[test]
+    fn configs_read_back() {
+        assert_eq!(config_rate_and_channels(&[0x11, 0x90]), Some((48000, 2)));
+        assert_eq!(config_rate_and_channels(&[0x12, 0x08]), Some((44100, 1)));
+        // Object type 31 escapes to 32 + 6 bits; index 15 is an explicit 24-bit rate (here 12345 Hz, mono).
+        let explicit = [0x17, 0x80, 0x18, 0x1c, 0x88];
+        assert_eq!(config_rate_and_channels(&explicit), Some((12345, 1)));
+        let escaped = [0xf8, 0x06, 0x40];
+        assert_eq!(config_rate_and_channels(&escaped), Some((48000, 2)));
+        assert_eq!(config_rate_and_channels(&[0x11]), None, "truncated");
+        assert_eq!(config_rate_and_channels(&[0x11, 0x80]), None, "no channels");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{aac, h264, hevc};
 pub type Check = fn(&[u8]);
 
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
-pub const TARGETS: [(&str, Check); 9] = [
+pub const TARGETS: [(&str, Check); 10] = [
     ("fmp4", fmp4),
     ("hevc_parameter_sets", hevc_parameter_sets),
     ("marker_splice", marker_splice),
@@ -28,6 +28,7 @@ pub const TARGETS: [(&str, Check); 9] = [
     ("request", request),
     ("rtmp_chunks", rtmp_chunks),
     ("rtmp_session", rtmp_session),
+    ("rtmp_tags", rtmp_tags),
 ];
 
 /// The input's first byte as a piece length (at least 1) and the rest.
@@ -178,5 +179,31 @@ pub fn rtmp_session(data: &[u8]) {
                 return;
             }
         }
+    }
+}
+
+/// The relay's remux of a verified publisher's tags (each: a kind, a timestamp step, a length, the data; a
+/// first byte may give the metadata's tracks): FLV or Matroska, refused or written, never a panic.
+pub fn rtmp_tags(data: &[u8]) {
+    use crate::rtmp::remux::Remux;
+    let mut remux = Remux::default();
+    let (mut held, mut out) = (Vec::new(), Vec::new());
+    let Some((&first, mut rest)) = data.split_first() else { return };
+    if first & 1 == 1 {
+        remux.metadata((first & 2 != 0, first & 4 != 0));
+    }
+    let mut timestamp = 0u32;
+    while let [kind, step, len, body @ ..] = rest {
+        let n = usize::from(*len).min(body.len());
+        let tag_type = [flv::AUDIO, flv::VIDEO, flv::SCRIPT][usize::from(*kind % 3)];
+        timestamp = timestamp.wrapping_add(u32::from(*step));
+        if remux.tag(&mut held, tag_type, timestamp, &body[..n], &mut out).is_err() {
+            return;
+        }
+        rest = &body[n..];
+    }
+    if !out.is_empty() {
+        let magic: &[u8] = if remux.is_matroska() { &[0x1A, 0x45, 0xDF, 0xA3] } else { b"FLV" };
+        assert!(out.starts_with(magic), "a stream that starts with its header");
     }
 }

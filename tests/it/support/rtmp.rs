@@ -267,3 +267,51 @@ impl Connection {
         sent
     }
 }
+
+/// An HEVC + AAC file's media as an OBS-style enhanced RTMP publisher sends it, as (type, timestamp, data)
+/// tags for [`Connection::send_media`]: the `hvcC` in a SequenceStart (FourCC `hvc1`), the AAC config, then
+/// each frame, video as CodedFrames with its composition time offset, timestamps its decode time in ms.
+pub fn enhanced_hevc_tags(path: &std::path::Path) -> Vec<(u8, u32, Vec<u8>)> {
+    use ffmpeg_next as ffmpeg;
+    let file = std::fs::read(path).expect("the HEVC file");
+    // The hvcC box as the file holds it: its 4-byte size, then "hvcC", then the record.
+    let at = file.windows(4).position(|w| w == b"hvcC").expect("an hvcC in the file");
+    let size = u32::from_be_bytes(file[at - 4..at].try_into().expect("4 bytes")) as usize;
+    let hvcc = file[at + 4..at - 4 + size].to_vec();
+    let mut input = ffmpeg::format::input(&path).expect("the file opens");
+    let video = input.streams().best(ffmpeg::media::Type::Video).expect("video");
+    let audio = input.streams().best(ffmpeg::media::Type::Audio).expect("audio");
+    let (vi, vtb, ai, atb) = (video.index(), video.time_base(), audio.index(), audio.time_base());
+    let decoder = ffmpeg::codec::context::Context::from_parameters(audio.parameters())
+        .and_then(|c| c.decoder().audio())
+        .expect("the AAC's parameters");
+    let asc = mqtt_video_wire::aac::audio_specific_config(1, decoder.rate(), u32::from(decoder.channels()))
+        .expect("an AAC-LC config");
+    let ms = |t: i64, tb: ffmpeg::Rational| t * 1000 * i64::from(tb.numerator()) / i64::from(tb.denominator());
+    let mut frames = Vec::new();
+    for (stream, packet) in input.packets() {
+        let (Some(pts), dts) = (packet.pts(), packet.dts()) else { continue };
+        let Some(data) = packet.data() else { continue };
+        if stream.index() == vi {
+            let (pts, dts) = (ms(pts, vtb), ms(dts.unwrap_or(pts), vtb));
+            let mut tag = vec![0x80 | if packet.is_key() { 0x10 } else { 0x20 } | 1];
+            tag.extend_from_slice(b"hvc1");
+            tag.extend_from_slice(&((pts - dts) as i32).to_be_bytes()[1..]);
+            tag.extend_from_slice(data);
+            frames.push((VIDEO, dts, tag));
+        } else if stream.index() == ai {
+            let mut tag = vec![0xaf, 1];
+            tag.extend_from_slice(data);
+            frames.push((AUDIO, ms(pts, atb), tag));
+        }
+    }
+    // B-frames put the first decode times below 0; a publisher's clock starts at 0.
+    let first = frames.iter().map(|f| f.1).min().unwrap_or(0);
+    let mut sequence_start = vec![0x90];
+    sequence_start.extend_from_slice(b"hvc1");
+    sequence_start.extend_from_slice(&hvcc);
+    let mut tags = vec![(VIDEO, 0, sequence_start), (AUDIO, 0, [&[0xaf, 0][..], &asc].concat())];
+    frames.sort_by_key(|f| f.1);
+    tags.extend(frames.into_iter().map(|(t, ts, data)| (t, (ts - first) as u32, data)));
+    tags
+}

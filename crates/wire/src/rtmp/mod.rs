@@ -10,6 +10,8 @@
 pub mod amf0;
 pub mod chunk;
 pub mod flv;
+pub mod matroska;
+pub mod remux;
 
 use amf0::{AmfError, Value};
 use chunk::{ChunkError, ChunkReader, ChunkWriter, Message};
@@ -151,9 +153,9 @@ pub struct PublishSession {
     created: u32,
     /// Messages read but not acted on yet: those after a publish, until the caller answers it.
     held: VecDeque<Message>,
-    /// Whether the FLV header went out, and what its flags say.
-    flv_started: bool,
-    metadata_tracks: Option<(bool, bool)>,
+    /// FLV or Matroska, decided by the first video tag, and the tags that wait for that.
+    remux: remux::Remux,
+    held_tags: Vec<(u8, u32, Vec<u8>)>,
 }
 
 impl PublishSession {
@@ -170,8 +172,8 @@ impl PublishSession {
             acked: 0,
             created: 0,
             held: VecDeque::new(),
-            flv_started: false,
-            metadata_tracks: None,
+            remux: remux::Remux::default(),
+            held_tags: Vec::new(),
         }
     }
 
@@ -305,8 +307,7 @@ impl PublishSession {
                 if self.phase != Phase::Publishing {
                     return Err(RtmpError::BeforePublish("media"));
                 }
-                self.media(m.type_id, m.timestamp, &m.payload, out);
-                Ok(())
+                self.media(m.type_id, m.timestamp, &m.payload, out)
             }
             AGGREGATE => {
                 if self.phase != Phase::Publishing {
@@ -319,7 +320,7 @@ impl PublishSession {
                         return Err(RtmpError::Malformed("aggregate message"));
                     }
                     let ts = m.timestamp.wrapping_add(t.timestamp_ms.wrapping_sub(first));
-                    self.media(t.tag_type, ts, t.data, out);
+                    self.media(t.tag_type, ts, t.data, out)?;
                 }
                 Ok(())
             }
@@ -412,29 +413,17 @@ impl PublishSession {
         if let Ok(values) = amf0::decode_all(body) {
             if values.first().and_then(Value::as_str) == Some("onMetaData") {
                 if let Some(props) = values.get(1) {
-                    self.metadata_tracks =
-                        Some((props.get("audiocodecid").is_some(), props.get("videocodecid").is_some()));
+                    self.remux.metadata((props.get("audiocodecid").is_some(), props.get("videocodecid").is_some()));
                 }
             }
         }
-        self.media(flv::SCRIPT, timestamp, body, out);
-        Ok(())
+        self.media(flv::SCRIPT, timestamp, body, out)
     }
 
-    /// An FLV tag for libavformat, after the FLV header (whose flags come from the metadata, or else from
-    /// the first audio or video tag, as libavformat's own RTMP server decides them).
-    fn media(&mut self, tag_type: u8, timestamp: u32, data: &[u8], out: &mut Output) {
-        if !self.flv_started {
-            let (audio, video) = match (self.metadata_tracks, tag_type) {
-                (Some(tracks), _) => tracks,
-                // Data that is not metadata, before anything says which tracks come: of no use to anyone.
-                (None, flv::SCRIPT) => return,
-                (None, t) => (t == flv::AUDIO, t == flv::VIDEO),
-            };
-            out.media.extend_from_slice(&flv::header(audio, video));
-            self.flv_started = true;
-        }
-        flv::put_tag(&mut out.media, tag_type, timestamp, data);
+    /// A tag for libavformat: in FLV (whose header's flags come from the metadata, or else from the first
+    /// audio or video tag, as libavformat's own RTMP server decides them), or in Matroska for enhanced RTMP.
+    fn media(&mut self, tag_type: u8, timestamp: u32, data: &[u8], out: &mut Output) -> Result<(), RtmpError> {
+        self.remux.tag(&mut self.held_tags, tag_type, timestamp, data, &mut out.media)
     }
 
     /// The replies to `connect`, as libavformat's RTMP server sends them.
