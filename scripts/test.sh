@@ -6,17 +6,18 @@
 # exactly this. Each stage's and each lane's time is printed at the end.
 #
 # On two cores, in this order (docs/testing.md has the measurements behind it): the test build; the tests that
-# measure this machine's CPU, alone; the other Rust tests (six at a time: most of their time is waiting on
-# sources, brokers and timeouts) beside the browser files that check behaviour rather than time (lossy links,
-# logins, proxies, the page's units), with the image check beneath them at the lowest priority (nice 19,
-# taking only idle CPU); then the browser files that measure latency, frame rate and recovery, in pairs that
-# were measured not to disturb each other, with clippy and the fuzzing beneath them at nice 19; the heavy ones
-# (WebKitGTK drawing in software, a 720p page on a throttled link) keep the machine to themselves.
+# measure this machine's CPU or a source's real-time timing, alone; the other Rust tests (four at a time)
+# beside the browser files that check behaviour rather than time (lossy links, logins, proxies, the page's
+# units), with the image check and the fuzzing beneath them at the lowest priority (nice 19, taking only idle
+# CPU); then the browser files that measure latency, frame rate and recovery: Chromium's and Firefox's engine
+# suite beside the player files, with clippy beneath them at nice 19; the heavy ones (a 720p page on a
+# throttled link, WebKitGTK drawing in software) keep the machine to themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Integration tests whose figures are this machine's CPU (admission, shedding, the ffmpeg reference).
-ALONE='test(/^(overload|bench)::/)'
+# Integration tests whose figures are this machine's CPU (admission, shedding, the ffmpeg reference), and one
+# that times a hand-over between two live encodes to the frame.
+ALONE='test(/^(overload|bench)::/) | test(/^renditions::a_page_describes/)'
 logs="$(mktemp -d)"
 times=()
 # CPU_NOW: CPU seconds of this shell's finished children, from bash's `times` (second line). It is called
@@ -109,11 +110,12 @@ every_file_once() {
 }
 stage "browser files listed" every_file_once
 
-# The Rust tests, with the behaviour-checking browser files beside them.
+# The Rust tests, with the behaviour-checking browser files beside them and the fuzzing beneath.
 rust_tests() {
   local rc=0
+  start_lane fuzz nice -n 19 bash scripts/fuzz.sh 15
   start_lane "browser files beside the Rust tests" browser_files chromium,firefox "${BESIDE_RUST[@]}"
-  (lane "Rust tests" cargo nextest run --workspace --no-fail-fast -j "${TEST_THREADS:-6}" -E "not ($ALONE)") || rc=1
+  (lane "Rust tests" cargo nextest run --workspace --no-fail-fast -j "${TEST_THREADS:-4}" -E "not ($ALONE)") || rc=1
   echo "== lane Rust tests"
   cat "$logs/Rust tests.log"
   wait_lanes || rc=1
@@ -135,15 +137,9 @@ webkit() {
   echo "== WebKit: the run above failed; once more"
   browser_files webkit engines.test.js hevc.test.js
 }
-stage "other Rust tests, browser files beside" rust_tests
+stage "other Rust tests, browser files beside, fuzzing" rust_tests
 lanes=("${image_lanes[@]}")
 stage "docker image (chroot), waited for" wait_lanes
-# A short run of each fuzz target (scripts/fuzz.sh builds them first), beneath every browser stage.
-start_lane fuzz nice -n 19 bash scripts/fuzz.sh 15
-fuzz_lanes=("${lanes[@]}")
-lanes=()
 stage "browser tests, paired; clippy" paired_browsers
 stage "browser tests on throttled links" browser_files chromium,firefox "${ALONE_BROWSER[@]}"
 stage "browser tests, WebKit" webkit
-lanes=("${fuzz_lanes[@]}")
-stage "fuzzing, waited for" wait_lanes

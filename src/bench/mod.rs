@@ -334,6 +334,19 @@ fn aggregate(
     describe.extend(monitor_describe_ms);
     let latencies: Vec<f64> = results.iter().flat_map(|r| r.timeline.iter().map(|p| p.1)).collect();
     let bitrates: Vec<f64> = per_viewer.iter().filter_map(|v| v.bitrate_kbps).collect();
+    let renditions = stream
+        .as_ref()
+        .and_then(|s| s.get("renditions"))
+        .and_then(|r| serde_json::from_value::<Vec<mqtt_video_wire::output::RenditionInfo>>(r.clone()).ok());
+    let played = match (options.protocol, &options.rendition) {
+        (2, Some(name)) => name.clone(),
+        (2, None) => "main".into(),
+        // Version 1: `main`, or its H.264 repeat when main is in a codec not every browser decodes.
+        _ => renditions
+            .as_deref()
+            .and_then(mqtt_video_wire::output::h264_repeat)
+            .map_or_else(|| "main".into(), |r| format!("{} (version 1)", r.name)),
+    };
     Report {
         version: REPORT_VERSION,
         broker,
@@ -341,6 +354,7 @@ fn aggregate(
         viewers: options.viewers,
         seconds: options.seconds,
         stream,
+        played: Some(played),
         first_play: FirstPlay {
             cold,
             init_ms: first.and_then(|v| v.init_ms),

@@ -22,6 +22,9 @@ pub struct Report {
     pub seconds: f64,
     /// What the server said the stream is (the describe reply), if any viewer got one.
     pub stream: Option<serde_json::Value>,
+    /// The rendition these viewers played (`main`, or the H.264 one version 1 viewers get of an HEVC stream).
+    #[serde(default)]
+    pub played: Option<String>,
     /// The first viewer's play, sent before any other request for the URL.
     pub first_play: FirstPlay,
     /// Describe and play of the other viewers, while the stream runs.
@@ -194,7 +197,16 @@ impl Report {
                 field("mimeCodec").unwrap_or_default(),
             );
         }
-        let _ = writeln!(out, "{} viewer(s), {:.0} s each\n", self.viewers, self.seconds);
+        let renditions = stream
+            .and_then(|s| s.get("renditions"))
+            .and_then(|r| serde_json::from_value::<Vec<mqtt_video_wire::output::RenditionInfo>>(r.clone()).ok());
+        if let Some((main, others)) = renditions.as_ref().and_then(|r| r.split_first()) {
+            for (i, line) in mqtt_video_wire::output::who_gets_what(main, None, others).iter().enumerate() {
+                let _ = writeln!(out, "{}{line}", if i == 0 { "shapes: " } else { "        " });
+            }
+        }
+        let played = self.played.as_deref().map(|p| format!(", playing {p}")).unwrap_or_default();
+        let _ = writeln!(out, "{} viewer(s){played}, {:.0} s each\n", self.viewers, self.seconds);
         let cold = match self.first_play.cold {
             Some(true) => "cold",
             Some(false) => "warm: the stream was already running",
@@ -288,6 +300,7 @@ mod tests {
             seconds: 5.0,
             stream: Some(serde_json::json!({"width": 640, "height": 360, "fps": 30.0, "video": "transcode",
                 "audio": "transcode", "mimeCodec": "video/mp4; codecs=\"avc1.64001E, mp4a.40.2\""})),
+            played: Some("main".into()),
             first_play: FirstPlay { cold: Some(true), init_ms: Some(210.0), first_fragment_ms: Some(230.0) },
             warm: Warm::default(),
             latency: Summary::of(&[30.0, 35.0, 40.0]),
@@ -320,6 +333,24 @@ mod tests {
         assert!(t.contains("viewer 1: no init segment"), "{t}");
         assert!(t.contains("server upload (kbit/s)             1234.5"), "{t}");
         assert!(t.contains("realtime, media s per wall s       0.987 (slowest of 1 viewer(s)"), "{t}");
+        assert!(t.contains("2 viewer(s), playing main, 5 s each"), "{t}");
+        assert!(!t.contains("shapes:"), "a stream without renditions has one shape: {t}");
+    }
+
+    #[test]
+    fn an_hevc_stream_s_shapes_and_who_gets_them() {
+        let mut r = report();
+        let rendition = |name: &str, codec: &str| {
+            serde_json::json!({"name": name, "mimeCodec": format!("video/mp4; codecs=\"{codec}, mp4a.40.2\""),
+                "width": 1920, "height": 1080, "fps": 30.0, "bitrate_kbps": null})
+        };
+        r.stream = Some(serde_json::json!({"width": 1920, "height": 1080, "fps": 30.0, "video": "transcode",
+            "renditions": [rendition("main", "hvc1.1.6.L120.90"), rendition("h264", "avc1.640028")]}));
+        r.played = Some("h264 (version 1)".into());
+        let t = r.to_table();
+        assert!(t.contains("shapes: main (hvc1): browsers that decode it"), "{t}");
+        assert!(t.contains("        h264 (1920x1080, video/mp4; codecs=\"avc1.640028, mp4a.40.2\", video converted while watched): browsers that do not decode main, and version 1 clients"), "{t}");
+        assert!(t.contains("playing h264 (version 1)"), "{t}");
     }
 
     #[test]

@@ -233,8 +233,17 @@ fn print_text(r: &Report) {
     println!("mode         video {:?}, audio {:?}", r.source.video, r.source.audio);
     println!("mime         {}", r.output.mime_codec);
     println!("output       {}x{} @ {:.2} fps", r.output.width, r.output.height, r.output.fps);
-    for line in viewer_lines(&r.output, &r.renditions) {
-        println!("{line}");
+    let main = RenditionInfo {
+        name: "main".into(),
+        mime_codec: r.output.mime_codec.clone(),
+        width: r.output.width,
+        height: r.output.height,
+        fps: r.output.fps,
+        bitrate_kbps: None,
+    };
+    let copied = Some(r.output.video == TrackMode::Copy);
+    for (i, line) in mqtt_video_wire::output::who_gets_what(&main, copied, &r.renditions).iter().enumerate() {
+        println!("{}{line}", if i == 0 { "viewers      " } else { "             " });
     }
     println!("init         {} bytes", r.init_segment_bytes);
     println!(
@@ -253,27 +262,4 @@ fn print_text(r: &Report) {
         "timing       source {:.0} ms, init {:.0} ms, first fragment {:.0} ms",
         r.time_to_source_ms, r.time_to_init_ms, r.time_to_first_fragment_ms
     );
-}
-
-/// Who gets what: `main` and each rendition, with what is done to the video for it.
-fn viewer_lines(main: &OutputInfo, renditions: &[RenditionInfo]) -> Vec<String> {
-    let video = |mode: TrackMode| match mode {
-        TrackMode::Copy => "video copied",
-        TrackMode::Transcode => "video converted",
-    };
-    let main_codec = mqtt_video_wire::output::video_codec(&main.mime_codec);
-    let h264 = mqtt_video_wire::output::is_h264(&main.mime_codec);
-    let who = if h264 { "every browser" } else { "browsers that decode it" };
-    let mut lines = vec![format!("viewers      main ({main_codec}, {}): {who}", video(main.video))];
-    for r in renditions {
-        let repeat = !h264
-            && mqtt_video_wire::output::is_h264(&r.mime_codec)
-            && (r.width, r.height) == (main.width, main.height);
-        let who = if repeat { "browsers that do not decode main, and version 1 clients" } else { "pages that pick it" };
-        lines.push(format!(
-            "             {} ({}x{}, {}, video converted while watched): {who}",
-            r.name, r.width, r.height, r.mime_codec
-        ));
-    }
-    lines
 }

@@ -1,7 +1,7 @@
 //! What a browser is told about a stream's output: its MIME type and size, and its renditions. The media
 //! layer fills these in from the real init segment; the protocol carries them in describe replies.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What happens to one track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,7 +34,7 @@ pub struct OutputInfo {
 }
 
 /// A rendition as a player chooses it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenditionInfo {
     /// Its name (`main` is the stream's own output).
     pub name: String,
@@ -56,6 +56,33 @@ pub fn video_codec(mime: &str) -> &str {
     let codecs = mime.split_once("codecs=").map_or("", |(_, c)| c.trim_start_matches('"'));
     let first = codecs.split([',', '"']).next().unwrap_or("").trim();
     first.split('.').next().unwrap_or("")
+}
+
+/// Who gets which shape of a stream, a line each: `main` (its video `copied` or converted, when known) and
+/// each other rendition, converted while watched; an H.264 rendition at the size of a `main` in another codec
+/// is the one for browsers that do not decode that codec, and for version 1 clients.
+pub fn who_gets_what(main: &RenditionInfo, copied: Option<bool>, others: &[RenditionInfo]) -> Vec<String> {
+    let h264 = is_h264(&main.mime_codec);
+    let how = match copied {
+        Some(true) => ", video copied",
+        Some(false) => ", video converted",
+        None => "",
+    };
+    let who = if h264 { "every browser" } else { "browsers that decode it" };
+    let mut lines = vec![format!("main ({}{how}): {who}", video_codec(&main.mime_codec))];
+    let repeat = h264_repeat(&[std::slice::from_ref(main), others].concat()).map(|r| r.name.clone());
+    for r in others {
+        let who = if repeat.as_ref() == Some(&r.name) {
+            "browsers that do not decode main, and version 1 clients"
+        } else {
+            "pages that pick it"
+        };
+        lines.push(format!(
+            "{} ({}x{}, {}, video converted while watched): {who}",
+            r.name, r.width, r.height, r.mime_codec
+        ));
+    }
+    lines
 }
 
 /// Whether a MIME type's video is H.264 (`avc1`, `avc3`), which every browser decodes.
@@ -94,8 +121,19 @@ mod tests {
         let name = |list: &[RenditionInfo]| h264_repeat(list).map(|r| r.name.clone());
         assert_eq!(name(&[hevc.clone(), low.clone(), repeat.clone()]), Some("h264".into()));
         assert_eq!(name(&[hevc.clone(), low.clone()]), None, "no H.264 at main's size: main");
-        assert_eq!(name(&[rendition("main", "avc1.64001F", 1920, 1080), repeat]), None, "main is H.264 already");
-        assert_eq!(name(&[hevc]), None);
+        assert_eq!(
+            name(&[rendition("main", "avc1.64001F", 1920, 1080), repeat.clone()]),
+            None,
+            "main is H.264 already"
+        );
+        assert_eq!(name(std::slice::from_ref(&hevc)), None);
         assert_eq!(name(&[]), None);
+
+        let lines = who_gets_what(&hevc, Some(true), &[low.clone(), repeat.clone()]);
+        assert_eq!(lines[0], "main (hvc1, video copied): browsers that decode it");
+        assert!(lines[1].starts_with("low (640x360, ") && lines[1].ends_with("pages that pick it"), "{lines:?}");
+        assert!(lines[2].starts_with("h264 (1920x1080, ") && lines[2].ends_with("and version 1 clients"), "{lines:?}");
+        let h264_main = rendition("main", "avc1.64001F", 1920, 1080);
+        assert_eq!(who_gets_what(&h264_main, None, &[]), ["main (avc1): every browser"]);
     }
 }
