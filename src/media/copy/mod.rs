@@ -150,25 +150,31 @@ impl CopyVideo {
 pub struct CopyAudio {
     parameters: codec::Parameters,
     time_base: Rational,
+    /// Decodes each frame, to leave out the damaged ones the demuxer did not flag.
+    check: Option<keycheck::AudioCheck>,
 }
 
 impl CopyAudio {
     /// A copy of the source's audio `stream`.
     pub fn new(stream: &Stream) -> Self {
-        Self { parameters: stream.parameters(), time_base: stream.time_base() }
+        Self {
+            parameters: stream.parameters(),
+            time_base: stream.time_base(),
+            check: keycheck::AudioCheck::new(&stream.parameters()),
+        }
     }
 
     /// `packet` with its times on the output's timeline (in the stream's time base), or None when it is left
     /// out: damaged (counted in `stats`), without a time, or before the timeline starts. `rel` places a source
     /// time (µs) on the output's timeline.
     pub fn packet(
-        &self,
+        &mut self,
         mut packet: Packet,
         stats: &PipelineStats,
         rel: impl FnOnce(i64) -> Option<i64>,
     ) -> Option<Packet> {
         // An AAC frame stands alone: a damaged one is left out (a 21 ms gap), not handed to browsers.
-        if packet.is_corrupt() {
+        if packet.is_corrupt() || self.check.as_mut().is_some_and(|c| !c.is_clean(&packet)) {
             stats.damaged.fetch_add(1, Ordering::Relaxed);
             return None;
         }
