@@ -97,12 +97,62 @@ fn probe_says_main_is_the_copied_hevc_and_h264_is_made_for_the_other_browsers() 
 
 #[test]
 fn hevc_over_udp_ts_joined_mid_stream_is_copied_from_its_next_keyframe() {
-    let source = UdpSource::start_hevc(30);
+    let source = UdpSource::start_hevc(30, 0.0);
     std::thread::sleep(Duration::from_millis(700));
     let mut config = copy();
     config.source.pacing = mqtt_video::media::config::Pacing::Auto;
     let run = collect(&source.url, config, 3.0, Duration::from_secs(30));
     check_copied_hevc(&run, "udp-ts-hevc");
+}
+
+#[test]
+fn damaged_hevc_over_udp_ts_never_reaches_the_output() {
+    // 2 % of the datagrams lost: the damaged frames and the rest of their GOP are kept back, as for H.264.
+    let source = UdpSource::start_hevc(30, 0.02);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut config = copy();
+    config.source.pacing = mqtt_video::media::config::Pacing::Auto;
+    let (run, stats) = collect_with_stats(&source.url, config, 8.0, Duration::from_secs(30));
+    assert!(run.end.is_none(), "{:?}", run.end);
+    let lost = source.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lost > 0 && stats.damaged > 0, "the forwarder dropped {lost}, the pipeline kept back {}", stats.damaged);
+    eprintln!(
+        "HEVC TS, {lost} datagrams lost: {} fragments, {} damaged packets kept back",
+        run.fragments.len(),
+        stats.damaged
+    );
+    // What went out decodes without one error.
+    assert_decodes(&run, "udp-loss-hevc.mp4");
+}
+
+#[test]
+fn a_slow_consumer_of_copied_hevc_loses_whole_gops_up_to_a_keyframe() {
+    use mqtt_video::media::config::Backpressure;
+    use mqtt_video::media::{Pipeline, PipelineEvent};
+    let mut config = copy();
+    config.backpressure = Backpressure::Drop;
+    config.channel_capacity = 4;
+    config.source.looping = true;
+    let mut pipeline = Pipeline::start(&hevc_aac_mp4().display().to_string(), config).expect("the pipeline starts");
+    // The file is read as fast as it goes and nothing is taken for a while: the channel overflows.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut last, mut received, mut gaps) = (None, 0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received < 200 && std::time::Instant::now() < deadline {
+        let Ok(PipelineEvent::Fragment(f)) = pipeline.events().recv_timeout(Duration::from_secs(5)) else { continue };
+        if let Some(prev) = last {
+            if f.sequence != prev + 1 {
+                assert!(f.keyframe, "after a gap ({prev} -> {}) delivery resumes at a keyframe", f.sequence);
+                gaps += 1;
+            }
+        }
+        last = Some(f.sequence);
+        received += 1;
+    }
+    let stats = pipeline.stats().snapshot();
+    assert!(stats.fragments_dropped > 0 && gaps > 0, "{stats:?}, {gaps} gaps");
+    assert_eq!(received, 200);
+    pipeline.join();
 }
 
 #[test]

@@ -25,13 +25,23 @@ struct Publisher {
     first_frame_at: Arc<Mutex<Option<Instant>>>,
 }
 
+const X264: [&str; 6] = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"];
+/// An HEVC encoder as a camera or an OBS would push it: no B-frames, a keyframe a second.
+const X265: [&str; 8] =
+    ["-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency", "-x265-params", "log-level=error"];
+
 impl Publisher {
     fn start(size: &str, format: &str, url: &str) -> Self {
+        Self::start_with(&X264, size, format, url)
+    }
+
+    fn start_with(video: &[&str], size: &str, format: &str, url: &str) -> Self {
         let mut child = Command::new("ffmpeg")
             .args(["-hide_banner", "-nostdin", "-debug_ts", "-re", "-f", "lavfi", "-i"])
             .arg(format!("testsrc2=size={size}:rate=30"))
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+            .args(video)
+            .args(["-g", "30", "-pix_fmt", "yuv420p"])
             .args(["-c:a", "aac"])
             // One PES per audio frame: by default ffmpeg groups ~180 ms of audio, which pages must wait for.
             .args(if format == "mpegts" { &["-pes_payload_size", "0"][..] } else { &[] })
@@ -388,6 +398,36 @@ fn an_enhanced_rtmp_hevc_publisher_as_obs_sends_is_copied_as_hvc1_with_an_h264_r
     assert!(fragments.len() > 60, "{} fragments from {sent} tags", fragments.len());
     decodes(init, fragments, "ingest-rtmp-hevc-v1.mp4");
     eprintln!("enhanced RTMP HEVC: {sent} tags; main {expected}, version 1 {v1}, {} fragments", fragments.len());
+    drop(stack.server);
+}
+
+#[test]
+fn hevc_pushed_as_mpeg_ts_over_tcp_and_srt_is_copied_with_an_h264_rendition() {
+    let stack = stack();
+    let page = page(&stack);
+    let srt = format!("srt://127.0.0.1:{}?passphrase={KEY}&latency=20000", stack.srt_port);
+    for (name, url) in [("desk", format!("tcp://127.0.0.1:{}", stack.tcp_port)), ("field", srt)] {
+        let _publisher = Publisher::start_with(&X265, "640x360", "mpegts", &url);
+        let source = format!("ingest://{name}");
+        sources_where(&stack, |s| s.contains(&source));
+        let reply = page.describe(&source, &format!("pages/{}/d", rand_suffix()));
+        let renditions = reply["renditions"].as_array().unwrap_or_else(|| panic!("{name}: no renditions: {reply}"));
+        let mime = |v: &Value| v["mimeCodec"].as_str().unwrap_or("").to_string();
+        assert!(mime(&renditions[0]).starts_with("video/mp4; codecs=\"hvc1.1.6."), "{name}: {reply}");
+        assert_eq!(renditions[1]["name"], "h264", "{name}: {reply}");
+        // Version 1: the H.264 made from it, which decodes.
+        let topic = format!("pages/{}/media", rand_suffix());
+        page.play(&source, &topic);
+        let mut watched = Watched::default();
+        watched.watch(&page, &topic, Duration::from_secs(15), |w| w.fragments() > 45);
+        let (init, fragments) = watched.runs.first().unwrap_or_else(|| panic!("{name}: nothing played"));
+        let v1 = mqtt_video_wire::codec_string::mime_type(&fmp4::parse_init(init).expect("an init")).expect("a MIME");
+        assert!(v1.contains("avc1."), "{name}: {v1}");
+        assert!(fragments.len() > 45, "{name}: {} fragments", fragments.len());
+        decodes(init, fragments, &format!("ingest-{name}-hevc-v1.mp4"));
+        page.stop(&topic);
+        eprintln!("HEVC pushed to {name}: main {}, version 1 {v1}", mime(&renditions[0]));
+    }
     drop(stack.server);
 }
 

@@ -27,10 +27,10 @@ impl UdpSource {
     }
 
     /// The same with HEVC video (libx265, no B-frames), as an HEVC camera's TS.
-    pub fn start_hevc(gop: u32) -> Self {
+    pub fn start_hevc(gop: u32, loss: f64) -> Self {
         let x265 =
             ["-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency", "-x265-params", "log-level=error"];
-        Self::start_encoded(gop, 0.0, &x265)
+        Self::start_encoded(gop, loss, &x265)
     }
 
     fn start_encoded(gop: u32, loss: f64, video_codec: &[&str]) -> Self {
