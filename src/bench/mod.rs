@@ -334,10 +334,7 @@ fn aggregate(
     describe.extend(monitor_describe_ms);
     let latencies: Vec<f64> = results.iter().flat_map(|r| r.timeline.iter().map(|p| p.1)).collect();
     let bitrates: Vec<f64> = per_viewer.iter().filter_map(|v| v.bitrate_kbps).collect();
-    let renditions = stream
-        .as_ref()
-        .and_then(|s| s.get("renditions"))
-        .and_then(|r| serde_json::from_value::<Vec<mqtt_video_wire::output::RenditionInfo>>(r.clone()).ok());
+    let renditions = stream.as_ref().and_then(report::renditions_of);
     let played = match (options.protocol, &options.rendition) {
         (2, Some(name)) => name.clone(),
         (2, None) => "main".into(),

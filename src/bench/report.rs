@@ -173,6 +173,11 @@ fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
     }
 }
 
+/// The renditions a describe reply lists, `main` first (none for a stream without them).
+pub fn renditions_of(stream: &serde_json::Value) -> Option<Vec<mqtt_video_wire::output::RenditionInfo>> {
+    serde_json::from_value(stream.get("renditions")?.clone()).ok()
+}
+
 impl Report {
     /// The report as a table for people.
     pub fn to_table(&self) -> String {
@@ -197,9 +202,7 @@ impl Report {
                 field("mimeCodec").unwrap_or_default(),
             );
         }
-        let renditions = stream
-            .and_then(|s| s.get("renditions"))
-            .and_then(|r| serde_json::from_value::<Vec<mqtt_video_wire::output::RenditionInfo>>(r.clone()).ok());
+        let renditions = stream.and_then(renditions_of);
         if let Some((main, others)) = renditions.as_ref().and_then(|r| r.split_first()) {
             for (i, line) in mqtt_video_wire::output::who_gets_what(main, None, others).iter().enumerate() {
                 let _ = writeln!(out, "{}{line}", if i == 0 { "shapes: " } else { "        " });
