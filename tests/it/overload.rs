@@ -152,7 +152,8 @@ fn six_720p_transcodes_at_once_admit_what_keeps_real_time_and_refuse_the_rest() 
                 assert_eq!(status["code"], "overloaded", "{url}: {status}");
                 let message = status["message"].as_str().unwrap_or_default();
                 assert!(message.contains("limits.cpu_budget_percent") && message.contains("measured"), "{message}");
-                assert!(after <= Duration::from_secs(2), "{url}: refused after {after:?}");
+                // A request waits up to 3 s for a first measurement (ADMIT_WAIT).
+                assert!(after <= Duration::from_secs(4), "{url}: refused after {after:?}");
                 assert!(w.timeline.is_empty(), "{url}: media before the refusal");
                 println!("refused after {after:?}: {message}");
                 refused += 1;
