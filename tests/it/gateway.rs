@@ -355,9 +355,17 @@ fn mqtt_answers<S: Read + Write>(socket: &mut S, id: &str) -> bool {
     connect.extend_from_slice(id.as_bytes());
     let answers = |socket: &mut S, frame: &[u8], expected: u8| {
         socket.write_all(&ws_frame(frame)).is_ok() && {
-            // An unmasked binary frame from the server: 0x82, a length, then the MQTT packet.
-            let mut head = [0u8; 3];
-            socket.read_exact(&mut head).is_ok() && head[0] == 0x82 && head[2] == expected
+            // An unmasked binary frame from the server: 0x82, a length, then the MQTT packet. The gateway's
+            // pings (0x89, 8 bytes) may come first; a client of a WebSocket reads past them.
+            let mut head = [0u8; 2];
+            while socket.read_exact(&mut head).is_ok() && head[0] == 0x89 {
+                let mut ping = vec![0u8; usize::from(head[1])];
+                if socket.read_exact(&mut ping).is_err() {
+                    return false;
+                }
+            }
+            let mut first = [0u8; 1];
+            head[0] == 0x82 && socket.read_exact(&mut first).is_ok() && first[0] == expected
         }
     };
     answers(socket, &connect, 0x20) && {

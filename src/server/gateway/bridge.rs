@@ -112,7 +112,10 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
                 }
                 // MQTT over WebSocket is binary only; text is a protocol error.
                 Message::Text(_) | Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => liveness.on_control(now),
+                Message::Ping(_) => liveness.on_control(now),
+                // Answers to the gateway's own pings, which any WebSocket stack sends by itself: they time the
+                // path, but say nothing of a page that stopped speaking MQTT.
+                Message::Pong(payload) => lock().path.pong(&payload, now),
             }
         }
         let _ = to_broker.shutdown().await;
@@ -150,6 +153,13 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
     };
     let to_browser_side = async {
         loop {
+            // A ping behind what the socket took: its answer times the path beyond it (`PathDelay`).
+            let ping = lock().path.ping(Instant::now().into_std());
+            if let Some(payload) = ping {
+                if to_browser.send(Message::Ping(Bytes::copy_from_slice(&payload))).await.is_err() {
+                    return;
+                }
+            }
             let next = lock().pop();
             match next {
                 Some(packet) => {
@@ -158,7 +168,16 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
                     }
                 }
                 None if broker_done.load(Ordering::Relaxed) => break,
-                None => more.notified().await,
+                None => {
+                    let due = lock().path.next_ping();
+                    match due {
+                        Some(due) => tokio::select! {
+                            () = more.notified() => {}
+                            () = tokio::time::sleep_until(Instant::from_std(due)) => {}
+                        },
+                        None => more.notified().await,
+                    }
+                }
             }
         }
         let _ = to_browser.send(Message::Close(None)).await;
@@ -167,6 +186,10 @@ pub async fn pump<P: Send>(config: &BridgeConfig, ws: WebSocket, slot: Option<Sl
         () = upstream => {}
         () = from_broker_side => {}
         () = to_browser_side => {}
+    }
+    let shed = lock().shed;
+    if shed > 0 {
+        tracing::info!(shed, "gateway: a browser left; fragments shed for its link while it was connected");
     }
     drop((slot, permit));
 }

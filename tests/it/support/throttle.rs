@@ -23,6 +23,12 @@ pub struct Throttle {
 impl Throttle {
     /// Starts a proxy to `upstream`, unthrottled until `set_rate`.
     pub fn start(upstream: SocketAddr) -> Self {
+        Self::start_with_queue(upstream, 0)
+    }
+
+    /// The same with a queue of `queue_bytes` in front of the paced link, filled as fast as the gateway
+    /// sends, as a phone's cellular link or a Wi-Fi router holds one: the gateway's socket never sees it.
+    pub fn start_with_queue(upstream: SocketAddr, queue_bytes: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the throttle");
         let addr = listener.local_addr().expect("its address");
         let bits_per_second = Arc::new(AtomicU64::new(0));
@@ -34,7 +40,13 @@ impl Throttle {
                 let (Ok(client_w), Ok(server_w)) = (client.try_clone(), server.try_clone()) else { continue };
                 std::thread::spawn(move || copy(client, server_w, None));
                 let rate = Arc::clone(&rate);
-                std::thread::spawn(move || copy(server, client_w, Some(rate)));
+                if queue_bytes == 0 {
+                    std::thread::spawn(move || copy(server, client_w, Some(rate)));
+                } else {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue_bytes / CHUNK);
+                    std::thread::spawn(move || fill(server, tx));
+                    std::thread::spawn(move || drain(rx, client_w, rate));
+                }
             }
         });
         Self { addr, bits_per_second }
@@ -54,6 +66,46 @@ fn connect(upstream: SocketAddr) -> std::io::Result<TcpStream> {
     socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
     socket.connect(&upstream.into())?;
     Ok(socket.into())
+}
+
+/// Bytes read into the deep queue at a time.
+const CHUNK: usize = 4096;
+
+/// Reads `from` as fast as it sends into the queue, until it closes or the queue's reader is gone.
+fn fill(mut from: TcpStream, queue: std::sync::mpsc::SyncSender<Vec<u8>>) {
+    let mut buf = [0u8; CHUNK];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || queue.send(buf[..n].to_vec()).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Writes what the queue holds to `to`, paced to `rate`.
+fn drain(queue: std::sync::mpsc::Receiver<Vec<u8>>, mut to: TcpStream, rate: Arc<AtomicU64>) {
+    let mut tokens = BURST_BYTES;
+    let mut last = Instant::now();
+    while let Ok(chunk) = queue.recv() {
+        let bps = rate.load(Ordering::Relaxed);
+        if bps > 0 {
+            let per_second = bps as f64 / 8.0;
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(last).as_secs_f64() * per_second).min(BURST_BYTES);
+            last = now;
+            tokens -= chunk.len() as f64;
+            if tokens < 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(-tokens / per_second));
+            }
+        } else {
+            tokens = BURST_BYTES;
+            last = Instant::now();
+        }
+        if to.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
 }
 
 /// Copies `from` to `to` until either end closes; `rate` paces it with a token bucket.
