@@ -7,6 +7,7 @@ mod addresses;
 mod bridge;
 mod certificate;
 mod liveness;
+pub mod probe;
 pub mod tls;
 
 use super::health::Health;
@@ -117,6 +118,7 @@ impl Gateway {
             .with_state(bridge)
             .route(TLS_INFO_PATH, get(tls_info).with_state(tls.clone()))
             .route(HEALTH_PATH, get(move || healthz(Arc::clone(&health))))
+            .route(probe::PROBE_PATH, get(probe::probe))
             .merge(routes)
             .merge(page);
         Ok(Self { listener, router, addresses, request_timeout: Duration::from_secs(config.request_timeout_secs), tls })
@@ -160,6 +162,12 @@ impl Gateway {
             // SO_SNDBUF it leaves room for what is in flight, so a distant browser is not held to sndbuf / RTT.
             let _ = tcp.set_nodelay(true);
             let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(UNSENT_LIMIT);
+            // A second handle on the socket, for the bridge to size its send buffer as the path delivers
+            // (what is in flight stays within that, so a path with a deep queue cannot hide seconds in it).
+            let send_buffer = std::os::fd::AsFd::as_fd(&tcp)
+                .try_clone_to_owned()
+                .ok()
+                .map(|fd| bridge::SendBuffer(Arc::new(socket2::Socket::from(fd))));
             let router = self.router.clone();
             let timeout = self.request_timeout;
             let tls = self.tls.clone();
@@ -170,7 +178,13 @@ impl Gateway {
                     Ok(Ok(1)) => first[0] == plain_http::TLS_HANDSHAKE,
                     _ => return, // closed, failed or silent: nothing to serve
                 };
-                let http = |secure| Http { router, slot, timeout, connection: Connection { secure, trusted_peer } };
+                let http = |secure| Http {
+                    router,
+                    slot,
+                    timeout,
+                    connection: Connection { secure, trusted_peer },
+                    send_buffer,
+                };
                 match tls {
                     Some(tls) if opens_tls => match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
                         Ok(Ok(stream)) => http(true).serve(stream, peer).await,
@@ -190,14 +204,18 @@ struct Http {
     slot: Slot,
     timeout: Duration,
     connection: Connection,
+    send_buffer: Option<bridge::SendBuffer>,
 }
 
 impl Http {
     async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: I, peer: std::net::SocketAddr) {
-        let Self { router, slot, timeout, connection } = self;
+        let Self { router, slot, timeout, connection, send_buffer } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(slot.clone());
             request.extensions_mut().insert(connection);
+            if let Some(buffer) = &send_buffer {
+                request.extensions_mut().insert(buffer.clone());
+            }
             router.clone().oneshot(request)
         });
         let served = hyper::server::conn::http1::Builder::new()
@@ -260,6 +278,7 @@ async fn upgrade(
     State(bridge): State<Arc<Bridge>>,
     slot: Option<Extension<Slot>>,
     connection: Option<Extension<Connection>>,
+    send_buffer: Option<Extension<bridge::SendBuffer>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -285,8 +304,9 @@ async fn upgrade(
     };
     let max = bridge.config.max_message_bytes;
     let slot = forwarded_slot.or(slot.map(|Extension(slot)| slot));
+    let send_buffer = send_buffer.map(|Extension(b)| b);
     ws.protocols(["mqtt"])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move { bridge::pump(&bridge.config, socket, slot, permit).await })
+        .on_upgrade(move |socket| async move { bridge::pump(&bridge.config, socket, slot, permit, send_buffer).await })
 }

@@ -399,6 +399,20 @@ fn https_and_http_share_one_port_and_the_made_certificate_outlives_a_restart() {
     // Plain HTTP on the same port still serves loopback; through a trusted proxy (loopback here) the proxy's
     // HTTPS is not the gateway's to tell.
     assert!(http(&addr, &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n")).starts_with("HTTP/1.1 200"));
+    // The page's link probe: the bytes asked for, never cached, and a clear refusal past its limit.
+    let probe = https::Conn::open(&addr, "nas.test").get("nas.test:8443", "/probe?bytes=65536&t=1");
+    let head = probe.split_once("\r\n\r\n").map_or("", |(head, _)| head);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("cache-control: no-store"),
+        "{head}"
+    );
+    assert_eq!(probe.split_once("\r\n\r\n").map(|(_, body)| body.len()), Some(65536));
+    let too_big =
+        http(&addr, &format!("GET /probe?bytes=600000 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"));
+    assert!(
+        too_big.starts_with("HTTP/1.1 400") && too_big.ends_with("bytes must be a number from 1 to 524288"),
+        "{too_big}"
+    );
     let proxied = http(&addr, "GET /tls.json HTTP/1.1\r\nHost: home.example\r\nConnection: close\r\n\r\n");
     assert!(proxied.ends_with("{\"https\":false}"), "{proxied}");
     // Restarted, it serves the same certificate: a browser's exception still holds.

@@ -9,6 +9,11 @@
 //! and in the queues of the network (a phone's cellular link, a Wi-Fi router), seconds deep. [`PathDelay`]
 //! measures that part with WebSocket pings sent behind the data, which a browser answers once it has read
 //! everything before them; the queue's delay and the path's excess over its least round trip are summed.
+//! The same answers say how many bytes the browser has read by when, so how fast the path delivers: the
+//! gateway keeps what it lets into the path to about [`QUEUE_BUDGET`] of that ([`PathDelay::send_budget`],
+//! applied as the socket's send buffer). A path with a deep queue (a token bucket holding a second, a
+//! cellular link) then holds little, and the backlog waits in the gateway's queue, where its age is known
+//! at once and shedding starts in time, instead of a round trip later with a second more already sent.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -45,23 +50,56 @@ pub struct Limits {
 /// Pings a browser has not answered yet, at most: one every `every` covers `every * MAX_OUTSTANDING` of delay.
 const MAX_OUTSTANDING: usize = 32;
 
+/// What the path may hold beyond the least round trip's worth, in time at its delivery rate.
+pub const QUEUE_BUDGET: Duration = Duration::from_millis(100);
+/// The send budget never goes under this (a keyframe or two of a camera's stream, a first TCP window), nor
+/// over the most.
+pub const MIN_SEND_BUDGET: usize = 32 * 1024;
+/// See [`MIN_SEND_BUDGET`].
+pub const MAX_SEND_BUDGET: usize = 8 << 20;
+/// Delivery rates are measured over at least this long (two answers read at once say nothing of a rate)...
+const RATE_SPAN: Duration = Duration::from_millis(100);
+/// ...and the fastest of the last this long is the path's (while the stream fills it, what it carries).
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+
 /// The queueing between the gateway's socket and the browser, from WebSocket pings. Pure.
 #[derive(Debug)]
 pub struct PathDelay {
     every: Duration,
     next: u64,
-    /// Sent and not answered yet, oldest first: (sequence number, when).
-    outstanding: VecDeque<(u64, Instant)>,
+    /// Sent and not answered yet, oldest first: (sequence number, when, bytes written before it).
+    outstanding: VecDeque<(u64, Instant, u64)>,
     last_sent: Option<Instant>,
     /// The last answered round trip, and the least seen (the link's own, not queueing).
     last: Option<Duration>,
     least: Option<Duration>,
+    /// Bytes written to the path so far.
+    written: u64,
+    /// (when answered, bytes the browser had read by then), oldest first, over the last RATE_WINDOW.
+    delivered: VecDeque<(Instant, u64)>,
+    /// (when, bytes a second) measured, over the last RATE_WINDOW.
+    rates: VecDeque<(Instant, f64)>,
 }
 
 impl PathDelay {
     /// A meter that pings every `every`.
     pub fn new(every: Duration) -> Self {
-        Self { every, next: 0, outstanding: VecDeque::new(), last_sent: None, last: None, least: None }
+        Self {
+            every,
+            next: 0,
+            outstanding: VecDeque::new(),
+            last_sent: None,
+            last: None,
+            least: None,
+            written: 0,
+            delivered: VecDeque::new(),
+            rates: VecDeque::new(),
+        }
+    }
+
+    /// `n` more bytes went into the path.
+    pub fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
     }
 
     /// The payload of a ping to send now, when one is due.
@@ -72,9 +110,19 @@ impl PathDelay {
         }
         let sequence = self.next;
         self.next += 1;
-        self.outstanding.push_back((sequence, now));
+        self.outstanding.push_back((sequence, now, self.written));
         self.last_sent = Some(now);
         Some(sequence.to_be_bytes())
+    }
+
+    /// What the gateway should let into the path (its socket's send buffer), in bytes: the path's delivery
+    /// rate over the least round trip plus [`QUEUE_BUDGET`], within [`MIN_SEND_BUDGET`] and
+    /// [`MAX_SEND_BUDGET`]; none before a rate is measured.
+    pub fn send_budget(&self) -> Option<usize> {
+        let rate = self.rates.iter().map(|(_, r)| *r).reduce(f64::max)?;
+        let time = self.least.unwrap_or(Duration::ZERO) + QUEUE_BUDGET;
+        let bytes = rate * time.as_secs_f64();
+        Some((bytes as usize).clamp(MIN_SEND_BUDGET, MAX_SEND_BUDGET))
     }
 
     /// When the next ping is due, after the first (none while as many as may be are unanswered: an answer
@@ -91,18 +139,34 @@ impl PathDelay {
     pub fn pong(&mut self, payload: &[u8], now: Instant) {
         let Ok(bytes) = <[u8; 8]>::try_from(payload) else { return };
         let sequence = u64::from_be_bytes(bytes);
-        let Some(i) = self.outstanding.iter().position(|(s, _)| *s == sequence) else { return };
-        let sent = self.outstanding[i].1;
+        let Some(i) = self.outstanding.iter().position(|(s, _, _)| *s == sequence) else { return };
+        let (_, sent, read) = self.outstanding[i];
         self.outstanding.drain(..=i);
         let rtt = now.saturating_duration_since(sent);
         self.last = Some(rtt);
         self.least = Some(self.least.map_or(rtt, |least| least.min(rtt)));
+        // The browser has read everything written before the ping: a rate against the latest answer at least
+        // RATE_SPAN older.
+        let base = self.delivered.iter().rev().find(|(at, _)| now.saturating_duration_since(*at) >= RATE_SPAN);
+        if let Some(&(at, before)) = base {
+            let span = now.saturating_duration_since(at).as_secs_f64();
+            self.rates.push_back((now, read.saturating_sub(before) as f64 / span));
+        }
+        self.delivered.push_back((now, read));
+        while self.delivered.len() > 1
+            && self.delivered.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > RATE_WINDOW)
+        {
+            self.delivered.pop_front();
+        }
+        while self.rates.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > RATE_WINDOW) {
+            self.rates.pop_front();
+        }
     }
 
     /// How much longer than its least round trip the path takes now: the last answer's round trip, or the
     /// age of the oldest unanswered ping when that is longer (a path that stopped answering counts at once).
     pub fn excess(&self, now: Instant) -> Duration {
-        let waiting = self.outstanding.front().map(|(_, at)| now.saturating_duration_since(*at));
+        let waiting = self.outstanding.front().map(|(_, at, _)| now.saturating_duration_since(*at));
         let current = self.last.into_iter().chain(waiting).max().unwrap_or(Duration::ZERO);
         current.saturating_sub(self.least.unwrap_or(Duration::ZERO))
     }
@@ -121,8 +185,11 @@ pub struct Shedder {
     pub path: PathDelay,
 }
 
+/// Keyframes queued this close together start the same GOP (of two renditions of one stream).
+const SAME_GOP_START: Duration = Duration::from_millis(250);
+
 /// How often the gateway pings a browser.
-pub const PING_EVERY: Duration = Duration::from_millis(200);
+pub const PING_EVERY: Duration = Duration::from_millis(100);
 
 impl Shedder {
     /// An empty queue.
@@ -145,10 +212,35 @@ impl Shedder {
     pub fn push(&mut self, kind: Kind, packet: Bytes, now: Instant) -> Result<(), Overflow> {
         if let Kind::Media { keyframe } = kind {
             if !self.shedding && self.delay(now) > self.limits.shed_after {
-                // Behind: the rest of this GOP would only add to it. What is queued of it goes too.
+                // Behind: the GOP being queued would only add to it, so it goes, with what is queued of it. An
+                // older GOP's rest still queued stays: it is whole and keeps the link busy until the next
+                // keyframe, where dropping it would leave the link idle and show less (on a link carrying
+                // 60 % of the stream, one GOP in two shown whole instead of a part of one in two).
                 self.shedding = true;
+                let is_key = |k: &Kind| matches!(k, Kind::Media { keyframe: true });
+                let from = if keyframe {
+                    self.queue.len()
+                } else {
+                    // The GOP that is starting: from its first keyframe, counting those of other renditions
+                    // queued with it (a page switching between two gets both; a transcoded one's comes a few
+                    // frames after the copied one's), so that one rendition's is not kept while the other's goes.
+                    match self.queue.iter().rposition(|(_, k, _)| is_key(k)) {
+                        None => 0,
+                        Some(last) => {
+                            let at = self.queue[last].0;
+                            let same_start = |(queued, k, _): &(Instant, Kind, Bytes)| {
+                                is_key(k) && at.saturating_duration_since(*queued) <= SAME_GOP_START
+                            };
+                            (0..=last).find(|&i| same_start(&self.queue[i])).unwrap_or(last)
+                        }
+                    }
+                };
                 let before = self.queue.len();
-                self.queue.retain(|(_, k, _)| !matches!(k, Kind::Media { .. }));
+                let mut at = 0;
+                self.queue.retain(|(_, k, _)| {
+                    at += 1;
+                    at <= from || !matches!(k, Kind::Media { .. })
+                });
                 self.shed += (before - self.queue.len()) as u64;
                 self.bytes = self.queue.iter().map(|(_, _, p)| p.len()).sum();
             }
@@ -228,6 +320,59 @@ mod tests {
     }
 
     #[test]
+    fn an_older_gop_s_rest_still_queued_is_kept_and_the_starting_one_is_shed() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // (queued at, what): GOP 1's rest is queued when GOP 2 starts and the queue passes the bound.
+        // (ms queued at, kind, bytes); a row: what, queued before, the packet over the bound, left, shed
+        const K: Kind = Kind::Media { keyframe: true };
+        const D: Kind = Kind::Media { keyframe: false };
+        type Queued = (u64, Kind, &'static [u8]);
+        type Row<'a> = (&'a str, &'a [Queued], Queued, &'a [&'a [u8]], u64);
+        let table: [Row<'_>; 4] = [
+            (
+                "a delta of GOP 2 over the bound: GOP 2 goes, GOP 1's rest stays",
+                &[(0, K, b"k1"), (100, D, b"d1"), (450, K, b"k2"), (480, D, b"d2")],
+                (520, D, b"d3"),
+                &[b"k1", b"d1"],
+                3,
+            ),
+            (
+                "GOP 2's keyframe over the bound: it goes, what is queued stays",
+                &[(0, K, b"k1"), (100, D, b"d1"), (300, D, b"d2")],
+                (520, K, b"k2"),
+                &[b"k1", b"d1", b"d2"],
+                1,
+            ),
+            (
+                "two renditions' keyframes queued together start the same GOP: both go",
+                &[(0, K, b"k1"), (100, D, b"d1"), (450, K, b"k2"), (470, D, b"d2"), (480, K, b"l2")],
+                (560, D, b"d3"),
+                &[b"k1", b"d1"],
+                4,
+            ),
+            (
+                "no keyframe queued: the rest of the GOP being sent goes",
+                &[(0, D, b"d1"), (100, D, b"d2")],
+                (520, D, b"d3"),
+                &[],
+                3,
+            ),
+        ];
+        for (what, queued, (ms, kind, bytes), left, shed) in table {
+            let mut s = Shedder::new(LIMITS);
+            for &(ms, kind, bytes) in queued {
+                s.push(kind, Bytes::from_static(bytes), at(ms)).unwrap();
+            }
+            s.push(kind, Bytes::from_static(bytes), at(ms)).unwrap();
+            assert!(s.is_shedding(), "{what}");
+            let sent: Vec<Bytes> = std::iter::from_fn(|| s.pop()).collect();
+            assert_eq!(sent, left.iter().map(|b| Bytes::from_static(b)).collect::<Vec<_>>(), "{what}");
+            assert_eq!(s.shed, shed, "{what}");
+        }
+    }
+
+    #[test]
     fn the_path_delay_is_the_queueing_beyond_the_least_round_trip() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -248,6 +393,41 @@ mod tests {
         p.pong(b"junk", at(1600));
         p.pong(&99u64.to_be_bytes(), at(1600));
         assert_eq!(p.excess(at(1600)), Duration::from_millis(970), "pongs of no ping of ours change nothing");
+    }
+
+    #[test]
+    fn the_send_budget_is_the_delivery_rate_over_the_least_round_trip_and_the_queue_budget() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = PathDelay::new(Duration::from_millis(200));
+        assert_eq!(p.send_budget(), None, "nothing measured");
+        // A 2 Mbit/s link (250 000 B/s) that the stream fills: the browser reads 50 000 B per 200 ms.
+        for i in 0..10u64 {
+            p.wrote(50_000);
+            let ping = p.ping(at(i * 200)).expect("due");
+            // answered 10 ms after it was sent: what was written before it has been read by then
+            p.pong(&ping, at(i * 200 + 10));
+        }
+        // 250 000 B/s x (10 ms + 100 ms) = 27 500 B: under the least.
+        assert_eq!(p.send_budget(), Some(MIN_SEND_BUDGET));
+        // A 40 Mbit/s link: 5 MB/s x 110 ms.
+        let mut fast = PathDelay::new(Duration::from_millis(200));
+        for i in 0..5u64 {
+            fast.wrote(1_000_000);
+            let ping = fast.ping(at(i * 200)).expect("due");
+            fast.pong(&ping, at(i * 200 + 10));
+        }
+        assert_eq!(fast.send_budget(), Some(550_000));
+        // Two answers read at once (a browser that stood still) are no rate; an old fast rate is forgotten.
+        let ping = fast.ping(at(5000)).expect("due");
+        fast.wrote(10);
+        let next = fast.ping(at(5200)).expect("due");
+        fast.pong(&ping, at(5300));
+        fast.pong(&next, at(5301));
+        assert!(fast.rates.iter().all(|(_, r)| *r < 6_000_000.0), "{:?}", fast.rates);
+        let ping = fast.ping(at(9000)).expect("due");
+        fast.pong(&ping, at(9010));
+        assert_eq!(fast.send_budget(), Some(MIN_SEND_BUDGET), "only the slow rates of the last 3 s");
     }
 
     #[test]
