@@ -3,7 +3,7 @@
 // player.js applies them through session.js, tests/e2e/abr.test.js drives it with tables.
 //
 // Down, fast, when the rendition played does not fit the link: the gateway shed fragments of it (it does so
-// once a browser's queue is 400 ms old), its fragments come later and later (lag), or less media than real
+// once a browser is 600 ms behind), its fragments come later and later (lag), or less media than real
 // time arrives over a couple of seconds. To the best rendition whose bitrate fits what the link delivered
 // while it was queueing (then the link's own rate), else the lowest. But for shedding, only on late
 // fragments that came one after the other at about the link's pace: late ones that came faster than the
@@ -13,9 +13,14 @@
 // Up, slowly and only on evidence, when a higher one would fit: after a while with no shedding and no lag,
 // when the link's capacity estimated from the keyframes (a keyframe of S bytes comes S / capacity later than
 // the small fragments around it, less what a link passes at once) is well over the higher rendition's
-// bitrate. Without an estimate (keyframes too small to tell) it tries the higher one now and then: a probe.
-// An up-switch that has to go down again soon after failed: the next waits longer (doubling) and needs more
-// margin, so it does not flap.
+// bitrate. Without that, it probes: it asks the player to time a burst of bytes from the gateway
+// (link-probe.js), sized to a short stretch of the higher rendition, and switches only if the link carried it
+// fast enough. A probe delays the picture by what the burst takes to cross (~100-250 ms), where a switch that
+// does not fit would queue the higher rendition's GOP in front of it, seconds on a link with a deep queue.
+// Probes that find no room come less often (doubling, up to maxProbeEveryMs), so the page is back up soon
+// after the link recovers. Where there is no gateway to probe, it tries the higher rendition now and then
+// instead (a blind probe). An up-switch that has to go down again soon after failed: the next waits longer
+// (doubling) and needs more margin, so it does not flap; a probe that shows that margin overrides the wait.
 
 /** Every setting of the controller, with its default (the Player's options of the same names). */
 export const ABR_DEFAULTS = Object.freeze({
@@ -54,15 +59,28 @@ export const ABR_DEFAULTS = Object.freeze({
   noiseMs: 2,
   /** A keyframe that came when the link was already queueing this much tells nothing of its capacity, ms. */
   maxBacklogMs: 30,
-  /** The probe: without an estimate, try the higher rendition after this long at this one, ms (doubling
-   * with each failed up-switch, up to maxBackoffMs). */
+  /** The blind probe (no gateway to time a burst from): without an estimate, try the higher rendition after
+   * this long at this one, ms (doubling with each failed up-switch, up to maxBackoffMs). */
   probeAfterMs: 30000,
+  /** A probe: a burst of this much of the higher rendition's bitrate, ms... */
+  probeMs: 120,
+  /** ... or of this much of the last probe's rate where that is less (the burst's delay on the picture stays
+   * about this long), ms... */
+  probeDelayMs: 250,
+  /** ... and this many bytes at least (half of them more than a link's first burst: a token bucket's, TCP's
+   * first window) and at most. */
+  minProbeBytes: 48 * 1024,
+  maxProbeBytes: 512 * 1024,
+  /** Probes after a switch or a probe that found no room: not sooner than this, ms (doubling with each probe
+   * that found no room, up to maxProbeEveryMs). */
+  probeEveryMs: 5000,
+  maxProbeEveryMs: 8000,
   /** A down-switch within this long of an up-switch: the up-switch failed, ms. */
   failWindowMs: 10000,
   /** After a failed up-switch, no other for this long (doubling with each failure, up to maxBackoffMs), and
    * each failure multiplies the margin by 1.5 (at most 4 x). */
   backoffMs: 20000,
-  maxBackoffMs: 240000,
+  maxBackoffMs: 60000,
   /** A rendition's `bitrate_kbps` (the video's target) times this, for audio and the container, until its
    * real rate has been measured while it played. */
   overhead: 1.15,
@@ -109,6 +127,40 @@ export class AbrController {
     this.measured = new Map(); // rendition -> [{at, bytes, mediaMs}]
     this.gone = new Set(); // renditions the server refused: never chosen
     this.lastDecision = null;
+    this.canProbe = true; // until the player says there is no gateway to probe
+    this.probing = null; // {for, at} while a probe runs
+    this.probeResult = null; // {kbps, at, for} of the last probe, until used
+    this.quietUntil = -Infinity; // observations before this are a probe's
+    this.emptyProbes = 0; // probes in a row that found no room
+    this.nextProbeAt = -Infinity;
+    this.lastProbe = null; // {at, kbps} of the last probe that measured
+  }
+
+  /** No gateway to time a burst from (the broker is elsewhere): blind probes from now on. */
+  noProbe() {
+    this.canProbe = false;
+    this.probing = null;
+  }
+
+  /** The probe asked for came back: `kbps` what the link carried beside the rendition played (null: it
+   * could not tell, e.g. it timed out), at `now`. */
+  probed(kbps, now) {
+    const o = this.options;
+    const name = this.probing?.for ?? null;
+    this.probing = null;
+    this.quietUntil = now + o.settleMs;
+    if (kbps === null || name === null) {
+      this._probeFoundNoRoom(now);
+      return;
+    }
+    this.probeResult = { kbps, at: now, for: name };
+    this.lastProbe = { at: now, kbps };
+  }
+
+  _probeFoundNoRoom(now) {
+    const o = this.options;
+    this.emptyProbes++;
+    this.nextProbeAt = now + Math.min(o.maxProbeEveryMs, o.probeEveryMs * 2 ** (this.emptyProbes - 1));
   }
 
   _index(name) {
@@ -151,6 +203,8 @@ export class AbrController {
     this.lastSwitchAt = now;
     if (up) this.lastUpAt = now;
     this.history = [];
+    this.emptyProbes = 0;
+    this.probeResult = null;
   }
 
   /** A switch to `name` was given up: the rendition played goes on; try again later. */
@@ -169,7 +223,7 @@ export class AbrController {
 
   /**
    * One observation of the link meter (LinkMeter.take) plus {skipped: fragments of the rendition played
-   * the gateway shed in the interval}. Returns {switchTo, why} or null.
+   * the gateway shed in the interval}. Returns {switchTo, down (a move down), why}, {probe: {bytes, for}, why} (time a burst, then probed()) or null.
    */
   observe(obs) {
     const o = this.options;
@@ -180,7 +234,8 @@ export class AbrController {
       this.history = [];
       return null;
     }
-    this.history.push(obs);
+    // What a probe's burst did to the fragments behind it says nothing of the rendition played.
+    this.history.push({ ...obs, probe: this.probing !== null || now < this.quietUntil });
     while (this.history.length && now - this.history[0].now > HISTORY_MS) this.history.shift();
     const seen = this.measured.get(this.playing) ?? [];
     seen.push({ at: now, bytes: obs.bytes, mediaMs: obs.mediaMs });
@@ -200,7 +255,7 @@ export class AbrController {
     }
     const decision = this._down(now) ?? this._up(now);
     if (decision) {
-      this.pending = decision.switchTo;
+      if (decision.switchTo) this.pending = decision.switchTo;
       this.lastDecision = { at: now, ...decision };
     }
     return decision;
@@ -208,7 +263,7 @@ export class AbrController {
 
   _down(now) {
     const o = this.options;
-    const settled = this.history.filter((h) => h.now - this.lastSwitchAt >= o.settleMs);
+    const settled = this.history.filter((h) => h.now - this.lastSwitchAt >= o.settleMs && !h.probe);
     const window = settled.filter((h) => now - h.now < o.downWindowMs);
     if (!window.length) return null;
     const lag = (h) => h.lagMaxMs ?? 0;
@@ -239,7 +294,7 @@ export class AbrController {
       : lagging
         ? `the fragments of ${this.playing} come ${Math.round(lag(last.at(-1)))} ms late`
         : `${Math.round((mediaMs / span) * 100)} % of real time of ${this.playing} arrives`;
-    return { switchTo: to.name, why: `${why}; the link delivered ${Math.round(throughput)} kbit/s` };
+    return { switchTo: to.name, down: true, why: `${why}; the link delivered ${Math.round(throughput)} kbit/s` };
   }
 
   _up(now) {
@@ -247,14 +302,35 @@ export class AbrController {
     const at = this._index(this.playing);
     const higher = this.renditions.slice(0, Math.max(0, at)).filter((r) => !this.gone.has(r.name)).at(-1);
     if (!higher) return null;
-    if (now < this.upBlockedUntil || now - this.lastSwitchAt < o.upHoldMs) return null;
+    if (now - this.lastSwitchAt < o.upHoldMs || this.probing) return null;
     const stable = this.history.filter((h) => now - h.now < o.upStableMs);
     const covered = stable.reduce((n, h) => n + h.intervalMs, 0);
     if (covered < 0.9 * o.upStableMs) return null;
-    if (stable.some((h) => (h.skipped ?? 0) > 0 || (h.lagMaxMs ?? 0) > o.upLagMs)) return null;
+    if (stable.some((h) => !h.probe && ((h.skipped ?? 0) > 0 || (h.lagMaxMs ?? 0) > o.upLagMs))) return null;
     const need = this.need(higher.name);
-    const capacity = this.capacityKbps(now);
     const margin = o.upMargin * Math.min(4, 1.5 ** this.failures);
+    const probed = this.probeResult;
+    this.probeResult = null;
+    if (probed && probed.for === higher.name && need !== null) {
+      // The burst shared the link with the rendition played: what the link carries is the two together.
+      const carries = probed.kbps + (this.need(this.playing) ?? 0);
+      if (carries >= need * margin) {
+        return { switchTo: higher.name, why: `a probe: the link carries about ${Math.round(carries)} kbit/s; ${higher.name} needs ${Math.round(need)}` };
+      }
+      this._probeFoundNoRoom(now);
+      return null;
+    }
+    // With the gateway's probe, only a probe moves up: a keyframe that a link's burst let through at once
+    // looks like a fast link (a 2 Mbit/s token bucket with a 16 KB burst read as 12 Mbit/s).
+    if (this.canProbe && need !== null) {
+      if (now < this.nextProbeAt) return null;
+      const delayBytes = this.lastProbe ? (this.lastProbe.kbps * o.probeDelayMs) / 8 : Infinity;
+      const bytes = Math.round(Math.min(o.maxProbeBytes, Math.max(o.minProbeBytes, Math.min((need * o.probeMs) / 8, delayBytes))));
+      this.probing = { for: higher.name, at: now };
+      return { probe: { bytes, for: higher.name }, why: `probing the link for ${higher.name} (${Math.round(need)} kbit/s)` };
+    }
+    if (now < this.upBlockedUntil) return null;
+    const capacity = this.capacityKbps(now);
     if (capacity !== null && need !== null) {
       if (capacity < need * margin) return null;
       return { switchTo: higher.name, why: `the link carries about ${Math.round(capacity)} kbit/s; ${higher.name} needs ${Math.round(need)}` };

@@ -30,6 +30,7 @@ import { Session } from "./session.js";
 import { SWITCH_DEFAULTS } from "./switch.js";
 import { webCodecsBlocker, webCodecsIssue } from "./capabilities.js";
 import { brokerUrl } from "./page-urls.js";
+import { probeLink, probeUrl } from "./link-probe.js";
 import { VIDEO_OUTPUTS, WebCodecsSink } from "./webcodecs-sink.js";
 
 /**
@@ -96,6 +97,8 @@ const MAX_ERRORS = 20;
 const MAX_EVENTS = 50;
 const LATENCY_SAMPLES = 600;
 const BITRATE_WINDOW_MS = 3000;
+/** A link probe that has not finished after this long found no room, ms. */
+const PROBE_TIMEOUT_MS = 3000;
 
 /** The MQTT WebSocket beside this page: `mqtt` in the page's folder, over wss: on an https: page (page-urls.js). */
 export function defaultBrokerUrl(loc = globalThis.location) {
@@ -555,12 +558,38 @@ export class Player extends EventTarget {
     this.media.linkJitter(this._meter.jitterMs());
     const decision = this._abr.observe(obs);
     if (!decision) return;
+    if (decision.probe) {
+      this._probe(decision.probe);
+      return;
+    }
     const from = this.session.rendition;
-    if (this.session.switchRendition(decision.switchTo)) {
+    // Down because the link cannot carry what plays: no seamless hand-over (the new rendition's keyframes come
+    // behind the old one's queued fragments, too late for one), the picture waits for its first keyframe.
+    const down = decision.down ? { cut: true } : {};
+    if (this.session.switchRendition(decision.switchTo, down)) {
       this._event("rendition", `switching ${from} -> ${decision.switchTo}: ${decision.why}`);
     } else {
       this._abr.failed(decision.switchTo, now);
     }
+  }
+
+  /** Times a burst from the gateway for the controller (link-probe.js); a broker elsewhere has none. */
+  async _probe({ bytes, for: name }) {
+    const abr = this._abr;
+    const url = probeUrl(this.broker, bytes, `${Date.now()}`);
+    if (!url) {
+      abr.noProbe();
+      return;
+    }
+    const r = await probeLink(url, { timeoutMs: PROBE_TIMEOUT_MS });
+    if (abr !== this._abr) return; // another play meanwhile
+    if (r.error && !r.timedOut) {
+      this._event("rendition", `no link probe (${r.error}): switching up to find out from now on`);
+      abr.noProbe();
+      return;
+    }
+    this._event("rendition", r.error ? `a probe for ${name}: ${r.error}` : `a probe for ${name}: ${r.bytes} bytes at ${Math.round(r.kbps)} kbit/s${r.bound ? " or more" : ""}`);
+    abr.probed(r.error ? null : r.kbps, performance.now());
   }
 
   _onStatus(status) {

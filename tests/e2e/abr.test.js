@@ -1,6 +1,6 @@
 // Tables of the page's rendition choice: the link meter (client/link-meter.js) and the controller
-// (client/abr.js), then both over a simulated link: a token bucket with an 8 KiB burst paced as
-// tests/support/throttle.py paces the browser tests' link, carrying a 720p `main` and a 360p `low` of the
+// (client/abr.js), then both over a simulated link: a token bucket with an 8 KiB burst and no queue of its
+// own (the throttling proxy the browser tests used before links.test.js), carrying a 720p `main` and a 360p `low` of the
 // sizes the server's transcoder makes of the test's noise picture (keyframes 50 KB and 15 KB, other frames
 // 14 KB and 2.4 KB, 30 fps, a keyframe a second).
 
@@ -106,15 +106,25 @@ const obs = (now, o = {}) => ({
 });
 
 /**
- * Feeds `rows` of [from ms, to ms, observation fields, or a function of (now, rendition played) giving them]
- * every 250 ms; returns the decisions with their time.
+ * Feeds `rows` of [from ms, to ms, observation fields, or a function of (now, rendition played, whether a
+ * probe runs) giving them] every 250 ms; returns the switches with their time. `probe(now, {bytes, for})`
+ * answers a probe: {kbps (null: timed out), afterMs}; without it there is no gateway to probe (blind probes).
  */
-function drive(abr, rows) {
+function drive(abr, rows, { probe } = {}) {
+  if (!probe) abr.noProbe();
   const out = [];
+  let answer = null; // {at, kbps}
   for (const [from, to, o] of rows) {
     for (let now = from; now < to; now += 250) {
-      const d = abr.observe(obs(now, typeof o === "function" ? o(now, abr.playing) : o));
-      if (d) {
+      if (answer && now >= answer.at) {
+        abr.probed(answer.kbps, now);
+        answer = null;
+      }
+      const d = abr.observe(obs(now, typeof o === "function" ? o(now, abr.playing, abr.probing !== null) : o));
+      if (d?.probe) {
+        const { kbps, afterMs = 0 } = probe(now, d.probe);
+        answer = { at: now + afterMs, kbps };
+      } else if (d) {
         out.push({ at: now, ...d });
         abr.switched(d.switchTo, now); // (the hand-over is instant here)
       }
@@ -219,6 +229,49 @@ test("up, only on evidence that the higher rendition fits, and never flapping", 
   assert.equal(twice.upBlockedUntil, 27_000 + 2 * ABR_DEFAULTS.backoffMs, "the backoff doubles");
 });
 
+test("with the gateway's probe: up when a burst shows room, probes at most every 8 s, a probe's delay is no reason to move", () => {
+  // On low (700 kbit/s) over a link of 2 Mbit/s that recovers at 30 s; a probe beside low gets what low leaves.
+  const abr = new AbrController(RENDITIONS, "low", 0);
+  const probes = [];
+  const link = (now) => (now < 30_000 ? 2000 - 700 : 200_000);
+  const probe = (now, p) => {
+    probes.push({ at: now, ...p });
+    return { kbps: link(now), afterMs: 250 };
+  };
+  const up = drive(abr, [[0, 60_000, (now, playing, probing) => ({ kbps: 700, lagMaxMs: probing ? 220 : 0 })]], { probe });
+  assert.deepEqual(probes.map((p) => p.at), [5000, 10_250, 18_500, 26_750, 35_000], "held 5 s after the start, then 5 s, then every 8 s");
+  // main needs 3300 x 1.15: 120 ms of it is 57 KB; once a probe measured 1300 kbit/s, 250 ms of that would be
+  // 41 KB, under the least a probe sends (48 KB).
+  assert.deepEqual(probes.map((p) => [p.bytes, p.for]), [[56_925, "main"], ...Array(4).fill([48 * 1024, "main"])]);
+  // A keyframe let through at once by a link's burst is no reason to go up: only a probe is.
+  const bursty = new AbrController(RENDITIONS, "low", 0);
+  const fooled = drive(bursty, [[0, 20_000, (now) => ({ kbps: 700, keyframes: now % 1000 === 0 ? [{ bytes: 20_000, extraMs: 0, backlogMs: 0 }] : [] })]], {
+    probe: () => ({ kbps: 1300, afterMs: 250 }),
+  });
+  assert.ok(bursty.capacityKbps(20_000) > 10_000, "the keyframes' estimate says a fast link");
+  assert.deepEqual(fooled, [], "the probes say otherwise");
+  assert.deepEqual(up.map((d) => [d.at, d.switchTo]), [[35_250, "main"]], "up at the first probe after the link recovered");
+  assert.match(up[0].why, /a probe: the link carries about 200700 kbit\/s; main needs 3795/);
+
+  // Three renditions, on mid: the lag a probe's burst puts on mid is no reason to go down, nor to wait.
+  const three = [...RENDITIONS, { name: "mid", bitrateKbps: 1500 }];
+  const m = new AbrController(three, "mid", 0);
+  const moves = drive(m, [[0, 30_000, (now, playing, probing) => ({ kbps: 1700, lagMaxMs: probing ? 400 : 0, busyKbps: probing ? 1500 : null })]], {
+    probe: () => ({ kbps: 300, afterMs: 500 }),
+  });
+  assert.deepEqual(moves, [], "no move: the probes found no room and their lag is their own");
+  assert.ok(m.emptyProbes >= 3, `${m.emptyProbes} probes`);
+
+  // A probe that timed out found no room; a page whose broker is elsewhere has no probe: blind ones.
+  const t = new AbrController(RENDITIONS, "low", 0);
+  drive(t, [[0, 5500, { kbps: 700 }]], { probe: () => ({ kbps: null, afterMs: 0 }) });
+  assert.equal(t.emptyProbes, 1);
+  const blind = new AbrController(RENDITIONS, "low", 0);
+  const [b] = drive(blind, [[0, 40_000, { kbps: 700 }]]);
+  assert.deepEqual([b.at, b.switchTo], [ABR_DEFAULTS.probeAfterMs, "main"]);
+  assert.match(b.why, /a probe: no estimate/);
+});
+
 test("a rendition the server refused is never chosen again", () => {
   const three = [...RENDITIONS, { name: "mid", bitrateKbps: 1500 }];
   const down = new AbrController(three, "main", 0);
@@ -250,7 +303,7 @@ const FPS = 30;
 
 /**
  * The stream through a link whose rate (bit/s, 0: unlimited) is `rate(t)`: a token bucket with an 8 KiB burst
- * sending 4 KiB at a time, as tests/support/throttle.py, behind the gateway's queue, which sheds fragments up
+ * sending 4 KiB at a time, behind the gateway's queue, which sheds fragments up
  * to a keyframe once its oldest has waited 400 ms (until a keyframe finds it under 150 ms). The meter and the
  * controller watch what arrives; a switch takes effect at the first keyframe 300 ms after the decision. The
  * server sends a fragment at `emit(produced)` (5 ms after it was captured).
@@ -258,6 +311,7 @@ const FPS = 30;
  */
 function simulate(rate, seconds, start = "main", emit = (produced) => produced + 5) {
   const abr = new AbrController(RENDITIONS, start, 0);
+  abr.noProbe(); // (the keyframes' estimate and blind probes: the gateway's probe is not simulated here)
   const meter = new LinkMeter();
   let playing = start;
   let next = null; // {to, from: ms}
