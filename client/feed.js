@@ -4,8 +4,8 @@
 
 /** Every setting of the feed, with its default (the Player's options of the same names). */
 export const FEED_DEFAULTS = Object.freeze({
-  /** A frame (or audio) arriving this much later than the stream's own pace is not shown (played): it is
-   * decoded if later frames need it, and the picture goes on with the first frame that is live again. */
+  /** A frame arriving this much later than the stream's own pace is not shown when a newer one is in hand
+   * (audio: not played): it is decoded if later frames need it, and the picture goes on with the newest. */
   maxLateMs: 250,
   /** More chunks than this waiting in a decoder: it cannot keep up; drop to the next keyframe. */
   maxDecodeQueue: 30,

@@ -168,8 +168,9 @@ export class Session {
    * the viewer's lease there), and the hand-over of switch.js until the renderer is fed `name` (hooks.switched)
    * or the switch is given up (hooks.switchFailed: the play moves back). Returns false when there is nothing
    * to switch (no renditions, no such one, it plays already, a switch is in progress).
+   * `cut`: a switch down from a link that cannot carry what plays (switch.js, switchCut).
    */
-  switchRendition(name) {
+  switchRendition(name, { cut = false } = {}) {
     const conn = this._conn;
     const r = conn?.renditions?.find((x) => x.name === name);
     if (!this.url || !r || !conn.connected || conn.switchingTo || name === conn.playing || !conn.feeds.has(conn.playing)) return false;
@@ -186,7 +187,7 @@ export class Session {
       // A camera's keyframes may be seconds apart (copy mode): the switch may take that long, and the
       // server goes on publishing the old rendition for three keyframe intervals (at least 4 s).
       const switchTimeoutMs = Math.max(this.options.switchTimeoutMs ?? 0, 3000 * (conn.keyframeInterval ?? 0));
-      conn.handover = new Handover({ ...this.options, switchTimeoutMs, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
+      conn.handover = new Handover({ ...this.options, switchTimeoutMs, switchCut: cut, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
       conn.requested = name;
       this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, name));
     });

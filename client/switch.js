@@ -27,6 +27,11 @@ export const SWITCH_DEFAULTS = Object.freeze({
    * stream's keyframe intervals when that is longer). The server publishes the rendition left for 4 s, or
    * three keyframe intervals, after the play that moved the viewer. */
   switchTimeoutMs: 5000,
+  /** A switch down from a rendition the link cannot carry: A is fed no more, and B's first keyframe after
+   * what A showed switches (the picture waits for it, as it does through the gateway's shedding of A). A
+   * seamless hand-over failed over a slow link in half the runs, each of B's keyframes coming after A had
+   * been shown past it: they come behind A's queued fragments, and the gateway sheds both. */
+  switchCut: false,
 });
 
 /** Media times closer than this are the same instant, s (renditions may have other timescales). */
@@ -44,6 +49,7 @@ export class Handover {
     for (const [k, v] of Object.entries(options)) if (v !== undefined && k in SWITCH_DEFAULTS) this.options[k] = v;
     this.startedAt = now;
     this.fedEnd = fedEnd;
+    this.cutA = this.options.switchCut; // A is fed no more
     // {at: s, since: ms, messages: [{payload, facts}]}: an A keyframe (and what followed) held for B's, and
     // B's keyframe (and what followed) held for A's last fragments before it
     this.aHold = null;
@@ -90,6 +96,7 @@ export class Handover {
   }
 
   _fromA(payload, facts, now) {
+    if (this.cutA) return this._step([]);
     if (facts.kind === "init" || facts.start === null) {
       // A new init of A (its source restarted) or a fragment without times: nothing to hand over at.
       return this._step([...this._releaseA(), this._a(payload, facts)]);
@@ -166,7 +173,8 @@ export class Handover {
       this.seen.missed++;
       return this._step(feed);
     }
-    if (this.fedEnd >= at - EPSILON) return this._switch(feed, now, { at, payload, facts });
+    // (Cut: A's fragments before B's keyframe are not coming, nothing to wait for.)
+    if (this.cutA || this.fedEnd >= at - EPSILON) return this._switch(feed, now, { at, payload, facts });
     this.bHold = { at, since: now, messages: [{ payload, facts }] };
     return this._step(feed);
   }

@@ -254,11 +254,14 @@ export class WebCodecsSink {
     if (info) this.decodeMs.add(now - info.at);
     this.counters.decoded++;
     const out = this.output;
-    // A frame that came with a backlog is not shown: the next live one is (a catch-up, not a slow motion).
-    // Nor is one with newer chunks still waiting in the decoder: of a joiner's GOP burst, only the first frame
-    // (a picture at once) and the last (the live one) are shown.
+    // A frame with newer chunks still waiting in the decoder is not shown: of a joiner's GOP burst, only the
+    // first frame (a picture at once) and the last (the live one) are. Nor is a late one (it came with a
+    // backlog) when a newer one is in hand already: the next live one is shown (a catch-up, not a slow
+    // motion). A late frame with nothing newer behind it is the newest there is (a slow link delivering
+    // at its pace, later and later until the gateway sheds to a keyframe): shown, or that link shows nothing.
     const newer = this.lastShown !== null && (decoder?.decodeQueueSize ?? 0) > 0;
-    if (!out || newer || (info && info.late > this.options.maxLateMs)) {
+    const backlog = this.pending.size > 0 || (decoder?.decodeQueueSize ?? 0) > 0;
+    if (!out || newer || (info && info.late > this.options.maxLateMs && backlog)) {
       frame.close();
       this.counters.late++;
       if (!this.lastLate) this.counters.catchUps++;

@@ -42,6 +42,20 @@ function run(fedEnd, events, options = {}) {
   return { fed, done, handover: h };
 }
 
+test("a switch down over a slow link: A is fed no more, and B's first keyframe after what A showed switches", () => {
+  // B's keyframes come 3 frames behind A's (queued behind them on the link); A's keyframes go out before.
+  const late = [["B init"], ["B", 5, true], ["A", 10, true], ["wait", 300], ["A", 11], ["A", 12], ["A", 13], ["B", 10, true], ["A", 14], ["A", 15], ["A", 20, true], ["wait", 300], ["A", 21], ["B", 20, true], ["B", 21]];
+  // Without it the hand-over waits on, A's keyframes are released after the hold, and B's come past their time.
+  const seamless = run(0.95, late, { switchHoldMs: 200 });
+  assert.equal(seamless.done, null, "not switched: each of B's keyframes came after A was shown past it");
+  // With it: B's join-burst keyframe (5) is older than what A showed; B's at 10 switches, with the gap A left.
+  const cut = run(0.95, late, { switchHoldMs: 200, switchCut: true });
+  assert.deepEqual(cut.fed, ["B init", "B10K"]); // (then the caller feeds B)
+  assert.equal(cut.done?.ok, true, JSON.stringify(cut.done));
+  assert.equal(cut.done.at, 1.0);
+  assert.equal(cut.done.gapMs, 50, "A was shown up to 0.95 s");
+});
+
 test("the picture goes from A to B at a keyframe of B, with no gap and no overlap", () => {
   // [what, A fed up to (s), events, fed, switched at (s), gap (ms)]
   const rows = [
