@@ -95,16 +95,16 @@ browser_files() {
 }
 # Files whose checks are of behaviour (no reset, a refusal, a page that plays), not of time; and the pure
 # units of the page.
-BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js abr.test.js capabilities.test.js
-  feed.test.js jitter.test.js live-edge.test.js login.test.js merge.test.js mp4.test.js page-urls.test.js
-  presentation.test.js protocol.test.js switch.test.js)
+BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js renditions.test.js abr.test.js
+  capabilities.test.js feed.test.js jitter.test.js link-probe.test.js live-edge.test.js login.test.js
+  merge.test.js mp4.test.js page-urls.test.js presentation.test.js protocol.test.js switch.test.js)
 # Each browser file is in exactly one list (checked below), so none is left out of the command.
-PAIRED_A=(engines.test.js)
-PAIRED_B=(player-mse.test.js player-webcodecs.test.js hevc.test.js)
-ALONE_BROWSER=(slow.test.js renditions.test.js)
+ENGINE_FILES=(engines.test.js)
+PLAYER_FILES=(player-mse.test.js player-webcodecs.test.js hevc.test.js)
+LINK_FILES=(links.test.js)
 every_file_once() {
   local listed missing
-  listed="$(printf '%s\n' "${BEHAVIOUR[@]}" "${PAIRED_A[@]}" "${PAIRED_B[@]}" "${ALONE_BROWSER[@]}" | sort)"
+  listed="$(printf '%s\n' "${BEHAVIOUR[@]}" "${ENGINE_FILES[@]}" "${PLAYER_FILES[@]}" "${LINK_FILES[@]}" | sort)"
   missing="$(cd tests/e2e && ls ./*.test.js | sed 's|^\./||' | sort | comm -3 - <(echo "$listed"))"
   [ -z "$missing" ] || { echo "test.sh: browser test files not listed exactly once: $missing"; return 1; }
 }
@@ -144,7 +144,7 @@ stage "docker image (chroot), waited for" wait_lanes
 stage "browser tests of behaviour; clippy" behaviour_browsers
 # One at a time: beside the player files, a Firefox page on the LAN origin showed a blank picture in one of
 # two clean-clone runs.
-stage "browser tests, engines (Chromium, Firefox)" browser_files chromium,firefox "${PAIRED_A[@]}"
-stage "browser tests, player files" browser_files chromium,firefox "${PAIRED_B[@]}"
-stage "browser tests on throttled links" browser_files chromium,firefox "${ALONE_BROWSER[@]}"
+stage "browser tests, engines (Chromium, Firefox)" browser_files chromium,firefox "${ENGINE_FILES[@]}"
+stage "browser tests, player files" browser_files chromium,firefox "${PLAYER_FILES[@]}"
+stage "browser tests behind a bottleneck (network namespaces, tc)" browser_files chromium "${LINK_FILES[@]}"
 stage "browser tests, WebKit" webkit

@@ -201,16 +201,16 @@ export async function startRtspSource(extraArgs = [], port = 0) {
 }
 
 /**
- * The config of a server whose gateway serves client/ at `httpPort`, on the broker at `mqttPort`, allowing
+ * The config of a server whose gateway serves client/ at `host`:`httpPort`, on the broker at `mqttPort`, allowing
  * `urls`, in pipeline mode `mode`; `extra` lines (whole tables) go at the end.
  */
-export function gatewayConfig({ mqttPort, httpPort, name, urls, mode = "auto", extra = [] }) {
+export function gatewayConfig({ mqttPort, httpPort, host = "127.0.0.1", name, urls, mode = "auto", extra = [] }) {
   return [
     "[broker]",
     `port = ${mqttPort}`,
     `client_id = "mqtt-video-${name}-${process.pid}"`,
     "[gateway]",
-    `listen = "127.0.0.1:${httpPort}"`,
+    `listen = "${host}:${httpPort}"`,
     `client_dir = ${JSON.stringify(CLIENT_DIR)}`,
     "[pipeline]",
     `mode = ${JSON.stringify(mode)}`,
@@ -231,28 +231,6 @@ export async function brokerAndGatewayPorts() {
   await broker.start();
   onCleanup(() => broker.stop());
   return { mqttPort, httpPort };
-}
-
-/**
- * A slow link (tests/support/throttle.py): a TCP proxy to `upstreamPort` that paces what comes back.
- * Returns {port, setRate(bitsPerSecond) (0: no limit; resolves once the proxy has it), proc}.
- */
-export async function startThrottle(upstreamPort) {
-  const script = path.join(REPO, "tests/support/throttle.py");
-  const proc = startProcess("throttle", "/usr/bin/python3", [script, "--upstream", `127.0.0.1:${upstreamPort}`], {
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  onCleanup(() => proc.kill());
-  const port = Number(await waitFor("the throttle's READY line", () => /READY (\d+)/.exec(proc.log())?.[1], { timeoutMs: 10_000, everyMs: 50 }));
-  let asked = 0;
-  const setRate = async (bps) => {
-    const rate = Math.round(bps);
-    proc.child.stdin.write(`rate ${rate}\n`);
-    asked++;
-    const seen = () => (proc.log().match(/^RATE \d+$/gm) ?? []).length >= asked;
-    await waitFor(`the throttle to take rate ${rate}`, seen, { timeoutMs: 5000, everyMs: 20 });
-  };
-  return { port, setRate, proc };
 }
 
 /**
