@@ -188,6 +188,7 @@ export class Session {
       // server goes on publishing the old rendition for three keyframe intervals (at least 4 s).
       const switchTimeoutMs = Math.max(this.options.switchTimeoutMs ?? 0, 3000 * (conn.keyframeInterval ?? 0));
       conn.handover = new Handover({ ...this.options, switchTimeoutMs, switchCut: cut, from: conn.playing, to: name, fedEnd: conn.fedEnd, now });
+      if (cut) this._pause(conn, conn.playing);
       conn.requested = name;
       this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, name));
     });
@@ -202,6 +203,23 @@ export class Session {
     const old = conn.feeds.get(name);
     if (old && old.topic !== topic) this._leave(conn, name);
     conn.feeds.set(name, { name, topic, merge: new SequenceMerge(), init: null });
+  }
+
+  /**
+   * A switch down that feeds `name` no more (cut): its topic is left at once, so that the link the page could
+   * not keep up on carries the new rendition alone (the server goes on publishing the old one for seconds);
+   * taken again if the switch is given up (_resume).
+   */
+  _pause(conn, name) {
+    const feed = conn.feeds.get(name);
+    if (!feed || [...conn.feeds.values()].some((f) => f !== feed && f.topic === feed.topic)) return;
+    conn.paused = feed.topic;
+    if (conn.connected) conn.client.unsubscribe(feed.topic);
+  }
+
+  _resume(conn) {
+    if (conn.paused && conn.connected) conn.client.subscribe(conn.paused, { qos: 0 });
+    conn.paused = null;
   }
 
   /** Drops rendition `name`'s merge and leaves its topic (unless another rendition uses it). */
@@ -303,6 +321,7 @@ export class Session {
       feeds: new Map(), // version 2: rendition (MAIN without renditions) -> {name, topic, merge} subscribed
       requested: null, // the rendition the plays name: the reply topic's join bursts are its
       playing: null, // the rendition the renderer is fed
+      paused: null, // a cut switch down: the old rendition's topic, left until the switch is done or given up
       switchingTo: null, // a switch in progress, and its hand-over (switch.js) once the play is sent
       handover: null,
       unavailable: new Set(), // renditions the server refused (or that failed on it) in this play
@@ -478,6 +497,7 @@ export class Session {
     conn.handover = null;
     conn.switchingTo = null;
     if (done.ok) {
+      conn.paused = null;
       conn.playing = to;
       this.lastRendition = to;
       this.switches++;
@@ -486,6 +506,7 @@ export class Session {
       return;
     }
     this.switchFailures++;
+    this._resume(conn);
     if (conn.requested !== from) {
       conn.requested = from;
       this._publish(this.topics.play, playRequest(this.url, conn.topics.media, 2, from));

@@ -10,6 +10,7 @@
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import net from "node:net";
+import { processAlive as alive } from "./support.js";
 
 /** The one non-loopback address the tests ever use. */
 export const LAN_ADDRESS = "198.18.0.1";
@@ -23,15 +24,6 @@ function ip(args) {
   const run = spawnSync("ip", args, { encoding: "utf8", timeout: 10_000 });
   if (run.error) return { ok: false, why: `ip ${args.join(" ")}: ${run.error.message}` };
   return { ok: run.status === 0, why: `ip ${args.join(" ")}: ${(run.stderr || run.stdout).trim()}` };
-}
-
-function alive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === "EPERM";
-  }
 }
 
 /** Removes veth pairs of earlier runs whose process is gone. */

@@ -16,7 +16,7 @@
 import { spawnSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { scratch } from "./support.js";
+import { processAlive as alive, scratch } from "./support.js";
 
 const PREFIX = `mvn${process.pid}`;
 const made = new Set(); // link numbers of this process
@@ -25,15 +25,6 @@ function run(cmd, args) {
   const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 10_000 });
   if (r.error) return { ok: false, why: `${cmd} ${args.join(" ")}: ${r.error.message}` };
   return { ok: r.status === 0, why: `${cmd} ${args.join(" ")}: ${(r.stderr || r.stdout).trim()}` };
-}
-
-function alive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === "EPERM";
-  }
 }
 
 /** Removes the links and namespaces of earlier runs whose process is gone. */
@@ -133,12 +124,6 @@ export async function makeLink(k) {
     /** The link unthrottled again (what is queued goes at once). */
     free() {
       run("tc", ["qdisc", "del", "dev", host, "root"]);
-    },
-    /** Bytes the bottleneck dropped so far (its queue was full), or null unthrottled. */
-    dropped() {
-      const out = spawnSync("tc", ["-s", "qdisc", "show", "dev", host], { encoding: "utf8" }).stdout ?? "";
-      const m = /tbf[\s\S]*?dropped (\d+)/.exec(out);
-      return m ? Number(m[1]) : null;
     },
     remove() {
       removeLink(k);

@@ -40,6 +40,16 @@ const children = new Set();
 const cleanups = [];
 let workDir = null;
 
+/** Whether process `pid` still runs (one of another user counts). */
+export function processAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === "EPERM";
+  }
+}
+
 /** A scratch folder for this run, removed by stopAll(). */
 export function scratch() {
   if (!workDir) workDir = mkdtempSync(path.join(tmpdir(), "mqtt-video-e2e-"));
