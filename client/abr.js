@@ -128,12 +128,12 @@ export class AbrController {
     this.gone = new Set(); // renditions the server refused: never chosen
     this.lastDecision = null;
     this.canProbe = true; // until the player says there is no gateway to probe
-    this.probing = null; // {for, at} while a probe runs
-    this.probeResult = null; // {kbps, at, for} of the last probe, until used
+    this.probing = null; // the rendition a probe runs for
+    this.probeResult = null; // {kbps, for} of the last probe, until used
     this.quietUntil = -Infinity; // observations before this are a probe's
     this.emptyProbes = 0; // probes in a row that found no room
     this.nextProbeAt = -Infinity;
-    this.lastProbe = null; // {at, kbps} of the last probe that measured
+    this.lastProbeKbps = null; // what the last probe that measured found
   }
 
   /** No gateway to time a burst from (the broker is elsewhere): blind probes from now on. */
@@ -146,15 +146,15 @@ export class AbrController {
    * could not tell, e.g. it timed out), at `now`. */
   probed(kbps, now) {
     const o = this.options;
-    const name = this.probing?.for ?? null;
+    const name = this.probing;
     this.probing = null;
     this.quietUntil = now + o.settleMs;
     if (kbps === null || name === null) {
       this._probeFoundNoRoom(now);
       return;
     }
-    this.probeResult = { kbps, at: now, for: name };
-    this.lastProbe = { at: now, kbps };
+    this.probeResult = { kbps, for: name };
+    this.lastProbeKbps = kbps;
   }
 
   _probeFoundNoRoom(now) {
@@ -324,9 +324,9 @@ export class AbrController {
     // looks like a fast link (a 2 Mbit/s token bucket with a 16 KB burst read as 12 Mbit/s).
     if (this.canProbe && need !== null) {
       if (now < this.nextProbeAt) return null;
-      const delayBytes = this.lastProbe ? (this.lastProbe.kbps * o.probeDelayMs) / 8 : Infinity;
+      const delayBytes = this.lastProbeKbps === null ? Infinity : (this.lastProbeKbps * o.probeDelayMs) / 8;
       const bytes = Math.round(Math.min(o.maxProbeBytes, Math.max(o.minProbeBytes, Math.min((need * o.probeMs) / 8, delayBytes))));
-      this.probing = { for: higher.name, at: now };
+      this.probing = higher.name;
       return { probe: { bytes, for: higher.name }, why: `probing the link for ${higher.name} (${Math.round(need)} kbit/s)` };
     }
     if (now < this.upBlockedUntil) return null;

@@ -41,6 +41,11 @@ const MAIN = "main";
  * not have (bad_request), one that failed in this run of the source (internal_error). */
 const RENDITION_REFUSALS = new Set(["bad_request", "internal_error"]);
 
+/** Whether another rendition of `conn` than `feed`'s follows `feed`'s topic. */
+function topicShared(conn, feed) {
+  return [...conn.feeds.values()].some((f) => f !== feed && f.topic === feed.topic);
+}
+
 /** `bytes` random bytes in hex. getRandomValues works on any page; crypto.randomUUID only in a secure context. */
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
@@ -212,7 +217,7 @@ export class Session {
    */
   _pause(conn, name) {
     const feed = conn.feeds.get(name);
-    if (!feed || [...conn.feeds.values()].some((f) => f !== feed && f.topic === feed.topic)) return;
+    if (!feed || topicShared(conn, feed)) return;
     conn.paused = feed.topic;
     if (conn.connected) conn.client.unsubscribe(feed.topic);
   }
@@ -228,8 +233,7 @@ export class Session {
     if (!feed) return;
     conn.feeds.delete(name);
     conn.duplicates += feed.merge.duplicates;
-    const shared = [...conn.feeds.values()].some((f) => f.topic === feed.topic);
-    if (!shared && conn.connected) conn.client.unsubscribe(feed.topic);
+    if (!topicShared(conn, feed) && conn.connected) conn.client.unsubscribe(feed.topic);
   }
 
   /**

@@ -218,30 +218,27 @@ impl Shedder {
                 // 60 % of the stream, one GOP in two shown whole instead of a part of one in two).
                 self.shedding = true;
                 let is_key = |k: &Kind| matches!(k, Kind::Media { keyframe: true });
+                // The GOP that is starting: from its first keyframe, counting those of other renditions queued
+                // with it (a page switching between two gets both; a transcoded one's comes a few frames after
+                // the copied one's), so that one rendition's is not kept while the other's goes. Without a
+                // keyframe queued, the rest of the GOP being sent.
                 let from = if keyframe {
                     self.queue.len()
                 } else {
-                    // The GOP that is starting: from its first keyframe, counting those of other renditions
-                    // queued with it (a page switching between two gets both; a transcoded one's comes a few
-                    // frames after the copied one's), so that one rendition's is not kept while the other's goes.
-                    match self.queue.iter().rposition(|(_, k, _)| is_key(k)) {
-                        None => 0,
-                        Some(last) => {
-                            let at = self.queue[last].0;
-                            let same_start = |(queued, k, _): &(Instant, Kind, Bytes)| {
-                                is_key(k) && at.saturating_duration_since(*queued) <= SAME_GOP_START
-                            };
-                            (0..=last).find(|&i| same_start(&self.queue[i])).unwrap_or(last)
-                        }
-                    }
+                    let last_key = self.queue.iter().rev().find(|(_, k, _)| is_key(k)).map(|(at, _, _)| *at);
+                    last_key
+                        .and_then(|last| {
+                            self.queue.iter().position(|(at, k, _)| {
+                                is_key(k) && last.saturating_duration_since(*at) <= SAME_GOP_START
+                            })
+                        })
+                        .unwrap_or(0)
                 };
-                let before = self.queue.len();
-                let mut at = 0;
-                self.queue.retain(|(_, k, _)| {
-                    at += 1;
-                    at <= from || !matches!(k, Kind::Media { .. })
-                });
-                self.shed += (before - self.queue.len()) as u64;
+                let mut starting = self.queue.split_off(from);
+                let before = starting.len();
+                starting.retain(|(_, k, _)| !matches!(k, Kind::Media { .. }));
+                self.shed += (before - starting.len()) as u64;
+                self.queue.append(&mut starting);
                 self.bytes = self.queue.iter().map(|(_, _, p)| p.len()).sum();
             }
             if self.shedding {

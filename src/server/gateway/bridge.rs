@@ -84,8 +84,8 @@ impl SendBuffer {
 }
 
 /// Copies bytes both ways until either side closes or the browser misses its deadline; `slot` (its
-/// address's count) and `permit` (the connection limit) are held until then. `send_buffer`: the browser's
-/// socket, when the gateway holds it (not behind TLS termination elsewhere), sized as the path delivers.
+/// address's count) and `permit` (the connection limit) are held until then. `send_buffer`: a second handle
+/// on the connection's socket (none if it could not be made), sized as the path delivers.
 pub async fn pump<P: Send>(
     config: &BridgeConfig,
     ws: WebSocket,
@@ -111,6 +111,7 @@ pub async fn pump<P: Send>(
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
     let (more, broker_done) = (Notify::new(), AtomicBool::new(false));
     let upstream = async {
+        let mut sized = None;
         loop {
             let deadline = Instant::from_std(liveness.deadline());
             let message = match tokio::time::timeout_at(deadline, from_browser.next()).await {
@@ -142,7 +143,17 @@ pub async fn pump<P: Send>(
                 Message::Ping(_) => liveness.on_control(now),
                 // Answers to the gateway's own pings, which any WebSocket stack sends by itself: they time the
                 // path, but say nothing of a page that stopped speaking MQTT.
-                Message::Pong(payload) => lock().path.pong(&payload, now),
+                // Each answer may change what the path delivers, so the send buffer is sized here.
+                Message::Pong(payload) => {
+                    let budget = {
+                        let mut q = lock();
+                        q.path.pong(&payload, now);
+                        q.path.send_budget()
+                    };
+                    if let (Some(budget), Some(buffer)) = (budget, &send_buffer) {
+                        buffer.resize(budget, &mut sized);
+                    }
+                }
             }
         }
         let _ = to_broker.shutdown().await;
@@ -179,7 +190,6 @@ pub async fn pump<P: Send>(
         std::future::pending::<()>().await;
     };
     let to_browser_side = async {
-        let mut sized = None;
         loop {
             // A ping behind what the socket took: its answer times the path beyond it (`PathDelay`).
             let ping = lock().path.ping(Instant::now().into_std());
@@ -195,14 +205,7 @@ pub async fn pump<P: Send>(
                     if to_browser.send(Message::Binary(packet)).await.is_err() {
                         return;
                     }
-                    let budget = {
-                        let mut q = lock();
-                        q.path.wrote(length);
-                        q.path.send_budget()
-                    };
-                    if let (Some(budget), Some(buffer)) = (budget, &send_buffer) {
-                        buffer.resize(budget, &mut sized);
-                    }
+                    lock().path.wrote(length);
                 }
                 None if broker_done.load(Ordering::Relaxed) => break,
                 None => {
