@@ -6,11 +6,12 @@
 # exactly this. Each stage's and each lane's time is printed at the end.
 #
 # On two cores, in this order (docs/testing.md has the measurements behind it): the test build; the tests that
-# measure this machine's CPU or a source's real-time timing, alone; the other Rust tests (four at a time),
-# with the image check and the fuzzing beneath them at the lowest priority (nice 19, taking only idle CPU);
-# the browser files that check behaviour rather than time (lossy links, logins, proxies, the page's units),
-# with clippy beneath them at nice 19; then those that measure latency, frame rate and recovery, one file at
-# a time: Chromium's and Firefox's engine suite, the player files, the throttled links, and WebKitGTK.
+# measure this machine's CPU or a source's real-time timing, alone, with the image check beneath (mostly
+# downloads); the other Rust tests (eight at a time), with the fuzzing beneath at the lowest priority (nice 19,
+# taking only idle CPU); the browser files that check behaviour rather than time (lossy links, logins,
+# proxies, the page's units), two at a time, with clippy and the fuzzing's tail beneath; then those that
+# measure latency, frame rate and recovery: Chromium's and Firefox's engine suites and the player files in two
+# lanes side by side, the throttled links alone, and WebKitGTK alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,18 +90,24 @@ lanes=()
 
 # Browser test files, one at a time, in tests/e2e: `browser_files ENGINES FILE...`.
 browser_files() {
-  local engines="$1"
-  shift
-  (cd tests/e2e && ENGINES="$engines" node --test --test-concurrency=1 "$@")
+  browser_files_at 1 "$@"
+}
+# `browser_files_at N ENGINES FILE...`: N files at a time.
+browser_files_at() {
+  local at="$1" engines="$2"
+  shift 2
+  (cd tests/e2e && ENGINES="$engines" node --test --test-concurrency="$at" "$@")
 }
 # Files whose checks are of behaviour (no reset, a refusal, a page that plays), not of time; and the pure
-# units of the page.
+# units of the page. Two at a time.
 BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js renditions.test.js abr.test.js
   capabilities.test.js feed.test.js jitter.test.js link-probe.test.js live-edge.test.js login.test.js
   merge.test.js mp4.test.js page-urls.test.js presentation.test.js protocol.test.js switch.test.js)
-# Each browser file is in exactly one list (checked below), so none is left out of the command.
-ENGINE_FILES=(engines.test.js)
-PLAYER_FILES=(player-mse.test.js player-webcodecs.test.js hevc.test.js)
+# Each browser file is in exactly one list (checked below), so none is left out of the command. The engine
+# suite and the HEVC file run once per engine; the player files are Chromium's (its WebCodecs and its
+# MediaSource), one in each lane.
+ENGINE_FILES=(engines.test.js hevc.test.js)
+PLAYER_FILES=(player-mse.test.js player-webcodecs.test.js)
 LINK_FILES=(links.test.js)
 every_file_once() {
   local listed missing
@@ -110,41 +117,55 @@ every_file_once() {
 }
 stage "browser files listed" every_file_once
 
-# The Rust tests, with the fuzzing beneath. (Beside the behaviour-checking browser files they failed one
-# measuring test or two in each of three runs: fanout's upload ratio, the metrics scrape, the x265 camera.)
+# The Rust tests, eight at a time, with the fuzzing beneath; it goes on beneath the next stage. (Beside the
+# behaviour-checking browser files they failed a measuring test or two in every run: the cluster's request
+# split, an idle gateway socket's refusal, fanout's upload ratio, the metrics scrape.)
 rust_tests() {
-  local rc=0
   start_lane fuzz nice -n 19 bash scripts/fuzz.sh 15
-  (lane "Rust tests" cargo nextest run --workspace --no-fail-fast -j "${TEST_THREADS:-4}" -E "not ($ALONE)") || rc=1
+  fuzz_lanes=("${lanes[@]}")
+  lanes=()
+  local rc=0
+  (lane "Rust tests" cargo nextest run --workspace --no-fail-fast -j "${TEST_THREADS:-8}" -E "not ($ALONE)") || rc=1
   echo "== lane Rust tests"
   cat "$logs/Rust tests.log"
-  wait_lanes || rc=1
   return "$rc"
 }
-# The browser files that check behaviour, with clippy beneath.
+# The browser files that check behaviour, two at a time, with clippy and the rest of the fuzzing beneath.
 behaviour_browsers() {
   local rc=0
   start_lane "cargo clippy" nice -n 19 cargo clippy --workspace --all-targets --quiet -- -D warnings
-  (lane "browser files of behaviour" browser_files chromium,firefox "${BEHAVIOUR[@]}") || rc=1
+  lanes+=("${fuzz_lanes[@]}")
+  (lane "browser files of behaviour" browser_files_at 2 chromium "${BEHAVIOUR[@]}") || rc=1
   echo "== lane browser files of behaviour"
   cat "$logs/browser files of behaviour.log"
   wait_lanes || rc=1
   return "$rc"
 }
+second_lan_address() {
+  LAN_ADDRESS=198.18.0.2 "$@"
+}
+# Two lanes side by side: Chromium's engine suite and HEVC page with the MediaSource player file, and
+# Firefox's with the WebCodecs player file (Chromium's), each lane one file at a time and at a LAN address of
+# its own (tests/e2e/lan.js). Each lane's pages use about a quarter of the machine. WebKit and the throttled
+# links each keep the machine to themselves: WebKit beside the links failed 5 cases, and the links' two
+# renderers side by side (eight browsers) failed both.
+engines_and_players() {
+  start_lane "Chromium engine suite, HEVC, player-mse" browser_files chromium "${ENGINE_FILES[@]}" player-mse.test.js
+  start_lane "Firefox engine suite, HEVC; player-webcodecs" second_lan_address browser_files firefox \
+    "${ENGINE_FILES[@]}" player-webcodecs.test.js
+  wait_lanes
+}
 # WebKitGTK under Xvfb, software-drawn on two shared cores, now and then hangs a page or stalls a <video>
 # (tests/e2e/README.md): its run gets a second try, and the first failure stays in the log above it.
 webkit() {
-  browser_files webkit engines.test.js hevc.test.js && return 0
+  browser_files webkit "${ENGINE_FILES[@]}" && return 0
   echo "== WebKit: the run above failed; once more"
-  browser_files webkit engines.test.js hevc.test.js
+  browser_files webkit "${ENGINE_FILES[@]}"
 }
-stage "other Rust tests, fuzzing" rust_tests
+stage "other Rust tests; fuzzing beneath" rust_tests
 lanes=("${image_lanes[@]}")
 stage "docker image (chroot), waited for" wait_lanes
-stage "browser tests of behaviour; clippy" behaviour_browsers
-# One at a time: beside the player files, a Firefox page on the LAN origin showed a blank picture in one of
-# two clean-clone runs.
-stage "browser tests, engines (Chromium, Firefox)" browser_files chromium,firefox "${ENGINE_FILES[@]}"
-stage "browser tests, player files" browser_files chromium,firefox "${PLAYER_FILES[@]}"
+stage "browser tests of behaviour; clippy, fuzzing beneath" behaviour_browsers
+stage "browser tests, engines and players (two lanes)" engines_and_players
 stage "browser tests behind a bottleneck (network namespaces, tc)" browser_files chromium "${LINK_FILES[@]}"
 stage "browser tests, WebKit" webkit

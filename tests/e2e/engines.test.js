@@ -31,7 +31,7 @@ import { execFileSync } from "node:child_process";
 import { chmodSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { ENGINES, launchBrowser, missingExecutable } from "./browsers.js";
-import { lanAddress, removeLan } from "./lan.js";
+import { LAN_ADDRESS, lanAddress, removeLan } from "./lan.js";
 import { assertPictureMoves, playerSnapshot, playerStats, until, waitFrames, waitPlayerState } from "./page-checks.js";
 import { CLIENT_DIR, freePort, Mosquitto, percentile, scratch, startRtspSource, startServer, stopAll } from "./support.js";
 
@@ -52,8 +52,8 @@ for (const s of secureSchemes) assert.ok(["http", "https"].includes(s), `ENGINES
 /** The origins: {name, kind ("secure" | "lan"), scheme, secure (a secure context expected)}. */
 const ORIGINS = [
   ...(originKinds.includes("secure") ? secureSchemes.map((scheme) => ({ name: `${scheme}://127.0.0.1`, kind: "secure", scheme, secure: true })) : []),
-  ...(originKinds.includes("lan") ? [{ name: "http://198.18.0.1", kind: "lan", scheme: "http", secure: false }] : []),
-  ...(originKinds.includes("lan-https") ? [{ name: "https://198.18.0.1", kind: "lan", scheme: "https", secure: true }] : []),
+  ...(originKinds.includes("lan") ? [{ name: `http://${LAN_ADDRESS}`, kind: "lan", scheme: "http", secure: false }] : []),
+  ...(originKinds.includes("lan-https") ? [{ name: `https://${LAN_ADDRESS}`, kind: "lan", scheme: "https", secure: true }] : []),
 ];
 for (const k of originKinds) assert.ok(["secure", "lan", "lan-https"].includes(k), `ENGINES_ORIGINS: unknown origin ${k}`);
 

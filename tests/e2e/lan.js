@@ -2,7 +2,8 @@
 // WebCodecs, no AudioWorklet), as a page opened from another machine over plain HTTP is, yet nothing leaves
 // this machine. 198.18.0.0/15 is the benchmarking range (RFC 2544), routed nowhere.
 //
-// lanAddress() makes a veth pair of this process (`mve<pid>h`, `mve<pid>p`) with 198.18.0.1/32 on the host side,
+// lanAddress() makes a veth pair of this process (`mve<pid>h`, `mve<pid>p`) with 198.18.0.1/32 (or $LAN_ADDRESS:
+// scripts/test.sh runs Chromium's and Firefox's files side by side, each at an address of its own) on the host side,
 // once per process; it is removed by removeLan(), and at the latest when the process exits (also on SIGINT and
 // SIGTERM). Pairs left by a run that was killed outright (their pid is gone) are removed first. It needs root
 // (CAP_NET_ADMIN): without it, lanAddress() resolves to {skip: "why"} and the cases say so.
@@ -12,8 +13,10 @@ import { writeFileSync } from "node:fs";
 import net from "node:net";
 import { processAlive as alive } from "./support.js";
 
-/** The one non-loopback address the tests ever use. */
-export const LAN_ADDRESS = "198.18.0.1";
+/** This run's "LAN" address: $LAN_ADDRESS (another in 198.18.0.0/15, so that two runs side by side each have their
+ * own), else 198.18.0.1. */
+export const LAN_ADDRESS = process.env.LAN_ADDRESS || "198.18.0.1";
+if (!/^198\.1[89]\.\d{1,3}\.\d{1,3}$/.test(LAN_ADDRESS)) throw new Error(`LAN_ADDRESS ${LAN_ADDRESS} is not in 198.18.0.0/15`);
 
 const HOST = `mve${process.pid}h`;
 const PEER = `mve${process.pid}p`;
