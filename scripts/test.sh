@@ -6,10 +6,10 @@
 # exactly this. Each stage's and each lane's time is printed at the end.
 #
 # On two cores, in this order (docs/testing.md has the measurements behind it): the test build; the tests that
-# measure this machine's CPU or a source's real-time timing, alone, with the image check beneath (mostly
-# downloads); the other Rust tests (eight at a time), with the fuzzing beneath at the lowest priority (nice 19,
-# taking only idle CPU); the browser files that check behaviour rather than time (lossy links, logins,
-# proxies, the page's units), two at a time, with clippy and the fuzzing's tail beneath; then those that
+# measure this machine's CPU or a source's real-time timing, alone; the other Rust tests (eight at a time),
+# with the fuzzing and the image check (mostly downloads) beneath at the lowest priority (nice 19, taking only
+# idle CPU); the browser files that check behaviour rather than time (lossy links, logins, proxies, the page's
+# units), two at a time, with clippy and the fuzzing's and image check's tails beneath; then those that
 # measure latency, frame rate and recovery: Chromium's and Firefox's engine suites and the player files in two
 # lanes side by side, the throttled links alone, and WebKitGTK alone.
 set -euo pipefail
@@ -79,7 +79,7 @@ stage "npm ci" bash -c 'cd client && npm ci --silent --no-audit --no-fund && cd 
 stage "cargo fmt" cargo fmt --all --check
 stage "build tests" cargo nextest run --workspace --no-run --cargo-quiet
 stage "CPU-measuring tests, alone" cargo nextest run --workspace --no-fail-fast -j 1 -E "$ALONE"
-# The image check mostly downloads (debootstrap); it starts now and is waited for after the Rust tests.
+# The image check mostly downloads (debootstrap); it starts now and is waited for after the behaviour files.
 if [ "$(id -u)" -eq 0 ]; then
   start_lane "docker image (chroot)" nice -n 19 bash scripts/check-image.sh target/debug/mqtt-video
 else
@@ -100,9 +100,9 @@ browser_files_at() {
 }
 # Files whose checks are of behaviour (no reset, a refusal, a page that plays), not of time; and the pure
 # units of the page. Two at a time.
-BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js renditions.test.js abr.test.js
+BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js renditions.test.js brokers.test.js abr.test.js
   capabilities.test.js feed.test.js jitter.test.js link-probe.test.js live-edge.test.js login.test.js
-  merge.test.js mp4.test.js page-urls.test.js presentation.test.js protocol.test.js switch.test.js)
+  merge.test.js mp4.test.js page-urls.test.js pieces.test.js presentation.test.js protocol.test.js switch.test.js)
 # Each browser file is in exactly one list (checked below), so none is left out of the command. The engine
 # suite and the HEVC file run once per engine; the player files are Chromium's (its WebCodecs and its
 # MediaSource), one in each lane.
@@ -130,11 +130,12 @@ rust_tests() {
   cat "$logs/Rust tests.log"
   return "$rc"
 }
-# The browser files that check behaviour, two at a time, with clippy and the rest of the fuzzing beneath.
+# The browser files that check behaviour, two at a time, with clippy, the rest of the fuzzing and of the image
+# check beneath.
 behaviour_browsers() {
   local rc=0
   start_lane "cargo clippy" nice -n 19 cargo clippy --workspace --all-targets --quiet -- -D warnings
-  lanes+=("${fuzz_lanes[@]}")
+  lanes+=("${fuzz_lanes[@]}" "${image_lanes[@]}")
   (lane "browser files of behaviour" browser_files_at 2 chromium "${BEHAVIOUR[@]}") || rc=1
   echo "== lane browser files of behaviour"
   cat "$logs/browser files of behaviour.log"
@@ -163,9 +164,7 @@ webkit() {
   browser_files webkit "${ENGINE_FILES[@]}"
 }
 stage "other Rust tests; fuzzing beneath" rust_tests
-lanes=("${image_lanes[@]}")
-stage "docker image (chroot), waited for" wait_lanes
-stage "browser tests of behaviour; clippy, fuzzing beneath" behaviour_browsers
+stage "browser tests of behaviour; clippy, fuzzing, image check beneath" behaviour_browsers
 stage "browser tests, engines and players (two lanes)" engines_and_players
 stage "browser tests behind a bottleneck (network namespaces, tc)" browser_files chromium "${LINK_FILES[@]}"
 stage "browser tests, WebKit" webkit
