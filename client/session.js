@@ -31,6 +31,7 @@ import {
 } from "./protocol.js";
 import { SequenceMerge } from "./merge.js";
 import { boxType, messageFacts, sameBytes } from "./mp4.js";
+import { Reassembler } from "./pieces.js";
 import { Handover } from "./switch.js";
 
 /** Reply topics of dead connections remembered to stop once connected again. */
@@ -322,6 +323,7 @@ export class Session {
       described: false,
       describedStream: null, // version 2: the stream topic the describe reply named
       renditions: null, // ... and its renditions (protocol.js parseRenditions), or null
+      pieces: new Map(), // media topic -> Reassembler (pieces.js)
       feeds: new Map(), // version 2: rendition (MAIN without renditions) -> {name, topic, merge} subscribed
       requested: null, // the rendition the plays name: the reply topic's join bursts are its
       playing: null, // the rendition the renderer is fed
@@ -553,6 +555,10 @@ export class Session {
     if (reply || feed) {
       conn.requests?.message(now);
       if (!this.url) return;
+      // A segment the server cut for the broker's packet limit comes whole out of its topic's pieces.
+      if (!conn.pieces.has(topic)) conn.pieces.set(topic, new Reassembler());
+      payload = conn.pieces.get(topic).push(payload);
+      if (!payload) return;
       if (!conn.feeds.size) {
         this.hooks.media(payload); // version 1: everything on the reply topic, in order
         return;

@@ -6,8 +6,10 @@ use super::report::ViewerReport;
 use crate::media::timing::wallclock_us;
 use crate::server::mqtt::MAX_PACKET_BYTES;
 use mqtt_video_wire::fmp4;
+use mqtt_video_wire::pieces::{Piece, Reassembler};
 use mqtt_video_wire::protocol::status_topic;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +113,7 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
     let mut check = MediaCheck::default();
     let mut realtime = Realtime::default();
     let mut merge = SequenceMerge::default();
+    let mut pieces: HashMap<String, Reassembler> = HashMap::new();
     // v2: the stream's media topic, from the describe reply (a v2 viewer always describes first).
     let mut stream_topic: Option<String> = None;
     let mut phase = Phase::Connecting;
@@ -278,11 +281,16 @@ pub async fn run(plan: ViewerPlan, progress: Arc<Progress>) -> ViewerResult {
             Packet::Publish(p) if p.topic == media_topic || Some(&p.topic) == stream_topic.as_ref() => {
                 let at = Instant::now();
                 let received_us = wallclock_us();
+                // A segment sent in pieces for the broker's packet limit counts once whole; a lost piece
+                // shows as the fragment missing from the sequence.
+                let Ok(Piece::Segment(payload)) = pieces.entry(p.topic.clone()).or_default().push(&p.payload) else {
+                    continue;
+                };
                 let ready = if plan.protocol == 2 {
-                    let key = fmp4::starts_with_keyframe(&p.payload);
-                    merge.push(p.payload, key)
+                    let key = fmp4::starts_with_keyframe(&payload);
+                    merge.push(payload, key)
                 } else {
-                    vec![p.payload]
+                    vec![payload]
                 };
                 for payload in ready {
                     match check.push(&payload, received_us) {

@@ -95,6 +95,8 @@ pub struct BrokerConfig {
     pub reconnect_max_ms: u64,
     /// QoS of media and status messages: 0 (lowest latency) or 1.
     pub qos: u8,
+    /// The broker's packet limit, when it has one: larger segments go in pieces that fit (0: no limit).
+    pub max_packet_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -111,6 +113,7 @@ impl Default for BrokerConfig {
             reconnect_min_ms: 200,
             reconnect_max_ms: 10_000,
             qos: 0,
+            max_packet_bytes: 0,
         }
     }
 }
@@ -130,9 +133,14 @@ impl fmt::Debug for BrokerConfig {
             .field("reconnect_min_ms", &self.reconnect_min_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("qos", &self.qos)
+            .field("max_packet_bytes", &self.max_packet_bytes)
             .finish()
     }
 }
+
+/// The smallest packet limit taken: a fragment's first piece carries its `moof` whole, and the control
+/// messages (a describe reply, the sources list) go unsplit.
+pub const MIN_PACKET_LIMIT: usize = 16 * 1024;
 
 /// `{hostname}` and `{pid}` in a client id, replaced: one config file serves every instance of a pool
 /// (MQTT brokers disconnect the older of two clients with the same id).
@@ -180,6 +188,12 @@ impl BrokerConfig {
         }
         if self.qos > 1 {
             return Err(ConfigError::invalid("broker.qos", format!("must be 0 or 1, not {}", self.qos)));
+        }
+        if self.max_packet_bytes != 0 && self.max_packet_bytes < MIN_PACKET_LIMIT {
+            return Err(ConfigError::invalid(
+                "broker.max_packet_bytes",
+                format!("must be 0 (no limit) or at least {MIN_PACKET_LIMIT}, not {}", self.max_packet_bytes),
+            ));
         }
         check_backoff(
             "broker.reconnect_min_ms",
@@ -890,6 +904,7 @@ mod tests {
             "reconnect_min_ms",
             "reconnect_max_ms",
             "qos",
+            "max_packet_bytes",
             "prefix",
             "max_streams",
             "max_viewers_per_stream",
@@ -994,6 +1009,10 @@ mod tests {
             ("[broker]\nhost = \" \"", "broker.host must not be empty"),
             ("[broker]\nclient_id = \"\"", "broker.client_id must not be empty"),
             ("[broker]\nqos = 2", "broker.qos must be 0 or 1, not 2"),
+            (
+                "[broker]\nmax_packet_bytes = 1000",
+                "broker.max_packet_bytes must be 0 (no limit) or at least 16384, not 1000",
+            ),
             ("[broker]\npassword = \"x\"", "broker.password needs broker.username (MQTT 3.1.1)"),
             ("[broker]\nca_file = \"/etc/ca.pem\"", "broker.ca_file is set but broker.tls is false"),
             ("[broker]\nreconnect_min_ms = 0", "broker.reconnect_min_ms must be at least 1"),

@@ -98,6 +98,8 @@ pub struct Hub {
     ids: stream::ids::StreamIds,
     /// Fragments the gateway shed for browsers that could not keep up.
     pub(crate) gateway_shed: Arc<AtomicU64>,
+    /// How media fits the broker's packet limit.
+    pieces: viewer::Pieces,
     /// Set when shutting down: nothing new starts.
     closing: std::sync::atomic::AtomicBool,
 }
@@ -188,6 +190,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             .with_requester_secret(config.broker.password.as_deref()),
         gateway_shed,
         closing: Default::default(),
+        pieces: viewer::Pieces { max_packet: config.broker.max_packet_bytes, log: Arc::default() },
         config,
     });
     let _ = late_hub.set(Arc::clone(&hub));
@@ -203,7 +206,18 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let (tx, mut rx) = mpsc::channel(1024);
     tasks.spawn(
         "broker session",
-        mqtt::drive(eventloop, client, topics, hub.config.broker.clone(), tx, health, cluster_on),
+        mqtt::drive(
+            eventloop,
+            client,
+            mqtt::Session {
+                topics,
+                broker: hub.config.broker.clone(),
+                tx,
+                health,
+                cluster: cluster_on,
+                publishes: Arc::clone(&hub.pieces.log),
+            },
+        ),
     );
     tasks.spawn("sweep", Arc::clone(&hub).sweep_forever());
     if let Some(every) = hub.config.stats.interval() {

@@ -62,6 +62,7 @@ impl Hub {
             Stream::new(url.clone(), self.stream_topics(&url), config, client, qos, capacity)
                 .pushed(source_url, srt)
                 .gated(gate)
+                .pieces(self.pieces.clone())
         })
     }
 
@@ -72,7 +73,7 @@ impl Hub {
         let topics = self.stream_topics(url);
         let gate = self.gate_for(url, &config.video);
         self.start_stream(url, requester, || {
-            Stream::new(url.to_string(), topics, config, client, qos, capacity).gated(gate)
+            Stream::new(url.to_string(), topics, config, client, qos, capacity).gated(gate).pieces(self.pieces.clone())
         })
     }
 

@@ -1,12 +1,43 @@
 //! One viewer: a bounded queue of what to publish on its reply topic, and the task that publishes it.
 //! A viewer that falls behind loses whole fragments up to the next keyframe, never a broken GOP.
 
+use super::mqtt::PublishLog;
 use bytes::Bytes;
-use rumqttc::{AsyncClient, QoS};
+use mqtt_video_wire::pieces;
+use rumqttc::{AsyncClient, ClientError, QoS};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tokio::sync::Notify;
+
+/// How media messages fit the broker: its packet limit (0: none), and where large publishes are noted.
+#[derive(Debug, Clone, Default)]
+pub struct Pieces {
+    /// `broker.max_packet_bytes`.
+    pub max_packet: usize,
+    /// The last large publish, for the log line when the broker drops the connection.
+    pub log: Arc<PublishLog>,
+}
+
+impl Pieces {
+    /// Publishes one segment on `topic`: whole, or in pieces that fit the packet limit (docs/PROTOCOL.md,
+    /// "Pieces"), consecutively, so that nothing else on the topic comes between them.
+    async fn publish(&self, client: &AsyncClient, topic: &str, qos: QoS, segment: Bytes) -> Result<(), ClientError> {
+        let max_payload = match self.max_packet {
+            0 => usize::MAX,
+            limit => pieces::max_payload(limit, topic, qos != QoS::AtMostOnce),
+        };
+        if segment.len() <= max_payload {
+            self.log.note(segment.len());
+            return client.publish_bytes(topic, qos, false, segment).await;
+        }
+        for piece in pieces::split(&segment, max_payload) {
+            self.log.note(piece.len());
+            client.publish_bytes(topic, qos, false, piece).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Something to publish for a viewer, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +194,7 @@ impl Viewer {
     }
 
     /// Starts the task that publishes the queue in order.
-    pub fn spawn_publisher(&self, client: AsyncClient, qos: QoS) {
+    pub fn spawn_publisher(&self, client: AsyncClient, qos: QoS, pieces: Pieces) {
         let (queue, notify) = (Arc::clone(&self.queue), Arc::clone(&self.notify));
         let media_topic = self.reply_topic.clone();
         let status_topic = mqtt_video_wire::protocol::status_topic(&self.reply_topic);
@@ -171,7 +202,7 @@ impl Viewer {
             loop {
                 let (item, done) = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
                 let result = match item {
-                    Some(Item::Media(bytes)) => client.publish_bytes(media_topic.as_str(), qos, false, bytes).await,
+                    Some(Item::Media(bytes)) => pieces.publish(&client, media_topic.as_str(), qos, bytes).await,
                     Some(Item::Status(json)) => client.publish(status_topic.as_str(), qos, false, json).await,
                     None if done => return,
                     None => {

@@ -157,7 +157,7 @@ export function startProcess(name, cmd, args, options = {}) {
  * aclFile}) turns anonymous clients away and checks users and rights.
  */
 export class Mosquitto {
-  constructor({ port, wsPort = null, login = null }) {
+  constructor({ port, wsPort = null, login = null, extra = [] }) {
     this.port = port;
     this.wsPort = wsPort;
     this.conf = path.join(scratch(), `mosquitto-${port}.conf`);
@@ -173,6 +173,7 @@ export class Mosquitto {
       "log_dest stderr",
       "log_type error",
       "log_type warning",
+      ...extra,
       `listener ${port} 127.0.0.1`,
       "protocol mqtt",
     ];
@@ -214,11 +215,12 @@ export async function startRtspSource(extraArgs = [], port = 0) {
  * The config of a server whose gateway serves client/ at `host`:`httpPort`, on the broker at `mqttPort`, allowing
  * `urls`, in pipeline mode `mode`; `extra` lines (whole tables) go at the end.
  */
-export function gatewayConfig({ mqttPort, httpPort, host = "127.0.0.1", name, urls, mode = "auto", extra = [] }) {
+export function gatewayConfig({ mqttPort, httpPort, host = "127.0.0.1", name, urls, mode = "auto", broker = [], extra = [] }) {
   return [
     "[broker]",
     `port = ${mqttPort}`,
     `client_id = "mqtt-video-${name}-${process.pid}"`,
+    ...broker,
     "[gateway]",
     `listen = "${host}:${httpPort}"`,
     `client_dir = ${JSON.stringify(CLIENT_DIR)}`,

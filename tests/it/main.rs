@@ -5,6 +5,7 @@
 mod support;
 
 mod bench;
+mod brokers;
 mod cli;
 mod cluster;
 mod deploy;

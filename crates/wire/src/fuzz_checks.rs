@@ -8,6 +8,7 @@
 use crate::fmp4::{self, Segment, Splitter};
 use crate::marker_splice::MarkerSplice;
 use crate::mqtt_frames::{read_connect, Framer};
+use crate::pieces::{segment_len, split, starts_segment, Piece, Reassembler};
 use crate::policy::{AllowList, NamedSource, Policy};
 use crate::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 use crate::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
@@ -18,12 +19,13 @@ use crate::{aac, h264, hevc};
 pub type Check = fn(&[u8]);
 
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
-pub const TARGETS: [(&str, Check); 10] = [
+pub const TARGETS: [(&str, Check); 11] = [
     ("fmp4", fmp4),
     ("hevc_parameter_sets", hevc_parameter_sets),
     ("marker_splice", marker_splice),
     ("media_headers", media_headers),
     ("mqtt_frames", mqtt_frames),
+    ("pieces", pieces),
     ("policy", policy),
     ("request", request),
     ("rtmp_chunks", rtmp_chunks),
@@ -115,6 +117,36 @@ pub fn mqtt_frames(data: &[u8]) {
     for p in &packets {
         let _ = read_connect(p);
     }
+}
+
+/// Segments in pieces: any messages into a reassembler (never a panic; what comes out is one whole segment),
+/// and a segment made of the input, cut at the first byte's limit, back byte for byte.
+pub fn pieces(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let mut r = Reassembler::default();
+    for message in bytes.chunks(step) {
+        let message = bytes::Bytes::copy_from_slice(message);
+        if let Ok(Piece::Segment(s)) = r.push(&message) {
+            assert!(starts_segment(&s), "a segment out starts like one");
+            assert!(segment_len(&s).is_some_and(|n| n <= s.len()), "and is whole");
+        }
+    }
+    let moof_len = bytes.len().min(step);
+    let mut segment = Vec::with_capacity(bytes.len() + 16);
+    segment.extend_from_slice(&(moof_len as u32 + 8).to_be_bytes());
+    segment.extend_from_slice(b"moof");
+    segment.extend_from_slice(&bytes[..moof_len]);
+    segment.extend_from_slice(&((bytes.len() - moof_len) as u32 + 8).to_be_bytes());
+    segment.extend_from_slice(b"mdat");
+    segment.extend_from_slice(&bytes[moof_len..]);
+    let segment = bytes::Bytes::from(segment);
+    let cut_at = 16 + step;
+    let parts = split(&segment, cut_at);
+    assert_eq!(parts.concat(), segment.to_vec(), "the pieces are the segment's bytes in order");
+    assert!(parts.iter().skip(1).all(|p| !starts_segment(p)), "no later piece starts like a segment");
+    let mut r = Reassembler::default();
+    let out: Vec<_> = parts.iter().filter_map(|p| r.push(p).ok()).collect();
+    assert_eq!(out.last(), Some(&Piece::Segment(segment)), "and come back whole");
 }
 
 /// The URL allow-list: what it allows is under an allowed prefix or a named source.

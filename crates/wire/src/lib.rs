@@ -23,6 +23,7 @@ pub mod keyframe;
 pub mod marker_splice;
 pub mod mqtt_frames;
 pub mod output;
+pub mod pieces;
 pub mod plain_http;
 pub mod policy;
 pub mod protocol;

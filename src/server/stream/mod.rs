@@ -23,6 +23,7 @@ pub mod supervisor;
 use crate::media::events::{PipelineStats, RenditionInfo};
 use crate::media::pipeline::Gate;
 use crate::media::{OutputInfo, PipelineConfig};
+use crate::server::viewer::Pieces;
 use bytes::Bytes;
 use core::{Delivery, Effect, Full, StreamCore};
 use mqtt_video_wire::protocol::{EndReason, ErrorCode, Status, StreamTopics};
@@ -138,7 +139,7 @@ impl Stream {
             url,
             config,
             gate: None,
-            outlet: Outlet { client, qos, viewer_capacity },
+            outlet: Outlet { client, qos, viewer_capacity, pieces: Pieces::default() },
             outputs,
             phase: watch::channel(Phase::Starting).0,
             stopping: AtomicBool::new(false),
@@ -160,6 +161,12 @@ impl Stream {
     /// Has every pipeline run ask `gate` before it takes on its source's work.
     pub fn gated(self, gate: Gate) -> Self {
         Self { gate: Some(gate), ..self }
+    }
+
+    /// Sends media in pieces that fit the broker's packet limit.
+    pub fn pieces(mut self, pieces: Pieces) -> Self {
+        self.outlet.pieces = pieces;
+        self
     }
 
     /// Records which requester started the stream.

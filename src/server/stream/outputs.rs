@@ -7,7 +7,7 @@ use super::core::{Effect, StreamCore, Topic};
 use super::stats::Latencies;
 use crate::media::encode::rendition::RenditionControl;
 use crate::media::events::RenditionInfo;
-use crate::server::viewer::Viewer;
+use crate::server::viewer::{Pieces, Viewer};
 use bytes::Bytes;
 use mqtt_video_wire::protocol::Status;
 use rumqttc::{AsyncClient, QoS};
@@ -24,6 +24,8 @@ pub(super) struct Outlet {
     pub qos: QoS,
     /// Media messages queued for one viewer before whole GOPs are dropped.
     pub viewer_capacity: usize,
+    /// How media fits the broker's packet limit.
+    pub pieces: Pieces,
 }
 
 /// One of the stream's outputs: its own (`main`) or one of its renditions, each with its own topics, state
@@ -106,7 +108,7 @@ impl OutputState {
         match effect {
             Effect::Open { viewer } => {
                 let v = Viewer::new(viewer.clone(), outlet.viewer_capacity);
-                v.spawn_publisher(outlet.client.clone(), outlet.qos);
+                v.spawn_publisher(outlet.client.clone(), outlet.qos, outlet.pieces.clone());
                 self.viewers.insert(viewer, v);
             }
             Effect::Status { viewer, status } => {
@@ -152,7 +154,7 @@ impl OutputState {
                 let shared = self.shared.get_or_insert_with(|| {
                     let v = Viewer::new(media_topic.clone(), outlet.viewer_capacity);
                     v.queue().take_from_here();
-                    v.spawn_publisher(outlet.client.clone(), outlet.qos);
+                    v.spawn_publisher(outlet.client.clone(), outlet.qos, outlet.pieces.clone());
                     v
                 });
                 published(payload.len());

@@ -283,6 +283,11 @@ impl Server {
         }
     }
 
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The gateway's address as the server logged it (`127.0.0.1:PORT`).
     pub fn gateway_addr(&self) -> String {
         self.wait_for_log("the page is at http://", Duration::from_secs(10));
