@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: installs what is missing, builds, starts a mosquitto broker (or uses the
-# one already listening on the port) and `mqtt-video serve` with its gateway, and prints the page to open.
+# The main job, on a fresh machine: installs what is missing, builds, starts `mqtt-video serve` with its
+# gateway and its embedded broker (or with the broker already listening on the port), and prints the page to
+# open.
 # The built-in test pattern plays at once; Ctrl-C stops everything.
 #   MQTT_PORT (default 1883) and HTTP (default 127.0.0.1:8080) change where they listen.
 set -euo pipefail
@@ -19,15 +20,16 @@ trap cleanup EXIT INT TERM
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; then
   echo "demo: using the MQTT broker already listening on 127.0.0.1:$mqtt_port"
+  broker="port = $mqtt_port"
 else
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$mqtt_port" > "$run_dir/mosquitto.conf"
-  mosquitto -c "$run_dir/mosquitto.conf" & pids+=($!)
-  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+  # No broker to install: the server runs one inside (no logins, no ACL; docker/ has mosquitto for those).
+  broker="embedded = true
+embedded_listen = \"127.0.0.1:$mqtt_port\""
 fi
 
 cat > "$run_dir/demo.toml" <<TOML
 [broker]
-port = $mqtt_port
+$broker
 client_id = "mqtt-video-demo"
 
 [gateway]

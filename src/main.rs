@@ -52,8 +52,14 @@ fn run() -> Result<()> {
     // for https://192.168.1.5:8080/): the connection is fine, so its warnings are kept out of the log unless
     // the filter names rustls itself.
     let filter = if filter.contains("rustls") { filter } else { format!("{filter},rustls=error") };
+    // The embedded broker (rumqttd) logs every connection and subscription at info, and a client that goes
+    // away without a DISCONNECT (a closed browser tab) as an error: warnings of its own are kept.
+    let filter =
+        if filter.contains("rumqttd") { filter } else { format!("{filter},rumqttd=warn,rumqttd::server::broker=off") };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,rustls=error")))
+        .with_env_filter(
+            EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,rustls=error,rumqttd=warn")),
+        )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald, `docker logs` and log files get plain text.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())

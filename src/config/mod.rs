@@ -15,6 +15,7 @@ use mqtt_video_wire::protocol::{self, RequestLimits};
 use serde::Deserialize;
 use snapshots::SnapshotConfig;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
@@ -97,6 +98,10 @@ pub struct BrokerConfig {
     pub qos: u8,
     /// The broker's packet limit, when it has one: larger segments go in pieces that fit (0: no limit).
     pub max_packet_bytes: usize,
+    /// Run a broker inside the process (for a first start) instead of connecting to `host`:`port`.
+    pub embedded: bool,
+    /// Where the embedded broker listens for the gateway and other MQTT clients.
+    pub embedded_listen: SocketAddr,
 }
 
 impl Default for BrokerConfig {
@@ -114,6 +119,8 @@ impl Default for BrokerConfig {
             reconnect_max_ms: 10_000,
             qos: 0,
             max_packet_bytes: 0,
+            embedded: false,
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
         }
     }
 }
@@ -134,6 +141,8 @@ impl fmt::Debug for BrokerConfig {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("qos", &self.qos)
             .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("embedded", &self.embedded)
+            .field("embedded_listen", &self.embedded_listen)
             .finish()
     }
 }
@@ -188,6 +197,15 @@ impl BrokerConfig {
         }
         if self.qos > 1 {
             return Err(ConfigError::invalid("broker.qos", format!("must be 0 or 1, not {}", self.qos)));
+        }
+        if self.embedded && self.tls {
+            return Err(ConfigError::invalid("broker.tls", "the embedded broker has no TLS (run mosquitto for it)"));
+        }
+        if self.embedded && self.username.is_some() {
+            return Err(ConfigError::invalid(
+                "broker.username",
+                "the embedded broker has no logins (run mosquitto for them)",
+            ));
         }
         if self.max_packet_bytes != 0 && self.max_packet_bytes < MIN_PACKET_LIMIT {
             return Err(ConfigError::invalid(
@@ -499,8 +517,9 @@ pub enum EnvKind {
 }
 
 /// The settings people change most, overridable from the environment (containers): variable, key, kind.
-pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 14] = [
+pub const ENV_OVERRIDES: [(&str, &str, EnvKind); 15] = [
     ("MQTT_VIDEO_BROKER_HOST", "broker.host", EnvKind::Text),
+    ("MQTT_VIDEO_BROKER_EMBEDDED", "broker.embedded", EnvKind::Bool),
     ("MQTT_VIDEO_BROKER_PORT", "broker.port", EnvKind::Integer),
     ("MQTT_VIDEO_BROKER_USERNAME", "broker.username", EnvKind::Text),
     ("MQTT_VIDEO_BROKER_PASSWORD", "broker.password", EnvKind::Text),
@@ -639,6 +658,18 @@ impl Config {
         self.broker.validate()?;
         self.gateway.validate()?;
         self.topics.validate()?;
+        if self.broker.embedded && self.topics.guarded {
+            return Err(ConfigError::invalid(
+                "topics.guarded",
+                "needs a broker with an ACL; the embedded broker has none (run mosquitto: docker/rights/)",
+            ));
+        }
+        if self.broker.embedded && self.cluster.enabled {
+            return Err(ConfigError::invalid(
+                "cluster.enabled",
+                "instances share an external broker, not an embedded one",
+            ));
+        }
         self.limits.validate()?;
         self.retry.validate()?;
         self.snapshots.validate()?;
@@ -905,6 +936,8 @@ mod tests {
             "reconnect_max_ms",
             "qos",
             "max_packet_bytes",
+            "embedded",
+            "embedded_listen",
             "prefix",
             "max_streams",
             "max_viewers_per_stream",
@@ -1003,12 +1036,33 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_broker_listens_on_an_address_and_port() {
+        let c = Config::from_toml_str("[broker]\nembedded = true\nembedded_listen = \"0.0.0.0:1884\"").unwrap();
+        assert!(c.broker.embedded);
+        assert_eq!(c.broker.embedded_listen, "0.0.0.0:1884".parse().unwrap());
+        let e = error("[broker]\nembedded_listen = \"localhost\"");
+        assert!(e.contains("embedded_listen") && e.contains("invalid socket address"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let cases = [
             ("[broker]\nport = 0", "broker.port must not be 0"),
             ("[broker]\nhost = \" \"", "broker.host must not be empty"),
             ("[broker]\nclient_id = \"\"", "broker.client_id must not be empty"),
             ("[broker]\nqos = 2", "broker.qos must be 0 or 1, not 2"),
+            (
+                "[broker]\nembedded = true\ntls = true",
+                "broker.tls the embedded broker has no TLS (run mosquitto for it)",
+            ),
+            (
+                "[broker]\nembedded = true\nusername = \"u\"",
+                "broker.username the embedded broker has no logins (run mosquitto for them)",
+            ),
+            (
+                "[broker]\nembedded = true\n[topics]\nguarded = true",
+                "topics.guarded needs a broker with an ACL; the embedded broker has none (run mosquitto: docker/rights/)",
+            ),
             (
                 "[broker]\nmax_packet_bytes = 1000",
                 "broker.max_packet_bytes must be 0 (no limit) or at least 16384, not 1000",

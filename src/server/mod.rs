@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod assets;
 pub mod cluster;
+pub mod embedded_broker;
 pub mod gateway;
 mod guarded;
 pub mod health;
@@ -51,6 +52,9 @@ pub enum ServerError {
     /// An ingest endpoint could not start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// `broker.embedded` is set and the broker could not start.
+    #[error(transparent)]
+    EmbeddedBroker(#[from] embedded_broker::EmbeddedBrokerError),
     /// One of the server's own tasks ended or panicked: the server cannot go on without it.
     #[error("the server's {task} task {}", why.as_deref().map_or("ended".to_string(), |w| format!("panicked: {w}")))]
     TaskFailed {
@@ -113,7 +117,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs the server until SIGINT/SIGTERM.
-pub async fn run(config: Config) -> Result<(), ServerError> {
+pub async fn run(mut config: Config) -> Result<(), ServerError> {
+    if config.broker.embedded {
+        // The server, its gateway and everyone else then use this broker as they would an external one.
+        let at = embedded_broker::start(config.broker.embedded_listen)?;
+        config.broker.host = at.ip().to_string();
+        config.broker.port = at.port();
+    }
     let topics = Topics::new(&config.topics.prefix)?;
     let policy = config.policy()?;
     let cluster_on = config.cluster.enabled;

@@ -1,6 +1,7 @@
 // The binary alone serves a working page: a copy of `mqtt-video` in an empty temporary folder, run from there
-// (so neither the checkout's client/ nor its node_modules can be reached), serves the page built into it, and
-// headless Chromium plays the built-in test pattern through it.
+// (so neither the checkout's client/ nor its node_modules can be reached) with its embedded broker (so no
+// mosquitto either: a first start with nothing installed), serves the page built into it, and headless
+// Chromium plays the built-in test pattern through it.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -8,7 +9,7 @@ import { copyFileSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { CHROMIUM_ARGS, chromiumPath, freePort, Mosquitto, onCleanup, serverBinary, startServer, stopAll, waitFor } from "./support.js";
+import { CHROMIUM_ARGS, chromiumPath, freePort, onCleanup, serverBinary, startServer, stopAll, waitFor } from "./support.js";
 
 const fx = {};
 
@@ -19,12 +20,10 @@ before(async () => {
   copyFileSync(serverBinary(), fx.bin);
   fx.mqttPort = await freePort();
   fx.httpPort = await freePort();
-  fx.broker = new Mosquitto({ port: fx.mqttPort });
-  await fx.broker.start();
-  onCleanup(() => fx.broker.stop());
   const config = [
     "[broker]",
-    `port = ${fx.mqttPort}`,
+    "embedded = true",
+    `embedded_listen = "127.0.0.1:${fx.mqttPort}"`,
     `client_id = "mqtt-video-alone-${process.pid}"`,
     "",
     "[gateway]",
@@ -39,7 +38,7 @@ before(async () => {
 
 after(stopAll);
 
-test("a copy of the binary in an empty folder serves its page, which plays", { timeout: 60_000 }, async () => {
+test("a copy of the binary in an empty folder, with its embedded broker, serves its page, which plays", { timeout: 60_000 }, async () => {
   assert.deepEqual(readdirSync(fx.dir).filter((f) => !f.endsWith(".toml")).sort(), ["mqtt-video"], "nothing but the binary");
   const base = `http://127.0.0.1:${fx.httpPort}`;
   const bundle = await fetch(`${base}/node_modules/mqtt/dist/mqtt.esm.js`);

@@ -1,5 +1,6 @@
 //! Brokers as users run them: one with a packet limit (mosquitto's `max_packet_size`, at AWS IoT Core's
-//! 128 KB) and a 1080p stream whose keyframe fragments are several times that.
+//! 128 KB) and a 1080p stream whose keyframe fragments are several times that; and none at all, the server's
+//! embedded broker serving a first start.
 
 use crate::support;
 
@@ -7,8 +8,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use support::broker::Broker;
-use support::page::{server_config, Page, Server};
+use support::broker::{free_port, Broker};
+use support::page::{server_config, sources_list, Page, Server};
 
 /// AWS IoT Core's packet limit.
 const LIMIT: usize = 128 * 1024;
@@ -53,11 +54,11 @@ fn config(broker: &Broker, max_packet_bytes: usize) -> String {
         )
 }
 
-fn bench(broker: &Broker, url: &str, protocol: &str, name: &str) -> Value {
+fn bench(port: u16, url: &str, protocol: &str, name: &str) -> Value {
     let path = support::work_dir().join(format!("{name}.json"));
     let out = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
-        .args(["bench", "--broker", &format!("127.0.0.1:{}", broker.port), "--url", url])
-        .args(["--viewers", "3", "--seconds", "6", "--protocol", protocol, "--json", path.to_str().expect("utf-8")])
+        .args(["bench", "--broker", &format!("127.0.0.1:{port}"), "--url", url])
+        .args(["--viewers", "10", "--seconds", "6", "--protocol", protocol, "--json", path.to_str().expect("utf-8")])
         .env("MQTT_VIDEO_LOG", "warn")
         .output()
         .expect("running mqtt-video bench");
@@ -102,10 +103,10 @@ fn under_a_128_kb_packet_limit_large_keyframes_go_in_pieces_with_no_disconnect_a
     // With it, both protocols get every fragment, the keyframes in pieces.
     let server = Server::start(&config(&broker, LIMIT));
     for protocol in ["1", "2"] {
-        let r = bench(&broker, &url, protocol, &format!("brokers-limit-v{protocol}"));
+        let r = bench(broker.port, &url, protocol, &format!("brokers-limit-v{protocol}"));
         assert_eq!(r["errors"], Value::Array(vec![]), "{r:#}");
         assert_eq!(num(&r, "gaps"), 0.0, "protocol {protocol}");
-        assert!(num(&r, "fragments") >= 3.0 * 4.0 * 30.0, "protocol {protocol}: {}", r["fragments"]);
+        assert!(num(&r, "fragments") >= 10.0 * 4.0 * 30.0, "protocol {protocol}: {}", r["fragments"]);
         let p95 = num(&r, "latency.p95");
         println!("protocol {protocol}: source to receipt p50 {} ms, p95 {p95} ms", num(&r, "latency.p50"));
         assert!(p95 < 500.0, "protocol {protocol}: p95 {p95} ms");
@@ -116,11 +117,55 @@ fn under_a_128_kb_packet_limit_large_keyframes_go_in_pieces_with_no_disconnect_a
     // The same stream through a broker without a limit, for the figures (printed, not asserted: a timing).
     let open = Broker::start();
     let _server = Server::start(&config(&open, 0));
-    let r = bench(&open, &url, "2", "brokers-open-v2");
+    let r = bench(open.port, &url, "2", "brokers-open-v2");
     assert_eq!(num(&r, "gaps"), 0.0);
     println!(
         "no limit, protocol 2: source to receipt p50 {} ms, p95 {} ms (largest keyframe {key} bytes)",
         num(&r, "latency.p50"),
         num(&r, "latency.p95")
     );
+}
+
+#[test]
+fn with_no_broker_installed_the_embedded_one_serves_viewers_pages_and_other_clients() {
+    let port = free_port();
+    let embedded =
+        format!("[broker]\nembedded = true\nembedded_listen = \"127.0.0.1:{port}\"\nclient_id = \"embedded-test\"\n");
+    let config = format!("{embedded}\n[gateway]\nlisten = \"127.0.0.1:0\"\n\n[stats]\ninterval_secs = 1\n");
+    let server = Server::start(&config);
+    // Any MQTT client gets the retained list of sources, as from mosquitto.
+    let sources = sources_list(port, Duration::from_secs(5)).expect("the retained sources list");
+    assert!(sources.to_string().contains("builtin://testsrc"), "{sources}");
+    // Viewers of both protocols, ten at a time, every fragment.
+    for protocol in ["1", "2"] {
+        let r = bench(port, "builtin://testsrc", protocol, &format!("embedded-v{protocol}"));
+        assert_eq!(r["errors"], Value::Array(vec![]), "{r:#}");
+        assert_eq!(num(&r, "gaps"), 0.0, "protocol {protocol}");
+        println!(
+            "embedded broker, protocol {protocol}: source to receipt p50 {} ms, p95 {} ms",
+            num(&r, "latency.p50"),
+            num(&r, "latency.p95")
+        );
+    }
+    // A browser's MQTT over WebSocket, bridged by the gateway to the embedded broker.
+    let ws = Page::connect_ws(&format!("ws://{}/mqtt", server.gateway_addr()), port, "embedded-ws");
+    ws.subscribe("video/sources");
+    assert!(ws.next_on("video/sources", Duration::from_secs(5)).is_some(), "the list through the gateway");
+    ws.close();
+    // A second server on the same port is a clear start-up error, not a retry loop.
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
+        .args(["serve", "--config"])
+        .arg({
+            let path = support::work_dir().join("embedded-second.toml");
+            std::fs::write(&path, &config).expect("config");
+            path
+        })
+        .env("MQTT_VIDEO_LOG", "warn")
+        .output()
+        .expect("running a second server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("broker.embedded_listen 127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("is another broker running there"), "{stderr}");
+    drop(server);
 }
