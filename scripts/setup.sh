@@ -6,15 +6,16 @@
 # Firefox ESR, driven over WebDriver BiDi; WebKitGTK's WebKitWebDriver and MiniBrowser under Xvfb), nginx and
 # Caddy (the reverse proxies of the sub-path test), rtsp-server-perl (a camera that serves RTP over UDP only), openssl
 # (certificates for the TLS test), iproute2 (the test's LAN-like addresses), debootstrap, mosquitto-clients and
-# curl (the docker image's check in a chroot), prometheus (its promtool checks /metrics) and cargo-nextest
-# (the Rust tests' runner). Idempotent.
+# curl (the docker image's check in a chroot), prometheus (its promtool checks /metrics), rabbitmq-server
+# (the broker matrix: its MQTT plugin, one node and a two-node cluster) and cargo-nextest (the Rust tests'
+# runner). Idempotent.
 set -euo pipefail
 
 PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
   ffmpeg fonts-dejavu-core mosquitto chromium rtsp-server-perl openssl prometheus iproute2
-  firefox-esr webkit2gtk-driver xvfb xauth nginx-light caddy debootstrap mosquitto-clients curl
+  firefox-esr webkit2gtk-driver xvfb xauth nginx-light caddy debootstrap mosquitto-clients curl rabbitmq-server
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )
@@ -29,11 +30,11 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Four of them are daemons that Debian starts where systemd runs (RTSP on 554/5545, Prometheus on 9090, nginx
-  # and Caddy on 80): the tests start their own on free ports, so the ones installed here are stopped and not
-  # started at boot (nginx's service comes with nginx-light).
+  # Five of them are daemons that Debian starts where systemd runs (RTSP on 554/5545, Prometheus on 9090, nginx
+  # and Caddy on 80, RabbitMQ on 5672): the tests start their own on free ports, so the ones installed here are
+  # stopped and not started at boot (nginx's service comes with nginx-light).
   if [ -d /run/systemd/system ]; then
-    for service in rtsp-server-perl prometheus nginx caddy; do
+    for service in rtsp-server-perl prometheus nginx caddy rabbitmq-server; do
       if [[ " ${missing[*]} " == *" $service"* ]]; then $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
     done
   fi

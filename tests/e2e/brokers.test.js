@@ -1,7 +1,9 @@
-// Brokers as users run them (issue 29): a broker that limits its packets to AWS IoT Core's 128 KB (mosquitto's
-// `max_packet_size`), a 720p stream whose keyframe fragments are several times that, and the server told the
-// limit (`broker.max_packet_bytes`): it sends those fragments in pieces (docs/PROTOCOL.md, "Pieces"), and the
-// page plays them with WebCodecs (which puts pieces back together) and with MediaSource.
+// Brokers as users run them (issue 29), the page in Chromium through each: a broker that limits its packets to
+// AWS IoT Core's 128 KB (mosquitto's `max_packet_size`), a 720p stream whose keyframe fragments are several
+// times that, and the server told the limit (`broker.max_packet_bytes`): it sends those fragments in pieces
+// (docs/PROTOCOL.md, "Pieces"), and the page plays them with WebCodecs (which puts pieces back together) and
+// with MediaSource; and aedes, another implementation (Node.js). The embedded broker's page is
+// standalone.test.js's.
 //
 //   cd tests/e2e && node --test brokers.test.js
 
@@ -11,7 +13,7 @@ import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { playerSnapshot, waitFrames, waitPlayerState } from "./page-checks.js";
-import { CHROMIUM_ARGS, chromiumPath, freePort, gatewayConfig, Mosquitto, onCleanup, scratch, startServer, stopAll } from "./support.js";
+import { CHROMIUM_ARGS, chromiumPath, freePort, gatewayConfig, Mosquitto, onCleanup, scratch, startProcess, startServer, stopAll, waitFor } from "./support.js";
 
 after(stopAll);
 
@@ -32,6 +34,32 @@ function clip() {
   return { file, largestKeyframe: Math.max(...keyframes) };
 }
 
+/** Plays `url` with each renderer through the server's gateway; returns the figures. */
+async function playsWithEachRenderer(httpPort, url) {
+  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
+  onCleanup(() => browser.close().catch(() => {}));
+  const figures = [];
+  for (const renderer of ["webcodecs", "mse"]) {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(url)}&autoplay=1&muted=1&renderer=${renderer}`);
+    const playing = await waitPlayerState(page, 0, "playing", 30_000);
+    // Three seconds of frames: three keyframes of the clip, each in pieces under a limit.
+    const later = await waitFrames(page, 0, playing, 90, 20_000);
+    const s = await playerSnapshot(page, 0);
+    const figure = { renderer: s.renderer, shown: later.shownFrames, latencyP50Ms: s.latencyP50Ms, latencyP95Ms: s.latencyP95Ms, resets: s.resets, errors: s.errors };
+    figures.push(figure);
+    assert.equal(s.renderer, renderer, JSON.stringify(figure));
+    assert.deepEqual(s.errors, [], JSON.stringify(figure));
+    assert.deepEqual(errors, []);
+    assert.ok(s.latencyP50Ms !== null && s.latencyP50Ms < 1000, JSON.stringify(figure));
+    await page.close();
+  }
+  await browser.close();
+  return figures;
+}
+
 test("behind a broker that takes packets of 128 KB at most, a 720p stream with 300 KB keyframes plays with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
   const { file, largestKeyframe } = clip();
   assert.ok(largestKeyframe > 2 * LIMIT, `the clip's largest keyframe is ${largestKeyframe} bytes`);
@@ -47,24 +75,24 @@ test("behind a broker that takes packets of 128 KB at most, a 720p stream with 3
     extra: ["[pipeline.source]", "looping = true"],
   }));
   onCleanup(() => server.kill());
-  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS });
-  onCleanup(() => browser.close().catch(() => {}));
-  for (const renderer of ["webcodecs", "mse"]) {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(e.message));
-    await page.goto(`http://127.0.0.1:${httpPort}/?url=${encodeURIComponent(url)}&autoplay=1&muted=1&renderer=${renderer}`);
-    const playing = await waitPlayerState(page, 0, "playing", 30_000);
-    // Three seconds of frames: three keyframes, each in pieces.
-    const later = await waitFrames(page, 0, playing, 90, 20_000);
-    const s = await playerSnapshot(page, 0);
-    const figure = { renderer: s.renderer, shown: later.shownFrames, latencyP50Ms: s.latencyP50Ms, latencyP95Ms: s.latencyP95Ms, resets: s.resets, errors: s.errors };
-    console.log(`brokers: ${JSON.stringify(figure)}`);
-    assert.equal(s.renderer, renderer, JSON.stringify(figure));
-    assert.deepEqual(s.errors, [], JSON.stringify(figure));
-    assert.deepEqual(errors, []);
-    assert.ok(s.latencyP50Ms !== null && s.latencyP50Ms < 1000, JSON.stringify(figure));
-    await page.close();
-  }
+  console.log(`brokers, mosquitto with 128 KB packets: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
+  assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
+  await stopAll();
+});
+
+test("through aedes, the page plays the same stream with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
+  const { file } = clip();
+  const mqttPort = await freePort();
+  const httpPort = await freePort();
+  const aedes = startProcess("aedes", process.execPath, [path.join(import.meta.dirname, "aedes-broker.js"), String(mqttPort)]);
+  onCleanup(() => aedes.child.kill());
+  await waitFor("aedes to listen", () => /READY/.test(aedes.log()), { timeoutMs: 10_000 });
+  const url = `file://${file}`;
+  const server = await startServer(gatewayConfig({
+    mqttPort, httpPort, name: "brokers-aedes", urls: [url], mode: "copy",
+    extra: ["[pipeline.source]", "looping = true"],
+  }));
+  onCleanup(() => server.kill());
+  console.log(`brokers, aedes: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
   assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
 });

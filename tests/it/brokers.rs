@@ -1,6 +1,6 @@
 //! Brokers as users run them: one with a packet limit (mosquitto's `max_packet_size`, at AWS IoT Core's
-//! 128 KB) and a 1080p stream whose keyframe fragments are several times that; and none at all, the server's
-//! embedded broker serving a first start.
+//! 128 KB) and a 1080p stream whose keyframe fragments are several times that; none at all, the server's
+//! embedded broker serving a first start; and the matrix: the same viewers through each implementation.
 
 use crate::support;
 
@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 use support::broker::{free_port, Broker};
 use support::page::{server_config, sources_list, Page, Server};
+use support::rabbitmq::RabbitNode;
 
 /// AWS IoT Core's packet limit.
 const LIMIT: usize = 128 * 1024;
@@ -168,4 +169,130 @@ fn with_no_broker_installed_the_embedded_one_serves_viewers_pages_and_other_clie
     assert!(stderr.contains(&format!("broker.embedded_listen 127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.contains("is another broker running there"), "{stderr}");
     drop(server);
+}
+
+/// aedes (Node.js, from tests/e2e's npm lock file) on a free port, stopped on drop.
+struct Aedes {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Aedes {
+    fn start() -> Self {
+        let e2e = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+        assert!(e2e.join("node_modules/aedes").exists(), "aedes is not installed: run `npm ci` in tests/e2e");
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(e2e.join("aedes-broker.js"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting node (is Node.js installed?)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().expect("aedes").is_none(), "aedes exited");
+            assert!(std::time::Instant::now() < deadline, "aedes did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for Aedes {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_broker_matrix_carries_describe_both_protocols_and_late_joiners_to_ten_viewers() {
+    let url = "builtin://testsrc";
+    let mut rows = Vec::new();
+    let mut run = |name: &str, port: u16| {
+        for protocol in ["1", "2"] {
+            // The bench describes, plays one viewer cold and nine more once the stream runs (late joiners).
+            let r = bench(port, url, protocol, &format!("matrix-{}-v{protocol}", name.replace(' ', "-")));
+            assert_eq!(r["errors"], Value::Array(vec![]), "{name}, protocol {protocol}: {r:#}");
+            assert_eq!(num(&r, "gaps"), 0.0, "{name}, protocol {protocol}");
+            assert_eq!(num(&r, "warm.describe.count"), 10.0, "{name}, protocol {protocol}: {:#}", r["warm"]);
+            assert!(num(&r, "warm.first_fragment.p95") < 2000.0, "{name}, protocol {protocol}: {:#}", r["warm"]);
+            rows.push(format!(
+                "| {name} | {protocol} | pass | {:.1} / {:.1} ms | {:.1} ms |",
+                num(&r, "latency.p50"),
+                num(&r, "latency.p95"),
+                num(&r, "warm.first_fragment.p50")
+            ));
+        }
+    };
+    {
+        let broker = Broker::start();
+        let _server = Server::start(&server_config(broker.port, &["builtin://"], ""));
+        run("mosquitto", broker.port);
+    }
+    {
+        let broker = Broker::start_with(&format!("max_packet_size {LIMIT}"));
+        let config = server_config(broker.port, &["builtin://"], "")
+            .replace("reconnect_max_ms = 500\n", &format!("reconnect_max_ms = 500\nmax_packet_bytes = {LIMIT}\n"));
+        let _server = Server::start(&config);
+        run("mosquitto, 128 KB packets", broker.port);
+    }
+    {
+        let broker = Aedes::start();
+        let _server = Server::start(&server_config(broker.port, &["builtin://"], ""));
+        run("aedes", broker.port);
+    }
+    {
+        let port = free_port();
+        let _server = Server::start(&format!(
+            "[broker]\nembedded = true\nembedded_listen = \"127.0.0.1:{port}\"\nclient_id = \"matrix\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\n\n[stats]\ninterval_secs = 1\n"
+        ));
+        run("embedded (rumqttd)", port);
+    }
+    println!("| broker | protocol | describe, play, late join | source to receipt p50 / p95 | late joiner's first fragment p50 |");
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+#[test]
+fn rabbitmq_one_node_carries_everything_and_a_cluster_carries_live_media_but_not_retained_messages() {
+    let url = "builtin://testsrc";
+    let one = RabbitNode::start("mvone");
+    let server = Server::start(&server_config(one.mqtt_port, &["builtin://"], ""));
+    for protocol in ["1", "2"] {
+        let r = bench(one.mqtt_port, url, protocol, &format!("rabbitmq-v{protocol}"));
+        assert_eq!(r["errors"], Value::Array(vec![]), "protocol {protocol}: {r:#}");
+        assert_eq!(num(&r, "gaps"), 0.0, "protocol {protocol}");
+        println!(
+            "| RabbitMQ 3.10, one node | {protocol} | pass | {:.1} / {:.1} ms | {:.1} ms |",
+            num(&r, "latency.p50"),
+            num(&r, "latency.p95"),
+            num(&r, "warm.first_fragment.p50")
+        );
+    }
+
+    // A second node joins; a page on it, the server on the first.
+    let mut two = RabbitNode::start("mvtwo");
+    two.join(&one);
+    let page = Page::connect(two.mqtt_port, "page-on-node-two", None);
+    let reply = page.describe(url, "pages/two/info");
+    assert_eq!(reply["url"], url, "a describe across nodes: {reply}");
+    page.play(url, "pages/two/v1");
+    let v1 = page.collect("pages/two/v1", Duration::from_secs(3));
+    assert!(v1.media.len() > 30, "version 1 media across nodes: {} messages", v1.media.len());
+    let media = reply["stream"]["media"].as_str().expect("the stream topic").to_string();
+    page.subscribe(&media);
+    page.publish("video/play", &serde_json::json!({"url": url, "reply_topic": "pages/two/v2", "version": 2}));
+    let live = page.collect(&media, Duration::from_secs(3));
+    assert!(live.media.len() > 30, "the stream topic across nodes: {} messages", live.media.len());
+    // RabbitMQ 3.x keeps retained messages on the node they were published to: a client of the other node
+    // gets none (the sources list, the retained init and state, guarded entries). Pages that come through
+    // the server's gateway connect to the server's node; docs/CONFIG.md says so.
+    assert!(sources_list(one.mqtt_port, Duration::from_secs(3)).is_some(), "the list on the server's node");
+    assert_eq!(sources_list(two.mqtt_port, Duration::from_secs(3)), None, "RabbitMQ now shares retained messages");
+    page.close();
+    drop(server);
+    drop(two);
 }

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod page;
+pub mod rabbitmq;
 pub mod rtmp;
 pub mod throttle;
 pub mod udp;
