@@ -17,8 +17,9 @@ cd "$(dirname "$0")/.."
 
 # Integration tests whose figures are this machine's CPU (admission, shedding, the ffmpeg reference), or the
 # timing of live encodes to the frame (a rendition hand-over; an RTSP camera's frames against its audio, whose
-# x265 source fell a second behind beside the other tests in one run of three).
-ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/)'
+# x265 source fell a second behind beside the other tests in one run of three); and RabbitMQ, two Erlang nodes
+# that closed eight of ten viewers' connections beside the other tests in one clean-clone run.
+ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/) | test(/^brokers::rabbitmq/)'
 logs="$(mktemp -d)"
 times=()
 # CPU_NOW: CPU seconds of this shell's finished children, from bash's `times` (second line). It is called

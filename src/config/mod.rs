@@ -98,6 +98,8 @@ pub struct BrokerConfig {
     pub qos: u8,
     /// The broker's packet limit, when it has one: larger segments go in pieces that fit (0: no limit).
     pub max_packet_bytes: usize,
+    /// The MQTT version: MQTT 5 where the broker takes it (`auto`), or always one of them.
+    pub protocol: BrokerProtocol,
     /// Run a broker inside the process (for a first start) instead of connecting to `host`:`port`.
     pub embedded: bool,
     /// Where the embedded broker listens for the gateway and other MQTT clients.
@@ -119,6 +121,7 @@ impl Default for BrokerConfig {
             reconnect_max_ms: 10_000,
             qos: 0,
             max_packet_bytes: 0,
+            protocol: BrokerProtocol::Auto,
             embedded: false,
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
         }
@@ -141,10 +144,25 @@ impl fmt::Debug for BrokerConfig {
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("qos", &self.qos)
             .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("protocol", &self.protocol)
             .field("embedded", &self.embedded)
             .field("embedded_listen", &self.embedded_listen)
             .finish()
     }
+}
+
+/// Which MQTT version the server speaks to its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum BrokerProtocol {
+    /// MQTT 5, or MQTT 3.1.1 when the broker turns MQTT 5 down before ever taking it.
+    #[serde(rename = "auto")]
+    Auto,
+    /// MQTT 5 only.
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1 only.
+    #[serde(rename = "3.1.1")]
+    V311,
 }
 
 /// The smallest packet limit taken: a fragment's first piece carries its `moof` whole, and the control
@@ -936,6 +954,7 @@ mod tests {
             "reconnect_max_ms",
             "qos",
             "max_packet_bytes",
+            "protocol",
             "embedded",
             "embedded_listen",
             "prefix",

@@ -104,8 +104,10 @@ pub async fn run(hub: Arc<Hub>, snapshots: Arc<Snapshots>) {
         Ok(t) => t,
         Err(e) => return tracing::error!(error = %e, "homeassistant: bad topics.prefix"),
     };
+    // Its own MQTT 3.1.1 session: discovery and commands are small, and every broker Home Assistant uses
+    // takes 3.1.1.
     let mut options = match mqtt::options(&config.broker, &format!("{client_id}-ha"), &topics, false) {
-        Ok(o) => o,
+        Ok((o, _)) => o,
         Err(e) => return tracing::error!(error = %e, "homeassistant: cannot set up the broker session"),
     };
     options.set_last_will(LastWill::new(layout.availability_topic(), OFFLINE, QoS::AtLeastOnce, true));

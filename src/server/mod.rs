@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod assets;
+pub mod broker_client;
 pub mod cluster;
 pub mod embedded_broker;
 pub mod gateway;
@@ -22,6 +23,7 @@ pub mod stream;
 pub mod supervise;
 pub mod viewer;
 
+use crate::config::BrokerProtocol;
 use crate::config::Config;
 use mqtt_video_wire::policy::{redact, Policy, PolicyError};
 use mqtt_video_wire::protocol::{source_entry_topic, RequestLimits, TopicError, Topics};
@@ -84,7 +86,7 @@ pub struct Hub {
     topics: Topics,
     limits: RequestLimits,
     qos: QoS,
-    client: AsyncClient,
+    client: broker_client::Client,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     /// Which stream each reply topic watches.
     viewers: Mutex<HashMap<String, String>>,
@@ -174,8 +176,11 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
     for endpoint in &config.ingest {
         endpoints.push(ingest::bind(endpoint.clone()).await?);
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 4096);
-    mqtt::without_nagle(&mut eventloop);
+    let (v4, eventloop4) = AsyncClient::new(options.0, 4096);
+    let (v5, eventloop5) = rumqttc::v5::AsyncClient::new(options.1, 4096);
+    let five = Arc::new(std::sync::atomic::AtomicBool::new(config.broker.protocol != BrokerProtocol::V311));
+    let client = broker_client::Client::new(v4, v5, Arc::clone(&five));
+    let loops = mqtt::EventLoops::new(eventloop4, eventloop5);
     let qos = if config.broker.qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
     let hub = Arc::new(Hub {
         limits: config.request_limits(),
@@ -200,7 +205,11 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
             .with_requester_secret(config.broker.password.as_deref()),
         gateway_shed,
         closing: Default::default(),
-        pieces: viewer::Pieces { max_packet: config.broker.max_packet_bytes, log: Arc::default() },
+        pieces: viewer::Pieces {
+            max_packet: config.broker.max_packet_bytes,
+            broker_limit: Arc::default(),
+            log: Arc::default(),
+        },
         config,
     });
     let _ = late_hub.set(Arc::clone(&hub));
@@ -217,7 +226,7 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
     tasks.spawn(
         "broker session",
         mqtt::drive(
-            eventloop,
+            loops,
             client,
             mqtt::Session {
                 topics,
@@ -226,6 +235,8 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
                 health,
                 cluster: cluster_on,
                 publishes: Arc::clone(&hub.pieces.log),
+                broker_limit: Arc::clone(&hub.pieces.broker_limit),
+                five,
             },
         ),
     );

@@ -1,10 +1,12 @@
 //! The broker session: options from the config, and the task that drives rumqttc's event loop, reconnects
 //! with backoff, re-subscribes after every connect, and hands control requests to the server.
 
-use crate::config::BrokerConfig;
+use super::broker_client::Client;
+use crate::config::{BrokerConfig, BrokerProtocol};
 use bytes::Bytes;
 use mqtt_video_wire::protocol::{RequestKind, Topics};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{v5, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -69,25 +71,40 @@ pub enum MqttSetupError {
     },
 }
 
-/// rumqttc options for the configured broker, connecting as `client_id` (`broker.effective_client_id()`).
-/// The last will empties the retained sources list, or, in a cluster, this instance's announcement (the
-/// others still serve the list).
+/// rumqttc options for the configured broker, MQTT 3.1.1 and MQTT 5, connecting as `client_id`
+/// (`broker.effective_client_id()`). The last will empties the retained sources list, or, in a cluster, this
+/// instance's announcement (the others still serve the list).
 pub fn options(
     broker: &BrokerConfig,
     client_id: &str,
     topics: &Topics,
     cluster: bool,
-) -> Result<MqttOptions, MqttSetupError> {
+) -> Result<(MqttOptions, v5::MqttOptions), MqttSetupError> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    let mut o5 = v5::MqttOptions::new(client_id, broker.host.clone(), broker.port);
     // 0 turns keep-alive off, as in MQTT itself.
     o.set_keep_alive(broker.keep_alive());
+    o5.set_keep_alive(broker.keep_alive());
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o5.set_max_packet_size(Some(MAX_PACKET_BYTES as u32));
     o.set_clean_session(true);
+    o5.set_clean_start(true);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    o5.set_network_options(network);
     if let (Some(user), pass) = (&broker.username, &broker.password) {
         o.set_credentials(user.clone(), pass.clone().unwrap_or_default());
+        o5.set_credentials(user.clone(), pass.clone().unwrap_or_default());
     }
     // A server that dies without saying so must not leave pages a list of sources nobody serves.
     let will_topic = if cluster { topics.instance(client_id) } else { topics.sources() };
+    o5.set_last_will(v5::mqttbytes::v5::LastWill::new(
+        will_topic.clone(),
+        Vec::new(),
+        v5::mqttbytes::QoS::AtLeastOnce,
+        true,
+        None,
+    ));
     o.set_last_will(LastWill::new(will_topic, Vec::new(), QoS::AtLeastOnce, true));
     if broker.tls {
         let transport = match &broker.ca_file {
@@ -98,12 +115,74 @@ pub fn options(
             }
             None => Transport::tls_with_default_config(),
         };
-        o.set_transport(transport);
+        o.set_transport(transport.clone());
+        o5.set_transport(transport);
     }
-    Ok(o)
+    Ok((o, o5))
 }
 
-/// Turns Nagle's algorithm off on the broker connection (rumqttc leaves it on): with it, the tail of a
+/// The session's two event loops, MQTT 3.1.1 and MQTT 5; [`drive`] runs one of them.
+pub struct EventLoops {
+    /// MQTT 3.1.1.
+    pub v4: EventLoop,
+    /// MQTT 5.
+    pub v5: v5::EventLoop,
+}
+
+impl EventLoops {
+    /// Both loops, with Nagle's algorithm off (the MQTT 5 one's in its options, [`options`]).
+    pub fn new(mut v4: EventLoop, v5: v5::EventLoop) -> Self {
+        without_nagle(&mut v4);
+        Self { v4, v5 }
+    }
+
+    async fn poll(&mut self, five: bool) -> Polled {
+        if five {
+            match self.v5.poll().await {
+                Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack))) => {
+                    Polled::ConnAck { max_packet: ack.properties.and_then(|p| p.max_packet_size) }
+                }
+                Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p))) => {
+                    Polled::Publish { topic: String::from_utf8_lossy(&p.topic).into_owned(), payload: p.payload }
+                }
+                Ok(_) => Polled::Other,
+                Err(error) => Polled::Lost { error: error.to_string() },
+            }
+        } else {
+            match self.v4.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Polled::ConnAck { max_packet: None },
+                Ok(Event::Incoming(Packet::Publish(p))) => Polled::Publish { topic: p.topic, payload: p.payload },
+                Ok(_) => Polled::Other,
+                Err(error) => Polled::Lost { error: error.to_string() },
+            }
+        }
+    }
+}
+
+/// One poll of the session, whichever MQTT version.
+enum Polled {
+    ConnAck {
+        max_packet: Option<u32>,
+    },
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
+    Other,
+    /// The connection failed or was lost.
+    Lost {
+        error: String,
+    },
+}
+
+/// Whether the broker's port takes a TCP connection now: an MQTT 5 CONNECT that failed there was turned down
+/// (a refusal, a 3.1.1 CONNACK the MQTT 5 parser cannot read, a hang-up), not lost on the way.
+async fn reachable(broker: &BrokerConfig) -> bool {
+    let connect = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port));
+    matches!(tokio::time::timeout(Duration::from_secs(2), connect).await, Ok(Ok(_)))
+}
+
+/// Turns Nagle's algorithm off on an MQTT 3.1.1 connection (rumqttc leaves it on): with it, the tail of a
 /// publish waits for the broker's delayed ACK, up to 40 ms, whenever earlier bytes are still unacknowledged.
 pub fn without_nagle(eventloop: &mut EventLoop) {
     let mut network = eventloop.network_options();
@@ -136,20 +215,34 @@ pub struct Session {
     pub cluster: bool,
     /// The last large publish, named when the broker drops the connection.
     pub publishes: Arc<PublishLog>,
+    /// The packet limit the broker's MQTT 5 CONNACK gave (0: none), read by the media publishers.
+    pub broker_limit: Arc<AtomicUsize>,
+    /// Whether the session speaks MQTT 5, shared with the [`Client`] handles.
+    pub five: Arc<AtomicBool>,
 }
 
-/// Drives the event loop forever: reconnects with backoff after any error and re-subscribes on every connect.
-pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, session: Session) {
-    let Session { topics, broker, tx, health, cluster, publishes } = session;
+/// Drives the session forever: reconnects with backoff after any error and re-subscribes on every connect.
+/// With `broker.protocol = "auto"`, a broker that turns MQTT 5 down before ever taking it gets MQTT 3.1.1 from
+/// then on.
+pub async fn drive(mut loops: EventLoops, client: Client, session: Session) {
+    let Session { topics, broker, tx, health, cluster, publishes, broker_limit, five } = session;
     let mut failures = 0u32;
+    let mut ever_connected = false;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+        let mqtt5 = five.load(Ordering::Relaxed);
+        match loops.poll(mqtt5).await {
+            Polled::ConnAck { max_packet } => {
                 health.set_broker_connected(true);
-                if failures > 0 {
-                    tracing::info!(host = %broker.host, port = broker.port, "reconnected to the broker");
-                } else {
-                    tracing::info!(host = %broker.host, port = broker.port, "connected to the broker");
+                ever_connected = true;
+                let limit = max_packet.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+                broker_limit.store(limit, Ordering::Relaxed);
+                let protocol = if mqtt5 { "5" } else { "3.1.1" };
+                let said = if failures > 0 { "reconnected to the broker" } else { "connected to the broker" };
+                match limit {
+                    0 => tracing::info!(host = %broker.host, port = broker.port, mqtt = protocol, "{said}"),
+                    n => {
+                        tracing::info!(host = %broker.host, port = broker.port, mqtt = protocol, max_packet_bytes = n, "{said}")
+                    }
                 }
                 failures = 0;
                 let (client, topics, tx) = (client.clone(), topics.clone(), tx.clone());
@@ -168,20 +261,25 @@ pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, session: Sessi
                     let _ = tx.send(SessionEvent::Connected).await;
                 });
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(id) = topics.instance_id(&p.topic) {
-                    if tx.send(SessionEvent::Instance(id.to_string(), p.payload)).await.is_err() {
+            Polled::Publish { topic, payload } => {
+                if let Some(id) = topics.instance_id(&topic) {
+                    if tx.send(SessionEvent::Instance(id.to_string(), payload)).await.is_err() {
                         return;
                     }
-                } else if let Some(kind) = topics.request_kind(&p.topic) {
-                    if tx.try_send(SessionEvent::Request(kind, p.payload)).is_err() {
-                        tracing::warn!(topic = %p.topic, "request dropped: the server is saturated");
+                } else if let Some(kind) = topics.request_kind(&topic) {
+                    if tx.try_send(SessionEvent::Request(kind, payload)).is_err() {
+                        tracing::warn!(%topic, "request dropped: the server is saturated");
                     }
                 }
             }
-            Ok(_) => {}
-            Err(error) => {
+            Polled::Other => {}
+            Polled::Lost { error } => {
                 health.set_broker_connected(false);
+                if mqtt5 && !ever_connected && broker.protocol == BrokerProtocol::Auto && reachable(&broker).await {
+                    tracing::info!(%error, "the broker does not take MQTT 5: MQTT 3.1.1 from now on");
+                    five.store(false, Ordering::Relaxed);
+                    continue;
+                }
                 let wait = broker.reconnect_delay(failures + 1);
                 if failures == 0 {
                     tracing::warn!(%error, "broker connection lost, reconnecting");

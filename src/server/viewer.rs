@@ -1,11 +1,13 @@
 //! One viewer: a bounded queue of what to publish on its reply topic, and the task that publishes it.
 //! A viewer that falls behind loses whole fragments up to the next keyframe, never a broken GOP.
 
+use super::broker_client::{Client, ClientError};
 use super::mqtt::PublishLog;
 use bytes::Bytes;
 use mqtt_video_wire::pieces;
-use rumqttc::{AsyncClient, ClientError, QoS};
+use rumqttc::QoS;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -15,25 +17,40 @@ use tokio::sync::Notify;
 pub struct Pieces {
     /// `broker.max_packet_bytes`.
     pub max_packet: usize,
+    /// The limit the broker's MQTT 5 CONNACK gave (0: none).
+    pub broker_limit: Arc<AtomicUsize>,
     /// The last large publish, for the log line when the broker drops the connection.
     pub log: Arc<PublishLog>,
 }
 
 impl Pieces {
+    /// The packet limit in force: the smaller of the configured one and the broker's (0: none).
+    pub fn limit(&self) -> usize {
+        match (self.max_packet, self.broker_limit.load(Ordering::Relaxed)) {
+            (0, broker) => broker,
+            (configured, 0) => configured,
+            (configured, broker) => configured.min(broker),
+        }
+    }
+
     /// Publishes one segment on `topic`: whole, or in pieces that fit the packet limit (docs/PROTOCOL.md,
     /// "Pieces"), consecutively, so that nothing else on the topic comes between them.
-    async fn publish(&self, client: &AsyncClient, topic: &str, qos: QoS, segment: Bytes) -> Result<(), ClientError> {
-        let max_payload = match self.max_packet {
+    async fn publish(&self, client: &Client, topic: &str, qos: QoS, segment: Bytes) -> Result<(), ClientError> {
+        let max_payload = match self.limit() {
             0 => usize::MAX,
-            limit => pieces::max_payload(limit, topic, qos != QoS::AtMostOnce),
+            limit => pieces::max_payload(
+                limit,
+                topic,
+                pieces::Framing { qos_above_0: qos != QoS::AtMostOnce, properties: client.media_properties_len() },
+            ),
         };
         if segment.len() <= max_payload {
             self.log.note(segment.len());
-            return client.publish_bytes(topic, qos, false, segment).await;
+            return client.publish_media(topic, qos, segment).await;
         }
         for piece in pieces::split(&segment, max_payload) {
             self.log.note(piece.len());
-            client.publish_bytes(topic, qos, false, piece).await?;
+            client.publish_media(topic, qos, piece).await?;
         }
         Ok(())
     }
@@ -194,7 +211,7 @@ impl Viewer {
     }
 
     /// Starts the task that publishes the queue in order.
-    pub fn spawn_publisher(&self, client: AsyncClient, qos: QoS, pieces: Pieces) {
+    pub fn spawn_publisher(&self, client: Client, qos: QoS, pieces: Pieces) {
         let (queue, notify) = (Arc::clone(&self.queue), Arc::clone(&self.notify));
         let media_topic = self.reply_topic.clone();
         let status_topic = mqtt_video_wire::protocol::status_topic(&self.reply_topic);

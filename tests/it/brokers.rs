@@ -56,10 +56,16 @@ fn config(broker: &Broker, max_packet_bytes: usize) -> String {
 }
 
 fn bench(port: u16, url: &str, protocol: &str, name: &str) -> Value {
+    bench_with(port, url, protocol, name, 10)
+}
+
+/// `mqtt-video bench` with `viewers` viewers for 6 s.
+fn bench_with(port: u16, url: &str, protocol: &str, name: &str, viewers: u32) -> Value {
     let path = support::work_dir().join(format!("{name}.json"));
     let out = Command::new(env!("CARGO_BIN_EXE_mqtt-video"))
         .args(["bench", "--broker", &format!("127.0.0.1:{port}"), "--url", url])
-        .args(["--viewers", "10", "--seconds", "6", "--protocol", protocol, "--json", path.to_str().expect("utf-8")])
+        .args(["--viewers", &viewers.to_string(), "--seconds", "6", "--protocol", protocol])
+        .args(["--json", path.to_str().expect("utf-8")])
         .env("MQTT_VIDEO_LOG", "warn")
         .output()
         .expect("running mqtt-video bench");
@@ -91,8 +97,11 @@ fn under_a_128_kb_packet_limit_large_keyframes_go_in_pieces_with_no_disconnect_a
     let url = format!("file://{}", clip.display());
     let broker = Broker::start_with(&format!("max_packet_size {LIMIT}"));
 
-    // Without the setting, the broker drops the server at the first keyframe, and the log says why.
-    let server = Server::start(&config(&broker, 0));
+    // Without the setting, over MQTT 3.1.1 (whose CONNACK cannot say the limit), the broker drops the server
+    // at the first keyframe, and the log says why.
+    let server = Server::start(
+        &config(&broker, 0).replace("max_packet_bytes = 0\n", "max_packet_bytes = 0\nprotocol = \"3.1.1\"\n"),
+    );
     let viewer = Page::connect(broker.port, "brokers-probe", None);
     viewer.play(&url, "brokers/probe");
     server.wait_for_log("broker connection lost", Duration::from_secs(20));
@@ -104,10 +113,10 @@ fn under_a_128_kb_packet_limit_large_keyframes_go_in_pieces_with_no_disconnect_a
     // With it, both protocols get every fragment, the keyframes in pieces.
     let server = Server::start(&config(&broker, LIMIT));
     for protocol in ["1", "2"] {
-        let r = bench(broker.port, &url, protocol, &format!("brokers-limit-v{protocol}"));
+        let r = bench_with(broker.port, &url, protocol, &format!("brokers-limit-v{protocol}"), 3);
         assert_eq!(r["errors"], Value::Array(vec![]), "{r:#}");
         assert_eq!(num(&r, "gaps"), 0.0, "protocol {protocol}");
-        assert!(num(&r, "fragments") >= 10.0 * 4.0 * 30.0, "protocol {protocol}: {}", r["fragments"]);
+        assert!(num(&r, "fragments") >= 3.0 * 4.0 * 30.0, "protocol {protocol}: {}", r["fragments"]);
         let p95 = num(&r, "latency.p95");
         println!("protocol {protocol}: source to receipt p50 {} ms, p95 {p95} ms", num(&r, "latency.p50"));
         assert!(p95 < 500.0, "protocol {protocol}: p95 {p95} ms");
@@ -118,7 +127,7 @@ fn under_a_128_kb_packet_limit_large_keyframes_go_in_pieces_with_no_disconnect_a
     // The same stream through a broker without a limit, for the figures (printed, not asserted: a timing).
     let open = Broker::start();
     let _server = Server::start(&config(&open, 0));
-    let r = bench(open.port, &url, "2", "brokers-open-v2");
+    let r = bench_with(open.port, &url, "2", "brokers-open-v2", 3);
     assert_eq!(num(&r, "gaps"), 0.0);
     println!(
         "no limit, protocol 2: source to receipt p50 {} ms, p95 {} ms (largest keyframe {key} bytes)",
@@ -261,6 +270,8 @@ fn rabbitmq_one_node_carries_everything_and_a_cluster_carries_live_media_but_not
     let url = "builtin://testsrc";
     let one = RabbitNode::start("mvone");
     let server = Server::start(&server_config(one.mqtt_port, &["builtin://"], ""));
+    // RabbitMQ 3.10 speaks MQTT 3.1.1 only: the server finds that out at its first connection.
+    server.wait_for_log("MQTT 3.1.1 from now on", Duration::from_secs(1));
     for protocol in ["1", "2"] {
         let r = bench(one.mqtt_port, url, protocol, &format!("rabbitmq-v{protocol}"));
         assert_eq!(r["errors"], Value::Array(vec![]), "protocol {protocol}: {r:#}");
@@ -295,4 +306,44 @@ fn rabbitmq_one_node_carries_everything_and_a_cluster_carries_live_media_but_not
     page.close();
     drop(server);
     drop(two);
+}
+
+#[test]
+fn with_mqtt_5_the_server_learns_the_packet_limit_from_the_connack_and_live_media_expires() {
+    let clip = big_keyframes();
+    let url = format!("file://{}", clip.display());
+    let broker = Broker::start_with(&format!("max_packet_size {LIMIT}"));
+    // No broker.max_packet_bytes: the broker's CONNACK says it.
+    let server = Server::start(&config(&broker, 0));
+    server.wait_for_log("mqtt=\"5\"", Duration::from_secs(5));
+    server.wait_for_log(&format!("max_packet_bytes={LIMIT}"), Duration::from_secs(1));
+    let r = bench_with(broker.port, &url, "2", "mqtt5-limit", 3);
+    assert_eq!(r["errors"], Value::Array(vec![]), "{r:#}");
+    assert_eq!(num(&r, "gaps"), 0.0);
+    assert!(!server.log_text().contains("broker connection lost"), "{}", server.log_text());
+
+    // An MQTT 5 subscriber sees the expiry on live media, and none on the retained list.
+    let mut options = rumqttc::v5::MqttOptions::new("mqtt5-watcher", "127.0.0.1", broker.port);
+    options.set_max_packet_size(Some(64 * 1024 * 1024));
+    let (client, mut eventloop) = rumqttc::v5::Client::new(options, 64);
+    let reply = serde_json::json!({"url": url, "reply_topic": "pages/mqtt5/m"}).to_string();
+    client.subscribe("pages/mqtt5/m", rumqttc::v5::mqttbytes::QoS::AtMostOnce).expect("subscribe");
+    client.subscribe("video/sources", rumqttc::v5::mqttbytes::QoS::AtMostOnce).expect("subscribe");
+    client.publish("video/play", rumqttc::v5::mqttbytes::QoS::AtMostOnce, false, reply).expect("play");
+    let (mut media_expiry, mut sources_expiry) = (None, None);
+    for event in eventloop.iter().take(2000) {
+        if let Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p))) = event {
+            let expiry = p.properties.as_ref().and_then(|p| p.message_expiry_interval);
+            match &p.topic[..] {
+                b"video/sources" => sources_expiry = Some(expiry),
+                _ => media_expiry = Some(expiry),
+            }
+            if media_expiry.is_some() && sources_expiry.is_some() {
+                break;
+            }
+        }
+    }
+    let media = media_expiry.expect("media to an MQTT 5 subscriber");
+    assert!(media.is_some_and(|s| (1..=5).contains(&s)), "live media expires within 5 s: {media:?}");
+    assert_eq!(sources_expiry, Some(None), "the retained list never expires");
 }

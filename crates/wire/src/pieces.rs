@@ -166,10 +166,19 @@ impl Reassembler {
     }
 }
 
-/// The most payload a PUBLISH of `topic` may carry under a broker's `max_packet` bytes (MQTT 3.1.1: a fixed
-/// header of at most 5 bytes, the topic with its length, and a packet id at QoS 1 or 2).
-pub fn max_payload(max_packet: usize, topic: &str, qos_above_0: bool) -> usize {
-    max_packet.saturating_sub(5 + 2 + topic.len() + if qos_above_0 { 2 } else { 0 })
+/// How a PUBLISH is framed, beyond its topic and payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// QoS 1 or 2: a packet id.
+    pub qos_above_0: bool,
+    /// MQTT 5 properties, in bytes with their length field (0 with MQTT 3.1.1).
+    pub properties: usize,
+}
+
+/// The most payload a PUBLISH of `topic` may carry under a broker's `max_packet` bytes: a fixed header of at
+/// most 5 bytes, the topic with its length, a packet id at QoS 1 or 2, and MQTT 5's properties.
+pub fn max_payload(max_packet: usize, topic: &str, framing: Framing) -> usize {
+    max_packet.saturating_sub(5 + 2 + topic.len() + if framing.qos_above_0 { 2 } else { 0 } + framing.properties)
 }
 
 #[cfg(test)]
@@ -227,7 +236,7 @@ mod tests {
     #[test]
     fn a_579_kb_keyframe_under_a_128_kb_limit_goes_in_five_pieces_and_comes_back_whole() {
         let f = fragment(&noise(579 * 1024, 2));
-        let max = max_payload(131_072, "video/live/front-door/media", false);
+        let max = max_payload(131_072, "video/live/front-door/media", Framing { qos_above_0: false, properties: 0 });
         let pieces = split(&f, max);
         assert_eq!(pieces.len(), 5);
         assert!(pieces.iter().all(|p| p.len() <= max), "{:?}", pieces.iter().map(Bytes::len).collect::<Vec<_>>());
@@ -322,8 +331,13 @@ mod tests {
 
     #[test]
     fn the_payload_left_under_a_packet_limit() {
-        assert_eq!(max_payload(131_072, "video/live/x/media", false), 131_072 - 7 - 18);
-        assert_eq!(max_payload(131_072, "video/live/x/media", true), 131_072 - 9 - 18);
-        assert_eq!(max_payload(10, "a-long-topic-name", false), 0);
+        let plain = Framing { qos_above_0: false, properties: 0 };
+        assert_eq!(max_payload(131_072, "video/live/x/media", plain), 131_072 - 7 - 18);
+        assert_eq!(
+            max_payload(131_072, "video/live/x/media", Framing { qos_above_0: true, ..plain }),
+            131_072 - 9 - 18
+        );
+        assert_eq!(max_payload(131_072, "video/live/x/media", Framing { properties: 6, ..plain }), 131_072 - 13 - 18);
+        assert_eq!(max_payload(10, "a-long-topic-name", plain), 0);
     }
 }

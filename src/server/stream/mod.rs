@@ -23,12 +23,13 @@ pub mod supervisor;
 use crate::media::events::{PipelineStats, RenditionInfo};
 use crate::media::pipeline::Gate;
 use crate::media::{OutputInfo, PipelineConfig};
+use crate::server::broker_client::Client;
 use crate::server::viewer::Pieces;
 use bytes::Bytes;
 use core::{Delivery, Effect, Full, StreamCore};
 use mqtt_video_wire::protocol::{EndReason, ErrorCode, Status, StreamTopics};
 use outputs::{Outlet, Output, OutputState};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -118,7 +119,7 @@ impl Stream {
         url: String,
         topics: StreamTopics,
         config: PipelineConfig,
-        client: AsyncClient,
+        client: Client,
         qos: QoS,
         viewer_capacity: usize,
     ) -> Self {

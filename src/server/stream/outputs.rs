@@ -7,10 +7,11 @@ use super::core::{Effect, StreamCore, Topic};
 use super::stats::Latencies;
 use crate::media::encode::rendition::RenditionControl;
 use crate::media::events::RenditionInfo;
+use crate::server::broker_client::Client;
 use crate::server::viewer::{Pieces, Viewer};
 use bytes::Bytes;
 use mqtt_video_wire::protocol::Status;
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,7 +20,7 @@ use std::time::Instant;
 /// Where effects go: the broker client, the QoS of media, and what a viewer's queue holds.
 pub(super) struct Outlet {
     /// The server's broker client.
-    pub client: AsyncClient,
+    pub client: Client,
     /// QoS of viewers' media and statuses.
     pub qos: QoS,
     /// Media messages queued for one viewer before whole GOPs are dropped.
