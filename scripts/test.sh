@@ -180,9 +180,19 @@ webkit() {
   echo "== WebKit: the run above failed; once more"
   browser_files webkit "${ENGINE_FILES[@]}" "${HEVC_FILES[@]}"
 }
+# The throttled links time four Chromium pages in real time, with the server encoding low beside them on
+# the same two cores. One clean-clone run of about ten had the auto page a second without a frame on low
+# (mse, deep queue) and passed every other figure; the same case passed in every run here, idle and beside a
+# busy core. The first failure stays in the log (the auto page's events first, and its frames per sample
+# against the page on low that is not throttled), and the file runs once more.
+links() {
+  browser_files chromium "${LINK_FILES[@]}" && return 0
+  echo "== links: the run above failed; once more"
+  browser_files chromium "${LINK_FILES[@]}"
+}
 stage "other Rust tests; fuzzing beneath" rust_tests
 stage "browser tests of behaviour; clippy, fuzzing, image check beneath" behaviour_browsers
 stage "browser tests, engines and players (two lanes)" engines_and_players
 stage "browser tests, WebCodecs player, renditions, HEVC" one_at_a_time
-stage "browser tests behind a bottleneck (network namespaces, tc)" browser_files chromium "${LINK_FILES[@]}"
+stage "browser tests behind a bottleneck (network namespaces, tc)" links
 stage "browser tests, WebKit" webkit
