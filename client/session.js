@@ -11,6 +11,7 @@
 // decides what of both goes to the renderer until the hand-over at a keyframe; then the old topic is left.
 
 import mqtt from "./node_modules/mqtt/dist/mqtt.esm.js";
+import { SubscriptionRefusals } from "./refusals.js";
 import {
   connectCredentials,
   controlTopics,
@@ -85,6 +86,7 @@ export class Session {
     this._destroyed = false;
     this.refused = null; // {code, message} when the broker refused the login: no reconnect until login()
     this._guardedSources = null; // a guarded server's list: id -> source, the entries this login may read
+    this._refusals = new SubscriptionRefusals(); // subscriptions the broker refused by closing (refusals.js)
     this._connect();
   }
 
@@ -143,7 +145,7 @@ export class Session {
     conn.requested = conn.playing = name;
     if (r) this.lastRendition = name;
     this._follow(conn, name, topic);
-    conn.client.subscribe(topic, { qos: 0 }, (err) => {
+    this._subscribe(conn, topic, topic, (err) => {
       if (conn !== this._conn || !this.url) return;
       if (err) {
         this.hooks.fail("subscribe_failed", `cannot subscribe to the stream's topic ${topic}: ${err.message}`);
@@ -183,7 +185,7 @@ export class Session {
     if (conn.unavailable.has(name)) return false;
     conn.switchingTo = name;
     this._follow(conn, name, r.media);
-    conn.client.subscribe(r.media, { qos: 0 }, (err) => {
+    this._subscribe(conn, r.media, r.media, (err) => {
       if (conn !== this._conn || !this.url || conn.switchingTo !== name) return;
       if (err) {
         this._switchOver(conn, { ok: false, why: `cannot subscribe to ${r.media}: ${err.message}` }, name);
@@ -224,7 +226,7 @@ export class Session {
   }
 
   _resume(conn) {
-    if (conn.paused && conn.connected) conn.client.subscribe(conn.paused, { qos: 0 });
+    if (conn.paused && conn.connected) this._subscribe(conn, conn.paused, conn.paused);
     conn.paused = null;
   }
 
@@ -380,14 +382,17 @@ export class Session {
     this.everConnected = true;
     this._attempt = 0;
     this.hooks.connection({ connected: true, everConnected: true, delayMs: 0 });
-    const lists = [this.topics.sources, sourceEntries(this.options.prefix)];
-    conn.client.subscribe([...lists, conn.topics.subscription], { qos: 0 }, (err) => {
+    this._refusals.connected();
+    // The sources list and this connection's reply topics, which every login may read; a guarded server's
+    // entries after them, alone, since a broker may refuse those by closing the connection (refusals.js).
+    this._subscribe(conn, [this.topics.sources, conn.topics.subscription], "replies", (err) => {
       if (conn !== this._conn) return;
       if (err) {
         this.hooks.fail("subscribe_failed", `cannot subscribe: ${err.message}`);
         return;
       }
       conn.subscribed = true;
+      if (!this._refusals.refused("entries")) this._subscribe(conn, sourceEntries(this.options.prefix), "entries");
       // Sent again when the server's source list arrives (it may not be subscribed yet after a broker restart).
       for (const topic of this._staleTopics) this._publish(this.topics.stop, stopRequest(topic));
       if (this.url && !conn.used) this._startPlay(conn);
@@ -397,6 +402,7 @@ export class Session {
   _onClose(conn) {
     if (conn !== this._conn) return; // one we replaced on purpose
     const wasConnected = conn.connected;
+    const refused = this._refusals.closed();
     // The broker publishes our last will (a stop) when it notices the loss, unless the broker itself died;
     // then the server keeps sending to the old reply topic. Stop it ourselves once connected again.
     if (conn.used) this._staleTopics.push(conn.topics.media);
@@ -405,6 +411,7 @@ export class Session {
     this.connected = false;
     this._conn = null;
     conn.client.end(true);
+    this._refused(conn, refused);
     if (this._destroyed) return;
     if (this.refused) {
       // The same login would be refused again: wait for login() instead of knocking forever.
@@ -417,6 +424,31 @@ export class Session {
     this._attempt = Math.min(this._attempt + 1, 10);
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = setTimeout(() => this._connect(), delayMs);
+  }
+
+  /**
+   * SUBSCRIBE `topics` (QoS 0) for `kind` (refusals.js: what a refusal would be of), then `done(err)`. A
+   * connection that closes meanwhile answers with an error too (MQTT.js), which is no answer of the broker's.
+   */
+  _subscribe(conn, topics, kind, done = () => {}) {
+    const token = this._refusals.sent(kind);
+    conn.client.subscribe(topics, { qos: 0 }, (err) => {
+      if (!err || typeof err.code === "number") this._refusals.answered(token);
+      done(err);
+    });
+  }
+
+  /** `conn` closed with `closed` (refusals.js) the oldest subscription in flight, or null. */
+  _refused(conn, closed) {
+    if (!closed) return;
+    this.hooks.event("closed", `the connection closed with a subscription unanswered: ${closed.kind} (${closed.strikes} in a row)`);
+    if (!closed.refused) return;
+    const kind = closed.kind;
+    if (kind === "entries") {
+      this.hooks.event("sources", `the broker refused ${sourceEntries(this.options.prefix)} (it closed the connection): no list of this login's sources; a source's URL still plays`);
+    } else if (this.url && kind === `inbox ${this.url}`) {
+      this.hooks.fail("not_allowed", "This login may not watch this source: the broker closed the connection when the page subscribed to its topics.");
+    }
   }
 
   _publish(topic, message) {
@@ -450,7 +482,8 @@ export class Session {
     if (conn.inbox?.subscription === inbox.subscription) return;
     if (conn.inbox) conn.client.unsubscribe(conn.inbox.subscription);
     conn.inbox = inbox;
-    conn.client.subscribe(inbox.subscription, { qos: 0 }, (err) => {
+    // Its kind is the source's: each connection's inbox is a topic of its own (the key is the reply topic's).
+    this._subscribe(conn, inbox.subscription, `inbox ${this.url}`, (err) => {
       if (conn !== this._conn || !this.url || conn.inbox !== inbox) return;
       if (err?.code === 128) {
         // Brokers that check subscriptions say so at once (mosquitto checks on delivery instead).
@@ -593,7 +626,7 @@ export class Session {
       if (feed && moved !== feed.topic) {
         this.hooks.event("stream_topic", `${feed.topic} -> ${moved}`);
         this._follow(conn, name, moved);
-        conn.client.subscribe(moved, { qos: 0 });
+        this._subscribe(conn, moved, moved);
       }
       this.hooks.status(status);
     } else if (topic === conn.topics.info || topic === inbox?.info) {

@@ -18,8 +18,9 @@ cd "$(dirname "$0")/.."
 # Integration tests whose figures are this machine's CPU (admission, shedding, the ffmpeg reference), or the
 # timing of live encodes to the frame (a rendition hand-over; an RTSP camera's frames against its audio, whose
 # x265 source fell a second behind beside the other tests in one run of three); and RabbitMQ, two Erlang nodes
-# that closed eight of ten viewers' connections beside the other tests in one clean-clone run.
-ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/) | test(/^brokers::rabbitmq/)'
+# that closed eight of ten viewers' connections beside the other tests in one clean-clone run (the rights on
+# RabbitMQ too, with one node).
+ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/) | test(/^(brokers|rights)::rabbitmq/)'
 logs="$(mktemp -d)"
 times=()
 # CPU_NOW: CPU seconds of this shell's finished children, from bash's `times` (second line). It is called
@@ -103,7 +104,8 @@ browser_files_at() {
 # units of the page. Two at a time.
 BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js brokers.test.js abr.test.js
   capabilities.test.js feed.test.js jitter.test.js link-probe.test.js live-edge.test.js login.test.js
-  merge.test.js mp4.test.js page-urls.test.js pieces.test.js presentation.test.js protocol.test.js switch.test.js)
+  merge.test.js mp4.test.js page-urls.test.js pieces.test.js presentation.test.js protocol.test.js refusals.test.js
+  switch.test.js)
 # Each browser file is in exactly one list (checked below), so none is left out of the command. The engine
 # suite and the HEVC file run once per engine; the player files are Chromium's (its WebCodecs and its
 # MediaSource).

@@ -2,8 +2,9 @@
 // AWS IoT Core's 128 KB (mosquitto's `max_packet_size`), a 720p stream whose keyframe fragments are several
 // times that, and the server told the limit (`broker.max_packet_bytes`): it sends those fragments in pieces
 // (docs/PROTOCOL.md, "Pieces"), and the page plays them with WebCodecs (which puts pieces back together) and
-// with MediaSource; and aedes, another implementation (Node.js). The embedded broker's page is
-// standalone.test.js's.
+// with MediaSource; aedes, another implementation (Node.js); and RabbitMQ 3.10's MQTT plugin (Debian's
+// rabbitmq-server). The embedded broker's page is standalone.test.js's; RabbitMQ with logins and rights is
+// rights.test.js's.
 //
 //   cd tests/e2e && node --test brokers.test.js
 
@@ -13,6 +14,7 @@ import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { playerSnapshot, waitFrames, waitPlayerState } from "./page-checks.js";
+import { RabbitMQ } from "./rabbitmq.js";
 import { CHROMIUM_ARGS, chromiumPath, freePort, gatewayConfig, Mosquitto, onCleanup, scratch, startProcess, startServer, stopAll, waitFor } from "./support.js";
 
 after(stopAll);
@@ -94,5 +96,22 @@ test("through aedes, the page plays the same stream with WebCodecs and MediaSour
   }));
   onCleanup(() => server.kill());
   console.log(`brokers, aedes: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
+  assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
+});
+
+test("through RabbitMQ's MQTT plugin, the page plays the same stream with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
+  const { file } = clip();
+  const mqttPort = await freePort();
+  const httpPort = await freePort();
+  const rabbit = new RabbitMQ({ port: mqttPort });
+  await rabbit.start();
+  onCleanup(() => rabbit.stop());
+  const url = `file://${file}`;
+  const server = await startServer(gatewayConfig({
+    mqttPort, httpPort, name: "brokers-rabbitmq", urls: [url], mode: "copy",
+    extra: ["[pipeline.source]", "looping = true"],
+  }));
+  onCleanup(() => server.kill());
+  console.log(`brokers, RabbitMQ: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
   assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
 });

@@ -3,6 +3,11 @@
 //! docker/mqtt-video.toml with MQTT_VIDEO_GUARDED=true as compose.rights.yaml sets it. alice may watch "Test
 //! pattern", bob "Test pattern 720p". Each plays their own camera and gets nothing of the other's on any
 //! topic their login can read: a second connection of theirs subscribed to `#` is the witness.
+//!
+//! The same rights on RabbitMQ (docker/rights/rabbitmq.json, its topic permissions) are checked as a client of
+//! the broker would try them: RabbitMQ authorises a subscription by its filter and closes the connection of one
+//! it refuses, so there is no `#` witness there; each refused filter and publish is tried on a connection of
+//! its own instead.
 
 use crate::support;
 
@@ -12,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::broker::Broker;
 use support::page::{rand_suffix, Message, Page, Server};
+use support::rabbitmq::RabbitNode;
 
 const SERVER_PASSWORD: &str = "test-secret";
 const ALICE: (&str, &str) = ("alice", "alice-pw");
@@ -355,4 +361,75 @@ fn guarded_viewers_move_stop_and_time_out_where_they_are_delivered() {
     page.publish("video/play", &json!({"url": one, "reply_topic": media, "version": 2}));
     let refused = page.next_on(&format!("{media}/status"), Duration::from_secs(3)).expect("overloaded");
     assert_eq!(json_of(&refused)["code"], json!("overloaded"), "{}", json_of(&refused));
+}
+
+/// RabbitMQ with docker/rights/rabbitmq.json, the users created first, as an administrator would before
+/// importing the file (`rabbitmqctl add_user`, then `import_definitions`).
+fn rights_rabbit() -> RabbitNode {
+    let text = std::fs::read_to_string(docker_file("rights/rabbitmq.json")).unwrap();
+    let mut definitions: Value = serde_json::from_str(&text).expect("docker/rights/rabbitmq.json is JSON");
+    let users: Vec<Value> = [("mqtt-video", SERVER_PASSWORD), ALICE, BOB]
+        .into_iter()
+        .map(|(name, password)| json!({"name": name, "password": password, "tags": []}))
+        .collect();
+    definitions["users"] = json!(users);
+    RabbitNode::start_with("mvrights", Some(&definitions))
+}
+
+/// What a fresh connection of `user` gets over `wait` after `act` on it.
+fn on_a_connection_of(port: u16, user: (&str, &str), wait: Duration, act: impl FnOnce(&Page)) -> Vec<Message> {
+    let page = Page::connect_as(port, &format!("page_{}_{}", user.0, rand_suffix()), user.0, user.1);
+    act(&page);
+    let got = drain(&page, wait);
+    page.close();
+    got
+}
+
+#[test]
+fn rabbitmq_rights_give_alice_her_camera_and_close_her_connection_for_anything_else() {
+    let rabbit = rights_rabbit();
+    let port = rabbit.mqtt_port;
+    let _server = rights_server(port);
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, NotAuthorized, Success};
+    assert_eq!(connack(port, Some(ALICE)), Some(Success));
+    for credentials in [Some(("alice", "bob-pw")), Some(("mallory", "x")), None] {
+        let answer = connack(port, credentials);
+        assert!(matches!(answer, Some(BadUserNamePassword | NotAuthorized)), "{credentials:?}: {answer:?}");
+    }
+    // Bob's camera plays for bob, so that its topics carry media.
+    let (_bob, _, bob_reply) =
+        guarded_play(port, BOB, "builtin://testsrc-720p", Duration::from_secs(20), &mut Vec::new());
+    assert!(bob_reply.is_some_and(|r| r["mimeCodec"].is_string()), "bob is described his camera");
+    // Alice plays hers, as the page does.
+    let (page, stream, reply) =
+        guarded_play(port, ALICE, "builtin://testsrc", Duration::from_secs(20), &mut Vec::new());
+    assert!(reply.expect("her camera's facts")["mimeCodec"].is_string());
+    let media = stream["media"].as_str().unwrap().to_string();
+    assert!(page.collect(&media, Duration::from_secs(2)).media.len() >= 5, "alice plays her camera");
+
+    // Each of these is refused: the broker closes the connection, and nothing of bob's camera comes first.
+    let forbidden = "video/live/test-pattern-720p/";
+    for filter in ["video/live/test-pattern-720p/#", "#", "video/live/+/source", "video/live/+/media", "pages/#"] {
+        let got = on_a_connection_of(port, ALICE, Duration::from_secs(2), |p| p.subscribe(filter));
+        assert_eq!(got.first().map(|m| m.topic.as_str()), Some("$disconnected"), "alice subscribed to {filter}");
+        assert!(got.iter().all(|m| !m.topic.starts_with(forbidden)), "{filter} let bob's camera through");
+    }
+    // A forged fragment on her own camera's topic, and a forged describe reply on another page's.
+    let forged = b"\0\0\0\x10moofFORGED!!".to_vec();
+    for topic in [media.as_str(), "pages/page_bob_1/info"] {
+        let got = on_a_connection_of(port, ALICE, Duration::from_secs(2), |p| p.publish_raw(topic, forged.clone()));
+        assert_eq!(got.first().map(|m| m.topic.as_str()), Some("$disconnected"), "alice published on {topic}");
+    }
+    let later = drain(&page, Duration::from_millis(500));
+    assert!(later.iter().all(|m| m.payload[..] != forged[..]), "a forged fragment reached a viewer");
+
+    // Bob's camera asked for by alice's page: a pointer on her reply topic, then her subscription to its place
+    // closes the connection, and nothing of it comes.
+    let mut seen = Vec::new();
+    let (_refused, refused_stream, refused_reply) =
+        guarded_play(port, ALICE, "builtin://testsrc-720p", Duration::from_secs(4), &mut seen);
+    assert_eq!(refused_stream["id"], json!("test-pattern-720p"));
+    assert!(refused_reply.is_none(), "bob's camera's facts reached alice: {refused_reply:?}");
+    assert!(seen.iter().any(|m| m.topic == "$disconnected"), "the broker let alice subscribe to bob's camera");
+    assert!(seen.iter().all(|m| !m.topic.starts_with(forbidden)), "a message of bob's camera reached alice");
 }

@@ -23,6 +23,12 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Starts node `name` and waits (up to 60 s) until its MQTT listener takes connections.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, None)
+    }
+
+    /// Starts node `name` with `definitions` (users, permissions, topic permissions) loaded at boot and no
+    /// anonymous clients, or open to anonymous clients without.
+    pub fn start_with(name: &str, definitions: Option<&serde_json::Value>) -> Self {
         assert!(
             std::path::Path::new(BIN).join("rabbitmq-server").exists(),
             "RabbitMQ is not installed: apt-get install rabbitmq-server (scripts/setup.sh does)"
@@ -31,11 +37,23 @@ impl RabbitNode {
         let dir = super::work_dir().join(&node);
         std::fs::create_dir_all(&dir).expect("the node's folder");
         let (amqp_port, mqtt_port) = (free_port(), free_port());
+        let access = match definitions {
+            None => "mqtt.allow_anonymous = true\n".to_string(),
+            Some(definitions) => {
+                let file = dir.join("definitions.json");
+                std::fs::write(&file, definitions.to_string()).expect("definitions.json");
+                format!(
+                    "mqtt.allow_anonymous = false\ndefinitions.import_backend = local_filesystem\n\
+                     definitions.local.path = {}\n",
+                    file.display()
+                )
+            }
+        };
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!(
                 "listeners.tcp.default = {amqp_port}\nmqtt.listeners.tcp.default = {mqtt_port}\n\
-                 mqtt.allow_anonymous = true\nloopback_users = none\n"
+                 loopback_users = none\n{access}"
             ),
         )
         .expect("rabbitmq.conf");
