@@ -19,8 +19,9 @@ cd "$(dirname "$0")/.."
 # timing of live encodes to the frame (a rendition hand-over; an RTSP camera's frames against its audio, whose
 # x265 source fell a second behind beside the other tests in one run of three); and RabbitMQ, two Erlang nodes
 # that closed eight of ten viewers' connections beside the other tests in one clean-clone run (the rights on
-# RabbitMQ too, with one node).
-ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/) | test(/^(brokers|rights)::rabbitmq/)'
+# RabbitMQ too, with one node); and five joins of a live UDP MPEG-TS stream, one of which, beside seven other
+# tests, came out without its audio track in one clean-clone run (datagrams a starved reader lost).
+ALONE='test(/^(overload|bench|rtsp_marker)::/) | test(/^renditions::a_page_describes/) | test(/^(brokers|rights)::rabbitmq/) | test(/^live_ts::udp_ts_joined/)'
 logs="$(mktemp -d)"
 times=()
 # CPU_NOW: CPU seconds of this shell's finished children, from bash's `times` (second line). It is called
