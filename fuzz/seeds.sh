@@ -14,7 +14,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-mkdir -p "$seeds"/{rtmp_session,rtmp_chunks,fmp4,request,policy,mqtt_frames,media_headers,marker_splice}
+mkdir -p "$seeds"/{rtmp_session,rtmp_chunks,fmp4,request,policy,mqtt_frames,media_headers,marker_splice,rtsp_messages,sdp}
 
 # Starts the recorder on port $1 in front of port $2, recording into $3 (what the client sends, or with
 # $4 = server what the server does), and waits until it listens.
@@ -77,6 +77,29 @@ record "$rtsp_proxy" "$camera_port" "$work/rtsp.bin" server
 timeout 3 ffprobe -v error -rtsp_transport tcp -show_packets "rtsp://127.0.0.1:$rtsp_proxy/live" >/dev/null 2>&1 || true
 with_cut 200 "$work/rtsp.bin" 60000 > "$seeds/marker_splice/gstreamer-h264-aac.bin"
 with_cut 5 "$work/rtsp.bin" 8000 > "$seeds/marker_splice/gstreamer-cut5.bin"
+
+# An ONVIF camera with a backchannel (GStreamer's RTSPOnvifMediaFactory) as probe talks to it: a whole session
+# as its pipeline plays it (DESCRIBE, SETUP, PLAY, interleaved RTP), then its answer to the DESCRIBE requiring
+# the backchannel; that SDP alone for the SDP target. A camera's login challenges by hand.
+onvif_port=$(free_port); onvif_proxy=$(free_port)
+/usr/bin/python3 tests/support/rtsp_server.py --port "$onvif_port" --path /live --no-audio \
+  --backchannel "$work/backchannel.raw" > "$work/onvif.log" & pids+=($!)
+for _ in $(seq 100); do grep -q READY "$work/onvif.log" && break; sleep 0.1; done
+record "$onvif_proxy" "$onvif_port" "$work/onvif.bin" server
+"$bin" probe "rtsp://127.0.0.1:$onvif_proxy/live" --seconds 1 >/dev/null 2>&1 || true
+with_cut 13 "$work/onvif.bin" 20000 > "$seeds/rtsp_messages/gstreamer-session.bin"
+# The last DESCRIBE's answer is probe's, with the backchannel.
+python3 - "$work/onvif.bin" "$seeds/rtsp_messages/gstreamer-backchannel-describe.bin" "$seeds/sdp/gstreamer-onvif.sdp" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+sdp = data.rindex(b"v=0")
+answer = data.rindex(b"RTSP/1.0 200", 0, sdp)
+open(sys.argv[2], "wb").write(bytes([9]) + data[answer:])
+open(sys.argv[3], "wb").write(data[sdp:])
+PY
+printf '\x07RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\nWWW-Authenticate: Digest realm="IP Camera", nonce="7f3c", qop="auth"\r\nWWW-Authenticate: Basic realm="IP Camera"\r\n\r\n' \
+  > "$seeds/rtsp_messages/login-challenges.bin"
+printf '%s' 'rtsp://admin:p%40ss@192.0.2.7:8554/Streaming/Channels/101' > "$seeds/sdp/camera-url.txt"
 
 # SPS NAL units as x264 writes them, and ADTS frames as ffmpeg's AAC encoder does.
 for spec in "640x360 high yuv420p x264-high-360p" "1280x720 high422 yuv422p x264-high422-720p"; do

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod config;
 pub mod media;
 pub mod server;
+pub mod talk;

@@ -6,7 +6,9 @@ use mqtt_video::media::config::{Backpressure, Pacing, RtspFrameEnd, RtspTranspor
 use mqtt_video::media::events::{RenditionEvent, RenditionInfo};
 use mqtt_video::media::plan::TrackMode;
 use mqtt_video::media::{Mode, OutputInfo, Pipeline, PipelineConfig, PipelineEvent, SourceInfo};
+use mqtt_video::talk::backchannel::describe;
 use mqtt_video_wire::policy::redact;
+use mqtt_video_wire::rtsp::sdp::TalkCodec;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -70,6 +72,47 @@ struct Report {
     time_to_first_fragment_ms: f64,
     elapsed_ms: f64,
     ended: String,
+    /// An RTSP camera's ONVIF backchannel (None: not an RTSP source).
+    talk: Option<TalkReport>,
+}
+
+/// What a DESCRIBE requiring the backchannel found.
+#[derive(Serialize)]
+struct TalkReport {
+    /// Whether the camera offers one.
+    backchannel: bool,
+    /// Its codec (PCMU, PCMA, AAC).
+    codec: Option<&'static str>,
+    /// Its clock rate, Hz.
+    clock_rate: Option<u32>,
+    /// Whether this server can send to it (G.711 today).
+    sendable: bool,
+    /// Why it could not be asked.
+    error: Option<String>,
+}
+
+/// Asks an RTSP camera for its backchannel, on a connection of its own.
+fn talk_report(url: &str) -> Option<TalkReport> {
+    if !url.to_ascii_lowercase().starts_with("rtsp://") {
+        return None;
+    }
+    let none = TalkReport { backchannel: false, codec: None, clock_rate: None, sendable: false, error: None };
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(describe(url)).map_err(|e| e.to_string()));
+    Some(match asked {
+        Ok(None) => none,
+        Ok(Some(b)) => TalkReport {
+            backchannel: true,
+            codec: Some(b.codec.name()),
+            clock_rate: Some(b.clock_rate),
+            sendable: !matches!(b.codec, TalkCodec::Aac { .. }),
+            error: None,
+        },
+        Err(e) => TalkReport { error: Some(e), ..none },
+    })
 }
 
 #[derive(Serialize, Default)]
@@ -194,6 +237,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     let elapsed = started.elapsed();
     pipeline.join();
     let (Some(source), Some(output)) = (source, output) else { bail!("the pipeline produced no init segment") };
+    // Once the camera answered the pipeline: an unreachable one costs no second wait.
+    let talk = talk_report(&url);
     let report = Report {
         // Reports end up in tickets and chats: never with the camera's password.
         url: redact(&url),
@@ -211,6 +256,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         time_to_first_fragment_ms: ms(t_first),
         elapsed_ms: ms(Some(elapsed)),
         ended,
+        talk,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -262,4 +308,13 @@ fn print_text(r: &Report) {
         "timing       source {:.0} ms, init {:.0} ms, first fragment {:.0} ms",
         r.time_to_source_ms, r.time_to_init_ms, r.time_to_first_fragment_ms
     );
+    if let Some(t) = &r.talk {
+        let line = match (t.backchannel, t.codec, t.clock_rate, &t.error) {
+            (_, _, _, Some(e)) => format!("unknown: {e}"),
+            (true, Some(codec), Some(rate), _) if t.sendable => format!("{codec} {rate} Hz (ONVIF backchannel)"),
+            (true, Some(codec), Some(rate), _) => format!("{codec} {rate} Hz (ONVIF backchannel; not sent yet)"),
+            _ => "none (no ONVIF backchannel in the camera's SDP)".to_string(),
+        };
+        println!("talk back    {line}");
+    }
 }

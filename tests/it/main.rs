@@ -30,4 +30,5 @@ mod server;
 mod snapshot;
 mod soak;
 mod standalone;
+mod talk;
 mod tls;

@@ -7,7 +7,13 @@ Serves one shared live stream (H.264, or HEVC with --codec h265, + optional AAC)
 Run with /usr/bin/python3 (the system interpreter is the one that has `gi`):
     /usr/bin/python3 tests/support/rtsp_server.py --port 8554 [--path /live]
         [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--codec h264] [--pattern ball] [--no-audio]
+        [--backchannel FILE [--backchannel-codec pcmu|pcma]]
 --port 0 picks a free port; the READY line then carries the real one.
+
+--backchannel makes it an ONVIF camera with a backchannel (GStreamer's RTSPOnvifMediaFactory): a DESCRIBE
+with `Require: www.onvif.org/ver20/backchannel` gets one more audio section, `a=sendonly`, and what a client
+sends there (G.711 at 8 kHz) is depayloaded and appended to FILE, as the camera's speaker would play it. Each
+client then gets a pipeline of its own (ONVIF media are not shared).
 """
 import argparse
 import os
@@ -68,6 +74,16 @@ def build_launch(args):
     return f"( {video} {audio} )"
 
 
+def backchannel_launch(path, codec):
+    # The element named depay_backchannel is where RTSPOnvifMedia feeds what the client sends.
+    payload, depay = {"pcmu": (0, "rtppcmudepay"), "pcma": (8, "rtppcmadepay")}[codec]
+    caps = f"application/x-rtp, media=audio, payload={payload}, clock-rate=8000, encoding-name={codec.upper()}"
+    return (
+        f'( capsfilter caps="{caps}" name=depay_backchannel ! {depay} '
+        f"! filesink location={path} append=true sync=false async=false buffer-mode=unbuffered )"
+    )
+
+
 def force_keyframe_on_play(media):
     # A joining client would otherwise wait up to one GOP for an IDR; ask the
     # encoder for one immediately (x264enc honours upstream force-key-unit).
@@ -93,6 +109,8 @@ def main():
     p.add_argument("--codec", default="h264", choices=["h264", "h265"], help="video codec (x264 or x265)")
     p.add_argument("--pattern", default="ball", help="videotestsrc pattern (ball, snow, smpte, ...)")
     p.add_argument("--no-audio", action="store_true")
+    p.add_argument("--backchannel", metavar="FILE", help="an ONVIF backchannel whose audio goes to FILE")
+    p.add_argument("--backchannel-codec", default="pcmu", choices=["pcmu", "pcma"])
     args = p.parse_args()
     if not args.path.startswith("/"):
         args.path = "/" + args.path
@@ -100,13 +118,25 @@ def main():
     Gst.init(None)
     loop = GLib.MainLoop()
 
-    server = GstRtspServer.RTSPServer()
+    server = GstRtspServer.RTSPOnvifServer() if args.backchannel else GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
 
-    factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(build_launch(args))
-    factory.set_shared(True)  # every client sees the same live pipeline
+    if args.backchannel:
+        factory = GstRtspServer.RTSPOnvifMediaFactory()
+        factory.set_backchannel_launch(backchannel_launch(args.backchannel, args.backchannel_codec))
+        factory.set_media_gtype(GstRtspServer.RTSPOnvifMedia.__gtype__)
+        # A session that sets up the backchannel alone leaves the payloaders unlinked; their not-linked would
+        # stop the media (a pipeline error) before or after the backchannel ran, by a race. A tee that allows
+        # it in front of each payloader keeps the sources running, as a camera's encoders do.
+        launch = build_launch(args).replace("! rtph264pay", "! tee allow-not-linked=true ! rtph264pay")
+        launch = launch.replace("! rtph265pay", "! tee allow-not-linked=true ! rtph265pay")
+        factory.set_launch(launch.replace("! rtpmp4gpay", "! tee allow-not-linked=true ! rtpmp4gpay"))
+        factory.set_shared(False)
+    else:
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(build_launch(args))
+        factory.set_shared(True)  # every client sees the same live pipeline
     # videotestsrc answers "seekable" even when live, so each PLAY with
     # `Range: npt=0-` (ffmpeg sends it) would flush-seek the shared pipeline
     # and throw every connected client's timestamps back to zero. Publishing

@@ -13,13 +13,15 @@ use crate::policy::{AllowList, NamedSource, Policy};
 use crate::protocol::{parse_request, reply_topic_hint, validate_reply_topic, RequestKind, RequestLimits};
 use crate::rtmp::chunk::{ChunkReader, MAX_MESSAGE_LEN};
 use crate::rtmp::{flv, PublishSession};
+use crate::rtsp::message::{Incoming, Reader as RtspReader};
+use crate::rtsp::{auth, sdp as rtsp_sdp, url as rtsp_url};
 use crate::{aac, h264, hevc};
 
 /// One target's checks: any bytes in; a failed check panics, as libFuzzer expects.
 pub type Check = fn(&[u8]);
 
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
-pub const TARGETS: [(&str, Check); 11] = [
+pub const TARGETS: [(&str, Check); 13] = [
     ("fmp4", fmp4),
     ("hevc_parameter_sets", hevc_parameter_sets),
     ("marker_splice", marker_splice),
@@ -31,6 +33,8 @@ pub const TARGETS: [(&str, Check); 11] = [
     ("rtmp_chunks", rtmp_chunks),
     ("rtmp_session", rtmp_session),
     ("rtmp_tags", rtmp_tags),
+    ("rtsp_messages", rtsp_messages),
+    ("sdp", sdp),
 ];
 
 /// The input's first byte as a piece length (at least 1) and the rest.
@@ -237,5 +241,53 @@ pub fn rtmp_tags(data: &[u8]) {
     if !out.is_empty() {
         let magic: &[u8] = if remux.is_matroska() { &[0x1A, 0x45, 0xDF, 0xA3] } else { b"FLV" };
         assert!(out.starts_with(magic), "a stream that starts with its header");
+    }
+}
+
+/// What a camera sends on the backchannel's RTSP/TCP connection: read in pieces as read whole (the same
+/// messages, or the same error), and every response's SDP, login challenges and session read as the session
+/// reads them.
+pub fn rtsp_messages(data: &[u8]) {
+    let Some((step, bytes)) = cut(data) else { return };
+    let whole = RtspReader::new().push(bytes);
+    let mut reader = RtspReader::new();
+    let mut messages = Vec::new();
+    let mut error = None;
+    for piece in bytes.chunks(step) {
+        match reader.push(piece) {
+            Ok(more) => messages.extend(more),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(whole, error.map_or(Ok(messages), Err));
+    for incoming in whole.unwrap_or_default() {
+        if let Incoming::Response(r) = incoming {
+            let _ = (r.cseq(), r.session());
+            let parsed = rtsp_sdp::parse(&r.body);
+            let _ = rtsp_sdp::backchannel(&parsed, r.header("Content-Base").unwrap_or("rtsp://camera/live"));
+            if let Ok(challenges) = auth::challenges(r.headers_named("WWW-Authenticate")) {
+                assert!(!challenges.is_empty());
+                for c in &challenges {
+                    let answer = auth::authorization(c, "user", "pw", "DESCRIBE", "rtsp://camera/live", "0a4f113b", 1);
+                    assert!(answer.starts_with("Basic ") || answer.starts_with("Digest "));
+                }
+            }
+        }
+    }
+}
+
+/// An SDP, its backchannel and control URLs, and the text as a camera URL: what parses is usable.
+pub fn sdp(data: &[u8]) {
+    let parsed = rtsp_sdp::parse(data);
+    if let Some(b) = rtsp_sdp::backchannel(&parsed, "rtsp://camera/live") {
+        assert!(b.control.contains("://"), "{}", b.control);
+        assert!(!matches!(b.codec, rtsp_sdp::TalkCodec::Aac { ref config } if config.is_empty()));
+    }
+    let text = String::from_utf8_lossy(data);
+    if let Ok(u) = rtsp_url::parse(&text) {
+        assert!(u.request.starts_with("rtsp://") && !u.host.is_empty());
     }
 }

@@ -5,7 +5,8 @@
 //! - Media: [`fmp4`] (boxes in and out), [`h264`], [`hevc`] and [`aac`] headers, [`codec_string`] (RFC 6381), [`keyframe`]
 //!   (a GOP's keyframe as an access unit), [`output`] (what a browser is told about a stream).
 //! - Transport: [`marker_splice`] (RTP over RTSP/TCP, frames ended at the marker), [`rtmp`] (a publisher's
-//!   session), [`mqtt_frames`] (MQTT packets in WebSocket messages), [`plain_http`] (HTTP beside TLS).
+//!   session), [`mqtt_frames`] (MQTT packets in WebSocket messages), [`plain_http`] (HTTP beside TLS),
+//!   [`rtsp`] (a camera's RTSP session for talking back: its messages, SDP, login and the RTP sent to it).
 //! - Control: [`protocol`] (the JSON requests and replies, topics, statuses, errors).
 //! - Policy: [`policy`] (which URLs may be opened), [`ratelimit`] (requests per page), [`backlog`] (what a
 //!   browser that falls behind loses).
@@ -29,3 +30,4 @@ pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rtmp;
+pub mod rtsp;

@@ -7,6 +7,7 @@ pub mod page;
 pub mod rabbitmq;
 pub mod rtmp;
 pub mod throttle;
+pub mod tone;
 pub mod udp;
 pub mod udp_camera;
 
