@@ -82,36 +82,32 @@ test("behind a broker that takes packets of 128 KB at most, a 720p stream with 3
   await stopAll();
 });
 
-test("through aedes, the page plays the same stream with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
+/** The noise clip copied by a server on `mqttPort`'s broker, played with each renderer through its gateway. */
+async function playsThrough(name, mqttPort) {
   const { file } = clip();
-  const mqttPort = await freePort();
   const httpPort = await freePort();
+  const url = `file://${file}`;
+  const server = await startServer(gatewayConfig({
+    mqttPort, httpPort, name: `brokers-${name}`, urls: [url], mode: "copy",
+    extra: ["[pipeline.source]", "looping = true"],
+  }));
+  onCleanup(() => server.kill());
+  console.log(`brokers, ${name}: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
+  assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
+}
+
+test("through aedes, the page plays the same stream with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
+  const mqttPort = await freePort();
   const aedes = startProcess("aedes", process.execPath, [path.join(import.meta.dirname, "aedes-broker.js"), String(mqttPort)]);
   onCleanup(() => aedes.child.kill());
   await waitFor("aedes to listen", () => /READY/.test(aedes.log()), { timeoutMs: 10_000 });
-  const url = `file://${file}`;
-  const server = await startServer(gatewayConfig({
-    mqttPort, httpPort, name: "brokers-aedes", urls: [url], mode: "copy",
-    extra: ["[pipeline.source]", "looping = true"],
-  }));
-  onCleanup(() => server.kill());
-  console.log(`brokers, aedes: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
-  assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
+  await playsThrough("aedes", mqttPort);
 });
 
 test("through RabbitMQ's MQTT plugin, the page plays the same stream with WebCodecs and MediaSource", { timeout: 180_000 }, async () => {
-  const { file } = clip();
   const mqttPort = await freePort();
-  const httpPort = await freePort();
   const rabbit = new RabbitMQ({ port: mqttPort });
   await rabbit.start();
   onCleanup(() => rabbit.stop());
-  const url = `file://${file}`;
-  const server = await startServer(gatewayConfig({
-    mqttPort, httpPort, name: "brokers-rabbitmq", urls: [url], mode: "copy",
-    extra: ["[pipeline.source]", "looping = true"],
-  }));
-  onCleanup(() => server.kill());
-  console.log(`brokers, RabbitMQ: ${JSON.stringify(await playsWithEachRenderer(httpPort, url))}`);
-  assert.doesNotMatch(server.log(), /broker connection lost/, "the broker never dropped the server");
+  await playsThrough("RabbitMQ", mqttPort);
 });
