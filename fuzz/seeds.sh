@@ -101,6 +101,19 @@ printf '\x07RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\nWWW-Authenticate: Digest rea
   > "$seeds/rtsp_messages/login-challenges.bin"
 printf '%s' 'rtsp://admin:p%40ss@192.0.2.7:8554/Streaming/Channels/101' > "$seeds/sdp/camera-url.txt"
 
+# Talk frames as a page sends them (docs/PROTOCOL.md, "Talk back"): 20 ms of a 1 kHz tone at 16 kHz, and a
+# press's last frame at 48 kHz.
+mkdir -p "$seeds/talk_frames"
+python3 - "$seeds/talk_frames" <<'PY'
+import math, struct, sys
+def frame(talker, end, rate, seq, pcm):
+    t = talker.encode()
+    return bytes([1, 1 if end else 0]) + struct.pack(">HI", rate, seq) + bytes([len(t)]) + t + b"".join(struct.pack("<h", s) for s in pcm)
+pcm = [int(10000 * math.sin(2 * math.pi * 1000 * i / 16000)) for i in range(320)]
+open(sys.argv[1] + "/tone-16k-20ms.bin", "wb").write(frame("pages/page_ab12/talk", False, 16000, 0, pcm))
+open(sys.argv[1] + "/last-48k.bin", "wb").write(frame("pages/page_ab12/talk", True, 48000, 250, pcm[:96]))
+PY
+
 # SPS NAL units as x264 writes them, and ADTS frames as ffmpeg's AAC encoder does.
 for spec in "640x360 high yuv420p x264-high-360p" "1280x720 high422 yuv422p x264-high422-720p"; do
   set -- $spec

@@ -420,6 +420,8 @@ pub struct SourceEntry {
     pub source: NamedSource,
     /// The global `[pipeline]` with this source's `pipeline` table merged over it; `None` without one.
     pub pipeline: Option<PipelineConfig>,
+    /// Pages may talk to this camera's ONVIF backchannel (`talk = true`; an `rtsp://` source).
+    pub talk: bool,
 }
 
 /// The whole configuration, checked.
@@ -464,7 +466,10 @@ impl Default for Config {
             retry: RetryConfig::default(),
             stats: StatsConfig::default(),
             pipeline: PipelineConfig::default(),
-            sources: default_sources().into_iter().map(|source| SourceEntry { source, pipeline: None }).collect(),
+            sources: default_sources()
+                .into_iter()
+                .map(|source| SourceEntry { source, pipeline: None, talk: false })
+                .collect(),
             allow: AllowList::default(),
             ingest: Vec::new(),
             snapshots: SnapshotConfig::default(),
@@ -519,6 +524,8 @@ struct RawSource {
     description: Option<String>,
     #[serde(default)]
     pipeline: Option<toml::Table>,
+    #[serde(default)]
+    talk: bool,
 }
 
 /// What an environment override's value must parse as.
@@ -772,9 +779,19 @@ impl RawSource {
                 message: format!("(source {:?}): {message}", self.name),
             })?),
         };
+        if self.talk && !self.url.trim().to_ascii_lowercase().starts_with("rtsp://") {
+            return Err(ConfigError::Invalid {
+                key: format!("sources[{index}].talk"),
+                message: format!(
+                    "(source {:?}): talking back needs an rtsp:// camera (an ONVIF backchannel)",
+                    self.name
+                ),
+            });
+        }
         Ok(SourceEntry {
             source: NamedSource { name: self.name, url: self.url, description: self.description },
             pipeline,
+            talk: self.talk,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod snapshots;
 pub mod stats;
 pub mod stream;
 pub mod supervise;
+mod talk;
 pub mod viewer;
 
 use crate::config::BrokerProtocol;
@@ -108,6 +109,8 @@ pub struct Hub {
     pieces: viewer::Pieces,
     /// Set when shutting down: nothing new starts.
     closing: std::sync::atomic::AtomicBool,
+    /// The cameras someone talks to.
+    talk: talk::Talk,
 }
 
 /// The hub, for gateway routes bound before it exists (`/metrics`); set once it does.
@@ -205,6 +208,7 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
             .with_requester_secret(config.broker.password.as_deref()),
         gateway_shed,
         closing: Default::default(),
+        talk: Default::default(),
         pieces: viewer::Pieces {
             max_packet: config.broker.max_packet_bytes,
             broker_limit: Arc::default(),
@@ -234,6 +238,7 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
                 tx,
                 health,
                 cluster: cluster_on,
+                talk: hub.config.sources.iter().any(|e| e.talk),
                 publishes: Arc::clone(&hub.pieces.log),
                 broker_limit: Arc::clone(&hub.pieces.broker_limit),
                 five,
@@ -260,6 +265,7 @@ pub async fn run(mut config: Config) -> Result<(), ServerError> {
                     hub.announce();
                 }
                 Some(mqtt::SessionEvent::Instance(id, payload)) => hub.instance_event(&id, &payload),
+                Some(mqtt::SessionEvent::Talk(id, payload)) => hub.talk_frame(&id, &payload),
                 Some(mqtt::SessionEvent::Request(kind, payload)) => {
                     // Decided and applied here, one at a time in the broker's order, so that a page's
                     // requests take effect in the order it sent them (a stop after the play before it).

@@ -199,6 +199,8 @@ pub enum SessionEvent {
     Request(RequestKind, Bytes),
     /// Another instance's announcement (empty: it left).
     Instance(String, Bytes),
+    /// A talk frame for stream `id` (wire::talk).
+    Talk(String, Bytes),
 }
 
 /// What the session task reports to, and what it reads.
@@ -213,6 +215,8 @@ pub struct Session {
     pub health: Arc<super::health::Health>,
     /// `[cluster] enabled`: subscribe to the other instances' announcements.
     pub cluster: bool,
+    /// A source takes talk: subscribe to the talk topics.
+    pub talk: bool,
     /// The last large publish, named when the broker drops the connection.
     pub publishes: Arc<PublishLog>,
     /// The packet limit the broker's MQTT 5 CONNACK gave (0: none), read by the media publishers.
@@ -225,7 +229,7 @@ pub struct Session {
 /// With `broker.protocol = "auto"`, a broker that turns MQTT 5 down before ever taking it gets MQTT 3.1.1 from
 /// then on.
 pub async fn drive(mut loops: EventLoops, client: Client, session: Session) {
-    let Session { topics, broker, tx, health, cluster, publishes, broker_limit, five } = session;
+    let Session { topics, broker, tx, health, cluster, talk, publishes, broker_limit, five } = session;
     let mut failures = 0u32;
     let mut ever_connected = false;
     loop {
@@ -258,6 +262,9 @@ pub async fn drive(mut loops: EventLoops, client: Client, session: Session) {
                             return;
                         }
                     }
+                    if talk && client.subscribe(topics.talk_filter(), QoS::AtMostOnce).await.is_err() {
+                        return;
+                    }
                     let _ = tx.send(SessionEvent::Connected).await;
                 });
             }
@@ -266,6 +273,9 @@ pub async fn drive(mut loops: EventLoops, client: Client, session: Session) {
                     if tx.send(SessionEvent::Instance(id.to_string(), payload)).await.is_err() {
                         return;
                     }
+                } else if let Some(id) = topics.talk_stream(&topic) {
+                    // Audio is live: a frame the hub cannot take now is dropped, never waited for.
+                    let _ = tx.try_send(SessionEvent::Talk(id.to_string(), payload));
                 } else if let Some(kind) = topics.request_kind(&topic) {
                     if tx.try_send(SessionEvent::Request(kind, payload)).is_err() {
                         tracing::warn!(%topic, "request dropped: the server is saturated");

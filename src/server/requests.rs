@@ -115,6 +115,7 @@ impl Hub {
             Request::Describe(d) => self.describe(d),
             Request::Play(p) => self.play(p),
             Request::Stop(s) => {
+                self.talk_gone(&s.reply_topic);
                 self.stop(s);
                 None
             }

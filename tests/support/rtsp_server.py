@@ -7,13 +7,15 @@ Serves one shared live stream (H.264, or HEVC with --codec h265, + optional AAC)
 Run with /usr/bin/python3 (the system interpreter is the one that has `gi`):
     /usr/bin/python3 tests/support/rtsp_server.py --port 8554 [--path /live]
         [--width 640 --height 360 --fps 30] [--gop 30] [--bitrate 1500] [--codec h264] [--pattern ball] [--no-audio]
-        [--backchannel FILE [--backchannel-codec pcmu|pcma]]
+        [--backchannel FILE [--backchannel-codec pcmu|pcma]] [--login USER:PASSWORD]
 --port 0 picks a free port; the READY line then carries the real one.
 
 --backchannel makes it an ONVIF camera with a backchannel (GStreamer's RTSPOnvifMediaFactory): a DESCRIBE
 with `Require: www.onvif.org/ver20/backchannel` gets one more audio section, `a=sendonly`, and what a client
 sends there (G.711 at 8 kHz) is depayloaded and appended to FILE, as the camera's speaker would play it. Each
 client then gets a pipeline of its own (ONVIF media are not shared).
+
+--login makes it ask for that login with Digest authentication (RFC 2617), as cameras do.
 """
 import argparse
 import os
@@ -23,8 +25,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
 def build_launch(args):
@@ -111,6 +114,7 @@ def main():
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--backchannel", metavar="FILE", help="an ONVIF backchannel whose audio goes to FILE")
     p.add_argument("--backchannel-codec", default="pcmu", choices=["pcmu", "pcma"])
+    p.add_argument("--login", metavar="USER:PASSWORD", help="ask for this login (Digest)")
     args = p.parse_args()
     if not args.path.startswith("/"):
         args.path = "/" + args.path
@@ -143,6 +147,18 @@ def main():
     # the clock offset (RFC 7273) makes gst-rtsp-server treat the media as
     # unseekable; the SDP gains harmless a=ts-refclk/a=mediaclk lines.
     factory.set_publish_clock_mode(GstRtspServer.RTSPPublishClockMode.CLOCK_AND_OFFSET)
+    if args.login:
+        user, password = args.login.split(":", 1)
+        auth = GstRtspServer.RTSPAuth()
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "user")
+        auth.add_digest(user, password, token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role("user", "media.factory.access", True)
+        permissions.add_permission_for_role("user", "media.factory.construct", True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory(args.path, factory)
 
     def on_client(_server, client):

@@ -21,7 +21,7 @@ use crate::{aac, h264, hevc};
 pub type Check = fn(&[u8]);
 
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and its seed folder.
-pub const TARGETS: [(&str, Check); 13] = [
+pub const TARGETS: [(&str, Check); 14] = [
     ("fmp4", fmp4),
     ("hevc_parameter_sets", hevc_parameter_sets),
     ("marker_splice", marker_splice),
@@ -35,6 +35,7 @@ pub const TARGETS: [(&str, Check); 13] = [
     ("rtmp_tags", rtmp_tags),
     ("rtsp_messages", rtsp_messages),
     ("sdp", sdp),
+    ("talk_frames", talk_frames),
 ];
 
 /// The input's first byte as a piece length (at least 1) and the rest.
@@ -289,5 +290,14 @@ pub fn sdp(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(u) = rtsp_url::parse(&text) {
         assert!(u.request.starts_with("rtsp://") && !u.host.is_empty());
+    }
+}
+
+/// A page's talk frame: what parses writes back as itself.
+pub fn talk_frames(data: &[u8]) {
+    if let Ok(frame) = crate::talk::parse_frame(data) {
+        assert!(frame.pcm.len() * 2 <= crate::talk::MAX_PCM_BYTES && !frame.talker.is_empty());
+        let bytes = crate::talk::frame_bytes(&frame.talker, frame.end, frame.rate, frame.sequence, &frame.pcm);
+        assert_eq!(bytes.as_deref().map(crate::talk::parse_frame), Some(Ok(frame)));
     }
 }

@@ -31,3 +31,4 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rtmp;
 pub mod rtsp;
+pub mod talk;

@@ -355,7 +355,7 @@ impl Default for RequestLimits {
 }
 
 /// The reply-topic rules plus the configured reply prefix.
-fn check_reply_topic(topic: &str, limits: &RequestLimits) -> Result<(), ProtocolError> {
+pub fn check_reply_topic(topic: &str, limits: &RequestLimits) -> Result<(), ProtocolError> {
     validate_reply_topic(topic, &limits.prefix)?;
     if !topic.starts_with(&limits.reply_prefix) {
         return Err(ProtocolError::BadReplyTopic(format!(
@@ -545,6 +545,17 @@ impl Topics {
     /// The instance id in an announcement topic.
     pub fn instance_id<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let id = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/instances/")?;
+        (!id.is_empty() && !id.contains('/')).then_some(id)
+    }
+
+    /// Where pages talk to the cameras that take it (`<prefix>/live/+/talk`, wire::talk).
+    pub fn talk_filter(&self) -> String {
+        format!("{}/live/+/talk", self.prefix)
+    }
+
+    /// The stream id of a talk topic.
+    pub fn talk_stream<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let id = topic.strip_prefix(self.prefix.as_str())?.strip_prefix("/live/")?.strip_suffix("/talk")?;
         (!id.is_empty() && !id.contains('/')).then_some(id)
     }
 
