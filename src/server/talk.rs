@@ -62,6 +62,10 @@ impl Hub {
         }
         let camera = self.config.sources.iter().find(|e| e.talk && self.ids.id_of(&e.source.url) == id);
         let Some(url) = camera.map(|e| e.source.url.clone()) else {
+            // Said once a press (its first frame), not once a frame.
+            if frame.sequence != 0 {
+                return;
+            }
             let hub = Arc::clone(self);
             let talker = frame.talker;
             tokio::spawn(async move {
