@@ -163,9 +163,17 @@ second_lan_address() {
 # suite its lip sync after a 3 s freeze was 136 ms off in one clean-clone run of four. WebKit and the
 # throttled links each keep the machine to themselves too: WebKit beside the links failed 5 cases, and the
 # links' two renderers side by side (eight browsers) failed both.
+# Each lane gets a second try, as the links and WebKit do: real-time browser pages on two shared cores now
+# and then miss a bound once (in one clean-clone run, Firefox's first picture of the camera read as blank by
+# a check since fixed). The first failure stays in the log above the second try.
+once_more() {
+  "$@" && return 0
+  echo "== the run above failed; once more: $*"
+  "$@"
+}
 engines_and_players() {
-  start_lane "Chromium engine suite, player-mse" browser_files chromium "${ENGINE_FILES[@]}" "${PLAYER_FILES[@]}"
-  start_lane "Firefox engine suite" second_lan_address browser_files firefox "${ENGINE_FILES[@]}"
+  start_lane "Chromium engine suite, player-mse" once_more browser_files chromium "${ENGINE_FILES[@]}" "${PLAYER_FILES[@]}"
+  start_lane "Firefox engine suite" once_more second_lan_address browser_files firefox "${ENGINE_FILES[@]}"
   wait_lanes
 }
 # Then, one file at a time: the Chromium files that count frames or time a refusal, and the HEVC camera in

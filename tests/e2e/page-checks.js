@@ -87,7 +87,10 @@ export async function assertPictureMoves(shoot, { between, file = null }) {
   const a = decoded(shotA);
   const b = decoded(shotB);
   const luma = lumaStats(a);
-  assert.ok(luma.std > 20, `the video's picture looks blank: luma mean ${luma.mean.toFixed(1)}, std ${luma.std.toFixed(1)}`);
+  // A blank picture (black, grey, a frozen colour) is flat: std under 2. The test camera's is a white ball on
+  // black: mean 2-3 and std 21-27 in 28 pictures of three clean-clone runs, and 19.4 once (the ball at an
+  // edge), which a bound of 20 took for blank.
+  assert.ok(luma.std > 8, `the video's picture looks blank: luma mean ${luma.mean.toFixed(1)}, std ${luma.std.toFixed(1)}`);
   assert.equal(`${b.width}x${b.height}x${b.channels}`, `${a.width}x${a.height}x${a.channels}`, "two pictures of the same size");
   let diff = 0;
   for (let i = 0; i < a.pixels.length; i++) diff += Math.abs(a.pixels[i] - b.pixels[i]);
