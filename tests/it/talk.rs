@@ -21,21 +21,16 @@ async fn send_tone(url: &str, freq: f64, seconds: f64) -> Result<TalkCodec, Talk
     let mut encoder =
         TalkEncoder::new(&codec, 16000, channel.info.clock_rate).expect("an encoder for the camera's codec");
     let start = Instant::now();
-    let frames = (seconds * 50.0) as usize;
+    let frames = (seconds * 50.0) as u32;
     let (mut encoding, mut sending) = (Duration::ZERO, Duration::ZERO);
     for n in 0..frames {
-        let pcm: Vec<i16> = (0..320)
-            .map(|i| {
-                let t = (n * 320 + i) as f64 / 16000.0;
-                (10000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
-            })
-            .collect();
+        let pcm = tone_20ms(freq, n);
         let encoded = Instant::now();
         let (bytes, samples) = encoder.encode(&pcm).expect("encoding");
         let sent = Instant::now();
         channel.send(&bytes, samples).await?;
         (encoding, sending) = (encoding + sent.duration_since(encoded), sending + sent.elapsed());
-        let due = start + Duration::from_millis(20 * (n as u64 + 1));
+        let due = start + Duration::from_millis(20 * (u64::from(n) + 1));
         tokio::time::sleep_until(due.into()).await;
     }
     channel.close().await;
@@ -168,12 +163,16 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// 20 ms of a `freq` Hz tone at 16 kHz, frame `n` of a press.
-fn tone_frame(talker: &str, freq: f64, n: u32, end: bool) -> Vec<u8> {
-    let pcm: Vec<i16> = (0..320)
+/// The `n`th 20 ms of a `freq` Hz tone at 16 kHz.
+fn tone_20ms(freq: f64, n: u32) -> Vec<i16> {
+    (0..320)
         .map(|i| (10000.0 * (2.0 * std::f64::consts::PI * freq * f64::from(n * 320 + i) / 16000.0).sin()) as i16)
-        .collect();
-    mqtt_video_wire::talk::frame_bytes(talker, end, 16000, n, &pcm).expect("a frame")
+        .collect()
+}
+
+/// Frame `n` of a press: the `n`th 20 ms of a `freq` Hz tone at 16 kHz.
+fn tone_frame(talker: &str, freq: f64, n: u32, end: bool) -> Vec<u8> {
+    mqtt_video_wire::talk::frame_bytes(talker, end, 16000, n, &tone_20ms(freq, n)).expect("a frame")
 }
 
 /// The next talk status on `topic`.
