@@ -103,7 +103,7 @@ browser_files_at() {
 }
 # Files whose checks are of behaviour (no reset, a refusal, a page that plays), not of time; and the pure
 # units of the page. Two at a time.
-BEHAVIOUR=(lossy.test.js rights.test.js standalone.test.js proxy.test.js brokers.test.js abr.test.js
+BEHAVIOUR=(rights.test.js standalone.test.js proxy.test.js brokers.test.js abr.test.js
   capabilities.test.js feed.test.js jitter.test.js link-probe.test.js live-edge.test.js login.test.js
   merge.test.js mp4.test.js page-urls.test.js pieces.test.js presentation.test.js protocol.test.js refusals.test.js
   switch.test.js)
@@ -118,8 +118,10 @@ PLAYER_FILES=(player-mse.test.js)
 HEVC_FILES=(hevc.test.js)
 # Chromium files that count frames or time a refusal, run one at a time after the lanes: beside the
 # behaviour files with clippy and the fuzzing beneath, renditions' named-rendition case decoded 157 frames in
-# 6 s (it wants 180) in one clean-clone run, and timed out a refusal in another.
-ALONE_FILES=(player-webcodecs.test.js renditions.test.js)
+# 6 s (it wants 180) in one clean-clone run, and timed out a refusal in another; and the lossy UDP source,
+# whose transcoded case wants every sample playing and caught its WebCodecs page buffering after 6 stalls
+# there in another.
+ALONE_FILES=(player-webcodecs.test.js renditions.test.js lossy.test.js)
 LINK_FILES=(links.test.js)
 every_file_once() {
   local listed missing
